@@ -1,0 +1,246 @@
+"""The gateway's exception tree: every error a user can see, with a stable code.
+
+Role: one place that names what can go wrong, so that a SOAP fault, a result with
+``resultCode ERROR``, a CLI message and a log line all say the same thing. Each class
+says when it is raised. This module is a leaf: it imports nothing of ours.
+
+Invariants: a code (``GW0xx``) is never reused for another meaning; a message never
+contains a personnummer, a secret or file content (callers pass masked values).
+
+    GatewayError                    every error of ours; .code, .message, .hint
+    ├── ConfigError          GW001  the config file is wrong (names the dotted key)
+    ├── MappingError         GW002  a mapping file is wrong, or a look-up fell through
+    ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
+    ├── StoreError           GW050  the database cannot be read or written
+    ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
+    │   ├── PayloadTooLarge  GW010  the body is over the configured limit
+    │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick
+    │   ├── MalformedXml     GW012  not well-formed XML, or not UTF-8
+    │   ├── NotSoap11        GW013  not a SOAP 1.1 envelope (e.g. SOAP 1.2)
+    │   ├── UnknownContract  GW014  the Body's first child names no contract we serve
+    │   ├── SchemaViolation  GW015  the Body does not match the contract's XSD
+    │   ├── UnknownLogicalAddress GW016  LogicalAddress missing or not a unit we know
+    │   └── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
+    ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
+    │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
+    │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
+    │   ├── AttachmentTypeRefused GW022  content is not PDF, GIF, JPEG or PNG
+    │   ├── AttachmentTooLarge GW023  an attachment is over 20 MB
+    │   ├── TooManyAttachments GW024  more attachments than the sender may send
+    │   ├── EventDateInvalid GW025  complaint without event date, or one in the future
+    │   ├── LocationMissing  GW026  patient-board complaint with neither unit nor place
+    │   ├── UnknownCase      GW027  a follow-up message for a case we never received
+    │   ├── IdConflict       GW028  a known caseId/messageId resent with other content
+    │   └── InvalidValue     GW029  any other field that breaks a rule (names the field)
+    └── InternalError        GW099  a bug: logged with a reference, never with details
+
+Technical errors (``RequestRefused``, ``StoreError``, ``InternalError``) become SOAP
+faults; logical ones (``RuleViolation``) become a normal response with ``resultCode
+ERROR``, ``errorCode`` and ``message``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose.
+
+    ``message`` says what went wrong, ``hint`` what to do about it; ``field`` names the
+    element or key concerned where there is one.
+    """
+
+    code: str = "GW000"
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.code} {self.message}"
+        if self.hint:
+            text += f" {self.hint}"
+        return text
+
+
+class ConfigError(GatewayError):
+    """Raised at start-up and by ``gateway check`` when the config file is wrong."""
+
+    code = "GW001"
+    hint = "Fix the key in the config file (or its GATEWAY__ environment override) and start again."
+
+
+class MappingError(GatewayError):
+    """Raised when a file in ``mappings/`` is wrong or a look-up falls through."""
+
+    code = "GW002"
+    hint = "Correct the mapping file and run 'gateway check'."
+
+
+class ContractError(GatewayError):
+    """Raised at start-up when a WSDL/XSD in ``contracts/`` is missing or does not compile."""
+
+    code = "GW003"
+    hint = "Restore the contracts/ folder from the release; it must not be edited by hand."
+
+
+class StoreError(GatewayError):
+    """Raised when the database cannot be read or written (locked too long, disk full)."""
+
+    code = "GW050"
+    hint = "Nothing was stored; send the request again later. Operators: check the database file and disk."
+
+
+class RequestRefused(GatewayError):
+    """A request that is refused as a whole before its content is looked at (SOAP Client fault)."""
+
+    code = "GW010"
+
+
+class PayloadTooLarge(RequestRefused):
+    """Raised when a request body is over ``intake.max_body_bytes``."""
+
+    code = "GW010"
+    hint = "Send smaller attachments (at most 20 MB each, 5 per message)."
+
+
+class HostileXml(RequestRefused):
+    """Raised when a request carries a DOCTYPE, an entity declaration or similar."""
+
+    code = "GW011"
+    hint = "Send plain SOAP 1.1 XML without a DOCTYPE or entity declarations."
+
+
+class MalformedXml(RequestRefused):
+    """Raised when the body is not well-formed UTF-8 XML."""
+
+    code = "GW012"
+    hint = "Send well-formed XML encoded as UTF-8."
+
+
+class NotSoap11(RequestRefused):
+    """Raised when the document is not a SOAP 1.1 envelope with a Body."""
+
+    code = "GW013"
+    hint = "Send a SOAP 1.1 envelope (namespace http://schemas.xmlsoap.org/soap/envelope/)."
+
+
+class UnknownContract(RequestRefused):
+    """Raised when the first child of Body is in a namespace the gateway does not serve."""
+
+    code = "GW014"
+    hint = "Check the service contract namespace; the WSDLs are listed at GET /rivta."
+
+
+class SchemaViolation(RequestRefused):
+    """Raised when the Body does not validate against the contract's XSD."""
+
+    code = "GW015"
+    hint = "Build the request from the contract's WSDL (GET /rivta lists them)."
+
+
+class UnknownLogicalAddress(RequestRefused):
+    """Raised when the LogicalAddress header is missing or names a unit not in the mappings."""
+
+    code = "GW016"
+    hint = "Send the case to a unit HSA-id that this gateway serves (see mappings/units.yaml)."
+
+
+class UnsupportedMediaType(RequestRefused):
+    """Raised when the Content-Type is not the SOAP 1.1 one (text/xml)."""
+
+    code = "GW017"
+    hint = "Send Content-Type: text/xml; charset=UTF-8."
+
+
+class RuleViolation(GatewayError):
+    """Content that breaks one of 1177's rules; answered with ``resultCode ERROR``."""
+
+    code = "GW029"
+
+
+class InvalidPersonId(RuleViolation):
+    """Raised when a person id is missing, has the wrong type OID or fails its check."""
+
+    code = "GW020"
+    hint = "Send a valid 12-digit personnummer or samordningsnummer; complaints are never anonymous."
+
+
+class InvalidHsaId(RuleViolation):
+    """Raised when an HSA-id does not follow SE + organisation number + '-' + suffix."""
+
+    code = "GW021"
+    hint = "An HSA-id is 'SE', a 10-digit organisation number, '-' and letters or digits, at most 31 characters."
+
+
+class AttachmentTypeRefused(RuleViolation):
+    """Raised when an attachment's content is not PDF, GIF, JPEG or PNG, or contradicts its mimeType."""
+
+    code = "GW022"
+    hint = "Only PDF, GIF, JPEG and PNG files can be attached."
+
+
+class AttachmentTooLarge(RuleViolation):
+    """Raised when one attachment is over the size limit (20 MB)."""
+
+    code = "GW023"
+    hint = "Attach files of at most 20 MB each."
+
+
+class TooManyAttachments(RuleViolation):
+    """Raised when a message has more attachments than its sender may send."""
+
+    code = "GW024"
+    hint = "A citizen may attach at most 5 files per message, the care side at most 10."
+
+
+class EventDateInvalid(RuleViolation):
+    """Raised when a complaint has no event date, or one in the future."""
+
+    code = "GW025"
+    hint = "Give the date of the event (for a whole care process, its start date), not in the future."
+
+
+class LocationMissing(RuleViolation):
+    """Raised when a complaint to the patient board names neither a unit nor a place."""
+
+    code = "GW026"
+    hint = "Give the care unit's HSA-id or, for the patient board, a free-text location."
+
+
+class UnknownCase(RuleViolation):
+    """Raised when a follow-up message refers to a case the gateway never received."""
+
+    code = "GW027"
+    hint = "Send the case itself first (ProcessCase), then its messages."
+
+
+class IdConflict(RuleViolation):
+    """Raised when a caseId or messageId already stored arrives again with other content."""
+
+    code = "GW028"
+    hint = "Use a new id for new content; a retry must repeat the original request exactly."
+
+
+class InvalidValue(RuleViolation):
+    """Raised when a field breaks a rule not covered by a more specific class."""
+
+    code = "GW029"
+    hint = "Correct the field named in the message."
+
+
+class InternalError(GatewayError):
+    """An unexpected failure. The response carries only a reference; the log has the rest."""
+
+    code = "GW099"
+    hint = "Nothing was stored; try again. If it persists, give operations the reference."
+
+
+#: Every user-visible code, for documentation and for tests that check codes stay unique.
+ALL_CODES: dict[str, type[GatewayError]] = {}
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation):
+        ALL_CODES.setdefault(_cls.code, _cls)

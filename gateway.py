@@ -1,0 +1,258 @@
+"""The composition root: load the config, build the Flask app, the worker and the CLI.
+
+Role: the only module that knows every other one. ``create_app(config)`` wires the
+store, mappings, contracts and blueprints into a Flask app (Flask's application-factory
+pattern); the click group ``cli`` is the ``gateway`` command: ``serve`` (gunicorn, with
+the worker in each server process unless ``--no-worker``), ``check`` and ``migrate``.
+
+May import: everything.
+
+Invariants: a wrong config, mapping or contract stops the start with a ``GW0xx``
+message before any port is opened; ``serve`` never uses Flask's development server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+
+import config as config_mod
+import inbound
+import logs
+import mapping
+import rivta
+from config import Config
+from errors import ConfigError, GatewayError
+from store import Store
+from worker import Worker
+
+log = logging.getLogger("gateway")
+
+
+def version() -> str:
+    try:
+        return metadata.version("gateway-1177")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def _as_config(value: Config | str | os.PathLike[str] | None) -> Config:
+    return value if isinstance(value, Config) else config_mod.load(value)
+
+
+def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False) -> Flask:
+    """Build the gateway's WSGI app from a ``Config`` (or the path of a config file).
+
+    The store is migrated, mappings and contracts are loaded and checked; any problem
+    raises a ``GatewayError`` here, before the app can serve a request.
+    """
+    cfg = _as_config(config)
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    maps = mapping.load(cfg.mappings.dir)
+    problems = maps.problems(cfg.targets)
+    if problems:
+        raise ConfigError("the mappings have problems: " + " ".join(problems), hint="Run 'gateway check' for the list.")
+    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    store.migrate()
+    schemas = rivta.Schemas()
+
+    app = Flask(__name__)
+    app.config.update(GATEWAY=cfg, MAX_CONTENT_LENGTH=None)
+    app.extensions["gateway.store"] = store
+    app.extensions["gateway.mappings"] = maps
+    inbound.init_app(
+        app,
+        inbound.Intake(
+            store=store,
+            units=maps.units,
+            schemas=schemas,
+            max_body_bytes=cfg.intake.max_body_bytes,
+            max_attachment_bytes=cfg.intake.max_attachment_bytes,
+            max_attachments=cfg.intake.max_attachments,
+            version=version(),
+            public_url=cfg.gateway.public_url,
+            ping_configuration={
+                "name": cfg.gateway.name,
+                "hsaId": cfg.gateway.hsa_id,
+                "contracts": ", ".join(c.name for c in rivta.CONTRACTS.values()),
+                "units": str(len(maps.units)),
+                "targets": ", ".join(sorted(cfg.targets)) or "none",
+                "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "python": sys.version.split()[0],
+            },
+        ),
+    )
+    worker = Worker(store, heartbeat_s=cfg.worker.heartbeat_s)
+    app.extensions["gateway.worker"] = worker
+    if start_worker:
+        worker.start()
+    return app
+
+
+# -- gunicorn ---------------------------------------------------------------------------------
+
+
+def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    def worker_exit(server: Any, gunicorn_worker: Any) -> None:
+        app = getattr(gunicorn_worker, "wsgi", None)
+        if isinstance(app, Flask):
+            app.extensions["gateway.worker"].stop()
+            app.extensions["gateway.store"].close()
+
+    class GatewayServer(BaseApplication):  # type: ignore[misc]
+        """gunicorn running ``create_app``; the app (and its worker) is built in each process."""
+
+        def load_config(self) -> None:
+            options = {
+                "bind": [bind],
+                "workers": cfg.server.workers,
+                "threads": cfg.server.threads,
+                "worker_class": "gthread",
+                "timeout": cfg.server.timeout_s,
+                "graceful_timeout": 20,
+                "worker_exit": worker_exit,
+                "proc_name": "gateway-1177",
+                "accesslog": None,
+                "control_socket_disable": True,
+                "loglevel": cfg.logging.level.lower(),
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return create_app(cfg, start_worker=run_worker and cfg.worker.enabled)
+
+    return GatewayServer()
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=config_mod.CONFIG_ENV,
+    required=True,
+    help=f"The YAML config file (default: ${config_mod.CONFIG_ENV}).",
+)
+
+
+def _load_or_exit(config_path: Path) -> Config:
+    try:
+        return config_mod.load(config_path)
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(version(), prog_name="gateway")
+def cli() -> None:
+    """1177 integration gateway: receives 1177 cases over RIV-TA and forwards them to your own system."""
+
+
+@cli.command()
+@config_option
+@click.option("--bind", default=None, help="HOST:PORT to listen on (default: server.bind from the config).")
+@click.option("--worker/--no-worker", "run_worker", default=True, help="Run the delivery worker in the server processes.")
+def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
+    """Serve the gateway with gunicorn (the RIV-TA endpoint and, by default, the worker)."""
+    cfg = _load_or_exit(config_path)
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        maps = mapping.load(cfg.mappings.dir)
+        problems = maps.problems(cfg.targets)
+        if problems:
+            raise ConfigError("the mappings have problems: " + " ".join(problems))
+        rivta.check_contract_files()
+        store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+        applied = store.migrate()
+        store.close()
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if applied:
+        log.info("database migrated", extra={"applied": ", ".join(applied)})
+    address = bind or cfg.server.bind
+    log.info("serving", extra={"bind": address, "worker": run_worker and cfg.worker.enabled, "version": version()})
+    _gunicorn_application(cfg, address, run_worker).run()
+
+
+@cli.command()
+@config_option
+def migrate(config_path: Path) -> None:
+    """Create or upgrade the database schema."""
+    cfg = _load_or_exit(config_path)
+    try:
+        store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+        applied = store.migrate()
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"database {cfg.database.path}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
+
+
+@cli.command()
+@config_option
+def check(config_path: Path) -> None:
+    """Validate the config, the mappings, the contracts and the database; exit 1 on any problem."""
+    failures = 0
+
+    def report(ok: bool, text: str) -> None:
+        nonlocal failures
+        failures += 0 if ok else 1
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {text}")
+
+    try:
+        cfg = config_mod.load(config_path)
+        report(True, f"config {cfg.source}")
+    except GatewayError as exc:
+        report(False, f"config: {exc}")
+        sys.exit(1)
+    try:
+        maps = mapping.load(cfg.mappings.dir)
+        problems = maps.problems(cfg.targets)
+        for problem in problems:
+            report(False, f"mappings: {problem}")
+        if not problems:
+            report(True, f"mappings {cfg.mappings.dir}: {len(maps.units)} unit(s)")
+    except GatewayError as exc:
+        report(False, f"mappings: {exc}")
+    try:
+        rivta.check_contract_files()
+        report(True, f"contracts: {', '.join(c.name for c in rivta.CONTRACTS.values())}")
+    except GatewayError as exc:
+        report(False, f"contracts: {exc}")
+    try:
+        store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+        if cfg.database.path.exists():
+            pending = store.pending_migrations()
+            store.check_writable()
+            report(True, f"database {cfg.database.path}: writable" + (f", {len(pending)} migration(s) pending (run 'gateway migrate')" if pending else ", schema up to date"))
+        else:
+            report(True, f"database {cfg.database.path}: will be created on first start")
+    except GatewayError as exc:
+        report(False, f"database: {exc}")
+    if failures:
+        click.echo(f"{failures} problem(s) found.", err=True)
+        sys.exit(1)
+    click.echo("all checks passed.")
+
+
+def main() -> None:
+    cli(auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":
+    main()

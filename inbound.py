@@ -1,0 +1,432 @@
+"""The RIV-TA producer endpoint that 1177 and the national platform call.
+
+Role: a Flask blueprint. ``POST /rivta`` answers every 1177-side contract, dispatching on
+the namespace of the Body's first child as the platform does (ProcessCase,
+ProcessCaseMessage, PingForConfiguration). ``GET /rivta`` lists the WSDLs, served with
+the gateway's own address filled in, and their XSDs.
+
+May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``. The unit
+directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
+
+Invariants:
+- The body is read with a hard size limit before anything parses it.
+- A case or message is answered ``OK`` only after it and its outbox row are committed.
+- A refused request has written nothing; its answer says why with a ``GW0xx`` code:
+  a SOAP fault (HTTP 500) for technical refusals, ``resultCode ERROR`` for rule ones.
+- No response or log line carries a stack trace, file content or a person id in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, request, url_for
+from lxml import etree
+from werkzeug.exceptions import NotFound
+from werkzeug.security import safe_join
+
+import logs
+import rivta
+import rules
+from errors import (
+    GatewayError,
+    InternalError,
+    InvalidValue,
+    PayloadTooLarge,
+    RuleViolation,
+    UnknownLogicalAddress,
+    UnsupportedMediaType,
+)
+from errors import NotSoap11
+from model import (
+    Attachment,
+    Case,
+    CaseType,
+    Complaint,
+    Contact,
+    Message,
+    PersonId,
+    Receiver,
+    ReplyChannel,
+    ReplyPreference,
+    Representative,
+    SubjectOfCare,
+    hsa_id,
+)
+from store import Store
+
+log = logging.getLogger("gateway.inbound")
+bp = Blueprint("inbound", __name__)
+
+#: 1177's timestamps (TimeStampType, DateType) are Swedish local time.
+SWEDEN = ZoneInfo("Europe/Stockholm")
+CORRELATION_HEADER = "x-skltp-correlation-id"
+CONSUMER_HEADER = "x-rivta-original-serviceconsumer-hsaid"
+
+
+class UnitDirectory(Protocol):
+    """What intake needs of the units mapping (``mapping.Units`` provides it)."""
+
+    def knows(self, hsa: str, on: dt.date) -> bool: ...
+
+    def route(self, hsa: str, on: dt.date) -> object | None: ...
+
+
+@dataclass
+class Intake:
+    """Everything the endpoint needs, built once by ``gateway.create_app``."""
+
+    store: Store
+    units: UnitDirectory
+    schemas: rivta.Schemas
+    max_body_bytes: int
+    max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
+    max_attachments: int = rules.MAX_CITIZEN_ATTACHMENTS
+    version: str = "0"
+    ping_configuration: dict[str, str] = field(default_factory=dict)
+    public_url: str | None = None
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(SWEDEN)
+
+
+def init_app(app, intake: Intake) -> None:
+    app.extensions["gateway.intake"] = intake
+    app.register_blueprint(bp)
+
+
+def _intake() -> Intake:
+    return current_app.extensions["gateway.intake"]
+
+
+# -- the endpoint ---------------------------------------------------------------------------------
+
+
+@bp.post("/rivta")
+def rivta_endpoint() -> Response:
+    intake = _intake()
+    started = time.perf_counter()
+    correlation = (request.headers.get(CORRELATION_HEADER) or "").strip()[:128] or str(uuid.uuid4())
+    token = logs.correlation_id.set(correlation)
+    consumer = (request.headers.get(CONSUMER_HEADER) or "").strip()[:64] or None
+    log_id = str(uuid.uuid4())
+    contract: rivta.Contract | None = None
+    try:
+        body = _read_body(intake.max_body_bytes)
+        envelope = rivta.read_envelope(rivta.parse(body))
+        contract = envelope.contract
+        intake.schemas.validate(envelope.body, contract)
+        payload = HANDLERS[contract.name](intake, envelope, correlation, log_id)
+        outcome, status = "ok", 200
+    except RuleViolation as exc:
+        assert contract is not None  # rules run only once the contract is known
+        payload = _response(contract, rivta.Result.error(exc, log_id))
+        outcome, status = exc.code, 200
+        log.warning(
+            "request refused by rule",
+            extra={"contract": contract.name, "error_code": exc.code, "field": exc.field, "log_id": log_id,
+                   "consumer_hsa_id": consumer, "detail": exc.message},
+        )
+    except GatewayError as exc:
+        _log_refusal(exc, contract, consumer, log_id)
+        return _xml(rivta.fault_for(exc, log_id=log_id), 500, correlation)
+    except Exception:
+        log.error("internal error", exc_info=True, extra={"log_id": log_id, "contract": contract and contract.name})
+        exc = InternalError(f"an unexpected error occurred (reference {log_id}).")
+        return _xml(rivta.fault_for(exc, log_id=log_id), 500, correlation)
+    finally:
+        logs.correlation_id.reset(token)
+    log.info(
+        "request answered",
+        extra={"contract": contract.name, "outcome": outcome, "log_id": log_id, "consumer_hsa_id": consumer,
+               "logical_address": envelope.logical_address if outcome == "ok" else None, "correlation_id": correlation,
+               "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+    )
+    return _xml(rivta.envelope(payload), status, correlation)
+
+
+def _log_refusal(exc: GatewayError, contract: rivta.Contract | None, consumer: str | None, log_id: str) -> None:
+    log.warning(
+        "request refused",
+        extra={"error_code": exc.code, "contract": contract.name if contract else None, "log_id": log_id,
+               "consumer_hsa_id": consumer, "detail": exc.message},
+    )
+
+
+def _xml(body: bytes, status: int, correlation: str) -> Response:
+    response = Response(body, status=status, content_type=rivta.CONTENT_TYPE)
+    response.headers[CORRELATION_HEADER] = correlation
+    return response
+
+
+def _read_body(limit: int) -> bytes:
+    mime = (request.mimetype or "").lower()
+    if mime == "application/soap+xml":
+        raise NotSoap11("the request is SOAP 1.2 (application/soap+xml); RIV-TA BP 2.1 uses SOAP 1.1.")
+    if mime != "text/xml":
+        raise UnsupportedMediaType(f"Content-Type '{mime[:60] or 'none'}' is not SOAP 1.1's text/xml.")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request is {request.content_length} bytes; the limit is {limit}.")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the request is over the limit of {limit} bytes.")
+    return body
+
+
+def _response(contract: rivta.Contract, result: rivta.Result) -> etree._Element:
+    element = etree.Element(f"{{{contract.responder_ns}}}{contract.name}Response")
+    element.append(rivta.result_element(result, contract.responder_ns))
+    return element
+
+
+# -- contract content → canonical model -----------------------------------------------------------
+
+
+class _Reader:
+    """Reads child elements of one contract element by local name (namespace-aware)."""
+
+    def __init__(self, element: etree._Element, namespace: str, path: str):
+        self.element, self.ns, self.path = element, namespace, path
+
+    def child(self, name: str, namespace: str | None = None) -> _Reader | None:
+        ns = namespace or self.ns
+        found = self.element.find(f"{{{ns}}}{name}")
+        return _Reader(found, rivta.CORE_NS, f"{self.path}/{name}") if found is not None else None
+
+    def children(self, name: str, namespace: str | None = None) -> list[_Reader]:
+        ns = namespace or self.ns
+        return [
+            _Reader(e, rivta.CORE_NS, f"{self.path}/{name}[{i}]")
+            for i, e in enumerate(self.element.findall(f"{{{ns}}}{name}"), start=1)
+        ]
+
+    def text(self, name: str, namespace: str | None = None) -> str | None:
+        found = self.element.find(f"{{{namespace or self.ns}}}{name}")
+        return found.text if found is not None and found.text is not None else (None if found is None else "")
+
+    def required(self, name: str, namespace: str | None = None) -> str:
+        value = self.text(name, namespace)
+        if value is None:  # the XSD makes this unreachable; kept as a guard
+            raise InvalidValue(f"{self.path}/{name} is missing.", field=f"{self.path}/{name}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return (self.text(name) or "").strip() in ("true", "1")
+
+
+def _timestamp(value: str, where: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(value.strip(), "%Y%m%d%H%M%S").replace(tzinfo=SWEDEN)
+    except ValueError:
+        raise InvalidValue(f"{where} '{value[:20]}' is not a valid date and time.", field=where) from None
+
+
+def _date(value: str, where: str) -> dt.date:
+    try:
+        return dt.datetime.strptime(value.strip(), "%Y%m%d").date()
+    except ValueError:
+        raise InvalidValue(f"{where} '{value[:20]}' is not a valid date.", field=where) from None
+
+
+def _person(reader: _Reader) -> PersonId:
+    pid = reader.child("personId")
+    if pid is None:
+        raise InvalidValue(f"{reader.path}/personId is missing.", field=f"{reader.path}/personId")
+    return PersonId.parse(pid.required("id").strip(), pid.required("type").strip(), field=pid.path)
+
+
+def _attachments(readers: list[_Reader]) -> tuple[Attachment, ...]:
+    found = []
+    for reader in readers:
+        try:
+            data = base64.b64decode(reader.required("data"), validate=False)
+        except (binascii.Error, ValueError):
+            raise InvalidValue(f"{reader.path}/data is not valid base64.", field=f"{reader.path}/data") from None
+        found.append(Attachment(reader.required("fileName").strip(), reader.required("mimeType").strip(), data))
+    return tuple(found)
+
+
+def _case_from(element: etree._Element, ns: str) -> Case:
+    case = _Reader(element, ns, "ProcessCase").child("case", ns)
+    assert case is not None  # required by the XSD
+    receiver = case.child("receiver")
+    subject = case.child("subjectOfCare")
+    assert receiver is not None and subject is not None
+    contact = subject.child("contact")
+    representative = case.child("representative")
+    preference = case.child("replyPreference")
+    complaint = case.child("complaint")
+    event_date = complaint.text("eventDate") if complaint else None
+    return Case(
+        case_id=case.required("caseId").strip(),
+        case_type=CaseType(case.required("caseType").strip()),
+        receiver=Receiver(hsa_id(receiver.required("hsaId"), field=f"{receiver.path}/hsaId"), receiver.flag("isPatientBoard")),
+        subject_of_care=SubjectOfCare(
+            _person(subject),
+            subject.text("name"),
+            Contact(contact.text("mobile"), contact.text("email"), contact.flag("consentToShare")) if contact else None,
+        ),
+        created_time=_timestamp(case.required("createdTime"), f"{case.path}/createdTime"),
+        text=case.required("text"),
+        subject=case.text("subject"),
+        representative=(
+            Representative(_person(representative), representative.text("name"), representative.flag("isProxy"))
+            if representative
+            else None
+        ),
+        reply_preference=(
+            ReplyPreference(preference.flag("wantsReply"), ReplyChannel(preference.required("channel").strip()))
+            if preference
+            else None
+        ),
+        complaint=(
+            Complaint(
+                _date(event_date, f"{complaint.path}/eventDate") if event_date else None,
+                complaint.flag("isCareProcess"),
+                complaint.text("eventLocationText"),
+                (complaint.text("careUnitHsaId") or "").strip() or None,
+            )
+            if complaint
+            else None
+        ),
+        attachments=_attachments(case.children("attachment")),
+    )
+
+
+def _message_from(element: etree._Element, ns: str) -> Message:
+    reader = _Reader(element, ns, "ProcessCaseMessage")
+    return Message(
+        case_id=reader.required("caseId").strip(),
+        message_id=reader.required("messageId").strip(),
+        created_time=_timestamp(reader.required("createdTime"), "ProcessCaseMessage/createdTime"),
+        text=reader.required("text"),
+        direction="in",
+        kind="FOLLOW_UP",
+        attachments=_attachments(reader.children("attachment")),
+    )
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+def _require_address(intake: Intake, envelope: rivta.Envelope, today: dt.date) -> str:
+    address = envelope.logical_address
+    if not address:
+        raise UnknownLogicalAddress("the LogicalAddress header is missing.")
+    if not intake.units.knows(address, today):
+        raise UnknownLogicalAddress(f"LogicalAddress '{address[:64]}' is not a unit this gateway serves.")
+    return address
+
+
+def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+    contract = rivta.PROCESS_CASE
+    now = intake.clock()
+    _require_address(intake, envelope, now.date())
+    case = _case_from(envelope.body, contract.responder_ns)
+    rules.check_case(
+        case, now=now, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
+    )
+    route = intake.units.route(case.receiver.hsa_id, now.date())
+    if route is None:
+        raise InvalidValue(
+            f"case/receiver/hsaId {case.receiver.hsa_id} is not a unit this gateway serves.", field="case/receiver/hsaId"
+        )
+    accepted = intake.store.accept_case(
+        case, target=route.target, provider_unit_code=route.unit.code, correlation_id=correlation
+    )
+    log.info(
+        "case accepted" if accepted.created else "case already received",
+        extra={"case_id": case.case_id, "receiver_hsa_id": case.receiver.hsa_id, "target": route.target,
+               "case_type": case.case_type.value, "attachments": len(case.attachments)},
+    )
+    return _response(contract, rivta.Result.ok(log_id))
+
+
+def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+    contract = rivta.PROCESS_CASE_MESSAGE
+    _require_address(intake, envelope, intake.clock().date())
+    message = _message_from(envelope.body, contract.responder_ns)
+    rules.check_citizen_message(
+        message, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
+    )
+    accepted = intake.store.accept_message(message, correlation_id=correlation)
+    log.info(
+        "message accepted" if accepted.created else "message already received",
+        extra={"case_id": message.case_id, "message_id": message.message_id, "attachments": len(message.attachments)},
+    )
+    return _response(contract, rivta.Result.ok(log_id))
+
+
+def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+    ns = rivta.PING.responder_ns
+    response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
+    etree.SubElement(response, f"{{{ns}}}version").text = intake.version
+    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = intake.clock().strftime("%Y%m%d%H%M%S")
+    configuration = dict(intake.ping_configuration)
+    try:
+        intake.store.check_writable()
+        configuration["database"] = "writable"
+    except GatewayError as exc:
+        configuration["database"] = f"unavailable ({exc.code})"
+    for name, value in configuration.items():
+        entry = etree.SubElement(response, f"{{{ns}}}configuration")
+        etree.SubElement(entry, f"{{{ns}}}name").text = name
+        etree.SubElement(entry, f"{{{ns}}}value").text = value
+    return response
+
+
+HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]] = {
+    rivta.PROCESS_CASE.name: handle_process_case,
+    rivta.PROCESS_CASE_MESSAGE.name: handle_process_case_message,
+    rivta.PING.name: handle_ping,
+}
+
+
+# -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
+
+
+def _base_url(intake: Intake) -> str:
+    return (intake.public_url or request.host_url).rstrip("/")
+
+
+@bp.get("/rivta")
+def contracts_index() -> Response:
+    intake = _intake()
+    lines = [f"{c.name}: {url_for('inbound.contract_file', path=c.wsdl_relpath, _external=True)}" for c in rivta.CONTRACTS.values()]
+    lines.insert(0, f"RIV-TA endpoint: POST {_base_url(intake)}/rivta (SOAP 1.1). WSDLs:")
+    return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+
+
+@bp.get("/rivta/contracts/<path:path>")
+def contract_file(path: str) -> Response:
+    """A contract file; WSDLs get the gateway's own address as ``soap:address``."""
+    file = safe_join(str(rivta.CONTRACTS_DIR), path)
+    if file is None or not (file.endswith(".wsdl") or file.endswith(".xsd")):
+        raise NotFound()
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        raise NotFound() from None
+    if file.endswith(".wsdl"):
+        tree = etree.fromstring(data, parser=etree.XMLParser(resolve_entities=False, no_network=True))
+        for address in tree.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address"):
+            address.set("location", f"{_base_url(_intake())}/rivta")
+        data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
+    return Response(data, content_type="text/xml; charset=utf-8")
+
+
+@bp.get("/rivta/<name>")
+def contract_wsdl(name: str) -> Response:
+    """``GET /rivta/ProcessCase?wsdl`` → the contract's WSDL."""
+    for contract in rivta.CONTRACTS.values():
+        if contract.name == name:
+            return contract_file(contract.wsdl_relpath)
+    raise NotFound()

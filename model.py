@@ -1,0 +1,225 @@
+"""Canonical shapes of the gateway: ``Case``, ``Message``, ``Attachment`` and identifiers.
+
+Role: the one vocabulary every other module speaks, independent of any wire contract
+(RIV-TA names stay in ``rivta``/``inbound``; provider names stay in ``mapping``). Also
+the identifier checks: HSA-ids and personnummer/samordningsnummer.
+
+May import: ``errors`` only.
+
+Invariants: instances are immutable; a ``PersonId`` that exists has passed its check
+digit and date check; ``repr`` and ``masked`` never show a person id in clear.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from stdnum import luhn
+from stdnum.se import orgnr
+
+from errors import InvalidHsaId, InvalidPersonId
+
+PERSONNUMMER_OID = "1.2.752.129.2.1.3.1"
+SAMORDNINGSNUMMER_OID = "1.2.752.129.2.1.3.3"
+
+
+class CaseType(str, Enum):
+    """Case type codes of the 1177 contracts."""
+
+    COMPLAINT = "COMPLAINT"
+    QUESTION = "QUESTION"
+    PRESCRIPTION_RENEWAL = "PRESCRIPTION_RENEWAL"
+    BOOKING = "BOOKING"
+    OTHER = "OTHER"
+
+
+class ReplyChannel(str, Enum):
+    INKORG = "INKORG"
+    TELEFON = "TELEFON"
+    BREV = "BREV"
+
+
+_HSA_RE = re.compile(r"^SE(\d{10})-[A-Za-z0-9]+$")
+_PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
+
+
+def hsa_id(value: str, *, field: str = "hsaId") -> str:
+    """Return ``value`` as a canonical (upper-case) HSA-id, or raise ``InvalidHsaId``.
+
+    Syntax: ``SE`` + a valid 10-digit organisation number + ``-`` + letters/digits, at
+    most 31 characters. HSA-ids compare case-insensitively, so the canonical form is
+    upper case.
+    """
+    text = (value or "").strip()
+    match = _HSA_RE.match(text.upper())
+    if len(text) > 31 or not match or not orgnr.is_valid(match.group(1)):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise InvalidHsaId(f"'{shown}' in {field} is not a valid HSA-id.", field=field)
+    return text.upper()
+
+
+def is_hsa_id(value: str) -> bool:
+    try:
+        hsa_id(value)
+    except InvalidHsaId:
+        return False
+    return True
+
+
+def mask_person_id(number: str) -> str:
+    """A person id as it may appear in logs and messages: birth year only."""
+    digits = re.sub(r"\D", "", number or "")
+    return (digits[:4] if len(digits) >= 4 else "") + "********"
+
+
+def redact_person_ids(text: str) -> str:
+    """Replace everything in ``text`` that looks like a 12-digit personnummer by its mask."""
+    return _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
+
+
+@dataclass(frozen=True)
+class PersonId:
+    """A checked personnummer or samordningsnummer (12 digits, ``YYYYMMDDNNNC``)."""
+
+    id: str = field(repr=False)
+    type: str = PERSONNUMMER_OID
+
+    @classmethod
+    def parse(cls, number: str, type_oid: str, *, field: str = "personId") -> PersonId:
+        """Check ``number`` against ``type_oid`` and return it, or raise ``InvalidPersonId``.
+
+        Checks: 12 digits, a real date (day − 60 for a samordningsnummer), a Luhn check
+        digit over digits 3–12, and a type OID that matches the kind of number.
+        """
+        digits = (number or "").strip()
+        if not re.fullmatch(r"\d{12}", digits):
+            raise InvalidPersonId(f"{field}: a person id must be 12 digits (YYYYMMDDNNNC).", field=field)
+        if type_oid not in (PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID):
+            raise InvalidPersonId(
+                f"{field}: type '{type_oid[:40]}' is neither personnummer ({PERSONNUMMER_OID}) "
+                f"nor samordningsnummer ({SAMORDNINGSNUMMER_OID}).",
+                field=field,
+            )
+        day = int(digits[6:8])
+        is_coordination = day > 60
+        if is_coordination != (type_oid == SAMORDNINGSNUMMER_OID):
+            kind = "samordningsnummer" if is_coordination else "personnummer"
+            raise InvalidPersonId(f"{field}: the number is a {kind} but its type OID says otherwise.", field=field)
+        try:
+            dt.date(int(digits[0:4]), int(digits[4:6]), day - 60 if is_coordination else day)
+        except ValueError:
+            raise InvalidPersonId(f"{field}: the number {mask_person_id(digits)} has no valid date.", field=field) from None
+        if not luhn.is_valid(digits[2:]):
+            raise InvalidPersonId(f"{field}: the check digit of {mask_person_id(digits)} is wrong.", field=field)
+        return cls(digits, type_oid)
+
+    @property
+    def is_samordningsnummer(self) -> bool:
+        return self.type == SAMORDNINGSNUMMER_OID
+
+    @property
+    def birth_date(self) -> dt.date:
+        day = int(self.id[6:8])
+        return dt.date(int(self.id[0:4]), int(self.id[4:6]), day - 60 if day > 60 else day)
+
+    @property
+    def masked(self) -> str:
+        return mask_person_id(self.id)
+
+    def __repr__(self) -> str:
+        return f"PersonId({self.masked}, {self.type})"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file attached to a case or message. ``data`` is held once, stored by hash."""
+
+    file_name: str
+    mime_type: str
+    data: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Contact:
+    mobile: str | None = None
+    email: str | None = None
+    consent_to_share: bool = False
+
+
+@dataclass(frozen=True)
+class SubjectOfCare:
+    person_id: PersonId
+    name: str | None = None
+    contact: Contact | None = None
+
+
+@dataclass(frozen=True)
+class Representative:
+    person_id: PersonId
+    name: str | None = None
+    is_proxy: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyPreference:
+    wants_reply: bool
+    channel: ReplyChannel
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """Complaint details. For a whole care process, ``event_date`` is its start date."""
+
+    event_date: dt.date | None
+    is_care_process: bool
+    event_location_text: str | None = None
+    care_unit_hsa_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Receiver:
+    hsa_id: str
+    is_patient_board: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """A citizen's case as 1177 sent it (or as registered from outside 1177)."""
+
+    case_id: str
+    case_type: CaseType
+    receiver: Receiver
+    subject_of_care: SubjectOfCare
+    created_time: dt.datetime
+    text: str
+    subject: str | None = None
+    representative: Representative | None = None
+    reply_preference: ReplyPreference | None = None
+    complaint: Complaint | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message in a case's dialog. ``direction`` is ``in`` (citizen) or ``out`` (care)."""
+
+    case_id: str
+    message_id: str
+    created_time: dt.datetime
+    text: str
+    direction: str = "in"
+    kind: str = "FOLLOW_UP"
+    subject: str | None = None
+    attachments: tuple[Attachment, ...] = ()

@@ -1,0 +1,143 @@
+"""The 1177 business rules (DESIGN.md section 6) as pure functions.
+
+Role: decide whether a case or message may be accepted, whatever door it came in by
+(RIV-TA intake, the provider REST API). No I/O, no clock of its own: callers pass
+``now`` so the rules are testable on their boundaries.
+
+May import: ``model``, ``errors``.
+
+Invariants: a function either returns normally or raises a ``RuleViolation`` subclass
+whose message names the field and never contains a person id in clear.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from errors import (
+    AttachmentTooLarge,
+    AttachmentTypeRefused,
+    EventDateInvalid,
+    InvalidValue,
+    LocationMissing,
+    TooManyAttachments,
+)
+from model import Attachment, Case, CaseType, Message, hsa_id
+
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+MAX_CITIZEN_ATTACHMENTS = 5
+MAX_CARE_ATTACHMENTS = 10
+
+# Content signatures of the four file types 1177 accepts (rule 1): checked by content.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "application/pdf"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+)
+_MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "application/x-pdf": "application/pdf"}
+
+
+def sniff_mime_type(data: bytes) -> str | None:
+    """The accepted MIME type that ``data`` really is, or ``None``."""
+    for signature, mime in _SIGNATURES:
+        if data.startswith(signature):
+            return mime
+    return None
+
+
+def check_attachments(
+    attachments: Sequence[Attachment],
+    *,
+    max_count: int,
+    max_bytes: int = MAX_ATTACHMENT_BYTES,
+    field: str = "attachment",
+) -> None:
+    """Rule 1: count, size and type (by content, and the declared type must agree)."""
+    if len(attachments) > max_count:
+        raise TooManyAttachments(
+            f"{field}: {len(attachments)} attachments, at most {max_count} are allowed.", field=field
+        )
+    for index, attachment in enumerate(attachments, start=1):
+        where = f"{field}[{index}]"
+        if attachment.size > max_bytes:
+            raise AttachmentTooLarge(
+                f"{where} '{attachment.file_name}' is {attachment.size} bytes, the limit is {max_bytes}.",
+                field=where,
+            )
+        actual = sniff_mime_type(attachment.data)
+        if actual is None:
+            raise AttachmentTypeRefused(
+                f"{where} '{attachment.file_name}' is not a PDF, GIF, JPEG or PNG file.", field=where
+            )
+        declared = _MIME_ALIASES.get(attachment.mime_type.strip().lower(), attachment.mime_type.strip().lower())
+        if declared != actual:
+            raise AttachmentTypeRefused(
+                f"{where} '{attachment.file_name}' is declared as '{attachment.mime_type}' but its content is {actual}.",
+                field=where,
+            )
+
+
+def check_case(
+    case: Case,
+    *,
+    now: dt.datetime,
+    max_attachments: int = MAX_CITIZEN_ATTACHMENTS,
+    max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
+) -> None:
+    """All intake rules for a new case from a citizen.
+
+    Person ids are already checked when the ``Case`` is built (``PersonId.parse``), so a
+    case without a valid personnummer/samordningsnummer never reaches here (rule 4).
+    """
+    hsa_id(case.receiver.hsa_id, field="case/receiver/hsaId")
+    if not case.case_id.strip():
+        raise InvalidValue("case/caseId is empty.", field="case/caseId")
+    if not case.text.strip():
+        raise InvalidValue("case/text is empty: a case needs the citizen's text.", field="case/text")
+    if case.case_type is CaseType.COMPLAINT:
+        check_complaint(case, today=now.date())
+    elif case.complaint is not None:
+        raise InvalidValue(
+            f"case/complaint is only allowed for caseType COMPLAINT, not {case.case_type.value}.",
+            field="case/complaint",
+        )
+    check_attachments(case.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes, field="case/attachment")
+
+
+def check_complaint(case: Case, *, today: dt.date) -> None:
+    """Rules 4–6 for complaints: event date present and not in the future, and a place."""
+    complaint = case.complaint
+    if complaint is None or complaint.event_date is None:
+        raise EventDateInvalid(
+            "case/complaint/eventDate is missing: a complaint needs the date of the event.",
+            field="case/complaint/eventDate",
+        )
+    if complaint.event_date > today:
+        raise EventDateInvalid(
+            f"case/complaint/eventDate {complaint.event_date.isoformat()} is in the future.",
+            field="case/complaint/eventDate",
+        )
+    if complaint.care_unit_hsa_id:
+        hsa_id(complaint.care_unit_hsa_id, field="case/complaint/careUnitHsaId")
+    elif case.receiver.is_patient_board and not (complaint.event_location_text or "").strip():
+        raise LocationMissing(
+            "case/complaint: a complaint to the patient board without careUnitHsaId needs eventLocationText.",
+            field="case/complaint/eventLocationText",
+        )
+
+
+def check_citizen_message(
+    message: Message,
+    *,
+    max_attachments: int = MAX_CITIZEN_ATTACHMENTS,
+    max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
+) -> None:
+    """Rules for a citizen's follow-up message."""
+    if not message.message_id.strip():
+        raise InvalidValue("messageId is empty.", field="messageId")
+    if not message.text.strip() and not message.attachments:
+        raise InvalidValue("text is empty and there is no attachment.", field="text")
+    check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes)
