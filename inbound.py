@@ -22,6 +22,7 @@ import base64
 import binascii
 import datetime as dt
 import logging
+import posixpath
 import time
 import uuid
 from collections.abc import Callable
@@ -406,21 +407,24 @@ def contracts_index() -> Response:
 
 @bp.get("/rivta/contracts/<path:path>")
 def contract_file(path: str) -> Response:
-    """A contract file; WSDLs get the gateway's own address as ``soap:address``."""
+    """A contract file as served to consumers: imports become absolute URLs of this
+    gateway, and a WSDL's ``soap:address`` becomes the gateway's own endpoint."""
     file = safe_join(str(rivta.CONTRACTS_DIR), path)
-    if file is None or not (file.endswith(".wsdl") or file.endswith(".xsd")):
+    if file is None or not file.endswith((".wsdl", ".xsd")):
         raise NotFound()
     try:
-        with open(file, "rb") as handle:
-            data = handle.read()
-    except OSError:
+        tree = etree.parse(file, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+    except (OSError, etree.XMLSyntaxError):
         raise NotFound() from None
-    if file.endswith(".wsdl"):
-        tree = etree.fromstring(data, parser=etree.XMLParser(resolve_entities=False, no_network=True))
-        for address in tree.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address"):
-            address.set("location", f"{_base_url(_intake())}/rivta")
-        data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
-    return Response(data, content_type="text/xml; charset=utf-8")
+    base = _base_url(_intake())
+    folder = posixpath.dirname(path)
+    for element in tree.iter("{http://www.w3.org/2001/XMLSchema}import", "{http://www.w3.org/2001/XMLSchema}include"):
+        location = element.get("schemaLocation")
+        if location and "://" not in location:
+            element.set("schemaLocation", f"{base}/rivta/contracts/{posixpath.normpath(posixpath.join(folder, location))}")
+    for address in tree.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address"):
+        address.set("location", f"{base}/rivta")
+    return Response(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"), content_type="text/xml; charset=utf-8")
 
 
 @bp.get("/rivta/<name>")

@@ -69,12 +69,27 @@ class TextFormatter(logging.Formatter):
         return redact_person_ids(f"{base} {extras}".rstrip())
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not at set-up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     """Install the gateway's handler on the root logger (idempotent)."""
     import time
 
     logging.Formatter.converter = time.gmtime
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactFilter())
     handler.set_name("gateway")

@@ -1,0 +1,196 @@
+"""Shared fixtures: a config on a temporary database, the app, its client, a CLI runner,
+and builders for the SOAP requests 1177 sends (made by zeep from the project's WSDLs)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import socket
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import config as config_mod  # noqa: E402
+import gateway  # noqa: E402
+import rivta  # noqa: E402
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "rivta"
+PNR = "191212121212"  # Tolvan Tolvansson, the Skatteverket test personnummer
+PNR_2 = "198112189876"
+SAMORDNING = "197010632391"  # samordningsnummer (day 03 + 60)
+KLIN1 = "SE5566778899-KLIN1"
+KLIN2 = "SE5566778899-KLIN2"
+BOARD = "SE2321000016-PN01"
+
+
+def _png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"\x00\xff\x00\x00"
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + chunk(
+        b"IDAT", zlib.compress(raw)
+    ) + chunk(b"IEND", b"")
+
+
+PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+PNG = _png()
+GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
+EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def config_data(tmp_path: Path) -> dict:
+    """The example config, with its database in a temporary folder."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["database"]["path"] = str(tmp_path / "gateway.db")
+    data["mappings"]["dir"] = str(ROOT / "mappings")
+    data["logging"]["format"] = "json"
+    return data
+
+
+@pytest.fixture
+def cfg(config_data: dict, tmp_path: Path) -> config_mod.Config:
+    return config_mod.from_dict(copy.deepcopy(config_data), base_dir=ROOT, environ={})
+
+
+@pytest.fixture
+def app(cfg):
+    app = gateway.create_app(cfg)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["gateway.worker"].stop()
+    app.extensions["gateway.store"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["gateway.store"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+# -- SOAP requests as 1177 builds them ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def zeep_clients():
+    import zeep
+
+    return {
+        name: zeep.Client(str(contract.wsdl_path))
+        for name, contract in (("ProcessCase", rivta.PROCESS_CASE), ("ProcessCaseMessage", rivta.PROCESS_CASE_MESSAGE))
+    }
+
+
+def sweden_now() -> dt.datetime:
+    from inbound import SWEDEN
+
+    return dt.datetime.now(SWEDEN)
+
+
+def case_dict(**overrides) -> dict:
+    """A valid complaint to KLIN1 with two attachments; ``overrides`` replace top-level keys."""
+    today = sweden_now().date()
+    case = {
+        "caseId": "1177-C-0001",
+        "caseType": "COMPLAINT",
+        "receiver": {"hsaId": KLIN1, "isPatientBoard": False},
+        "subjectOfCare": {
+            "personId": {"id": PNR, "type": "1.2.752.129.2.1.3.1"},
+            "name": "Tolvan Tolvansson",
+            "contact": {"mobile": "+46701234567", "email": "tolvan@example.org", "consentToShare": True},
+        },
+        "createdTime": sweden_now().strftime("%Y%m%d%H%M%S"),
+        "subject": "Bemötande vid besök",
+        "text": "Jag vill lämna synpunkter på mitt besök den 3 mars.",
+        "replyPreference": {"wantsReply": True, "channel": "INKORG"},
+        "complaint": {
+            "eventDate": (today - dt.timedelta(days=10)).strftime("%Y%m%d"),
+            "isCareProcess": False,
+            "eventLocationText": "Mottagningen, plan 2",
+        },
+        "attachment": [
+            {"fileName": "intyg.pdf", "mimeType": "application/pdf", "data": PDF},
+            {"fileName": "bild.png", "mimeType": "image/png", "data": PNG},
+        ],
+    }
+    case.update(overrides)
+    return {k: v for k, v in case.items() if v is not None}
+
+
+def soap_bytes(zeep_clients, operation: str, address: str | None = KLIN1, **kwargs) -> bytes:
+    client = zeep_clients[operation]
+    headers = {"LogicalAddress": address} if address is not None else None
+    envelope = client.create_message(client.service, operation, _soapheaders=headers, **kwargs)
+    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+
+@pytest.fixture
+def make_case(zeep_clients):
+    def build(address: str | None = KLIN1, **overrides) -> bytes:
+        return soap_bytes(zeep_clients, "ProcessCase", address, case=case_dict(**overrides))
+
+    return build
+
+
+@pytest.fixture
+def make_message(zeep_clients):
+    def build(address: str | None = KLIN1, **overrides) -> bytes:
+        fields = {
+            "caseId": "1177-C-0001",
+            "messageId": "1177-M-0001",
+            "createdTime": sweden_now().strftime("%Y%m%d%H%M%S"),
+            "text": "Här kommer svaret på er fråga.",
+            "attachment": [{"fileName": "svar.jpg", "mimeType": "image/jpeg", "data": JPEG}],
+        }
+        fields.update(overrides)
+        return soap_bytes(zeep_clients, "ProcessCaseMessage", address, **{k: v for k, v in fields.items() if v is not None})
+
+    return build
+
+
+@pytest.fixture
+def post(client):
+    """POST a SOAP body to /rivta; returns (status, parsed XML root, raw text)."""
+
+    def send(body: bytes, content_type: str = "text/xml; charset=UTF-8", headers: dict | None = None):
+        response = client.post("/rivta", data=body, headers={"Content-Type": content_type, **(headers or {})})
+        root = etree.fromstring(response.data)
+        return response.status_code, root, response.get_data(as_text=True)
+
+    return send
+
+
+def result_of(root) -> dict:
+    """The ``result`` of a response as a dict, or the fault as {'fault': ..., 'faultstring': ...}."""
+    fault = root.find(f".//{{{rivta.SOAP11_NS}}}Fault")
+    if fault is not None:
+        return {"fault": fault.findtext("faultcode"), "faultstring": fault.findtext("faultstring")}
+    result = root.find(f".//{{{rivta.CORE_NS}}}resultCode/..")
+    return {etree.QName(child).localname: child.text for child in result}

@@ -1,0 +1,67 @@
+"""The `gateway` command: check, migrate, and the errors a wrong config gives."""
+
+from __future__ import annotations
+
+import yaml
+from conftest import ROOT
+
+import gateway
+
+
+def _config(tmp_path, **changes) -> str:
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["database"]["path"] = str(tmp_path / "gw.db")
+    data["mappings"]["dir"] = str(ROOT / "mappings")
+    for section, values in changes.items():
+        data[section].update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_check_passes_on_the_shipped_example(runner):
+    result = runner.invoke(gateway.cli, ["check", "--config", str(ROOT / "config.example.yaml")], env={})
+    assert result.exit_code == 0, result.output
+    assert "all checks passed" in result.output and "3 unit(s)" in result.output
+
+
+def test_check_reports_a_wrong_key_with_its_path(runner, tmp_path):
+    result = runner.invoke(gateway.cli, ["check", "--config", _config(tmp_path, server={"threads": "lots"})])
+    assert result.exit_code == 1
+    assert "GW001" in result.output and "'server.threads'" in result.output
+
+
+def test_check_reports_mapping_problems(runner, tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "units.yaml").write_text(
+        yaml.safe_dump({"units": [{"hsa_id": "SE5566778899-A", "code": "A", "target": "unknown_target"}]})
+    )
+    result = runner.invoke(gateway.cli, ["check", "--config", _config(tmp_path, mappings={"dir": str(maps)})])
+    assert result.exit_code == 1 and "target 'unknown_target'" in result.output
+
+
+def test_config_from_environment_and_migrate(runner, tmp_path):
+    path = _config(tmp_path)
+    result = runner.invoke(gateway.cli, ["migrate"], env={"GATEWAY_CONFIG": path})
+    assert result.exit_code == 0 and "applied m001_intake" in result.output
+    again = runner.invoke(gateway.cli, ["migrate", "--config", path])
+    assert "up to date" in again.output
+    checked = runner.invoke(gateway.cli, ["check", "--config", path])
+    assert checked.exit_code == 0 and "schema up to date" in checked.output
+
+
+def test_env_override_reaches_the_cli(runner, tmp_path):
+    path = _config(tmp_path)
+    result = runner.invoke(gateway.cli, ["check", "--config", path], env={"GATEWAY__SERVER__BIND": "nonsense"})
+    assert result.exit_code == 1 and "'server.bind'" in result.output
+
+
+def test_serve_refuses_a_bad_config_before_opening_a_port(runner, tmp_path):
+    result = runner.invoke(gateway.cli, ["serve", "--config", _config(tmp_path, gateway={"hsa_id": "nope"})])
+    assert result.exit_code == 2 and "GW001" in result.output and "'gateway.hsa_id'" in result.output
+
+
+def test_missing_config_says_what_to_do(runner):
+    result = runner.invoke(gateway.cli, ["check"], env={"GATEWAY_CONFIG": None})
+    assert result.exit_code != 0 and "--config" in result.output

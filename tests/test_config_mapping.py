@@ -1,0 +1,179 @@
+"""Config loading (overrides, secrets, relative paths, errors) and the units mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BOARD, KLIN1, ROOT
+
+import config as config_mod
+import mapping
+from errors import ConfigError, MappingError
+
+
+def write(tmp_path: Path, data: dict, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def example() -> dict:
+    return yaml.safe_load((ROOT / "config.example.yaml").read_text())
+
+
+def test_example_config_loads_and_resolves_relative_paths():
+    cfg = config_mod.load(ROOT / "config.example.yaml", environ={})
+    assert cfg.database.path == ROOT / "data" / "gateway.db"
+    assert cfg.mappings.dir == ROOT / "mappings"
+    assert cfg.gateway.hsa_id == "SE5566778899-GW01"
+    assert set(cfg.targets) == {"demo_rest", "demo_soap"}
+
+
+def test_relative_paths_start_at_the_config_files_folder(tmp_path, example):
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", example)
+    cfg = config_mod.load(path, environ={})
+    assert cfg.database.path == tmp_path / "etc" / "data" / "gateway.db"
+
+
+def test_environment_overrides_any_key(tmp_path, example):
+    path = write(tmp_path, example)
+    cfg = config_mod.load(
+        path,
+        environ={
+            "GATEWAY__DATABASE__PATH": "other/gw.db",
+            "GATEWAY__SERVER__THREADS": "3",
+            "GATEWAY__WORKER__ENABLED": "false",
+            "GATEWAY__TARGETS__DEMO_REST__BASE_URL": "http://127.0.0.1:9/x",
+        },
+    )
+    assert cfg.database.path == tmp_path / "other" / "gw.db"
+    assert cfg.server.threads == 3 and cfg.worker.enabled is False
+    assert cfg.targets["demo_rest"].base_url == "http://127.0.0.1:9/x"
+
+
+def test_config_from_environment_variable(tmp_path, example):
+    path = write(tmp_path, example)
+    assert config_mod.load(None, environ={"GATEWAY_CONFIG": str(path)}).source == path
+
+
+def test_secrets_from_env_and_file(tmp_path, example):
+    (tmp_path / "name.txt").write_text("from a file\n")
+    example["gateway"]["name"] = {"$file": "name.txt"}
+    example["targets"]["demo_rest"]["description"] = {"$env": "DESC"}
+    cfg = config_mod.load(write(tmp_path, example), environ={"DESC": "from env"})
+    assert cfg.gateway.name == "from a file"
+    assert cfg.targets["demo_rest"].description == "from env"
+
+
+def test_missing_secret_names_the_key(tmp_path, example):
+    example["targets"]["demo_rest"]["description"] = {"$env": "NOT_SET_ANYWHERE"}
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, example), environ={})
+    assert "targets.demo_rest.description" in str(info.value) and "NOT_SET_ANYWHERE" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda d: d["server"].update(threads="many"), "server.threads"),
+        (lambda d: d["server"].update(bind="8080"), "server.bind"),
+        (lambda d: d["database"].update(pathh="x"), "database.pathh"),
+        (lambda d: d["gateway"].update(hsa_id="GW01"), "gateway.hsa_id"),
+        (lambda d: d["targets"]["demo_rest"].update(kind="ftp"), "targets.demo_rest.kind"),
+        (lambda d: d.pop("gateway"), "gateway"),
+        (lambda d: d["intake"].update(max_attachments=6), "intake.max_attachments"),
+    ],
+)
+def test_wrong_config_names_the_dotted_key(tmp_path, example, change, key):
+    change(example)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, example), environ={})
+    assert f"'{key}'" in str(info.value)
+    assert str(info.value).startswith("GW001")
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateway: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        config_mod.load(bad, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        config_mod.load(tmp_path / "nope.yaml", environ={})
+    with pytest.raises(ConfigError, match="no config file"):
+        config_mod.load(None, environ={})
+
+
+# -- mappings -------------------------------------------------------------------------------
+
+
+def test_shipped_units_route_the_demo_units():
+    maps = mapping.load(ROOT / "mappings")
+    today = dt.date(2026, 11, 26)
+    assert maps.units.route(KLIN1.lower(), today).target == "demo_rest"
+    assert maps.units.route("SE5566778899-KLIN2", today).target == "demo_soap"
+    assert maps.units.route(BOARD, today).unit.patient_board
+    assert maps.units.route("SE5566778899-OTHER", today) is None
+    assert maps.units.by_code("demo_rest", "KLIN1", today).hsa_id == KLIN1
+    with pytest.raises(MappingError, match="no unit with code 'NOPE'"):
+        maps.units.by_code("demo_rest", "NOPE", today)
+    assert maps.problems(["demo_rest", "demo_soap"]) == []
+
+
+def _units(tmp_path: Path, data: dict) -> mapping.Mappings:
+    (tmp_path / "units.yaml").write_text(yaml.safe_dump(data))
+    return mapping.load(tmp_path)
+
+
+def test_validity_dates_and_default_route(tmp_path):
+    maps = _units(
+        tmp_path,
+        {
+            "units": [
+                {"hsa_id": KLIN1, "code": "OLD", "target": "t", "valid_to": dt.date(2025, 12, 31)},
+                {"hsa_id": KLIN1, "code": "NEW", "target": "t", "valid_from": dt.date(2026, 1, 1)},
+                {"hsa_id": BOARD, "code": "PN", "target": "t", "patient_board": True},
+            ],
+            "default_route": {"hsa_id": BOARD},
+        },
+    )
+    assert maps.units.route(KLIN1, dt.date(2025, 12, 31)).unit.code == "OLD"
+    assert maps.units.route(KLIN1, dt.date(2026, 1, 1)).unit.code == "NEW"
+    fallback = maps.units.route("SE5566778899-ELSE", dt.date(2026, 1, 1))
+    assert fallback.by_default and fallback.unit.hsa_id == BOARD
+    assert not maps.units.knows("SE5566778899-ELSE", dt.date(2026, 1, 1))
+    assert maps.problems(["t"]) == []
+
+
+def test_problems_are_listed_with_file_and_row(tmp_path):
+    maps = _units(
+        tmp_path,
+        {
+            "units": [
+                {"hsa_id": KLIN1, "code": "A", "target": "t"},
+                {"hsa_id": KLIN1.lower(), "code": "B", "target": "t", "valid_from": dt.date(2026, 1, 1)},
+                {"hsa_id": BOARD, "code": "A", "target": "t"},
+                {"hsa_id": "SE5566778899-X", "code": "X", "target": "nowhere"},
+            ],
+            "default_route": {"hsa_id": "SE5566778899-GONE"},
+        },
+    )
+    problems = maps.problems(["t"])
+    assert any("units[0]" in p and "overlaps units[1]" in p for p in problems)
+    assert any("code 'A'" in p and "units[2]" in p for p in problems)
+    assert any("target 'nowhere'" in p for p in problems)
+    assert any("default_route" in p for p in problems)
+
+
+def test_bad_mapping_file_names_file_and_key(tmp_path):
+    with pytest.raises(MappingError) as info:
+        _units(tmp_path, {"units": [{"hsa_id": "KLIN1", "code": "A", "target": "t"}]})
+    assert "units.yaml: units[0].hsa_id" in str(info.value)
+    with pytest.raises(MappingError, match="unknown key"):
+        _units(tmp_path, {"units": [{"hsa_id": KLIN1, "code": "A", "target": "t", "colour": "red"}]})
+    with pytest.raises(MappingError, match="does not exist"):
+        mapping.load(tmp_path / "missing")

@@ -1,0 +1,158 @@
+"""Identifiers and the 1177 intake rules, on their boundaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from conftest import EXE, GIF, JPEG, PDF, PNG, PNR, SAMORDNING
+
+import rules
+from errors import (
+    AttachmentTooLarge,
+    AttachmentTypeRefused,
+    EventDateInvalid,
+    InvalidHsaId,
+    InvalidPersonId,
+    InvalidValue,
+    LocationMissing,
+    TooManyAttachments,
+)
+from model import (
+    PERSONNUMMER_OID,
+    SAMORDNINGSNUMMER_OID,
+    Attachment,
+    Case,
+    CaseType,
+    Complaint,
+    PersonId,
+    Receiver,
+    SubjectOfCare,
+    hsa_id,
+    mask_person_id,
+    redact_person_ids,
+)
+
+NOW = dt.datetime(2026, 11, 26, 12, 0)
+
+
+class TestPersonId:
+    def test_personnummer(self):
+        pid = PersonId.parse(PNR, PERSONNUMMER_OID)
+        assert pid.birth_date == dt.date(1912, 12, 12) and not pid.is_samordningsnummer
+
+    def test_samordningsnummer_day_plus_60(self):
+        pid = PersonId.parse(SAMORDNING, SAMORDNINGSNUMMER_OID)
+        assert pid.birth_date == dt.date(1970, 10, 3) and pid.is_samordningsnummer
+
+    @pytest.mark.parametrize(
+        "number, oid, why",
+        [
+            ("191212121213", PERSONNUMMER_OID, "check digit"),
+            ("19121212121", PERSONNUMMER_OID, "12 digits"),
+            ("1912121212AB", PERSONNUMMER_OID, "12 digits"),
+            ("191302301212", PERSONNUMMER_OID, "no valid date"),
+            (SAMORDNING, PERSONNUMMER_OID, "samordningsnummer"),
+            (PNR, SAMORDNINGSNUMMER_OID, "personnummer"),
+            (PNR, "1.2.3", "neither"),
+            ("", PERSONNUMMER_OID, "12 digits"),
+        ],
+    )
+    def test_refused(self, number, oid, why):
+        with pytest.raises(InvalidPersonId) as info:
+            PersonId.parse(number, oid)
+        assert why in info.value.message
+        assert PNR not in str(info.value) and SAMORDNING not in str(info.value)
+
+    def test_never_shown_in_clear(self):
+        pid = PersonId.parse(PNR, PERSONNUMMER_OID)
+        assert PNR not in repr(pid) and pid.masked == "1912********"
+        assert mask_person_id("19121212-1212") == "1912********"
+        assert redact_person_ids(f"case for {PNR} and 19121212-1212") == "case for 1912******** and 1912********"
+
+
+class TestHsaId:
+    @pytest.mark.parametrize("value", ["SE5566778899-KLIN1", "se5566778899-klin1", "SE2321000016-PN01", "SE2321000016-1"])
+    def test_valid_and_canonical(self, value):
+        assert hsa_id(value) == value.upper()
+
+    @pytest.mark.parametrize(
+        "value",
+        ["SE5566778898-KLIN1", "SE556677889-KLIN1", "5566778899-KLIN1", "SE5566778899", "SE5566778899-", "SE5566778899-A B",
+         "SE5566778899-" + "A" * 19, ""],
+    )
+    def test_invalid(self, value):
+        with pytest.raises(InvalidHsaId):
+            hsa_id(value)
+
+
+def _case(case_type=CaseType.COMPLAINT, complaint=None, board=False, attachments=()) -> Case:
+    return Case(
+        case_id="C1",
+        case_type=case_type,
+        receiver=Receiver("SE2321000016-PN01" if board else "SE5566778899-KLIN1", board),
+        subject_of_care=SubjectOfCare(PersonId.parse(PNR, PERSONNUMMER_OID)),
+        created_time=NOW,
+        text="text",
+        complaint=complaint,
+        attachments=tuple(attachments),
+    )
+
+
+class TestComplaintRules:
+    def test_event_date_today_is_accepted(self):
+        rules.check_case(_case(complaint=Complaint(NOW.date(), False)), now=NOW)
+
+    def test_event_date_tomorrow_is_refused(self):
+        with pytest.raises(EventDateInvalid, match="in the future"):
+            rules.check_case(_case(complaint=Complaint(NOW.date() + dt.timedelta(days=1), False)), now=NOW)
+
+    def test_complaint_without_event_date(self):
+        with pytest.raises(EventDateInvalid, match="missing"):
+            rules.check_case(_case(complaint=Complaint(None, True)), now=NOW)
+        with pytest.raises(EventDateInvalid):
+            rules.check_case(_case(complaint=None), now=NOW)
+
+    def test_patient_board_needs_unit_or_place(self):
+        with pytest.raises(LocationMissing):
+            rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "  ")), now=NOW)
+        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "Akuten")), now=NOW)
+        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, None, "SE5566778899-KLIN2")), now=NOW)
+
+    def test_care_unit_must_be_an_hsa_id(self):
+        with pytest.raises(InvalidHsaId):
+            rules.check_case(_case(complaint=Complaint(NOW.date(), False, None, "KLIN2")), now=NOW)
+
+    def test_complaint_block_only_on_complaints(self):
+        with pytest.raises(InvalidValue):
+            rules.check_case(_case(CaseType.QUESTION, complaint=Complaint(NOW.date(), False)), now=NOW)
+        rules.check_case(_case(CaseType.QUESTION), now=NOW)
+
+
+class TestAttachments:
+    @pytest.mark.parametrize("data, mime", [(PDF, "application/pdf"), (PNG, "image/png"), (GIF, "image/gif"), (JPEG, "image/jpeg"), (JPEG, "image/jpg")])
+    def test_accepted_types(self, data, mime):
+        rules.check_attachments([Attachment("f", mime, data)], max_count=5)
+
+    def test_type_is_checked_by_content_not_name(self):
+        with pytest.raises(AttachmentTypeRefused, match="not a PDF"):
+            rules.check_attachments([Attachment("intyg.pdf", "application/pdf", EXE)], max_count=5)
+
+    def test_declared_type_must_match_content(self):
+        with pytest.raises(AttachmentTypeRefused, match="declared as 'image/png'"):
+            rules.check_attachments([Attachment("bild.png", "image/png", PDF)], max_count=5)
+
+    def test_size_limit_boundary(self):
+        limit = 1000
+        rules.check_attachments([Attachment("a.pdf", "application/pdf", PDF.ljust(limit, b" "))], max_count=5, max_bytes=limit)
+        with pytest.raises(AttachmentTooLarge):
+            rules.check_attachments([Attachment("a.pdf", "application/pdf", PDF.ljust(limit + 1, b" "))], max_count=5, max_bytes=limit)
+
+    def test_count_limits_citizen_5_care_10(self):
+        files = [Attachment(f"{i}.pdf", "application/pdf", PDF) for i in range(11)]
+        rules.check_attachments(files[:5], max_count=rules.MAX_CITIZEN_ATTACHMENTS)
+        with pytest.raises(TooManyAttachments):
+            rules.check_attachments(files[:6], max_count=rules.MAX_CITIZEN_ATTACHMENTS)
+        rules.check_attachments(files[:10], max_count=rules.MAX_CARE_ATTACHMENTS)
+        with pytest.raises(TooManyAttachments):
+            rules.check_attachments(files, max_count=rules.MAX_CARE_ATTACHMENTS)
