@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from errors import ConfigError, InvalidHsaId
@@ -108,19 +109,127 @@ class LoggingSection(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class RetrySection(_Section):
+    """Retry policy for transient failures: exponential backoff with jitter and a ceiling."""
+
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    initial_s: float = Field(default=2.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    max_s: float = Field(default=900.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds before attempt ``attempt + 1``; ``rand`` in [0, 1) spreads retries (jitter)."""
+        base = min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
+        return max(0.0, base * (1 - self.jitter + 2 * self.jitter * rand))
+
+
+class TlsSection(_Section):
+    """TLS towards a target: CA bundle, client certificate. Verification stays on."""
+
+    ca_bundle: RelPath | None = None
+    client_cert: RelPath | None = None
+    client_key: RelPath | None = None
+
+
+class AuthSection(_Section):
+    """How the gateway authenticates to a REST target."""
+
+    type: Literal["none", "basic", "bearer", "oauth2", "client_cert"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "AuthSection":
+        needs = {
+            "basic": ("username", "password"),
+            "bearer": ("token",),
+            "oauth2": ("token_url", "client_id", "client_secret"),
+        }.get(self.type, ())
+        missing = [name for name in needs if getattr(self, name) in (None, "")]
+        if missing:
+            raise ValueError(f"auth type '{self.type}' needs {', '.join(missing)}")
+        return self
+
+
+class _TargetBase(_Section):
+    description: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0, description="Read timeout of one call.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retry: RetrySection = RetrySection()
+    tls: TlsSection = TlsSection()
+
+
+class RestTarget(_TargetBase):
+    """A provider system with a JSON-over-HTTP API."""
+
+    kind: Literal["rest"]
+    base_url: str
+    paths: dict[Literal["deliver_case", "deliver_message"], str] = Field(
+        default_factory=lambda: {"deliver_case": "/cases", "deliver_message": "/cases/{provider_case_id}/messages"}
+    )
+    auth: AuthSection = AuthSection()
+    idempotency_header: str = "Idempotency-Key"
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _client_cert(self) -> "RestTarget":
+        if self.auth.type == "client_cert" and not self.tls.client_cert:
+            raise ValueError("auth type 'client_cert' needs tls.client_cert")
+        return self
+
+
+class WsseSection(_Section):
+    username: str
+    password: SecretStr
+
+
+class IdempotencySection(_Section):
+    """Where a SOAP target gets the idempotency key: an HTTP header or a body field."""
+
+    http_header: str | None = "Idempotency-Key"
+    field: str | None = None
+
+
+class SoapTarget(_TargetBase):
+    """A provider system with a SOAP service described by a local WSDL file."""
+
+    kind: Literal["soap"]
+    wsdl: RelPath
+    endpoint: str | None = Field(default=None, description="Overrides the WSDL's soap:address.")
+    binding: str | None = Field(default=None, description="{namespace}Binding when the WSDL has several.")
+    operations: dict[Literal["deliver_case", "deliver_message"], str]
+    wsse: WsseSection | None = None
+    idempotency: IdempotencySection = IdempotencySection()
+
+    @field_validator("wsdl")
+    @classmethod
+    def _wsdl_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"WSDL file {value} does not exist (it is read locally, never fetched)")
+        return value
+
+
+TargetSection = Annotated[RestTarget | SoapTarget, Field(discriminator="kind")]
+
+
 class WorkerSection(_Section):
     enabled: bool = True
     heartbeat_s: int = Field(default=10, ge=1, le=3600)
-
-
-class TargetSection(_Section):
-    """A provider system the gateway delivers to (details grow with the adapters)."""
-
-    kind: Literal["rest", "soap"]
-    description: str | None = None
-    base_url: str | None = None
-    endpoint: str | None = None
-    wsdl: RelPath | None = None
+    concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries in flight at once per process.")
+    poll_s: float = Field(default=2.0, gt=0, description="How often due retries are looked for.")
+    lease_s: float = Field(default=300.0, ge=5, description="A claimed row returns to the queue after this.")
 
 
 class Config(_Section):
@@ -196,7 +305,13 @@ def _as_config_error(exc: ValidationError) -> ConfigError:
     lines = []
     first_path = None
     for err in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(p) for p in err["loc"])
+        loc = list(err["loc"])
+        if len(loc) > 2 and loc[0] == "targets" and loc[2] in ("rest", "soap"):
+            del loc[2]  # the discriminator pydantic adds for the kind of target
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")
+            err = {**err, "msg": "must be one of: rest, soap"}
+        path = ".".join(str(p) for p in loc)
         first_path = first_path or path
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

@@ -12,6 +12,12 @@ contains a personnummer, a secret or file content (callers pass masked values).
     ├── MappingError         GW002  a mapping file is wrong, or a look-up fell through
     ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
     ├── StoreError           GW050  the database cannot be read or written
+    ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
+    │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
+    │   ├── TargetFailed     GW061  HTTP 408/429/5xx or a SOAP Server fault (transient)
+    │   ├── TargetRefused    GW062  another HTTP 4xx or a SOAP Client fault (permanent)
+    │   ├── BadTargetAnswer  GW063  a 2xx whose body is not what the field map expects (permanent)
+    │   └── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
     │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick
@@ -92,6 +98,60 @@ class StoreError(GatewayError):
 
     code = "GW050"
     hint = "Nothing was stored; send the request again later. Operators: check the database file and disk."
+
+
+class DeliveryError(GatewayError):
+    """A delivery to a target failed. ``permanent`` is True when retrying cannot help.
+
+    Raised by adapters (never the store); the worker turns it into a retry or a dead row.
+    ``status_code`` is the HTTP status where there was one.
+    """
+
+    code = "GW060"
+    permanent = False
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+class TargetUnavailable(DeliveryError):
+    """Raised when the target cannot be reached (connection, DNS, TLS handshake, timeout)."""
+
+    code = "GW060"
+    hint = "The gateway retries; check that the provider system is up and reachable."
+
+
+class TargetFailed(DeliveryError):
+    """Raised on HTTP 408, 429 or 5xx, or a SOAP Server fault: the target may take it later."""
+
+    code = "GW061"
+    hint = "The gateway retries; if it persists, look at the provider system's own log."
+
+
+class TargetRefused(DeliveryError):
+    """Raised on any other HTTP 4xx or a SOAP Client fault: the target will never take it."""
+
+    code = "GW062"
+    permanent = True
+    hint = "Fix the target's configuration or field map (or the provider system), then replay the dead row."
+
+
+class BadTargetAnswer(DeliveryError):
+    """Raised when a 2xx answer lacks what the field map says it holds (e.g. the provider's case id)."""
+
+    code = "GW063"
+    permanent = True
+    hint = "Check the target's response mapping against what the provider system answers, then replay."
+
+
+class AttemptsExhausted(DeliveryError):
+    """Recorded when a row has failed transiently on every allowed attempt."""
+
+    code = "GW064"
+    permanent = True
+    hint = "Fix the cause (see the attempts), then replay the dead row."
 
 
 class RequestRefused(GatewayError):
@@ -242,5 +302,5 @@ class InternalError(GatewayError):
 #: Every user-visible code, for documentation and for tests that check codes stay unique.
 ALL_CODES: dict[str, type[GatewayError]] = {}
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation):
+    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError):
         ALL_CODES.setdefault(_cls.code, _cls)

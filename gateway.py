@@ -90,11 +90,25 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             },
         ),
     )
-    worker = Worker(store, heartbeat_s=cfg.worker.heartbeat_s)
+    worker = build_worker(cfg, store, maps)
     app.extensions["gateway.worker"] = worker
+    app.extensions["gateway.intake"].on_stored = worker.wake
     if start_worker:
         worker.start()
     return app
+
+
+def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
+    return Worker(
+        store,
+        mappings=maps,
+        targets=cfg.targets,
+        gateway_hsa_id=cfg.gateway.hsa_id,
+        concurrency=cfg.worker.concurrency,
+        poll_s=cfg.worker.poll_s,
+        lease_s=cfg.worker.lease_s,
+        heartbeat_s=cfg.worker.heartbeat_s,
+    )
 
 
 # -- gunicorn ---------------------------------------------------------------------------------
@@ -248,6 +262,82 @@ def check(config_path: Path) -> None:
         click.echo(f"{failures} problem(s) found.", err=True)
         sys.exit(1)
     click.echo("all checks passed.")
+
+
+@cli.group()
+def mappings() -> None:
+    """Check the mapping files and try them on a case, without sending anything."""
+
+
+@mappings.command("check")
+@config_option
+def mappings_check(config_path: Path) -> None:
+    """Validate every mapping file against the config; exit 1 on any problem."""
+    cfg = _load_or_exit(config_path)
+    try:
+        maps = mapping.load(cfg.mappings.dir)
+    except GatewayError as exc:
+        click.echo(f"FAIL {exc}")
+        sys.exit(1)
+    problems = maps.problems(cfg.targets)
+    for problem in problems:
+        click.echo(f"FAIL {problem}")
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {cfg.mappings.dir}.", err=True)
+        sys.exit(1)
+    click.echo(
+        f"ok   {cfg.mappings.dir}: {len(maps.units)} unit(s), code tables for "
+        f"{len(set(maps.codes.case_types) | set(maps.codes.statuses))} target(s), field maps for {', '.join(sorted(maps.fieldmaps))}"
+    )
+
+
+@mappings.command("try")
+@config_option
+@click.argument("case_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target", "target_name", required=True, help="The target (under 'targets:') to build the call for.")
+@click.option("--full", is_flag=True, help="Print long values (attachments) in full.")
+def mappings_try(config_path: Path, case_file: Path, target_name: str, full: bool) -> None:
+    """Print exactly what delivering CASE_FILE (a ProcessCase request) to a target would send."""
+    import adapters
+    from mapping import delivery_source
+
+    cfg = _load_or_exit(config_path)
+    try:
+        maps = mapping.load(cfg.mappings.dir)
+        if target_name not in cfg.targets:
+            raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
+        case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
+        today = dt.date.today()
+        route = maps.units.route(case.receiver.hsa_id, today)
+        if route is None:
+            raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id} on {today}.")
+        if route.target != target_name:
+            click.echo(f"note: {mapping.UNITS_FILE} routes {case.receiver.hsa_id} to '{route.target}', not '{target_name}'.", err=True)
+        source = delivery_source(
+            case=case, route={"unit_code": route.unit.code, "target": target_name, "hsa_id": route.unit.hsa_id},
+            provider_case_id=None, idempotency_key="<idempotency-key>", gateway_hsa_id=cfg.gateway.hsa_id,
+        )
+        body = maps.fieldmap(target_name).build("deliver_case", source)
+        if not full:
+            body = _shorten(body)
+        adapter = adapters.build(target_name, cfg.targets[target_name])
+        request = adapters.Request(body=body, idempotency_key="<idempotency-key>", params={"case_id": case.case_id, "unit_code": route.unit.code})
+        click.echo(adapter.preview("deliver_case", request))
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v) for v in value]
+    if isinstance(value, str) and len(value) > 120:
+        return f"{value[:60]}…({len(value)} characters; --full shows all)"
+    if isinstance(value, bytes) and len(value) > 90:
+        return value[:45] + f"…({len(value)} bytes; --full shows all)".encode()
+    return value
 
 
 def main() -> None:

@@ -96,6 +96,8 @@ class Intake:
     ping_configuration: dict[str, str] = field(default_factory=dict)
     public_url: str | None = None
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(SWEDEN)
+    #: called after a new case or message is committed (the worker's ``wake``)
+    on_stored: Callable[[], None] = lambda: None
 
 
 def init_app(app, intake: Intake) -> None:
@@ -314,6 +316,17 @@ def _message_from(element: etree._Element, ns: str) -> Message:
     )
 
 
+def case_from_xml(body: bytes, schemas: rivta.Schemas) -> Case:
+    """A ``Case`` from a ProcessCase request, as a whole SOAP envelope or just its
+    ``ProcessCase`` element (for ``gateway mappings try``): parsed, validated, not stored."""
+    root = rivta.parse(body)
+    element = rivta.read_envelope(root).body if etree.QName(root).localname == "Envelope" else root
+    if etree.QName(element).namespace != rivta.PROCESS_CASE.responder_ns or etree.QName(element).localname != "ProcessCase":
+        raise InvalidValue("the file does not hold a ProcessCase request.")
+    schemas.validate(element, rivta.PROCESS_CASE)
+    return _case_from(element, rivta.PROCESS_CASE.responder_ns)
+
+
 # -- handlers ------------------------------------------------------------------------------------
 
 
@@ -342,6 +355,8 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
     accepted = intake.store.accept_case(
         case, target=route.target, provider_unit_code=route.unit.code, correlation_id=correlation
     )
+    if accepted.created:
+        intake.on_stored()
     log.info(
         "case accepted" if accepted.created else "case already received",
         extra={"case_id": case.case_id, "receiver_hsa_id": case.receiver.hsa_id, "target": route.target,
@@ -358,6 +373,8 @@ def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correl
         message, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
     )
     accepted = intake.store.accept_message(message, correlation_id=correlation)
+    if accepted.created:
+        intake.on_stored()
     log.info(
         "message accepted" if accepted.created else "message already received",
         extra={"case_id": message.case_id, "message_id": message.message_id, "attachments": len(message.attachments)},

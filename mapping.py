@@ -1,9 +1,16 @@
 """Mappings: the files in ``mappings/`` that say which unit is which, loaded and checked.
 
 Role: load and validate the mapping files an integration engineer edits, and answer
-look-ups on them. Units map a 1177 HSA-id to the provider's own unit code and to the
-target (provider system) that serves it, with validity dates and an optional default
-route (for example the region's patient board). Pure: no I/O after ``load``.
+look-ups on them. Pure: no I/O after ``load``.
+
+- ``units.yaml``: a 1177 HSA-id ↔ the provider's own unit code and the target (provider
+  system) that serves it, with validity dates and an optional default route (for
+  example the region's patient board).
+- ``codes.yaml``: per target, 1177 case type codes → the provider's codes, and the
+  provider's status codes → 1177's statuses.
+- ``fieldmaps/<target>.yaml``: per target and action, how the body sent to the target is
+  built from the canonical case: target field ← source path, with named transforms,
+  code look-ups and constants. Declarative; nothing is evaluated as code.
 
 May import: ``model``, ``errors``.
 
@@ -25,9 +32,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from errors import InvalidHsaId, MappingError
-from model import hsa_id
+from model import hsa_id, to_data
 
 UNITS_FILE = "units.yaml"
+CODES_FILE = "codes.yaml"
+FIELDMAPS_DIR = "fieldmaps"
+CASE_TYPE_CODES = ("COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER")
+STATUS_CODES = ("RECEIVED", "IN_PROGRESS", "CLOSED")
+ACTIONS = ("deliver_case", "deliver_message")
 
 
 class _UnitRow(BaseModel):
@@ -178,15 +190,308 @@ class Units:
         return found
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MappingError(f"cannot read mapping file {path}: {exc.strerror}.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MappingError(f"mapping file {path.name} is not valid YAML{where}.") from None
+
+
+def _validation_message(name: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "is required"
+        parts.append(f"{loc}: {msg}")
+    return f"{name}: " + "; ".join(parts) + "."
+
+
+# -- codes ------------------------------------------------------------------------------------------
+
+
+class _CodesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    case_types: dict[str, dict[str, str]] = Field(default_factory=dict)
+    statuses: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Code tables per target: ``case_types`` (1177 → provider), ``statuses`` (provider → 1177)."""
+
+    case_types: dict[str, dict[str, str]]
+    statuses: dict[str, dict[str, str]]
+    source: str = CODES_FILE
+
+    def lookup(self, table: str, target: str, value: str) -> str:
+        """Map ``value`` through ``table`` for ``target``, or raise ``MappingError`` naming all three."""
+        tables = {"case_types": self.case_types, "statuses": self.statuses}
+        if table not in tables:
+            raise MappingError(f"{self.source}: there is no code table '{table}'.")
+        per_target = tables[table].get(target)
+        if per_target is None:
+            raise MappingError(f"{self.source}: {table} has no section for target '{target}'.", field=f"{table}.{target}")
+        if value not in per_target:
+            raise MappingError(
+                f"{self.source}: {table}.{target} has no entry for '{value}'.", field=f"{table}.{target}.{value}"
+            )
+        return per_target[value]
+
+    def problems(self, targets: Iterable[str] | None) -> list[str]:
+        found = []
+        known = set(targets) if targets is not None else None
+        for target, table in self.case_types.items():
+            if known is not None and target not in known:
+                found.append(f"{self.source}: case_types.{target}: no such target in the config.")
+            for code in table:
+                if code not in CASE_TYPE_CODES:
+                    found.append(f"{self.source}: case_types.{target}.{code}: not a 1177 case type ({', '.join(CASE_TYPE_CODES)}).")
+        for target, table in self.statuses.items():
+            if known is not None and target not in known:
+                found.append(f"{self.source}: statuses.{target}: no such target in the config.")
+            for code, status in table.items():
+                if status not in STATUS_CODES:
+                    found.append(f"{self.source}: statuses.{target}.{code}: '{status}' is not a 1177 status ({', '.join(STATUS_CODES)}).")
+        return found
+
+
+# -- field maps ---------------------------------------------------------------------------------------
+
+#: Where a source path may start. ``contact`` is only present when the citizen consented
+#: to sharing it (DESIGN.md rule 8); ``case.subject_of_care.contact`` is never available.
+SOURCE_ROOTS = ("case", "message", "route", "provider", "contact", "delivery", "gateway", "item")
+_SPEC_KEYS = {"from", "transform", "lookup", "required", "const", "each", "fields", "format"}
+
+
+def _transform_date(value: Any, fmt: str | None) -> Any:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value) if "T" in value else dt.date.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return value.strftime(fmt) if fmt else value.isoformat()
+
+
+def _transform_datetime(value: Any, fmt: str | None) -> Any:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.strftime(fmt) if fmt else value.isoformat()
+
+
+def _transform_base64(value: Any, fmt: str | None) -> str:
+    import base64
+
+    return base64.b64encode(value).decode("ascii")
+
+
+TRANSFORMS: dict[str, Any] = {
+    "date": _transform_date,  # ISO date, or `format` (strftime)
+    "datetime": _transform_datetime,  # ISO 8601 with offset, or `format`
+    "base64": _transform_base64,  # bytes → base64 text (REST/JSON bodies)
+    "string": lambda v, f: str(v),
+    "upper": lambda v, f: str(v).upper(),
+    "lower": lambda v, f: str(v).lower(),
+    "bool": lambda v, f: bool(v),
+}
+
+
+def _get(source: dict[str, Any], path: str) -> Any:
+    node: Any = source
+    for part in path.split("."):
+        if node is None:
+            return None
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+class FieldMap:
+    """One target's field map: for each action, the body to send and what to read back."""
+
+    def __init__(self, target: str, data: dict[str, Any], source: str, codes: Codes):
+        self.target = target
+        self.source = source
+        self.codes = codes
+        self.actions: dict[str, dict[str, Any]] = data
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for action, spec in self.actions.items():
+            if action not in ACTIONS:
+                found.append(f"{self.source}: '{action}' is not an action ({', '.join(ACTIONS)}).")
+                continue
+            if not isinstance(spec, dict) or "body" not in spec:
+                found.append(f"{self.source}: {action} needs a 'body'.")
+                continue
+            unknown = set(spec) - {"body", "response"}
+            if unknown:
+                found.append(f"{self.source}: {action}: unknown key(s) {', '.join(sorted(unknown))}.")
+            self._check(spec["body"], f"{action}.body", found, in_each=False)
+            for key, path in (spec.get("response") or {}).items():
+                if key != "provider_case_id" or not isinstance(path, str):
+                    found.append(f"{self.source}: {action}.response.{key}: only 'provider_case_id: <field path>' is known.")
+        for action in ACTIONS:
+            if action not in self.actions:
+                found.append(f"{self.source}: no '{action}' section; the target could not receive that.")
+        return found
+
+    def _check(self, spec: Any, where: str, found: list[str], in_each: bool) -> None:
+        if isinstance(spec, str):
+            root = spec.split(".", 1)[0]
+            if root not in SOURCE_ROOTS or (root == "item" and not in_each):
+                found.append(f"{self.source}: {where}: source '{spec}' must start with one of {', '.join(SOURCE_ROOTS[:-1])}.")
+            if spec.startswith("case.subject_of_care.contact"):
+                found.append(f"{self.source}: {where}: use 'contact.…' (only present with the citizen's consent).")
+            return
+        if not isinstance(spec, dict):
+            found.append(f"{self.source}: {where}: expected a source path or a mapping, got {type(spec).__name__}.")
+            return
+        if "const" in spec:
+            return
+        if "each" in spec:
+            self._check(spec["each"], f"{where}.each", found, in_each)
+            if not isinstance(spec.get("fields"), dict):
+                found.append(f"{self.source}: {where}: 'each' needs 'fields'.")
+            else:
+                for key, sub in spec["fields"].items():
+                    self._check(sub, f"{where}.fields.{key}", found, in_each=True)
+            return
+        if "from" in spec:
+            unknown = set(spec) - _SPEC_KEYS
+            if unknown:
+                found.append(f"{self.source}: {where}: unknown key(s) {', '.join(sorted(unknown))}.")
+            self._check(spec["from"], f"{where}.from", found, in_each)
+            if spec.get("transform") and spec["transform"] not in TRANSFORMS:
+                found.append(f"{self.source}: {where}: unknown transform '{spec['transform']}' ({', '.join(TRANSFORMS)}).")
+            if spec.get("lookup") and spec["lookup"] not in ("case_types", "statuses"):
+                found.append(f"{self.source}: {where}: unknown lookup '{spec['lookup']}' (case_types, statuses).")
+            return
+        for key, sub in spec.items():
+            self._check(sub, f"{where}.{key}", found, in_each)
+
+    def build(self, action: str, source: dict[str, Any]) -> dict[str, Any]:
+        """The body for ``action`` from ``source`` (see ``delivery_source``)."""
+        spec = self.actions.get(action)
+        if spec is None:
+            raise MappingError(f"{self.source}: no '{action}' section for target '{self.target}'.", field=action)
+        body = self._value(spec["body"], source, f"{action}.body")
+        return body if isinstance(body, dict) else {}
+
+    def _value(self, spec: Any, source: dict[str, Any], where: str) -> Any:
+        if isinstance(spec, str):
+            return _get(source, spec)
+        if "const" in spec:
+            return spec["const"]
+        if "each" in spec:
+            items = _get(source, spec["each"]) or []
+            return [
+                self._value(spec["fields"], {**source, "item": item}, f"{where}[{i}]") for i, item in enumerate(items)
+            ]
+        if "from" in spec:
+            value = _get(source, spec["from"])
+            if value is None:
+                if spec.get("required"):
+                    raise MappingError(f"{self.source}: {where}: '{spec['from']}' has no value and is required.", field=where)
+                return None
+            if spec.get("lookup"):
+                value = self.codes.lookup(spec["lookup"], self.target, str(value))
+            if spec.get("transform"):
+                try:
+                    value = TRANSFORMS[spec["transform"]](value, spec.get("format"))
+                except (TypeError, ValueError) as exc:
+                    raise MappingError(
+                        f"{self.source}: {where}: transform '{spec['transform']}' failed ({type(exc).__name__}).", field=where
+                    ) from None
+            return value
+        built = {}
+        for key, sub in spec.items():
+            value = self._value(sub, source, f"{where}.{key}")
+            if value is not None and value != {}:
+                built[key] = value
+        return built
+
+    def provider_case_id(self, action: str, answer: Any) -> tuple[bool, str | None]:
+        """(expected, value): whether the map reads the provider's case id, and what it found."""
+        path = ((self.actions.get(action) or {}).get("response") or {}).get("provider_case_id")
+        if not path:
+            return False, None
+        value = _get(answer if isinstance(answer, dict) else {}, path)
+        return True, (str(value) if value not in (None, "") else None)
+
+
+def delivery_source(
+    *,
+    case: Any,
+    message: Any = None,
+    route: dict[str, Any],
+    provider_case_id: str | None,
+    idempotency_key: str,
+    gateway_hsa_id: str | None = None,
+) -> dict[str, Any]:
+    """What a field map may read. Contact details only with consent (DESIGN.md rule 8)."""
+    case_data = to_data(case)
+    contact = case_data["subject_of_care"].pop("contact", None)
+    case_data["attachments"] = [
+        {**meta, "data": attachment.data} for meta, attachment in zip(case_data["attachments"], case.attachments)
+    ]
+    source: dict[str, Any] = {
+        "case": case_data,
+        "route": route,
+        "provider": {"case_id": provider_case_id},
+        "contact": contact if contact and contact.get("consent_to_share") else None,
+        "delivery": {"idempotency_key": idempotency_key},
+        "gateway": {"hsa_id": gateway_hsa_id},
+    }
+    if message is not None:
+        message_data = to_data(message)
+        message_data["attachments"] = [
+            {**meta, "data": attachment.data} for meta, attachment in zip(message_data["attachments"], message.attachments)
+        ]
+        source["message"] = message_data
+    return source
+
+
+# -- everything together ------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Mappings:
     """Everything loaded from ``mappings/``."""
 
     directory: Path
     units: Units
+    codes: Codes
+    fieldmaps: dict[str, FieldMap]
+
+    def fieldmap(self, target: str) -> FieldMap:
+        found = self.fieldmaps.get(target)
+        if found is None:
+            raise MappingError(f"{FIELDMAPS_DIR}/{target}.yaml does not exist: target '{target}' has no field map.")
+        return found
 
     def problems(self, known_targets: Iterable[str] | None = None) -> list[str]:
-        return self.units.problems(known_targets)
+        """Everything wrong across the files (empty when all is fine)."""
+        targets = list(known_targets) if known_targets is not None else None
+        found = self.units.problems(targets) + self.codes.problems(targets)
+        for fieldmap in self.fieldmaps.values():
+            found += fieldmap.problems()
+            if targets is not None and fieldmap.target not in targets:
+                found.append(f"{fieldmap.source}: no target '{fieldmap.target}' in the config.")
+        if targets is not None:
+            for target in targets:
+                if target not in self.fieldmaps:
+                    found.append(f"{FIELDMAPS_DIR}/{target}.yaml is missing: target '{target}' has no field map.")
+        return found
 
 
 def _read_yaml(path: Path) -> Any:
@@ -218,8 +523,7 @@ def load(directory: str | Path) -> Mappings:
     directory = Path(directory)
     if not directory.is_dir():
         raise MappingError(f"the mappings folder {directory} does not exist.", hint="Set mappings.dir in the config.")
-    units_path = directory / UNITS_FILE
-    data = _read_yaml(units_path) or {}
+    data = _read_yaml(directory / UNITS_FILE) or {}
     try:
         parsed = _UnitsFile.model_validate(data)
     except ValidationError as exc:
@@ -229,4 +533,22 @@ def load(directory: str | Path) -> Mappings:
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,
     )
-    return Mappings(directory, units)
+    codes_path = directory / CODES_FILE
+    codes_data = (_read_yaml(codes_path) or {}) if codes_path.exists() else {}
+    try:
+        parsed_codes = _CodesFile.model_validate(codes_data)
+    except ValidationError as exc:
+        raise MappingError(_validation_message(CODES_FILE, exc)) from None
+    codes = Codes(
+        {t: {str(k): str(v) for k, v in table.items()} for t, table in parsed_codes.case_types.items()},
+        {t: {str(k): str(v) for k, v in table.items()} for t, table in parsed_codes.statuses.items()},
+    )
+    fieldmaps: dict[str, FieldMap] = {}
+    folder = directory / FIELDMAPS_DIR
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        content = _read_yaml(path) or {}
+        name = f"{FIELDMAPS_DIR}/{path.name}"
+        if not isinstance(content, dict):
+            raise MappingError(f"{name}: expected a mapping of actions at the top level.")
+        fieldmaps[path.stem] = FieldMap(path.stem, content, name, codes)
+    return Mappings(directory, units, codes, fieldmaps)

@@ -223,3 +223,91 @@ class Message:
     kind: str = "FOLLOW_UP"
     subject: str | None = None
     attachments: tuple[Attachment, ...] = ()
+
+
+# -- plain data (JSON) ↔ model ---------------------------------------------------------------------
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_data(obj: Case | Message) -> dict:
+    """The object as JSON-ready data. Attachments are described (name, type, hash, size),
+    never carried: their bytes are stored once, by hash."""
+    from dataclasses import fields, is_dataclass
+
+    def convert(value: object) -> object:
+        if isinstance(value, Attachment):
+            return {"file_name": value.file_name, "mime_type": value.mime_type, "sha256": value.sha256, "size": value.size}
+        if isinstance(value, PersonId):
+            return {"id": value.id, "type": value.type}
+        if is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return _plain(value)
+
+    return convert(obj)  # type: ignore[return-value]  # (not asdict(): it deep-copies attachment bytes)
+
+
+def _person(data: dict) -> PersonId:
+    # data that was stored has been checked at intake; trust it without re-parsing
+    return PersonId(data["id"], data["type"])
+
+
+def case_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> Case:
+    """Rebuild a ``Case`` from ``to_data`` output and its attachments (in order)."""
+    soc = data["subject_of_care"]
+    rep = data.get("representative")
+    pref = data.get("reply_preference")
+    comp = data.get("complaint")
+    contact = soc.get("contact")
+    return Case(
+        case_id=data["case_id"],
+        case_type=CaseType(data["case_type"]),
+        receiver=Receiver(data["receiver"]["hsa_id"], data["receiver"]["is_patient_board"]),
+        subject_of_care=SubjectOfCare(
+            _person(soc["person_id"]),
+            soc.get("name"),
+            Contact(contact.get("mobile"), contact.get("email"), contact.get("consent_to_share", False)) if contact else None,
+        ),
+        created_time=dt.datetime.fromisoformat(data["created_time"]),
+        text=data["text"],
+        subject=data.get("subject"),
+        representative=Representative(_person(rep["person_id"]), rep.get("name"), rep.get("is_proxy", False)) if rep else None,
+        reply_preference=ReplyPreference(pref["wants_reply"], ReplyChannel(pref["channel"])) if pref else None,
+        complaint=(
+            Complaint(
+                dt.date.fromisoformat(comp["event_date"]) if comp.get("event_date") else None,
+                comp["is_care_process"],
+                comp.get("event_location_text"),
+                comp.get("care_unit_hsa_id"),
+            )
+            if comp
+            else None
+        ),
+        attachments=attachments,
+    )
+
+
+def message_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> Message:
+    """Rebuild a ``Message`` from ``to_data`` output and its attachments (in order)."""
+    return Message(
+        case_id=data["case_id"],
+        message_id=data["message_id"],
+        created_time=dt.datetime.fromisoformat(data["created_time"]),
+        text=data["text"],
+        direction=data.get("direction", "in"),
+        kind=data.get("kind", "FOLLOW_UP"),
+        subject=data.get("subject"),
+        attachments=attachments,
+    )

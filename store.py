@@ -29,8 +29,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from errors import IdConflict, StoreError, UnknownCase
-from model import Attachment, Case, Message
+from model import Attachment, Case, Message, case_from_data, message_from_data, redact_person_ids, to_data
 
 migrations = Migrations("gateway")
 
@@ -161,6 +160,35 @@ def m001_intake(db: Database) -> None:
     db["heartbeats"].create({"name": str, "at": str, "detail": str}, pk="name")
 
 
+@migrations()
+def m002_delivery(db: Database) -> None:
+    db["outbox"].add_column("claimed_by", str)
+    db["outbox"].add_column("last_error_code", str)
+    db["outbox"].add_column("delivered_at", str)
+    db["attempts"].create(
+        {
+            "id": int,
+            "outbox_id": int,
+            "case_id": str,
+            "target": str,
+            "attempt": int,
+            "started_at": str,
+            "duration_ms": float,
+            "outcome": str,  # delivered | retry | dead
+            "status_code": int,
+            "error_code": str,
+            "detail": str,  # redacted: never citizen text or a person id
+        },
+        pk="id",
+        not_null={"outbox_id", "case_id", "attempt", "started_at", "outcome"},
+        foreign_keys=[("outbox_id", "outbox", "id")],
+    )
+    db["attempts"].create_index(["outbox_id", "id"])
+    db["attempts"].create_index(["started_at"])
+    db["targets"].create({"name": str, "paused": int, "changed_at": str, "changed_by": str}, pk="name")
+    db["sync_log"].create_index(["target", "at"])
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -170,28 +198,36 @@ def ts(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _content(obj: Case | Message) -> tuple[str, str]:
-    """JSON content without file bytes, and a hash over it and the files' hashes."""
-    data = asdict(obj)
-    data["attachments"] = [
-        {"file_name": a.file_name, "mime_type": a.mime_type, "sha256": a.sha256, "size": a.size}
-        for a in obj.attachments
-    ]
-    # asdict() copies the bytes of every attachment; drop them at once
-    text = json.dumps(_jsonable(data), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """JSON content without file bytes, and a hash over it (files enter by their hash)."""
+    text = json.dumps(to_data(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: A row the worker may take once its not_before has passed: pending, its target not
+#: paused, and no earlier row of its case still pending, in flight or dead (order per case).
+_CLAIMABLE = """o.status = 'pending'
+    AND o.target NOT IN (SELECT name FROM targets WHERE paused = 1)
+    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id
+                    AND e.status IN ('pending', 'in_flight', 'dead'))"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """An outbox row claimed by one worker, with what the delivery needs of its case."""
+
+    id: int
+    case_id: str
+    action: str
+    ref_id: str
+    target: str
+    attempt: int  # 1 for the first attempt since the row was (re)queued
+    idempotency_key: str
+    claimed_by: str
+    receiver_hsa_id: str
+    provider_unit_code: str | None
+    provider_case_id: str | None
+    correlation_id: str | None
 
 
 @dataclass(frozen=True)
@@ -390,6 +426,224 @@ class Store:
         columns = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         db.execute(f"INSERT INTO sync_log ({columns}) VALUES ({marks})", list(fields.values()))
+
+    # -- delivery (the worker's side of the outbox) ----------------------------------------
+
+    def claim(self, worker: str, *, limit: int, lease_s: float, now: dt.datetime | None = None) -> list[Job]:
+        """Claim up to ``limit`` due rows for ``worker`` with a conditional update.
+
+        A row is due when it is pending, its ``not_before`` has passed, its target is not
+        paused, and no earlier row of the same case is still pending, in flight or dead
+        (order per case; other cases are not held up).
+        """
+        if limit <= 0:
+            return []
+        now = now or utcnow()
+        lease = ts(now + dt.timedelta(seconds=lease_s))
+        jobs: list[Job] = []
+        with self.write() as db:
+            candidates = db.execute(
+                f"SELECT o.id FROM outbox o WHERE {_CLAIMABLE} AND o.not_before <= ? ORDER BY o.not_before, o.id LIMIT ?",
+                [ts(now), limit],
+            ).fetchall()
+            for (row_id,) in candidates:
+                claimed = db.execute(
+                    """UPDATE outbox SET status = 'in_flight', claimed_by = ?, lease_until = ?,
+                           attempts = attempts + 1, updated_at = ?
+                       WHERE id = ? AND status = 'pending'""",
+                    [worker, lease, ts(now), row_id],
+                ).rowcount
+                if not claimed:
+                    continue
+                row = db.execute(
+                    """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts, o.idempotency_key,
+                              c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id
+                       FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id = ?""",
+                    [row_id],
+                ).fetchone()
+                jobs.append(Job(row[0], row[1], row[2], row[3], row[4], row[5], row[6], worker, *row[7:]))
+        return jobs
+
+    def _finish(
+        self,
+        db: Database,
+        job: Job,
+        *,
+        started: dt.datetime,
+        duration_ms: float,
+        outcome: str,
+        status_code: int | None,
+        error_code: str | None,
+        detail: str | None,
+    ) -> None:
+        number = db.execute("SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?", [job.id]).fetchone()[0]
+        db.execute(
+            """INSERT INTO attempts (outbox_id, case_id, target, attempt, started_at, duration_ms, outcome,
+                   status_code, error_code, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [job.id, job.case_id, job.target, number, ts(started), round(duration_ms, 1), outcome, status_code,
+             error_code, detail],
+        )
+
+    def complete(
+        self,
+        job: Job,
+        *,
+        started: dt.datetime,
+        duration_ms: float,
+        status_code: int | None,
+        provider_case_id: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> bool:
+        """Mark a claimed row delivered. False if the claim was lost (lease ran out meanwhile)."""
+        now = now or utcnow()
+        with self.write() as db:
+            updated = db.execute(
+                """UPDATE outbox SET status = 'done', delivered_at = ?, updated_at = ?, lease_until = NULL,
+                       last_error = NULL, last_error_code = NULL
+                   WHERE id = ? AND status = 'in_flight' AND claimed_by = ?""",
+                [ts(now), ts(now), job.id, job.claimed_by],
+            ).rowcount
+            self._finish(db, job, started=started, duration_ms=duration_ms,
+                         outcome="delivered" if updated else "delivered_late", status_code=status_code,
+                         error_code=None, detail=None if updated else "the lease had run out; the row was requeued")
+            if not updated:
+                return False
+            if provider_case_id:
+                db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
+            if job.action == "deliver_case":
+                db.execute("UPDATE cases SET status = 'delivered', updated_at = ? WHERE case_id = ?", [ts(now), job.case_id])
+            elif job.action == "deliver_message":
+                db.execute("UPDATE messages SET status = 'delivered' WHERE message_id = ?", [job.ref_id])
+            self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
+                      message_id=job.ref_id if job.action == "deliver_message" else None, direction="in",
+                      event="delivered", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
+                      detail=f"{job.action}, attempt {job.attempt}, {round(duration_ms)} ms"
+                      + (f", provider case {provider_case_id}" if provider_case_id else ""))
+        return True
+
+    def fail(
+        self,
+        job: Job,
+        *,
+        started: dt.datetime,
+        duration_ms: float,
+        error_code: str,
+        reason: str,
+        status_code: int | None = None,
+        retry_at: dt.datetime | None = None,
+        now: dt.datetime | None = None,
+    ) -> bool:
+        """Record a failed attempt: back to the queue at ``retry_at``, or dead when it is None."""
+        now = now or utcnow()
+        dead = retry_at is None
+        reason = redact_person_ids(reason)  # a target's fault text may quote what it was sent
+        with self.write() as db:
+            updated = db.execute(
+                """UPDATE outbox SET status = ?, not_before = COALESCE(?, not_before), updated_at = ?,
+                       lease_until = NULL, last_error = ?, last_error_code = ?
+                   WHERE id = ? AND status = 'in_flight' AND claimed_by = ?""",
+                ["dead" if dead else "pending", ts(retry_at) if retry_at else None, ts(now), reason[:1000],
+                 error_code, job.id, job.claimed_by],
+            ).rowcount
+            self._finish(db, job, started=started, duration_ms=duration_ms,
+                         outcome=("dead" if dead else "retry") if updated else "failed_late",
+                         status_code=status_code, error_code=error_code, detail=reason[:1000])
+            if updated:
+                self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
+                          message_id=job.ref_id if job.action == "deliver_message" else None, direction="in",
+                          event="dead" if dead else "retry_scheduled", status="dead" if dead else "retry",
+                          target=job.target, hsa_id=job.receiver_hsa_id, error_code=error_code,
+                          detail=f"{job.action}, attempt {job.attempt}: {reason[:500]}"
+                          + ("" if dead else f"; next attempt {ts(retry_at)}"))  # type: ignore[arg-type]
+        return bool(updated)
+
+    def recover_leases(self, now: dt.datetime | None = None) -> int:
+        """Return rows whose lease ran out (their worker died) to the queue; how many."""
+        now = now or utcnow()
+        with self.write() as db:
+            rows = db.execute(
+                """SELECT o.id, o.case_id, o.target, o.claimed_by, o.action, c.receiver_hsa_id, c.correlation_id
+                   FROM outbox o JOIN cases c ON c.case_id = o.case_id
+                   WHERE o.status = 'in_flight' AND o.lease_until < ?""",
+                [ts(now)],
+            ).fetchall()
+            for row_id, case_id, target, claimed_by, action, hsa, correlation in rows:
+                db.execute(
+                    """UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL, updated_at = ?,
+                           last_error = 'lease expired: the worker stopped during the attempt', last_error_code = NULL
+                       WHERE id = ? AND status = 'in_flight'""",
+                    [ts(now), row_id],
+                )
+                self._log(db, now, correlation_id=correlation, case_id=case_id, direction="in", event="lease_expired",
+                          status="retry", target=target, hsa_id=hsa,
+                          detail=f"{action}: {claimed_by} stopped during the attempt; requeued")
+        return len(rows)
+
+    def next_due(self) -> dt.datetime | None:
+        """When the earliest claimable row becomes due (None when there is none)."""
+        row = self.db.execute(f"SELECT min(o.not_before) FROM outbox o WHERE {_CLAIMABLE}").fetchone()
+        return dt.datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc) if row[0] else None
+
+    def load_case(self, case_id: str) -> Case:
+        row = self.db.execute("SELECT content FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        if row is None or row[0] is None:
+            raise StoreError(f"case '{case_id}' has no stored content.")
+        return case_from_data(json.loads(row[0]), tuple(self.attachments_of(case_id)))
+
+    def load_message(self, message_id: str) -> Message:
+        row = self.db.execute("SELECT case_id, content FROM messages WHERE message_id = ?", [message_id]).fetchone()
+        if row is None or row[1] is None:
+            raise StoreError(f"message '{message_id}' has no stored content.")
+        return message_from_data(json.loads(row[1]), tuple(self.attachments_of(row[0], message_id)))
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def set_paused(self, target: str, paused: bool, *, by: str = "cli", now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO targets (name, paused, changed_at, changed_by) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at, "
+                "changed_by = excluded.changed_by",
+                [target, int(paused), ts(now), by],
+            )
+            self._log(db, now, direction="in", event="target_paused" if paused else "target_resumed",
+                      status="ok", target=target, detail=f"by {by}")
+
+    def paused_targets(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM targets WHERE paused = 1").fetchall()}
+
+    def replay(self, outbox_id: int, *, by: str = "cli", now: dt.datetime | None = None) -> bool:
+        """Put a dead row back in the queue with a fresh attempt budget; its attempts are kept."""
+        now = now or utcnow()
+        with self.write() as db:
+            row = db.execute("SELECT case_id, target FROM outbox WHERE id = ? AND status = 'dead'", [outbox_id]).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE outbox SET status = 'pending', attempts = 0, not_before = ?, updated_at = ? WHERE id = ?",
+                [ts(now), ts(now), outbox_id],
+            )
+            self._log(db, now, case_id=row[0], direction="in", event="replayed", status="ok", target=row[1],
+                      detail=f"outbox row {outbox_id} replayed by {by}")
+        return True
+
+    def cancel(self, outbox_id: int, *, by: str = "cli", now: dt.datetime | None = None) -> bool:
+        """Give up a pending or dead row (it will never be delivered)."""
+        now = now or utcnow()
+        with self.write() as db:
+            row = db.execute(
+                "SELECT case_id, target FROM outbox WHERE id = ? AND status IN ('pending', 'dead')", [outbox_id]
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox_id])
+            self._log(db, now, case_id=row[0], direction="in", event="cancelled", status="ok", target=row[1],
+                      detail=f"outbox row {outbox_id} cancelled by {by}")
+        return True
+
+    def attempts_of(self, outbox_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM attempts WHERE outbox_id = ? ORDER BY id", [outbox_id]))
 
     # -- reads ----------------------------------------------------------------------------
 

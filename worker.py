@@ -1,66 +1,290 @@
-"""The worker: the only part of the gateway that calls adapters, on a schedule or at once.
+"""The worker: the only part of the gateway that calls adapters.
 
-Role: run the background jobs with APScheduler (3.x). Today it keeps a heartbeat in the
-store, so health checks can see the worker is alive; outbox delivery and polling hang
-on the same scheduler and the same ``wake`` signal.
+Role: deliver the outbox. A dispatcher thread claims due rows (``Store.claim``, a
+conditional update, so several worker processes never deliver the same row at once) and
+hands each to a thread pool of ``worker.concurrency`` deliveries; each delivery builds
+the body with the target's field map, calls the target's adapter with the row's
+idempotency key, and records the attempt: delivered, retry later (exponential backoff
+with jitter and a ceiling, per target) or dead. APScheduler runs the periodic jobs:
+the heartbeat, the due-retry tick and lease recovery. New work is dispatched at once
+(``wake``), not on the next tick.
 
-May import: ``store``, ``mapping``, ``adapters``, ``errors``.
+May import: ``store``, ``mapping``, ``adapters``, ``config``, ``model``, ``errors``.
 
-Invariants: a job never lets an exception escape into the scheduler (it is logged and
-the job runs again on its next tick); ``stop`` waits for running jobs to finish.
+Invariants:
+- Nothing here raises into the scheduler or kills the dispatcher: every failure of a
+  delivery is recorded on its row; a failure of the store is logged and retried.
+- A row is finished only by the worker that holds its claim (``claimed_by``); a row
+  whose worker died returns to the queue when its lease runs out.
+- Order per case is the store's claim rule: a case's later row waits for its earlier
+  ones; other cases go on.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import random
 import socket
 import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from errors import GatewayError
-from store import Store
+import adapters
+from adapters.base import DELIVER_CASE, DELIVER_MESSAGE, Request
+from errors import AttemptsExhausted, BadTargetAnswer, ContractError, DeliveryError, GatewayError, MappingError, StoreError
+from mapping import Mappings, delivery_source
+from store import Job, Store, utcnow
 
 log = logging.getLogger("gateway.worker")
 
 
 class Worker:
-    """Background jobs of one gateway process."""
+    """Background delivery and jobs of one gateway process."""
 
-    def __init__(self, store: Store, *, heartbeat_s: int = 10):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        mappings: Mappings | None = None,
+        targets: Mapping[str, Any] | None = None,
+        adapter_factory: Callable[[str, Any], adapters.Adapter] = adapters.build,
+        gateway_hsa_id: str | None = None,
+        concurrency: int = 4,
+        poll_s: float = 2.0,
+        lease_s: float = 300.0,
+        heartbeat_s: int = 10,
+        rand: Callable[[], float] = random.random,
+    ):
         self.store = store
+        self.mappings = mappings
+        self.targets = dict(targets or {})
+        self.adapter_factory = adapter_factory
+        self.gateway_hsa_id = gateway_hsa_id
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s
-        self.name = f"worker@{socket.gethostname()}:{os.getpid()}"
+        self.rand = rand
+        self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
+        self._adapters: dict[str, adapters.Adapter] = {}
+        self._adapters_lock = threading.Lock()
         self._wake = threading.Event()
-        self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-        self._started = False
+        self._stopping = threading.Event()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._started:
+        if self._dispatcher is not None:
             return
+        self._stopping.clear()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="delivery")
+        self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat")
+        self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
+        self._scheduler.add_job(self.recover_leases, "interval", seconds=max(1.0, min(60.0, self.lease_s / 4)), id="leases")
         self._scheduler.start()
-        self._started = True
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
+        self._dispatcher.start()
         self.heartbeat()
-        log.info("worker started", extra={"worker": self.name})
+        self.recover_leases()
+        log.info("worker started", extra={"worker": self.name, "concurrency": self.concurrency})
 
-    def stop(self) -> None:
-        if self._started:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let deliveries in flight finish, stop the scheduler."""
+        if self._dispatcher is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        self._dispatcher.join(timeout)
+        if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
-            self._started = False
-            log.info("worker stopped", extra={"worker": self.name})
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for adapter in self._adapters.values():
+            adapter.close()
+        self._dispatcher = self._pool = self._scheduler = None
+        log.info("worker stopped", extra={"worker": self.name})
 
     @property
     def running(self) -> bool:
-        return self._started
+        return self._dispatcher is not None
 
     def wake(self) -> None:
-        """Ask for new work to be picked up now rather than on the next tick."""
+        """Look for due work now (called after intake commits, and by the retry tick)."""
         self._wake.set()
+
+    # -- periodic jobs ----------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
         try:
-            self.store.beat(self.name)
+            self.store.beat(self.name, detail=f"in flight {self._in_flight}")
         except GatewayError as exc:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
+
+    def recover_leases(self) -> int:
+        try:
+            count = self.store.recover_leases()
+        except GatewayError as exc:
+            log.warning("lease recovery failed", extra={"error_code": exc.code, "detail": exc.message})
+            return 0
+        if count:
+            log.warning("rows requeued after their lease ran out", extra={"count": count})
+            self.wake()
+        return count
+
+    # -- dispatching ----------------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            claimed = self.dispatch_once()
+            if claimed:
+                continue  # there may be more due now, as long as there are free slots
+            self._wake.wait(timeout=max(self.poll_s, 0.05))
+
+    def dispatch_once(self) -> int:
+        """Claim what the free slots allow and start delivering it; how many were claimed."""
+        with self._in_flight_lock:
+            free = self.concurrency - self._in_flight
+        if free <= 0 or self._pool is None:
+            return 0
+        try:
+            jobs = self.store.claim(self.name, limit=free, lease_s=self.lease_s)
+        except GatewayError as exc:
+            log.warning("claim failed", extra={"error_code": exc.code, "detail": exc.message})
+            return 0
+        for job in jobs:
+            with self._in_flight_lock:
+                self._in_flight += 1
+            self._pool.submit(self._run, job)
+        return len(jobs)
+
+    def _run(self, job: Job) -> None:
+        try:
+            self.deliver(job)
+        except Exception:  # a bug: the row stays in flight and its lease brings it back
+            log.error("delivery crashed", exc_info=True, extra={"outbox_id": job.id, "case_id": job.case_id})
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            self._wake.set()
+
+    def run_until_idle(self, timeout: float = 10.0) -> int:
+        """Deliver in this thread until nothing pending falls due within ``timeout`` seconds
+        (for the CLI and tests); returns the number of attempts made."""
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        while time.monotonic() < deadline:
+            jobs = self.store.claim(self.name, limit=self.concurrency, lease_s=self.lease_s)
+            for job in jobs:
+                self.deliver(job)
+            attempts += len(jobs)
+            if jobs:
+                continue
+            due = self.store.next_due()
+            if due is None:
+                return attempts
+            wait = (due - utcnow()).total_seconds()
+            if wait > deadline - time.monotonic():
+                return attempts
+            time.sleep(max(0.0, min(wait, 0.5)) or 0.01)
+        return attempts
+
+    # -- one delivery -------------------------------------------------------------------------------
+
+    def adapter(self, target: str) -> adapters.Adapter:
+        with self._adapters_lock:
+            adapter = self._adapters.get(target)
+            if adapter is None:
+                settings = self.targets.get(target)
+                if settings is None:
+                    raise MappingError(f"target '{target}' is not in the config (targets.{target}).")
+                adapter = self._adapters[target] = self.adapter_factory(target, settings)
+            return adapter
+
+    def build_request(self, job: Job) -> Request:
+        """The request for ``job``: its body from the field map, its key, its path parameters."""
+        if self.mappings is None:
+            raise MappingError("no mappings are loaded.")
+        case = self.store.load_case(job.case_id)
+        message = self.store.load_message(job.ref_id) if job.action == DELIVER_MESSAGE else None
+        if job.action == DELIVER_MESSAGE and not job.provider_case_id:
+            expected, _ = self.mappings.fieldmap(job.target).provider_case_id(DELIVER_CASE, {})
+            if expected:
+                raise MappingError(f"case {job.case_id} has no provider case id, so its message cannot be addressed.")
+        route = {"unit_code": job.provider_unit_code, "target": job.target, "hsa_id": job.receiver_hsa_id}
+        source = delivery_source(
+            case=case, message=message, route=route, provider_case_id=job.provider_case_id,
+            idempotency_key=job.idempotency_key, gateway_hsa_id=self.gateway_hsa_id,
+        )
+        body = self.mappings.fieldmap(job.target).build(job.action, source)
+        params = {"case_id": job.case_id, "unit_code": job.provider_unit_code or "", "provider_case_id": job.provider_case_id}
+        return Request(body=body, idempotency_key=job.idempotency_key, params={k: v for k, v in params.items() if v})
+
+    def deliver(self, job: Job) -> None:
+        """Deliver one claimed row and record the outcome on it."""
+        started = utcnow()
+        clock = time.perf_counter()
+        settings = self.targets.get(job.target)
+        try:
+            request = self.build_request(job)
+            adapter = self.adapter(job.target)
+            answer = adapter.deliver_case(request) if job.action == DELIVER_CASE else adapter.deliver_message(request)
+            expected, provider_case_id = self.mappings.fieldmap(job.target).provider_case_id(job.action, answer.data)  # type: ignore[union-attr]
+            if expected and not provider_case_id:
+                raise BadTargetAnswer(f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map reads it.")
+        except DeliveryError as exc:
+            self._failed(job, exc, started, clock, settings)
+            return
+        except (MappingError, ContractError) as exc:
+            self._failed(job, exc, started, clock, settings, permanent=True)
+            return
+        except StoreError as exc:
+            log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
+            return  # the row stays claimed; its lease brings it back
+        duration = (time.perf_counter() - clock) * 1000
+        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code, provider_case_id=provider_case_id):
+            log.info("delivered", extra={"case_id": job.case_id, "action": job.action, "target": job.target,
+                                         "attempt": job.attempt, "duration_ms": round(duration, 1)})
+        else:
+            log.warning("delivered after the lease ran out", extra={"case_id": job.case_id, "outbox_id": job.id})
+
+    def _failed(self, job: Job, exc: GatewayError, started: dt.datetime, clock: float, settings: Any, permanent: bool = False) -> None:
+        duration = (time.perf_counter() - clock) * 1000
+        permanent = permanent or getattr(exc, "permanent", True)
+        status_code = getattr(exc, "status_code", None)
+        retry = settings.retry if settings is not None else None
+        retry_at = None
+        code, reason = exc.code, exc.message
+        if not permanent and retry is not None:
+            if job.attempt >= retry.max_attempts:
+                code = AttemptsExhausted.code
+                reason = f"gave up after {job.attempt} attempt(s); the last: {exc.code} {exc.message}"
+            else:
+                delay = retry.delay(job.attempt, self.rand())
+                after = getattr(exc, "retry_after_s", None)
+                if after:
+                    delay = min(max(delay, after), retry.max_s)
+                retry_at = utcnow() + dt.timedelta(seconds=delay)
+        try:
+            self.store.fail(job, started=started, duration_ms=duration, error_code=code, reason=reason,
+                            status_code=status_code, retry_at=retry_at)
+        except StoreError as store_exc:
+            log.warning("failure not recorded", extra={"outbox_id": job.id, "error_code": store_exc.code})
+            return
+        log.warning(
+            "delivery failed" + ("; will retry" if retry_at else "; row is dead"),
+            extra={"case_id": job.case_id, "action": job.action, "target": job.target, "attempt": job.attempt,
+                   "error_code": code, "status_code": status_code, "detail": reason},
+        )

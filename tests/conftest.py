@@ -54,14 +54,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def config_data(tmp_path: Path) -> dict:
-    """The example config, with its database in a temporary folder."""
+def example_data(folder: Path) -> dict:
+    """The shipped example config with its database in ``folder`` and its other relative
+    paths made absolute, so that it can be written anywhere."""
     import yaml
 
     data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    data["database"]["path"] = str(tmp_path / "gateway.db")
+    data["database"]["path"] = str(folder / "gateway.db")
     data["mappings"]["dir"] = str(ROOT / "mappings")
+    data["targets"]["demo_soap"]["wsdl"] = str(ROOT / data["targets"]["demo_soap"]["wsdl"])
+    return data
+
+
+def write_config(folder: Path, data: dict, name: str = "config.yaml") -> Path:
+    import yaml
+
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def config_data(tmp_path: Path) -> dict:
+    """The example config, with its database in a temporary folder."""
+    data = example_data(tmp_path)
     data["logging"]["format"] = "json"
     return data
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import yaml
-from conftest import ROOT
+from conftest import ROOT, example_data, write_config
 
 import gateway
 
 
 def _config(tmp_path, **changes) -> str:
-    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    data["database"]["path"] = str(tmp_path / "gw.db")
-    data["mappings"]["dir"] = str(ROOT / "mappings")
+    data = example_data(tmp_path)
     for section, values in changes.items():
         data[section].update(values)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
+    return str(write_config(tmp_path, data))
 
 
 def test_check_passes_on_the_shipped_example(runner):

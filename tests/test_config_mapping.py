@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BOARD, KLIN1, ROOT
+from conftest import BOARD, KLIN1, ROOT, example_data
 
 import config as config_mod
 import mapping
@@ -21,8 +21,8 @@ def write(tmp_path: Path, data: dict, name: str = "config.yaml") -> Path:
 
 
 @pytest.fixture
-def example() -> dict:
-    return yaml.safe_load((ROOT / "config.example.yaml").read_text())
+def example(tmp_path) -> dict:
+    return example_data(tmp_path)
 
 
 def test_example_config_loads_and_resolves_relative_paths():
@@ -35,9 +35,11 @@ def test_example_config_loads_and_resolves_relative_paths():
 
 def test_relative_paths_start_at_the_config_files_folder(tmp_path, example):
     (tmp_path / "etc").mkdir()
+    example["database"]["path"] = "data/gateway.db"
     path = write(tmp_path / "etc", example)
     cfg = config_mod.load(path, environ={})
     assert cfg.database.path == tmp_path / "etc" / "data" / "gateway.db"
+    assert cfg.targets["demo_soap"].wsdl == ROOT / "sandbox" / "wsdl" / "DemoCaseService_1.0.wsdl"
 
 
 def test_environment_overrides_any_key(tmp_path, example):
@@ -146,7 +148,7 @@ def test_validity_dates_and_default_route(tmp_path):
     fallback = maps.units.route("SE5566778899-ELSE", dt.date(2026, 1, 1))
     assert fallback.by_default and fallback.unit.hsa_id == BOARD
     assert not maps.units.knows("SE5566778899-ELSE", dt.date(2026, 1, 1))
-    assert maps.problems(["t"]) == []
+    assert maps.units.problems(["t"]) == []
 
 
 def test_problems_are_listed_with_file_and_row(tmp_path):

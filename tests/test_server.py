@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 import zeep
-from conftest import KLIN1, PDF, PNG, PNR, REFERENCE, ROOT, case_dict, free_port
+from conftest import KLIN1, PNG, PNR, REFERENCE, case_dict, example_data, free_port, write_config
 from lxml import etree
 
 import rivta
@@ -37,11 +36,9 @@ def gateway_command() -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    data["database"]["path"] = str(folder / "gateway.db")
-    data["mappings"]["dir"] = str(ROOT / "mappings")
+    data = example_data(folder)
     data["server"]["threads"] = 4
-    (folder / "config.yaml").write_text(yaml.safe_dump(data))
+    write_config(folder, data)
     port = free_port()
     log = open(folder / "server.log", "wb")
     process = subprocess.Popen(
@@ -152,10 +149,7 @@ def test_concurrent_retries_store_each_case_once(server):
 
 
 def test_server_stops_cleanly_on_sigterm(tmp_path):
-    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    data["database"]["path"] = str(tmp_path / "g.db")
-    data["mappings"]["dir"] = str(ROOT / "mappings")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    write_config(tmp_path, example_data(tmp_path), "c.yaml")
     port = free_port()
     process = subprocess.Popen(
         [*gateway_command(), "serve", "--config", str(tmp_path / "c.yaml"), "--bind", f"127.0.0.1:{port}", "--no-worker"],

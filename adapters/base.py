@@ -1,0 +1,99 @@
+"""The base contract every target adapter implements.
+
+Role: ``Adapter`` (deliver a case, deliver a message), what goes in (``Request``) and
+what comes back (``Answer``), and the shared helpers for TLS and error classification.
+
+May import: ``errors``, ``config``.
+
+Invariants: see the package docstring: success returns an ``Answer``, failure raises a
+``DeliveryError`` with ``permanent`` set; no payload or secret in any message.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import requests
+
+from errors import DeliveryError, TargetFailed, TargetRefused, TargetUnavailable
+
+DELIVER_CASE = "deliver_case"
+DELIVER_MESSAGE = "deliver_message"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One delivery: the body built by the field map and what identifies it downstream."""
+
+    body: dict[str, Any] = field(repr=False)
+    idempotency_key: str
+    params: dict[str, str] = field(default_factory=dict)  # e.g. provider_case_id for URL paths
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful call: the status code (HTTP) and the answer's data, if any."""
+
+    status_code: int | None
+    data: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class Adapter(abc.ABC):
+    """A target system the worker delivers to."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, settings: Any):
+        self.name = name
+        self.settings = settings
+
+    def deliver_case(self, request: Request) -> Answer:
+        """Hand a new case to the target."""
+        return self.send(DELIVER_CASE, request)
+
+    def deliver_message(self, request: Request) -> Answer:
+        """Hand a citizen's follow-up message for a case the target already has."""
+        return self.send(DELIVER_MESSAGE, request)
+
+    @abc.abstractmethod
+    def send(self, action: str, request: Request) -> Answer:
+        """Perform ``action``; return an ``Answer`` or raise ``DeliveryError``."""
+
+    @abc.abstractmethod
+    def preview(self, action: str, request: Request) -> str:
+        """Exactly what ``send`` would put on the wire, as text, without sending it."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def session_for(settings: Any) -> requests.Session:
+    """A ``requests.Session`` with the target's TLS settings (verification is never off)."""
+    session = requests.Session()
+    tls = settings.tls
+    if tls.ca_bundle:
+        session.verify = str(tls.ca_bundle)
+    if tls.client_cert:
+        session.cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
+    return session
+
+
+def classify_status(target: str, status: int, what: str, retry_after: str | None = None) -> DeliveryError:
+    """The error for a non-2xx HTTP status: 408/429/5xx transient, other 4xx permanent."""
+    if status in (408, 429) or status >= 500:
+        seconds = None
+        if retry_after and retry_after.strip().isdigit():
+            seconds = float(retry_after.strip())
+        return TargetFailed(f"target '{target}' answered HTTP {status} to {what}.", status_code=status, retry_after_s=seconds)
+    return TargetRefused(f"target '{target}' refused {what} with HTTP {status}.", status_code=status)
+
+
+def classify_exception(target: str, exc: requests.RequestException, what: str) -> DeliveryError:
+    """The error for a transport failure (always transient)."""
+    if isinstance(exc, requests.Timeout):
+        return TargetUnavailable(f"target '{target}' did not answer {what} in time.")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TargetUnavailable(f"TLS with target '{target}' failed for {what}.")
+    return TargetUnavailable(f"target '{target}' could not be reached for {what} ({type(exc).__name__}).")

@@ -1,0 +1,104 @@
+"""The demo provider system with a JSON API (the demo config's target ``demo_rest``).
+
+Role: a small, well-behaved stand-in for a care provider's own case system that takes
+cases over REST. Tests run it in a thread, the demo as ``python -m sandbox.providers``.
+
+    POST /api/cases                 JSON object        -> 201 {"id": "P-000001"}
+    POST /api/cases/<id>/messages   JSON object        -> 201 {"id": "M-000001"}
+
+Every delivery call needs an ``Idempotency-Key`` header (else 400). The same key again
+answers 200 with the same id and stores nothing new (``Idempotent-Replayed: true``); the
+key used for another kind of item or another case is 422. A message on an unknown case is
+404. With ``token`` set, ``Authorization: Bearer <token>`` is required (else 401). Errors
+are JSON ``{"error": <code>, "message": <text>}``. Plus the control routes of
+``sandbox.state``.
+
+May import: flask, ``sandbox.state``. Never imported by the product.
+
+Invariants: the JSON body is stored as sent; nothing is stored for a refused call or a
+failure injected before storing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Flask, Response, jsonify, request
+
+from .state import Call, Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify(error=code, message=message), status
+
+
+def _failure(failure: Failure) -> tuple[Response, int]:
+    return _error(failure.status, "injected_failure", "failure injected by /_control")
+
+
+def create_rest_provider(*, delay_s: float = 0.0, token: str | None = None) -> Flask:
+    """The REST demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``."""
+    app = Flask("sandbox.demo_rest")
+    state = ProviderState(case_prefix="P", message_prefix="M", delay_s=delay_s)
+    app.config["PROVIDER_STATE"] = state
+    add_control_routes(app, state)
+
+    def begin() -> tuple[Call, tuple[Response, int] | None]:
+        """The checks every delivery call passes, in order; (call, refusal or None)."""
+        call = state.begin_call()
+        if call.delay_s:
+            time.sleep(call.delay_s)
+        if call.failure and not call.failure.after_store:
+            return call, _failure(call.failure)
+        if token is not None:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                response, status = _error(401, "unauthorized", "send Authorization: Bearer <token>")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="demo_rest"'
+                return call, (response, status)
+        if not request.headers.get(IDEMPOTENCY_HEADER, "").strip():
+            return call, _error(400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header")
+        if not request.is_json:
+            return call, _error(415, "unsupported_media_type", "send Content-Type: application/json")
+        if not isinstance(request.get_json(silent=True), dict):
+            return call, _error(400, "invalid_json", "the body must be a JSON object")
+        return call, None
+
+    def answer(call: Call, item_id: str, created: bool) -> tuple[Response, int]:
+        if call.failure:  # after_store: stored, but the caller never hears it
+            return _failure(call.failure)
+        response = jsonify(id=item_id)
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response, 201 if created else 200
+
+    @app.post("/api/cases")
+    def post_case():  # type: ignore[no-untyped-def]
+        call, refusal = begin()
+        if refusal:
+            return refusal
+        key = request.headers[IDEMPOTENCY_HEADER].strip()
+        try:
+            item, created = state.add_case(key, request.get_json())
+        except KeyConflict:
+            return _error(422, "idempotency_key_reused", "this Idempotency-Key was used for another request")
+        return answer(call, item.id, created)
+
+    @app.post("/api/cases/<case_id>/messages")
+    def post_message(case_id: str):  # type: ignore[no-untyped-def]
+        call, refusal = begin()
+        if refusal:
+            return refusal
+        key = request.headers[IDEMPOTENCY_HEADER].strip()
+        try:
+            item, created = state.add_message(key, case_id, request.get_json())
+        except UnknownCase:
+            return _error(404, "unknown_case", f"no case {case_id}")
+        except KeyConflict:
+            return _error(422, "idempotency_key_reused", "this Idempotency-Key was used for another request")
+        return answer(call, item.id, created)
+
+    return app

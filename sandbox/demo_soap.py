@@ -1,0 +1,248 @@
+"""The demo provider system with a SOAP service (the demo config's target ``demo_soap``).
+
+Role: a small, well-behaved stand-in for a care provider's own case system that takes
+cases over SOAP 1.1 document/literal, as described by ``wsdl/DemoCaseService_1.0.wsdl``
+(namespace ``urn:example:democlinic:caseservice:1``). Tests run it in a thread, the demo
+as ``python -m sandbox.providers``.
+
+    POST /soap   RegisterCase    -> RegisterCaseResponse {caseNumber: "S-000001"}
+                 AddCaseMessage  -> AddCaseMessageResponse {accepted: true}
+    GET  /soap?wsdl              -> the WSDL, soap:address set to this server
+    GET  /DemoCaseService_1.0.xsd   the XSD the WSDL imports (resolves from /soap?wsdl)
+
+Both operations are idempotent on the ``idempotencyKey`` element: the same key again
+answers the same caseNumber and stores nothing new. Faults (HTTP 500) are ``soap:Client``
+for anything the caller must fix (not XML, not SOAP 1.1, a DOCTYPE, another Content-Type
+or SOAPAction, an unknown operation, a schema violation, an unknown caseNumber, a key
+reused for another request) and ``soap:Server`` for injected outages; ``faultstring``
+starts with a stable code (``SCHEMA_INVALID``, ``UNKNOWN_CASE``, ...). Plus the control
+routes of ``sandbox.state``.
+
+May import: flask, lxml, ``sandbox.state``. Never imported by the product; deliberately
+independent of the gateway's ``rivta`` so that it checks the gateway from outside.
+
+Invariants: hostile XML never reaches lxml's tree (a DOCTYPE anywhere in the prolog and
+non-UTF-8 bodies are refused first; the parser resolves no entities, loads no DTD and
+never touches the network); every request is validated against the XSD before anything
+is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+from lxml import etree
+
+from .state import Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
+
+NS = "urn:example:democlinic:caseservice:1"
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
+WSDL_DIR = Path(__file__).resolve().parent / "wsdl"
+WSDL_PATH = WSDL_DIR / "DemoCaseService_1.0.wsdl"
+XSD_PATH = WSDL_DIR / "DemoCaseService_1.0.xsd"
+BINDING = f"{{{NS}}}DemoCaseServiceBinding"  # for zeep's client.create_service(BINDING, url)
+WSDL_ADDRESS = "http://127.0.0.1:8082/soap"  # the soap:address written in the WSDL file
+OPERATIONS = ("RegisterCase", "AddCaseMessage")
+MAX_BODY_BYTES = 160 * 1024 * 1024  # 5 attachments of 20 MB in base64, plus the envelope
+
+
+def soap_action(operation: str) -> str:
+    return f"{NS}:{operation}"
+
+
+# -- hardened parsing ------------------------------------------------------------------
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    load_dtd=False,
+    dtd_validation=False,
+    no_network=True,
+    remove_comments=True,
+    remove_pis=True,
+    collect_ids=False,
+    huge_tree=True,  # base64 of a 20 MB file passes libxml2's 10 MB text limit; DTDs are refused
+)
+_PROLOG_SKIP = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
+_ENCODING = re.compile(rb"^<\?xml\s[^>]*?encoding\s*=\s*['\"]([A-Za-z0-9._-]+)['\"]")
+
+
+class SoapFault(Exception):
+    """A request refused with a SOAP fault; ``code`` starts the faultstring."""
+
+    def __init__(self, code: str, text: str, *, kind: str = "Client") -> None:
+        super().__init__(f"{code} {text}")
+        self.code, self.text, self.kind = code, text, kind
+
+
+def parse_envelope(body: bytes) -> etree._Element:
+    """The root of a UTF-8 XML document without a DOCTYPE, or a ``SoapFault``."""
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or body[:4].count(0):
+        raise SoapFault("INVALID_XML", "the request is not UTF-8.")
+    head = body.removeprefix(b"\xef\xbb\xbf")
+    declared = _ENCODING.match(head)
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+        raise SoapFault("INVALID_XML", "the request is not UTF-8.")
+    position = 0
+    while (match := _PROLOG_SKIP.match(head, position)) and match.end() > position:
+        position = match.end()
+    if head[position:].lstrip().startswith(b"<!"):
+        raise SoapFault("INVALID_XML", "a DOCTYPE or declaration is never accepted.")
+    try:
+        root = etree.fromstring(body, parser=_PARSER)
+    except etree.XMLSyntaxError:
+        raise SoapFault("INVALID_XML", "the request is not well-formed XML.") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise SoapFault("INVALID_XML", "a DOCTYPE is never accepted.")
+    return root
+
+
+def request_element(root: etree._Element) -> etree._Element:
+    """The SOAP 1.1 Body's first child, or a ``SoapFault``."""
+    if root.tag == f"{{{SOAP12_NS}}}Envelope":
+        raise SoapFault("NOT_SOAP11", "SOAP 1.2 is not served; send SOAP 1.1.", kind="VersionMismatch")
+    if root.tag != f"{{{SOAP11_NS}}}Envelope":
+        raise SoapFault("NOT_SOAP11", "the request is not a SOAP 1.1 Envelope.")
+    body = root.find(f"{{{SOAP11_NS}}}Body")
+    children = [] if body is None else [c for c in body if isinstance(c.tag, str)]
+    if not children:
+        raise SoapFault("NOT_SOAP11", "the SOAP Body is missing or empty.")
+    return children[0]
+
+
+def load_schema() -> etree.XMLSchema:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    return etree.XMLSchema(etree.parse(str(XSD_PATH), parser))
+
+
+# -- envelopes ---------------------------------------------------------------------------
+
+
+def _envelope(payload: etree._Element) -> bytes:
+    root = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
+    etree.SubElement(root, f"{{{SOAP11_NS}}}Body").append(payload)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _xml(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="text/xml; charset=utf-8")
+
+
+def fault_response(kind: str, code: str, text: str) -> Response:
+    """A SOAP 1.1 Fault (HTTP 500); ``kind`` is Client, Server or VersionMismatch."""
+    fault = etree.Element(f"{{{SOAP11_NS}}}Fault")
+    etree.SubElement(fault, "faultcode").text = f"soap:{kind}"
+    etree.SubElement(fault, "faultstring").text = f"{code} {text}"
+    return _xml(_envelope(fault), 500)
+
+
+def _injected(failure: Failure) -> Response:
+    if failure.fault is not None:
+        return fault_response(failure.fault, "INJECTED_FAILURE", "failure injected by /_control.")
+    if failure.status in (500, 503):
+        return fault_response("Server", "INJECTED_FAILURE", "failure injected by /_control; try again later.")
+    # Any other status: as a proxy in front of the service would answer.
+    return Response(f"{failure.status} failure injected by /_control\n", status=failure.status, content_type="text/plain")
+
+
+def _answer(operation: str, **fields: str) -> Response:
+    element = etree.Element(f"{{{NS}}}{operation}Response", nsmap={"tns": NS})
+    for name, value in fields.items():
+        etree.SubElement(element, f"{{{NS}}}{name}").text = value
+    return _xml(_envelope(element))
+
+
+def fields_of(element: etree._Element) -> dict[str, Any]:
+    """The request's fields by local name, texts as sent; ``attachment`` is always a list of
+    ``{fileName, contentType, size}`` (size of the decoded content, the content left out)."""
+    out: dict[str, Any] = {}
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        name = etree.QName(child).localname
+        if name == "attachment":
+            part = {etree.QName(c).localname: c.text or "" for c in child if isinstance(c.tag, str)}
+            content = part.pop("content", "")
+            part["size"] = len(base64.b64decode("".join(content.split())))
+            out.setdefault("attachment", []).append(part)
+        elif len(child):
+            out[name] = fields_of(child)
+        else:
+            out[name] = child.text or ""
+    if etree.QName(element).localname in OPERATIONS:
+        out.setdefault("attachment", [])
+    return out
+
+
+# -- the app -----------------------------------------------------------------------------
+
+
+def create_soap_provider(*, delay_s: float = 0.0) -> Flask:
+    """The SOAP demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``."""
+    app = Flask("sandbox.demo_soap")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    state = ProviderState(case_prefix="S", message_prefix="SM", delay_s=delay_s)
+    app.config["PROVIDER_STATE"] = state
+    add_control_routes(app, state)
+    schema = load_schema()
+    wsdl_text = WSDL_PATH.read_text(encoding="utf-8")
+
+    def handle(element: etree._Element) -> tuple[str, dict[str, str]]:
+        """Check and store one request; (operation, response fields) or a ``SoapFault``."""
+        qname = etree.QName(element)
+        if qname.namespace != NS or qname.localname not in OPERATIONS:
+            raise SoapFault("UNKNOWN_OPERATION", f"{qname.localname} is not an operation of DemoCaseService.")
+        operation = qname.localname
+        action = request.headers.get("SOAPAction", "").strip().strip('"')
+        if action and action != soap_action(operation):
+            raise SoapFault("WRONG_SOAPACTION", f"SOAPAction {action} does not match {operation}.")
+        if not schema.validate(etree.ElementTree(element)):
+            error = schema.error_log.last_error
+            raise SoapFault("SCHEMA_INVALID", f"the request does not match the XSD: {error.message if error else ''}")
+        fields = fields_of(element)
+        try:
+            if operation == "RegisterCase":
+                item, _ = state.add_case(fields["idempotencyKey"], fields)
+                return operation, {"caseNumber": item.id}
+            state.add_message(fields["idempotencyKey"], fields["caseNumber"], fields)
+            return operation, {"accepted": "true"}
+        except UnknownCase:
+            raise SoapFault("UNKNOWN_CASE", f"no case with caseNumber {fields['caseNumber']}.") from None
+        except KeyConflict:
+            raise SoapFault("KEY_REUSED", "this idempotencyKey was used for another request.") from None
+
+    @app.post("/soap")
+    def soap():  # type: ignore[no-untyped-def]
+        call = state.begin_call()
+        if call.delay_s:
+            time.sleep(call.delay_s)
+        if call.failure and not call.failure.after_store:
+            return _injected(call.failure)
+        try:
+            if request.mimetype != "text/xml":
+                raise SoapFault("WRONG_CONTENT_TYPE", "send Content-Type: text/xml (SOAP 1.1).")
+            operation, answer = handle(request_element(parse_envelope(request.get_data())))
+        except SoapFault as exc:
+            return fault_response(exc.kind, exc.code, exc.text)
+        if call.failure:  # after_store: stored, but the caller never hears it
+            return _injected(call.failure)
+        return _answer(operation, **answer)
+
+    @app.get("/soap")
+    def wsdl():  # type: ignore[no-untyped-def]
+        if "wsdl" not in {key.lower() for key in request.args}:
+            return Response("GET /soap?wsdl for the WSDL; POST /soap for the service\n", 400, content_type="text/plain")
+        address = request.url_root.rstrip("/") + "/soap"
+        return _xml(wsdl_text.replace(WSDL_ADDRESS, address).encode("utf-8"))
+
+    @app.get(f"/{XSD_PATH.name}")
+    def xsd():  # type: ignore[no-untyped-def]
+        return _xml(XSD_PATH.read_bytes())
+
+    return app

@@ -1,0 +1,166 @@
+"""Delivery to a SOAP provider system on loopback (the sandbox's demo SOAP service) and to the
+demo REST provider, end to end through the real adapters, plus the mappings CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import requests
+from conftest import KLIN1, KLIN2, PDF, PNR, ROOT, example_data, result_of, write_config
+from lxml import etree
+
+import config as config_mod
+import gateway
+from sandbox.providers import create_rest_provider, create_soap_provider, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def soap_provider():
+    app = create_soap_provider()
+    url, stop = serve_in_thread(app)
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def rest_provider():
+    app = create_rest_provider()
+    url, stop = serve_in_thread(app)
+    yield url
+    stop()
+
+
+@pytest.fixture
+def providers(soap_provider, rest_provider):
+    for url in (soap_provider, rest_provider):
+        requests.post(f"{url}/_reset", timeout=5)
+    return {"soap": soap_provider, "rest": rest_provider}
+
+
+@pytest.fixture
+def live(config_data, providers):
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_soap"]["endpoint"] = f"{providers['soap']}/soap"
+    data["targets"]["demo_rest"]["base_url"] = f"{providers['rest']}/api"
+    for target in data["targets"].values():
+        target["retry"] = {"max_attempts": 3, "initial_s": 0.01, "multiplier": 2, "max_s": 0.05, "jitter": 0}
+    cfg = config_mod.from_dict(data, base_dir=ROOT, environ={})
+    app = gateway.create_app(cfg)
+    yield app
+    app.extensions["gateway.worker"].stop()
+    app.extensions["gateway.store"].close()
+
+
+def post(app, body):
+    response = app.test_client().post("/rivta", data=body, headers={"Content-Type": "text/xml"})
+    assert result_of(etree.fromstring(response.data))["resultCode"] == "OK"
+
+
+def received(url):
+    return requests.get(f"{url}/_received", timeout=5).json()
+
+
+def klin2_case(make_case, **overrides):
+    return make_case(KLIN2, receiver={"hsaId": KLIN2, "isPatientBoard": False}, **overrides)
+
+
+def test_case_and_message_reach_the_soap_provider(live, providers, make_case, make_message):
+    store = live.extensions["gateway.store"]
+    post(live, klin2_case(make_case))
+    post(live, make_message(KLIN2))
+    live.extensions["gateway.worker"].run_until_idle()
+    got = received(providers["soap"])["received"]
+    case, message = got
+    rows = store.outbox_rows("1177-C-0001")
+    assert case["kind"] == "case" and case["idempotency_key"] == rows[0]["idempotency_key"]
+    assert case["body"]["caseType"] == "10" and case["body"]["unitCode"] == "KLIN2"
+    assert case["body"]["patient"]["personId"] == PNR
+    assert [a["fileName"] for a in case["body"]["attachment"]] == ["intyg.pdf", "bild.png"]
+    assert case["body"]["attachment"][0]["size"] == len(PDF)
+    assert message["kind"] == "message" and message["body"]["caseNumber"] == case["id"]
+    assert store.case_row("1177-C-0001")["provider_case_id"] == case["id"]
+    assert [r["status"] for r in rows] == ["done", "done"]
+
+
+def test_soap_client_fault_is_permanent(live, providers, make_case):
+    requests.post(f"{providers['soap']}/_control", json={"fail_next": 1, "status": 500, "fault": "Client"}, timeout=5)
+    post(live, klin2_case(make_case))
+    live.extensions["gateway.worker"].run_until_idle()
+    row = live.extensions["gateway.store"].outbox_rows("1177-C-0001")[0]
+    assert row["status"] == "dead" and row["last_error_code"] == "GW062" and "Client fault" in row["last_error"]
+
+
+def test_soap_server_fault_is_retried_and_then_delivered_once(live, providers, make_case):
+    requests.post(f"{providers['soap']}/_control", json={"fail_next": 1, "status": 503}, timeout=5)
+    post(live, klin2_case(make_case))
+    live.extensions["gateway.worker"].run_until_idle()
+    store = live.extensions["gateway.store"]
+    row = store.outbox_rows("1177-C-0001")[0]
+    assert row["status"] == "done"
+    assert [a["outcome"] for a in store.attempts_of(row["id"])] == ["retry", "delivered"]
+    assert len(received(providers["soap"])["received"]) == 1
+
+
+def test_lost_answer_redelivery_is_recognised_downstream(live, providers, make_case):
+    """The provider stores the case but its answer is lost: the retry carries the same key,
+    so the provider answers with the same case and stores nothing twice."""
+    requests.post(f"{providers['rest']}/_control", json={"fail_next": 1, "status": 503, "after_store": True}, timeout=5)
+    post(live, make_case())
+    live.extensions["gateway.worker"].run_until_idle()
+    got = received(providers["rest"])
+    assert got["total_calls"] == 2 and len(got["received"]) == 1  # two calls, one case stored
+    assert live.extensions["gateway.store"].case_row("1177-C-0001")["provider_case_id"] == got["received"][0]["id"]
+
+
+def test_a_slow_target_does_not_serialise_other_cases(live, providers, make_case):
+    """Four deliveries at 0.3 s each finish in about 0.3 s with four in flight, not 1.2 s."""
+    import time
+
+    requests.post(f"{providers['rest']}/_control", json={"delay_s": 0.3}, timeout=5)
+    for i in range(4):
+        post(live, make_case(caseId=f"S-{i}"))
+    worker = live.extensions["gateway.worker"]
+    worker.start()
+    started = time.monotonic()
+    store = live.extensions["gateway.store"]
+    while any(store.outbox_rows(f"S-{i}")[0]["status"] != "done" for i in range(4)):
+        assert time.monotonic() - started < 10
+        time.sleep(0.02)
+    assert time.monotonic() - started < 1.0
+    requests.post(f"{providers['rest']}/_control", json={"delay_s": 0}, timeout=5)
+
+
+# -- the mappings CLI ----------------------------------------------------------------------------------
+
+
+def test_mappings_check_and_try(runner, tmp_path, make_case):
+    path = write_config(tmp_path, example_data(tmp_path))
+    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(path)])
+    assert result.exit_code == 0 and "field maps for demo_rest, demo_soap" in result.output
+    case = tmp_path / "case.xml"
+    case.write_bytes(make_case())
+    result = runner.invoke(gateway.cli, ["mappings", "try", str(case), "--target", "demo_rest", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "POST http://127.0.0.1:8081/api/cases" in result.output and '"type": "SYNPUNKT"' in result.output
+    result = runner.invoke(gateway.cli, ["mappings", "try", str(case), "--target", "demo_soap", "--config", str(path)])
+    assert "<ns0:RegisterCase" in result.output and "<ns0:caseType>10</ns0:caseType>" in result.output
+
+
+def test_mappings_check_names_file_key_and_value(runner, tmp_path):
+    import shutil
+
+    maps = tmp_path / "maps"
+    shutil.copytree(ROOT / "mappings", maps)
+    text = (maps / "fieldmaps" / "demo_rest.yaml").read_text()
+    (maps / "fieldmaps" / "demo_rest.yaml").write_text(
+        text.replace("transform: datetime", "transform: yyyymmdd").replace("text: case.text", "text: citizen.text")
+    )
+    (maps / "codes.yaml").write_text((maps / "codes.yaml").read_text().replace("AVSLUTAD: CLOSED", "AVSLUTAD: DONE"))
+    data = example_data(tmp_path)
+    data["mappings"]["dir"] = str(maps)
+    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(write_config(tmp_path, data))])
+    assert result.exit_code == 1
+    assert "fieldmaps/demo_rest.yaml: deliver_case.body.createdAt: unknown transform 'yyyymmdd'" in result.output
+    assert "fieldmaps/demo_rest.yaml: deliver_case.body.text: source 'citizen.text'" in result.output
+    assert "codes.yaml: statuses.demo_rest.AVSLUTAD: 'DONE' is not a 1177 status" in result.output
