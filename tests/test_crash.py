@@ -1,0 +1,137 @@
+"""A crash test: cases keep arriving while the gateway process is killed with SIGKILL and
+started again. Every acknowledged case must reach its provider, none twice under two keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import zeep
+from conftest import KLIN1, KLIN2, ROOT, case_dict, example_data, free_port, write_config
+from lxml import etree
+
+import rivta
+from test_server import gateway_command
+
+pytestmark = pytest.mark.slow
+
+
+def start_providers():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    urls = {}
+    while len(urls) < 2:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("the demo providers did not start")
+        name, url = line.split()[:2]
+        urls[name] = url
+    return process, urls
+
+
+def start_gateway(config, port, log):
+    process = subprocess.Popen(
+        [*gateway_command(), "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/rivta", timeout=1)
+            return process
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("the gateway did not start")
+
+
+def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_path):
+    providers, urls = start_providers()
+    gateway_process = None
+    try:
+        data = example_data(tmp_path)
+        data["targets"]["demo_rest"]["base_url"] = f"{urls['demo_rest']}/api"
+        data["targets"]["demo_soap"]["endpoint"] = f"{urls['demo_soap']}/soap"
+        data["worker"].update(poll_s=0.2, lease_s=5, concurrency=4)
+        data["logging"]["level"] = "WARNING"
+        config = write_config(tmp_path, data)
+        port = free_port()
+        log = open(tmp_path / "gateway.log", "ab")
+
+        client = zeep.Client(str(rivta.PROCESS_CASE.wsdl_path))
+        bodies = []
+        for i in range(600):
+            unit = KLIN1 if i % 2 else KLIN2
+            case = case_dict(caseId=f"CRASH-{i:03d}", receiver={"hsaId": unit, "isPatientBoard": False}, attachment=None)
+            envelope = client.create_message(client.service, "ProcessCase", case=case, _soapheaders={"LogicalAddress": unit})
+            bodies.append((case["caseId"], etree.tostring(envelope)))
+
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def sender():
+            session = requests.Session()
+            for case_id, body in bodies:
+                if stop.is_set():
+                    return
+                while not stop.is_set():  # like 1177: retry until answered
+                    try:
+                        answer = session.post(f"http://127.0.0.1:{port}/rivta", data=body,
+                                              headers={"Content-Type": "text/xml; charset=UTF-8"}, timeout=5)
+                    except requests.RequestException:
+                        time.sleep(0.05)
+                        continue
+                    if answer.status_code == 200 and b">OK<" in answer.content:
+                        acknowledged.append(case_id)
+                    break
+
+        gateway_process = start_gateway(config, port, log)
+        thread = threading.Thread(target=sender)
+        thread.start()
+        while len(acknowledged) < 200:
+            assert thread.is_alive()
+            time.sleep(0.005)
+        os.killpg(gateway_process.pid, signal.SIGKILL)  # master and worker, mid-flight
+        gateway_process.wait()
+        killed_at = len(acknowledged)
+        time.sleep(0.5)
+        gateway_process = start_gateway(config, port, log)
+        thread.join(60)
+        stop.set()
+        assert len(acknowledged) == len(bodies) and killed_at < len(bodies)
+
+        deadline = time.monotonic() + 60
+        while True:
+            delivered: dict[str, set[str]] = {}
+            for name, field in (("demo_rest", "externalId"), ("demo_soap", "externalCaseId")):
+                for item in requests.get(f"{urls[name]}/_received", timeout=5).json()["received"]:
+                    delivered.setdefault(item["body"][field], set()).add(item["idempotency_key"])
+            missing = set(acknowledged) - set(delivered)
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not missing, f"{len(missing)} acknowledged case(s) never delivered: {sorted(missing)[:5]}"
+        twice = {case_id: keys for case_id, keys in delivered.items() if len(keys) > 1}
+        assert not twice, f"delivered under several keys: {twice}"
+        with sqlite3.connect(tmp_path / "gateway.db") as db:
+            keys = dict(db.execute("select case_id, idempotency_key from outbox where action = 'deliver_case'"))
+            stored = {row[0] for row in db.execute("select case_id from cases")}
+            requeued = db.execute("select count(*) from sync_log where event = 'lease_expired'").fetchone()[0]
+        assert set(acknowledged) <= stored
+        assert all(delivered[case_id] == {keys[case_id]} for case_id in acknowledged)
+        print(f"acknowledged {len(acknowledged)} (killed after {killed_at}), delivered {len(delivered)}, "
+              f"none twice; {requeued} row(s) requeued after the crash")
+    finally:
+        if gateway_process is not None and gateway_process.poll() is None:
+            os.killpg(gateway_process.pid, signal.SIGTERM)
+            gateway_process.wait(15)
+        os.killpg(providers.pid, signal.SIGTERM)
+        providers.wait(15)
