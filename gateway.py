@@ -111,6 +111,18 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
     )
 
 
+def _check_targets(cfg: Config) -> None:
+    """Build every target's adapter once (a SOAP target loads its WSDL) and refuse a bad one."""
+    import adapters
+
+    for name, settings in cfg.targets.items():
+        adapter = adapters.build(name, settings)
+        problems = adapter.problems()
+        adapter.close()
+        if problems:
+            raise ConfigError(" ".join(problems), field=f"targets.{name}")
+
+
 # -- gunicorn ---------------------------------------------------------------------------------
 
 
@@ -190,6 +202,7 @@ def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
         if problems:
             raise ConfigError("the mappings have problems: " + " ".join(problems))
         rivta.check_contract_files()
+        _check_targets(cfg)
         store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
         applied = store.migrate()
         store.close()
@@ -243,6 +256,20 @@ def check(config_path: Path) -> None:
             report(True, f"mappings {cfg.mappings.dir}: {len(maps.units)} unit(s)")
     except GatewayError as exc:
         report(False, f"mappings: {exc}")
+    import adapters
+
+    for name, settings in cfg.targets.items():
+        try:
+            adapter = adapters.build(name, settings)
+            problems = adapter.problems()
+            adapter.close()
+        except GatewayError as exc:
+            problems = [str(exc)]
+        for problem in problems:
+            report(False, f"target {name}: {problem}")
+        if not problems:
+            where = getattr(settings, "base_url", None) or getattr(settings, "endpoint", None) or settings.wsdl
+            report(True, f"target {name} ({settings.kind}): {where}")
     try:
         rivta.check_contract_files()
         report(True, f"contracts: {', '.join(c.name for c in rivta.CONTRACTS.values())}")
@@ -262,6 +289,39 @@ def check(config_path: Path) -> None:
         click.echo(f"{failures} problem(s) found.", err=True)
         sys.exit(1)
     click.echo("all checks passed.")
+
+
+@cli.group()
+def target() -> None:
+    """Pause or resume delivery to a target (a provider system under 'targets:')."""
+
+
+def _target_store(config_path: Path, name: str) -> Store:
+    cfg = _load_or_exit(config_path)
+    if name not in cfg.targets:
+        click.echo(f"error: there is no target '{name}' (known: {', '.join(sorted(cfg.targets))}).", err=True)
+        sys.exit(2)
+    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    store.migrate()
+    return store
+
+
+@target.command("pause")
+@config_option
+@click.argument("name")
+def target_pause(config_path: Path, name: str) -> None:
+    """Stop delivering to target NAME (its rows wait; nothing is lost)."""
+    _target_store(config_path, name).set_paused(name, True, by=f"cli:{os.environ.get('USER', 'unknown')}")
+    click.echo(f"target {name} paused: its deliveries wait until 'gateway target resume {name}'.")
+
+
+@target.command("resume")
+@config_option
+@click.argument("name")
+def target_resume(config_path: Path, name: str) -> None:
+    """Deliver to target NAME again."""
+    _target_store(config_path, name).set_paused(name, False, by=f"cli:{os.environ.get('USER', 'unknown')}")
+    click.echo(f"target {name} resumed.")
 
 
 @cli.group()

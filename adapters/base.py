@@ -61,6 +61,10 @@ class Adapter(abc.ABC):
     def send(self, action: str, request: Request) -> Answer:
         """Perform ``action``; return an ``Answer`` or raise ``DeliveryError``."""
 
+    def problems(self) -> list[str]:
+        """What is wrong with the target's configuration, found without calling it."""
+        return []
+
     @abc.abstractmethod
     def preview(self, action: str, request: Request) -> str:
         """Exactly what ``send`` would put on the wire, as text, without sending it."""

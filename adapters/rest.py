@@ -122,6 +122,13 @@ class RestAdapter(Adapter):
                 data = None
         return Answer(response.status_code, data)
 
+    def problems(self) -> list[str]:
+        return [
+            f"targets.{self.name}.paths has no path for {action}."
+            for action in ("deliver_case", "deliver_message")
+            if action not in self.settings.paths
+        ]
+
     def preview(self, action: str, request: Request) -> str:
         import json
 

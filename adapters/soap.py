@@ -113,6 +113,18 @@ class SoapAdapter(Adapter):
             data = {_only_output_element(service, operation) or "value": data}
         return Answer(200, data)
 
+    def problems(self) -> list[str]:
+        found = []
+        service = self._service()
+        for action in ("deliver_case", "deliver_message"):
+            operation = self.settings.operations.get(action)
+            if operation is None:
+                found.append(f"targets.{self.name}.operations has no operation for {action}.")
+            elif operation not in service._binding._operations:
+                known = ", ".join(sorted(service._binding._operations))
+                found.append(f"targets.{self.name}.operations.{action}: the WSDL has no operation '{operation}' ({known}).")
+        return found
+
     def preview(self, action: str, request: Request) -> str:
         from lxml import etree
 

@@ -61,3 +61,28 @@ def test_serve_refuses_a_bad_config_before_opening_a_port(runner, tmp_path):
 def test_missing_config_says_what_to_do(runner):
     result = runner.invoke(gateway.cli, ["check"], env={"GATEWAY_CONFIG": None})
     assert result.exit_code != 0 and "--config" in result.output
+
+
+def test_check_and_serve_refuse_an_operation_the_wsdl_does_not_have(runner, tmp_path):
+    data = example_data(tmp_path)
+    data["targets"]["demo_soap"]["operations"]["deliver_case"] = "CreateCase"
+    path = str(write_config(tmp_path, data))
+    result = runner.invoke(gateway.cli, ["check", "--config", path])
+    assert result.exit_code == 1
+    assert "targets.demo_soap.operations.deliver_case: the WSDL has no operation 'CreateCase'" in result.output
+    served = runner.invoke(gateway.cli, ["serve", "--config", path])
+    assert served.exit_code == 2 and "CreateCase" in served.output
+
+
+def test_target_pause_and_resume(runner, tmp_path):
+    from store import Store
+
+    path = _config(tmp_path)
+    result = runner.invoke(gateway.cli, ["target", "pause", "demo_rest", "--config", path])
+    assert result.exit_code == 0 and "paused" in result.output
+    store = Store(tmp_path / "gateway.db")
+    assert store.paused_targets() == {"demo_rest"}
+    runner.invoke(gateway.cli, ["target", "resume", "demo_rest", "--config", path])
+    assert store.paused_targets() == set()
+    unknown = runner.invoke(gateway.cli, ["target", "pause", "nope", "--config", path])
+    assert unknown.exit_code == 2 and "no target 'nope'" in unknown.output
