@@ -42,12 +42,12 @@ from errors import (
     GatewayError,
     InternalError,
     InvalidValue,
+    NotSoap11,
     PayloadTooLarge,
     RuleViolation,
     UnknownLogicalAddress,
     UnsupportedMediaType,
 )
-from errors import NotSoap11
 from model import (
     Attachment,
     Case,

@@ -442,7 +442,7 @@ def delivery_source(
     case_data = to_data(case)
     contact = case_data["subject_of_care"].pop("contact", None)
     case_data["attachments"] = [
-        {**meta, "data": attachment.data} for meta, attachment in zip(case_data["attachments"], case.attachments)
+        {**meta, "data": attachment.data} for meta, attachment in zip(case_data["attachments"], case.attachments, strict=True)
     ]
     source: dict[str, Any] = {
         "case": case_data,
@@ -455,7 +455,7 @@ def delivery_source(
     if message is not None:
         message_data = to_data(message)
         message_data["attachments"] = [
-            {**meta, "data": attachment.data} for meta, attachment in zip(message_data["attachments"], message.attachments)
+            {**meta, "data": attachment.data} for meta, attachment in zip(message_data["attachments"], message.attachments, strict=True)
         ]
         source["message"] = message_data
     return source

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 import responses
-from conftest import KLIN1, PDF, PNG, PNR, result_of
+from conftest import PDF, PNG, PNR, result_of
 
 import config as config_mod
 import gateway

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import requests
-from conftest import KLIN1, KLIN2, PDF, PNR, ROOT, example_data, result_of, write_config
+from conftest import KLIN2, PDF, PNR, ROOT, example_data, result_of, write_config
 from lxml import etree
 
 import config as config_mod

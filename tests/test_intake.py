@@ -8,7 +8,7 @@ import datetime as dt
 import json
 
 import pytest
-from conftest import BOARD, EXE, GIF, JPEG, KLIN1, KLIN2, PDF, PNG, PNR, ROOT, SAMORDNING, result_of, sweden_now
+from conftest import BOARD, EXE, GIF, JPEG, KLIN1, PDF, PNG, PNR, SAMORDNING, result_of, sweden_now
 
 import rivta
 from lxml import etree
@@ -201,6 +201,16 @@ def test_six_attachments_break_the_schema(post, make_case, store):
     status, fault = _fault(post, etree.tostring(root))
     assert status == 500 and fault["fault"] == "soap:Client" and fault["faultstring"].startswith("GW015")
     assert "attachment" in fault["faultstring"]
+    assert stored(store) == EMPTY
+
+
+def test_schema_errors_never_echo_a_person_id(post, make_case, store, capsys):
+    root = etree.fromstring(make_case())
+    pid = root.xpath("//*[local-name()='personId']/*[local-name()='id']")[0]
+    pid.text = "19121212121"  # 11 digits: breaks the schema's pattern
+    status, fault = _fault(post, etree.tostring(root))
+    assert status == 500 and fault["faultstring"].startswith("GW015") and "personId/id" in fault["faultstring"]
+    assert "19121212121" not in fault["faultstring"] and "19121212121" not in capsys.readouterr().err
     assert stored(store) == EMPTY
 
 
