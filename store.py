@@ -248,6 +248,11 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One writer at a time within this process. SQLite's busy handler retries with
+        # sleeps of up to 100 ms and serves no queue, so without this the worker's short
+        # claim/complete writes can lose again and again to a burst of intake writes.
+        # Other processes still meet at SQLite's lock (bounded by the busy timeout).
+        self._write_lock = threading.Lock()
 
     # -- connections and transactions -------------------------------------------------
 
@@ -281,19 +286,24 @@ class Store:
         write fails at once (SQLITE_BUSY_SNAPSHOT) under a concurrent writer.
         """
         db = self.db
+        if not self._write_lock.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise StoreError("the database is busy: another write of this process did not finish in time.")
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"the database is busy or unavailable ({exc}).") from None
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.conn.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StoreError(f"the database could not complete the write ({exc}).") from None
-            raise
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the database is busy or unavailable ({exc}).") from None
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.conn.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreError(f"the database could not complete the write ({exc}).") from None
+                raise
+        finally:
+            self._write_lock.release()
 
     def close(self) -> None:
         with self._lock:
