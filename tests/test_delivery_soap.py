@@ -164,3 +164,22 @@ def test_mappings_check_names_file_key_and_value(runner, tmp_path):
     assert "fieldmaps/demo_rest.yaml: deliver_case.body.createdAt: unknown transform 'yyyymmdd'" in result.output
     assert "fieldmaps/demo_rest.yaml: deliver_case.body.text: source 'citizen.text'" in result.output
     assert "codes.yaml: statuses.demo_rest.AVSLUTAD: 'DONE' is not a 1177 status" in result.output
+
+
+def test_ws_security_username_token_is_sent_and_the_password_never_shown(providers, config_data):
+    import adapters
+
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_soap"]["endpoint"] = f"{providers['soap']}/soap"
+    data["targets"]["demo_soap"]["wsse"] = {"username": "gateway", "password": "pw-s3cret"}
+    cfg = config_mod.from_dict(data, base_dir=ROOT, environ={})
+    adapter = adapters.build("demo_soap", cfg.targets["demo_soap"])
+    body = {"caseNumber": "S-1", "externalMessageId": "M-1", "sentAt": "2026-11-26T10:00:00+01:00", "text": "hej"}
+    preview = adapter.preview("deliver_message", adapters.Request(body, "key-1"))
+    assert "UsernameToken" in preview and "<wsse:Username>gateway</wsse:Username>" in preview
+    assert "pw-s3cret" not in preview and "***" in preview
+    from errors import TargetRefused
+
+    with pytest.raises(TargetRefused) as info:  # the provider does not know case S-1: a Client fault
+        adapter.deliver_message(adapters.Request(body, "key-1"))
+    assert "pw-s3cret" not in str(info.value)
