@@ -157,8 +157,25 @@ class AuthSection(_Section):
         return self
 
 
+class ApiAccessSection(_Section):
+    """How a target's system authenticates when it calls the gateway's REST API."""
+
+    token: SecretStr | None = Field(default=None, description="Bearer token of this target's system.")
+
+
+class PollSection(_Section):
+    """Ask the target for updates (messages, status changes) on a schedule, for systems that cannot call out."""
+
+    interval_s: float = Field(default=60.0, ge=1)
+    path: str | None = Field(default=None, description="REST: GET base_url + path?since=<cursor>.")
+    operation: str | None = Field(default=None, description="SOAP: the operation called with 'since'.")
+    cursor_param: str = "since"
+
+
 class _TargetBase(_Section):
     description: str | None = None
+    api: ApiAccessSection = ApiAccessSection()
+    poll: PollSection | None = None
     timeout_s: float = Field(default=30.0, gt=0, description="Read timeout of one call.")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     retry: RetrySection = RetrySection()
@@ -232,6 +249,44 @@ class WorkerSection(_Section):
     lease_s: float = Field(default=300.0, ge=5, description="A claimed row returns to the queue after this.")
 
 
+class NationalSection(_Section):
+    """The national platform (NTjP) / 1177 services the gateway calls as consumer."""
+
+    endpoint: str = Field(description="URL of the platform's RIV-TA endpoint for AddMessage, UpdateCaseStatus, RegisterCase.")
+    logical_address: str = Field(description="LogicalAddress header of calls to 1177 (the inbox's HSA-id).")
+    notify: bool = Field(default=True, description="Ask 1177 to notify the citizen (SMS/e-mail) of a new message.")
+    timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retry: RetrySection = RetrySection()
+    tls: TlsSection = TlsSection()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value
+
+
+class ConfirmationsSection(_Section):
+    """Send the citizen a receipt when the provider's system has accepted a case."""
+
+    enabled: bool = False
+    subject: str = "Vi har tagit emot ditt ärende"
+    texts: dict[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"], str] = Field(
+        default_factory=dict, description="Per case type; a type without text gets no automatic receipt."
+    )
+
+
+class OutboundSection(_Section):
+    """Messages to citizens."""
+
+    review_s: float = Field(default=0.0, ge=0, le=7 * 86400, description="Hold each message this long before sending; it can be cancelled meanwhile.")
+    max_attachments: int = Field(default=10, ge=0, le=10)
+    max_attachment_bytes: int = Field(default=20 * MiB, ge=1)
+    confirmations: ConfirmationsSection = ConfirmationsSection()
+
+
 class Config(_Section):
     """The whole validated configuration."""
 
@@ -243,7 +298,15 @@ class Config(_Section):
     logging: LoggingSection = LoggingSection()
     worker: WorkerSection = WorkerSection()
     targets: dict[str, TargetSection] = Field(default_factory=dict)
+    national: NationalSection
+    outbound: OutboundSection = OutboundSection()
     source: Path | None = Field(default=None, description="The file this was loaded from (set by load).")
+
+    @model_validator(mode="after")
+    def _reserved(self) -> "Config":
+        if "national" in self.targets:
+            raise ValueError("'targets.national' is reserved for the national platform; use another name")
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with secrets shown as '***' (for ``gateway check``)."""

@@ -17,7 +17,14 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── TargetFailed     GW061  HTTP 408/429/5xx or a SOAP Server fault (transient)
     │   ├── TargetRefused    GW062  another HTTP 4xx or a SOAP Client fault (permanent)
     │   ├── BadTargetAnswer  GW063  a 2xx whose body is not what the field map expects (permanent)
-    │   └── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
+    │   ├── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
+    │   └── NationalRefused  GW065  1177 answered resultCode ERROR (permanent; its message kept)
+    ├── ApiError                    the provider REST API refuses a call (JSON {code, message, field})
+    │   ├── Unauthenticated  GW030  401: no or wrong credentials
+    │   ├── Forbidden        GW031  403: the case is not routed to the caller's target
+    │   ├── NotFound         GW032  404: no such case or message
+    │   ├── BadJson          GW033  400: the body is not the JSON object the API describes
+    │   └── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
     │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick
@@ -37,7 +44,9 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── LocationMissing  GW026  patient-board complaint with neither unit nor place
     │   ├── UnknownCase      GW027  a follow-up message for a case we never received
     │   ├── IdConflict       GW028  a known caseId/messageId resent with other content
-    │   └── InvalidValue     GW029  any other field that breaks a rule (names the field)
+    │   ├── InvalidValue     GW029  any other field that breaks a rule (names the field)
+    │   ├── UnmappedUnit     GW035  a sending unit that maps to no HSA-id
+    │   └── ClosingCodesMissing GW036  a complaint closed without problem and business-area codes
     └── InternalError        GW099  a bug: logged with a reference, never with details
 
 Technical errors (``RequestRefused``, ``StoreError``, ``InternalError``) become SOAP
@@ -152,6 +161,61 @@ class AttemptsExhausted(DeliveryError):
     code = "GW064"
     permanent = True
     hint = "Fix the cause (see the attempts), then replay the dead row."
+
+
+class NationalRefused(DeliveryError):
+    """Raised when 1177 answers ``resultCode ERROR``: it will not take this message as it is."""
+
+    code = "GW065"
+    permanent = True
+    hint = "Read 1177's message in the attempt, correct the message or case, then replay or cancel it."
+
+
+class ApiError(GatewayError):
+    """The provider REST API refuses a call; ``status`` is the HTTP status to answer."""
+
+    code = "GW033"
+    status = 400
+
+
+class Unauthenticated(ApiError):
+    """Raised when a call to the provider API has no valid credentials."""
+
+    code = "GW030"
+    status = 401
+    hint = "Send 'Authorization: Bearer <token>' with the API token configured for your target."
+
+
+class Forbidden(ApiError):
+    """Raised when a client touches a case that is routed to another target."""
+
+    code = "GW031"
+    status = 403
+    hint = "A target may only touch the cases routed to it (mappings/units.yaml)."
+
+
+class NotFound(ApiError):
+    """Raised when the case or message named in the path does not exist."""
+
+    code = "GW032"
+    status = 404
+    hint = "Check the case id: it is 1177's caseId, or the id the gateway returned for a registered case."
+
+
+class BadJson(ApiError):
+    """Raised when the body is not a JSON object of the shape the OpenAPI document describes."""
+
+    code = "GW033"
+    status = 400
+    hint = "See /api/openapi.json for the body this call takes."
+
+
+class NotCancellable(ApiError):
+    """Raised when cancelling a message that has been sent, or is being sent, to the citizen."""
+
+    code = "GW034"
+    status = 409
+    hint = "A message delivered to the citizen's inbox cannot be recalled; send a correction instead."
 
 
 class RequestRefused(GatewayError):
@@ -292,6 +356,20 @@ class InvalidValue(RuleViolation):
     hint = "Correct the field named in the message."
 
 
+class UnmappedUnit(RuleViolation):
+    """Raised when a provider's sending unit (code or HSA-id) maps to no unit in units.yaml."""
+
+    code = "GW035"
+    hint = "Give a unit code or HSA-id that mappings/units.yaml lists for your target."
+
+
+class ClosingCodesMissing(RuleViolation):
+    """Raised when a complaint is closed without problem codes and a business-area code."""
+
+    code = "GW036"
+    hint = "Closing a complaint needs at least one problem code and a business-area code."
+
+
 class InternalError(GatewayError):
     """An unexpected failure. The response carries only a reference; the log has the rest."""
 
@@ -302,5 +380,5 @@ class InternalError(GatewayError):
 #: Every user-visible code, for documentation and for tests that check codes stay unique.
 ALL_CODES: dict[str, type[GatewayError]] = {}
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError):
+    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError, ApiError):
         ALL_CODES.setdefault(_cls.code, _cls)

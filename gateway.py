@@ -24,6 +24,7 @@ from typing import Any
 import click
 from flask import Flask
 
+import api
 import config as config_mod
 import inbound
 import logs
@@ -90,20 +91,43 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             },
         ),
     )
+    api.init_app(
+        app,
+        api.Api(
+            store=store,
+            units=maps.units,
+            codes=maps.codes,
+            tokens={
+                api.token_digest(t.api.token.get_secret_value()): name
+                for name, t in cfg.targets.items()
+                if t.api.token is not None
+            },
+            review_s=cfg.outbound.review_s,
+            max_attachment_bytes=cfg.outbound.max_attachment_bytes,
+            version=version(),
+        ),
+    )
     worker = build_worker(cfg, store, maps)
     app.extensions["gateway.worker"] = worker
     app.extensions["gateway.intake"].on_stored = worker.wake
+    app.extensions["gateway.api"].on_stored = worker.wake
     if start_worker:
         worker.start()
     return app
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
+    from adapters.national import NationalAdapter
+
     return Worker(
         store,
         mappings=maps,
         targets=cfg.targets,
         gateway_hsa_id=cfg.gateway.hsa_id,
+        national=NationalAdapter(cfg.national, source_system=cfg.gateway.hsa_id),
+        national_settings=cfg.national,
+        confirmations=cfg.outbound.confirmations,
+        review_s=cfg.outbound.review_s,
         concurrency=cfg.worker.concurrency,
         poll_s=cfg.worker.poll_s,
         lease_s=cfg.worker.lease_s,

@@ -211,9 +211,39 @@ class Case:
     attachments: tuple[Attachment, ...] = ()
 
 
+class MessageKind(str, Enum):
+    """What a message from the care side to the citizen is (AddMessage ``kind``)."""
+
+    CONFIRMATION = "CONFIRMATION"
+    PARTIAL_REPLY = "PARTIAL_REPLY"
+    QUESTION = "QUESTION"
+    FINAL_REPLY = "FINAL_REPLY"
+    INFO = "INFO"
+
+
+class CaseStatus(str, Enum):
+    RECEIVED = "RECEIVED"
+    IN_PROGRESS = "IN_PROGRESS"
+    CLOSED = "CLOSED"
+
+
+class Channel(str, Enum):
+    """How a case registered outside 1177 started."""
+
+    TELEFON = "TELEFON"
+    BREV = "BREV"
+    BESOK = "BESOK"
+    OTHER = "OTHER"
+
+
+PROBLEM_CODE_SYSTEM = "1.2.752.129.5.1.22"  # huvud- och delproblem
+BUSINESS_AREA_CODE_SYSTEM = "1.2.752.129.5.1.21"  # verksamhetsområde
+
+
 @dataclass(frozen=True)
 class Message:
-    """A message in a case's dialog. ``direction`` is ``in`` (citizen) or ``out`` (care)."""
+    """A message in a case's dialog. ``direction`` is ``in`` (from the citizen, kind
+    FOLLOW_UP) or ``out`` (from the care side, a ``MessageKind``, naming its sending unit)."""
 
     case_id: str
     message_id: str
@@ -223,6 +253,28 @@ class Message:
     kind: str = "FOLLOW_UP"
     subject: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    sender_hsa_id: str | None = None
+    sender_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded value (CVType): code, code system OID, display name."""
+
+    code: str
+    code_system: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A status change of a case, from the care side to 1177."""
+
+    case_id: str
+    status: CaseStatus
+    care_unit_hsa_id: str | None = None
+    problems: tuple[Code, ...] = ()
+    business_area: Code | None = None
 
 
 # -- plain data (JSON) ↔ model ---------------------------------------------------------------------
@@ -240,7 +292,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def to_data(obj: Case | Message) -> dict:
+def to_data(obj: Case | Message | StatusUpdate) -> dict:
     """The object as JSON-ready data. Attachments are described (name, type, hash, size),
     never carried: their bytes are stored once, by hash."""
     from dataclasses import fields, is_dataclass
@@ -310,4 +362,18 @@ def message_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> M
         kind=data.get("kind", "FOLLOW_UP"),
         subject=data.get("subject"),
         attachments=attachments,
+        sender_hsa_id=data.get("sender_hsa_id"),
+        sender_name=data.get("sender_name"),
+    )
+
+
+def status_from_data(data: dict) -> StatusUpdate:
+    """Rebuild a ``StatusUpdate`` from ``to_data`` output."""
+    area = data.get("business_area")
+    return StatusUpdate(
+        case_id=data["case_id"],
+        status=CaseStatus(data["status"]),
+        care_unit_hsa_id=data.get("care_unit_hsa_id"),
+        problems=tuple(Code(p["code"], p["code_system"], p.get("display_name")) for p in data.get("problems") or ()),
+        business_area=Code(area["code"], area["code_system"], area.get("display_name")) if area else None,
     )

@@ -84,6 +84,14 @@ PROCESS_CASE = _contract("ProcessCase", f"{_CF}:ProcessCaseResponder:1")
 PROCESS_CASE_MESSAGE = _contract("ProcessCaseMessage", f"{_CF}:ProcessCaseMessageResponder:1")
 CORE_NS = f"{_CF}:1"
 
+_PP = "urn:riv-application:infrastructure:eservicesupply:patientportal"
+
+#: The contracts the gateway calls as consumer (adapters/national.py).
+ADD_MESSAGE = _contract("AddMessage", f"{_PP}:AddMessageResponder:2", "2.0")
+UPDATE_CASE_STATUS = _contract("UpdateCaseStatus", f"{_CF}:UpdateCaseStatusResponder:1")
+REGISTER_CASE = _contract("RegisterCase", f"{_CF}:RegisterCaseResponder:1")
+PP_CORE_NS = f"{_PP}:2"
+
 #: The producer contracts answered on POST /rivta, by responder namespace.
 CONTRACTS: dict[str, Contract] = {c.responder_ns: c for c in (PING, PROCESS_CASE, PROCESS_CASE_MESSAGE)}
 
@@ -214,8 +222,10 @@ def load_schema(path: Path) -> etree.XMLSchema:
         raise ContractError(f"the contract schema {path.name} cannot be loaded ({type(exc).__name__}).") from None
 
 
-def check_contract_files(contracts: dict[str, Contract] = CONTRACTS) -> None:
+def check_contract_files(contracts: dict[str, Contract] | None = None) -> None:
     """Raise ``ContractError`` unless every contract's WSDL parses and its XSD compiles."""
+    if contracts is None:
+        contracts = {**CONTRACTS, **{c.responder_ns: c for c in (ADD_MESSAGE, UPDATE_CASE_STATUS, REGISTER_CASE)}}
     Schemas(contracts)
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     for contract in contracts.values():

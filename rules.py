@@ -17,13 +17,24 @@ from collections.abc import Sequence
 
 from errors import (
     AttachmentTooLarge,
+    ClosingCodesMissing,
     AttachmentTypeRefused,
     EventDateInvalid,
     InvalidValue,
     LocationMissing,
     TooManyAttachments,
 )
-from model import Attachment, Case, CaseType, Message, hsa_id
+from model import (
+    BUSINESS_AREA_CODE_SYSTEM,
+    PROBLEM_CODE_SYSTEM,
+    Attachment,
+    Case,
+    CaseStatus,
+    CaseType,
+    Message,
+    StatusUpdate,
+    hsa_id,
+)
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 MAX_CITIZEN_ATTACHMENTS = 5
@@ -141,3 +152,40 @@ def check_citizen_message(
     if not message.text.strip() and not message.attachments:
         raise InvalidValue("text is empty and there is no attachment.", field="text")
     check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes)
+
+
+def check_care_message(
+    message: Message,
+    *,
+    max_attachments: int = MAX_CARE_ATTACHMENTS,
+    max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
+) -> None:
+    """Rules for a message from the care side to the citizen (rules 1 and 11)."""
+    if not message.sender_hsa_id:
+        raise InvalidValue("senderUnit: every message to a citizen names its sending unit.", field="senderUnit")
+    hsa_id(message.sender_hsa_id, field="senderUnit")
+    if not message.text.strip():
+        raise InvalidValue("body is empty: a message to the citizen needs a text.", field="body")
+    if len(message.text) > 20000:
+        raise InvalidValue(f"body is {len(message.text)} characters; 1177 takes at most 20000.", field="body")
+    if message.subject is not None and len(message.subject) > 255:
+        raise InvalidValue("subject is over 255 characters.", field="subject")
+    check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes, field="attachments")
+
+
+def check_status_update(update: StatusUpdate, case_type: CaseType) -> None:
+    """A closed complaint needs problem codes and a business area; codes are in 1177's systems."""
+    if update.care_unit_hsa_id:
+        hsa_id(update.care_unit_hsa_id, field="careUnitHsaId")
+    for index, problem in enumerate(update.problems):
+        if problem.code_system != PROBLEM_CODE_SYSTEM or not problem.code.strip():
+            raise InvalidValue(f"problems[{index}] is not a code of {PROBLEM_CODE_SYSTEM}.", field=f"problems[{index}]")
+    if update.business_area is not None and (
+        update.business_area.code_system != BUSINESS_AREA_CODE_SYSTEM or not update.business_area.code.strip()
+    ):
+        raise InvalidValue(f"businessArea is not a code of {BUSINESS_AREA_CODE_SYSTEM}.", field="businessArea")
+    if case_type is CaseType.COMPLAINT and update.status is CaseStatus.CLOSED:
+        if not update.problems:
+            raise ClosingCodesMissing("problems: closing a complaint needs at least one problem code.", field="problems")
+        if update.business_area is None:
+            raise ClosingCodesMissing("businessArea: closing a complaint needs a business-area code.", field="businessArea")

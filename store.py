@@ -36,8 +36,18 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from errors import IdConflict, StoreError, UnknownCase
-from model import Attachment, Case, Message, case_from_data, message_from_data, redact_person_ids, to_data
+from errors import IdConflict, NotCancellable, NotFound, StoreError, UnknownCase
+from model import (
+    Attachment,
+    Case,
+    Message,
+    StatusUpdate,
+    case_from_data,
+    message_from_data,
+    redact_person_ids,
+    status_from_data,
+    to_data,
+)
 
 migrations = Migrations("gateway")
 
@@ -189,6 +199,35 @@ def m002_delivery(db: Database) -> None:
     db["sync_log"].create_index(["target", "at"])
 
 
+@migrations()
+def m003_way_back(db: Database) -> None:
+    db["cases"].add_column("national_case_id", str)  # 1177's caseId (a registered case gets it from 1177)
+    db["cases"].add_column("channel", str)  # for a case started outside 1177: TELEFON, BREV, …
+    db["cases"].add_column("citizen_status", str)  # the last status sent towards 1177
+    db.execute("UPDATE cases SET national_case_id = case_id WHERE origin = '1177'")
+    db["cases"].create_index(["target", "provider_case_id"])
+    db["messages"].add_column("sent_at", str)
+    db["messages"].add_column("origin", str)  # citizen | api | poll | auto
+    db["status_updates"].create(
+        {
+            "id": int,
+            "case_id": str,
+            "status": str,
+            "content": str,
+            "state": str,  # queued | sent | cancelled | failed
+            "created_at": str,
+            "sent_at": str,
+            "origin": str,
+            "correlation_id": str,
+        },
+        pk="id",
+        not_null={"case_id", "status", "content", "state", "created_at"},
+        foreign_keys=[("case_id", "cases", "case_id")],
+    )
+    db["status_updates"].create_index(["case_id"])
+    db["poll_cursors"].create({"target": str, "cursor": str, "updated_at": str}, pk="target")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -202,6 +241,17 @@ def _content(obj: Case | Message) -> tuple[str, str]:
     """JSON content without file bytes, and a hash over it (files enter by their hash)."""
     text = json.dumps(to_data(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: The outbox target name of 1177 / the national platform.
+NATIONAL_TARGET = "national"
+
+#: Actions that go towards the citizen (to 1177); the others go to the provider.
+OUTBOUND_ACTIONS = ("add_message", "update_status", "register_case")
+
+
+def _direction(action: str) -> str:
+    return "out" if action in OUTBOUND_ACTIONS else "in"
 
 
 #: A row the worker may take once its not_before has passed: pending, its target not
@@ -228,6 +278,7 @@ class Job:
     provider_unit_code: str | None
     provider_case_id: str | None
     correlation_id: str | None
+    national_case_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,12 +403,13 @@ class Store:
             db.execute(
                 """INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, is_patient_board, target,
                        provider_unit_code, status, created_time, received_at, updated_at, correlation_id,
-                       content_hash, content)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)""",
+                       content_hash, content, national_case_id, citizen_status)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED')""",
                 [
                     case.case_id, origin, case.case_type.value, case.receiver.hsa_id,
                     int(case.receiver.is_patient_board), target, provider_unit_code,
                     case.created_time.isoformat(), ts(now), ts(now), correlation_id, content_hash, content,
+                    case.case_id if origin == "1177" else None,
                 ],
             )
             self._put_attachments(db, case.case_id, None, case.attachments, now)
@@ -408,6 +460,192 @@ class Store:
             )
         return Accepted(True, message.case_id, message.message_id)
 
+    # -- the way back: from the provider towards the citizen ------------------------------
+
+    def add_reply(
+        self,
+        message: Message,
+        *,
+        hold_s: float = 0.0,
+        origin: str = "api",
+        correlation_id: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> Accepted:
+        """Queue a message to the citizen (``AddMessage``), held ``hold_s`` seconds for review.
+
+        The content kept here is the immutable record of what the citizen is sent.
+        """
+        now = now or utcnow()
+        with self.write() as db:
+            return self._insert_reply(db, message, hold_s=hold_s, origin=origin, correlation_id=correlation_id, now=now)
+
+    def _insert_reply(
+        self, db: Database, message: Message, *, hold_s: float, origin: str, correlation_id: str | None, now: dt.datetime
+    ) -> Accepted:
+        content, content_hash = _content(message)
+        case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [message.case_id]).fetchone()
+        if case is None:
+            raise NotFound(f"there is no case '{message.case_id}'.", field="caseId")
+        row = db.execute("SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]).fetchone()
+        if row is not None:
+            if row[0] != content_hash:
+                raise IdConflict(f"messageId '{message.message_id}' is already used for other content.", field="messageId")
+            return Accepted(False, message.case_id, message.message_id)
+        state = "held" if hold_s > 0 else "queued"
+        db.execute(
+            """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
+                   correlation_id, content_hash, content, origin)
+               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [message.message_id, message.case_id, message.kind, state, message.created_time.isoformat(), ts(now),
+             correlation_id, content_hash, content, origin],
+        )
+        self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
+        self._enqueue(db, message.case_id, "add_message", message.message_id, NATIONAL_TARGET,
+                      now + dt.timedelta(seconds=hold_s), created=now)
+        self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
+                  direction="out", event="message_queued", status=state, target=NATIONAL_TARGET,
+                  hsa_id=message.sender_hsa_id,
+                  detail=f"{message.kind} from {origin}, {len(message.attachments)} attachment(s)"
+                  + (f", held {hold_s:g} s for review" if hold_s > 0 else ""))
+        return Accepted(True, message.case_id, message.message_id)
+
+    def add_status(
+        self, update: StatusUpdate, *, origin: str = "api", correlation_id: str | None = None, now: dt.datetime | None = None
+    ) -> int:
+        """Queue a status change towards 1177 (``UpdateCaseStatus``); returns its id."""
+        now = now or utcnow()
+        content = json.dumps(to_data(update), sort_keys=True, ensure_ascii=False)
+        with self.write() as db:
+            case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
+            if case is None:
+                raise NotFound(f"there is no case '{update.case_id}'.", field="caseId")
+            cursor = db.execute(
+                """INSERT INTO status_updates (case_id, status, content, state, created_at, origin, correlation_id)
+                   VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
+                [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
+            )
+            update_id = cursor.lastrowid
+            db.execute("UPDATE cases SET citizen_status = ?, updated_at = ? WHERE case_id = ?",
+                       [update.status.value, ts(now), update.case_id])
+            self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
+            self._log(db, now, correlation_id=correlation_id, case_id=update.case_id, direction="out",
+                      event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=case[0],
+                      detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
+                      + (f", care unit {update.care_unit_hsa_id}" if update.care_unit_hsa_id else ""))
+        return int(update_id)  # type: ignore[arg-type]
+
+    def register_external(
+        self,
+        case: Case,
+        *,
+        target: str,
+        provider_unit_code: str,
+        external_case_id: str,
+        channel: str,
+        correlation_id: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> Accepted:
+        """Store a case that started outside 1177 and queue its registration with 1177.
+
+        ``case.case_id`` is the gateway's id; the provider's own id is ``external_case_id``
+        (the same one again, with the same content, is the same case)."""
+        now = now or utcnow()
+        content, content_hash = _content(case)
+        with self.write() as db:
+            row = db.execute(
+                "SELECT case_id, content_hash FROM cases WHERE target = ? AND provider_case_id = ? AND origin = 'external'",
+                [target, external_case_id],
+            ).fetchone()
+            if row is not None:
+                if row[1] != content_hash:
+                    raise IdConflict(f"externalCaseId '{external_case_id}' is already registered with other content.",
+                                     field="externalCaseId")
+                return Accepted(False, row[0], row[0])
+            db.execute(
+                """INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, is_patient_board, target,
+                       provider_unit_code, provider_case_id, status, created_time, received_at, updated_at,
+                       correlation_id, content_hash, content, channel, citizen_status)
+                   VALUES (?, 'external', ?, ?, ?, ?, ?, ?, 'registering', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED')""",
+                [case.case_id, case.case_type.value, case.receiver.hsa_id, int(case.receiver.is_patient_board), target,
+                 provider_unit_code, external_case_id, case.created_time.isoformat(), ts(now), ts(now), correlation_id,
+                 content_hash, content, channel],
+            )
+            self._put_attachments(db, case.case_id, None, case.attachments, now)
+            self._enqueue(db, case.case_id, "register_case", case.case_id, NATIONAL_TARGET, now)
+            self._log(db, now, correlation_id=correlation_id, case_id=case.case_id, direction="out",
+                      event="case_registered", status="queued", target=NATIONAL_TARGET, hsa_id=case.receiver.hsa_id,
+                      detail=f"{case.case_type.value} by {channel} from target {target}")
+        return Accepted(True, case.case_id, case.case_id)
+
+    def cancel_message(self, message_id: str, *, by: str, now: dt.datetime | None = None) -> None:
+        """Cancel a message to the citizen that has not been sent yet (in its review window)."""
+        now = now or utcnow()
+        with self.write() as db:
+            row = db.execute(
+                "SELECT case_id, status FROM messages WHERE message_id = ? AND direction = 'out'", [message_id]
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"there is no message '{message_id}' to a citizen.", field="messageId")
+            outbox = db.execute(
+                "SELECT id, status FROM outbox WHERE action = 'add_message' AND ref_id = ?", [message_id]
+            ).fetchone()
+            if row[1] == "cancelled":
+                return
+            if outbox is None or outbox[1] not in ("pending", "dead"):
+                state = "sent" if row[1] == "sent" else "being sent"
+                raise NotCancellable(f"message '{message_id}' has been {state}; it cannot be recalled.", field="messageId")
+            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox[0]])
+            db.execute("UPDATE messages SET status = 'cancelled' WHERE message_id = ?", [message_id])
+            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_cancelled",
+                      status="ok", target=NATIONAL_TARGET, detail=f"cancelled by {by} before it was sent")
+
+    def load_status(self, update_id: int) -> StatusUpdate:
+        row = self.db.execute("SELECT content FROM status_updates WHERE id = ?", [update_id]).fetchone()
+        if row is None:
+            raise StoreError(f"status update {update_id} is not stored.")
+        return status_from_data(json.loads(row[0]))
+
+    def case_by_provider_id(self, target: str, provider_case_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT case_id FROM cases WHERE target = ? AND provider_case_id = ?", [target, provider_case_id]
+        ).fetchone()
+        return row[0] if row else None
+
+    def timeline(self, case_id: str) -> dict[str, Any]:
+        """The case's metadata, messages (without text), status changes and sync-log events."""
+        case = self.case_row(case_id)
+        if case is None:
+            raise NotFound(f"there is no case '{case_id}'.", field="caseId")
+        messages = list(self.db.query(
+            """SELECT message_id, direction, kind, status, created_time, received_at, sent_at, origin
+               FROM messages WHERE case_id = ? ORDER BY id""", [case_id]))
+        statuses = list(self.db.query(
+            "SELECT id, status, state, created_at, sent_at, origin FROM status_updates WHERE case_id = ? ORDER BY id",
+            [case_id]))
+        events = list(self.db.query(
+            """SELECT at, direction, event, status, target, message_id, error_code, detail
+               FROM sync_log WHERE case_id = ? ORDER BY id""", [case_id]))
+        return {"case": case, "messages": messages, "statuses": statuses, "events": events}
+
+    def log_event(self, *, direction: str, event: str, status: str, now: dt.datetime | None = None, **fields: Any) -> None:
+        """A sync-log row of its own (metadata only; ``detail`` is scrubbed of person ids)."""
+        if fields.get("detail"):
+            fields["detail"] = redact_person_ids(str(fields["detail"]))[:1000]
+        with self.write() as db:
+            self._log(db, now or utcnow(), direction=direction, event=event, status=status, **fields)
+
+    def get_cursor(self, target: str) -> str | None:
+        row = self.db.execute("SELECT cursor FROM poll_cursors WHERE target = ?", [target]).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, target: str, cursor: str, now: dt.datetime | None = None) -> None:
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO poll_cursors (target, cursor, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(target) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                [target, cursor, ts(now or utcnow())],
+            )
+
     def _put_attachments(
         self, db: Database, case_id: str, message_id: str | None, attachments: tuple[Attachment, ...], now: dt.datetime
     ) -> None:
@@ -423,12 +661,16 @@ class Store:
                 [case_id, message_id, position, attachment.file_name, attachment.mime_type, digest],
             )
 
-    def _enqueue(self, db: Database, case_id: str, action: str, ref_id: str, target: str | None, now: dt.datetime) -> None:
+    def _enqueue(
+        self, db: Database, case_id: str, action: str, ref_id: str, target: str | None, not_before: dt.datetime,
+        *, created: dt.datetime | None = None,
+    ) -> None:
+        created = created or not_before
         db.execute(
             """INSERT INTO outbox (case_id, action, ref_id, target, status, attempts, not_before,
                    idempotency_key, created_at, updated_at)
                VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)""",
-            [case_id, action, ref_id, target, ts(now), str(uuid.uuid4()), ts(now), ts(now)],
+            [case_id, action, ref_id, target, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
         )
 
     def _log(self, db: Database, now: dt.datetime, **fields: Any) -> None:
@@ -467,7 +709,8 @@ class Store:
                     continue
                 row = db.execute(
                     """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts, o.idempotency_key,
-                              c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id
+                              c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id,
+                              c.national_case_id
                        FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id = ?""",
                     [row_id],
                 ).fetchone()
@@ -502,9 +745,17 @@ class Store:
         duration_ms: float,
         status_code: int | None,
         provider_case_id: str | None = None,
+        national_case_id: str | None = None,
+        detail: str | None = None,
+        follow_up: Message | None = None,
         now: dt.datetime | None = None,
     ) -> bool:
-        """Mark a claimed row delivered. False if the claim was lost (lease ran out meanwhile)."""
+        """Mark a claimed row delivered. False if the claim was lost (lease ran out meanwhile).
+
+        ``provider_case_id``/``national_case_id``: the ids the provider or 1177 gave the case;
+        ``detail``: what the target said besides OK (1177's INFO text), kept on the attempt;
+        ``follow_up``: a message to the citizen queued in the same transaction (the automatic
+        receipt once the provider has accepted the case), so it cannot be lost in between."""
         now = now or utcnow()
         with self.write() as db:
             updated = db.execute(
@@ -513,22 +764,36 @@ class Store:
                    WHERE id = ? AND status = 'in_flight' AND claimed_by = ?""",
                 [ts(now), ts(now), job.id, job.claimed_by],
             ).rowcount
+            detail = redact_person_ids(detail) if detail else None
             self._finish(db, job, started=started, duration_ms=duration_ms,
                          outcome="delivered" if updated else "delivered_late", status_code=status_code,
-                         error_code=None, detail=None if updated else "the lease had run out; the row was requeued")
+                         error_code=None, detail=detail if updated else "the lease had run out; the row was requeued")
             if not updated:
                 return False
             if provider_case_id:
                 db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
+            if national_case_id:
+                db.execute("UPDATE cases SET national_case_id = ? WHERE case_id = ?", [national_case_id, job.case_id])
             if job.action == "deliver_case":
                 db.execute("UPDATE cases SET status = 'delivered', updated_at = ? WHERE case_id = ?", [ts(now), job.case_id])
             elif job.action == "deliver_message":
                 db.execute("UPDATE messages SET status = 'delivered' WHERE message_id = ?", [job.ref_id])
+            elif job.action == "add_message":
+                db.execute("UPDATE messages SET status = 'sent', sent_at = ? WHERE message_id = ?", [ts(now), job.ref_id])
+            elif job.action == "update_status":
+                db.execute("UPDATE status_updates SET state = 'sent', sent_at = ? WHERE id = ?", [ts(now), int(job.ref_id)])
+            elif job.action == "register_case":
+                db.execute("UPDATE cases SET status = 'registered', updated_at = ? WHERE case_id = ?", [ts(now), job.case_id])
             self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
-                      message_id=job.ref_id if job.action == "deliver_message" else None, direction="in",
-                      event="delivered", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
+                      message_id=job.ref_id if job.action in ("deliver_message", "add_message") else None,
+                      direction=_direction(job.action), event="delivered", status="ok", target=job.target,
+                      hsa_id=job.receiver_hsa_id,
                       detail=f"{job.action}, attempt {job.attempt}, {round(duration_ms)} ms"
-                      + (f", provider case {provider_case_id}" if provider_case_id else ""))
+                      + (f", provider case {provider_case_id}" if provider_case_id else "")
+                      + (f", 1177 case {national_case_id}" if national_case_id else "")
+                      + (f"; {detail}" if detail else ""))
+            if follow_up is not None:
+                self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id, now=now)
         return True
 
     def fail(
@@ -560,7 +825,8 @@ class Store:
                          status_code=status_code, error_code=error_code, detail=reason[:1000])
             if updated:
                 self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
-                          message_id=job.ref_id if job.action == "deliver_message" else None, direction="in",
+                          message_id=job.ref_id if job.action in ("deliver_message", "add_message") else None,
+                          direction=_direction(job.action),
                           event="dead" if dead else "retry_scheduled", status="dead" if dead else "retry",
                           target=job.target, hsa_id=job.receiver_hsa_id, error_code=error_code,
                           detail=f"{job.action}, attempt {job.attempt}: {reason[:500]}"
@@ -584,7 +850,8 @@ class Store:
                        WHERE id = ? AND status = 'in_flight'""",
                     [ts(now), row_id],
                 )
-                self._log(db, now, correlation_id=correlation, case_id=case_id, direction="in", event="lease_expired",
+                self._log(db, now, correlation_id=correlation, case_id=case_id, direction=_direction(action),
+                          event="lease_expired",
                           status="retry", target=target, hsa_id=hsa,
                           detail=f"{action}: {claimed_by} stopped during the attempt; requeued")
         return len(rows)

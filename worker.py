@@ -9,7 +9,7 @@ with jitter and a ceiling, per target) or dead. APScheduler runs the periodic jo
 the heartbeat, the due-retry tick and lease recovery. New work is dispatched at once
 (``wake``), not on the next tick.
 
-May import: ``store``, ``mapping``, ``adapters``, ``config``, ``model``, ``errors``.
+May import: ``store``, ``mapping``, ``adapters``, ``updates``, ``model``, ``errors``.
 
 Invariants:
 - Nothing here raises into the scheduler or kills the dispatcher: every failure of a
@@ -36,10 +36,24 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import adapters
+import updates
 from adapters.base import DELIVER_CASE, DELIVER_MESSAGE, Request
-from errors import AttemptsExhausted, BadTargetAnswer, ContractError, DeliveryError, GatewayError, MappingError, StoreError
+from errors import (
+    AttemptsExhausted,
+    BadJson,
+    BadTargetAnswer,
+    ConfigError,
+    ContractError,
+    DeliveryError,
+    Forbidden,
+    GatewayError,
+    MappingError,
+    NotFound,
+    StoreError,
+)
 from mapping import Mappings, delivery_source
-from store import Job, Store, utcnow
+from model import CaseType, Message, MessageKind
+from store import OUTBOUND_ACTIONS, Job, Store, utcnow
 
 log = logging.getLogger("gateway.worker")
 
@@ -55,22 +69,30 @@ class Worker:
         targets: Mapping[str, Any] | None = None,
         adapter_factory: Callable[[str, Any], adapters.Adapter] = adapters.build,
         gateway_hsa_id: str | None = None,
+        national: Any = None,
+        national_settings: Any = None,
+        confirmations: Any = None,
         concurrency: int = 4,
         poll_s: float = 2.0,
         lease_s: float = 300.0,
         heartbeat_s: int = 10,
         rand: Callable[[], float] = random.random,
+        review_s: float = 0.0,
     ):
         self.store = store
         self.mappings = mappings
         self.targets = dict(targets or {})
         self.adapter_factory = adapter_factory
         self.gateway_hsa_id = gateway_hsa_id
+        self.national = national  # adapters.national.NationalAdapter (or a stand-in in tests)
+        self.national_settings = national_settings
+        self.confirmations = confirmations
         self.concurrency = concurrency
         self.poll_s = poll_s
         self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s
         self.rand = rand
+        self.review_s = review_s
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
         self._adapters: dict[str, adapters.Adapter] = {}
         self._adapters_lock = threading.Lock()
@@ -93,6 +115,9 @@ class Worker:
         self._scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat")
         self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
         self._scheduler.add_job(self.recover_leases, "interval", seconds=max(1.0, min(60.0, self.lease_s / 4)), id="leases")
+        for name, settings in self.targets.items():
+            if getattr(settings, "poll", None) is not None:
+                self._scheduler.add_job(self.poll, "interval", args=[name], seconds=settings.poll.interval_s, id=f"poll:{name}")
         self._scheduler.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         self._dispatcher.start()
@@ -113,6 +138,8 @@ class Worker:
             self._pool.shutdown(wait=True)
         for adapter in self._adapters.values():
             adapter.close()
+        if self.national is not None:
+            self.national.close()
         self._dispatcher = self._pool = self._scheduler = None
         log.info("worker stopped", extra={"worker": self.name})
 
@@ -234,6 +261,9 @@ class Worker:
 
     def deliver(self, job: Job) -> None:
         """Deliver one claimed row and record the outcome on it."""
+        if job.action in OUTBOUND_ACTIONS:
+            self.deliver_to_1177(job)
+            return
         started = utcnow()
         clock = time.perf_counter()
         settings = self.targets.get(job.target)
@@ -254,11 +284,119 @@ class Worker:
             log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
             return  # the row stays claimed; its lease brings it back
         duration = (time.perf_counter() - clock) * 1000
-        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code, provider_case_id=provider_case_id):
+        follow_up = self._receipt(job) if job.action == DELIVER_CASE else None
+        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code,
+                               provider_case_id=provider_case_id, follow_up=follow_up):
             log.info("delivered", extra={"case_id": job.case_id, "action": job.action, "target": job.target,
                                          "attempt": job.attempt, "duration_ms": round(duration, 1)})
         else:
             log.warning("delivered after the lease ran out", extra={"case_id": job.case_id, "outbox_id": job.id})
+
+    def _receipt(self, job: Job) -> Message | None:
+        """The automatic receipt to the citizen once the provider has accepted a 1177 case."""
+        conf = self.confirmations
+        if conf is None or not conf.enabled or not job.national_case_id:
+            return None
+        row = self.store.case_row(job.case_id)
+        text = conf.texts.get(row["case_type"]) if row else None
+        if not text:
+            return None
+        unit = self.mappings.units.unit(job.receiver_hsa_id, utcnow().date()) if self.mappings else None
+        return Message(
+            case_id=job.case_id, message_id=f"{job.case_id}:receipt", created_time=utcnow(), text=text, direction="out",
+            kind=MessageKind.CONFIRMATION.value, subject=conf.subject, sender_hsa_id=job.receiver_hsa_id,
+            sender_name=unit.name if unit else None,
+        )
+
+    def deliver_to_1177(self, job: Job) -> None:
+        """Deliver a row towards the citizen: a message, a status change or a registration."""
+        started = utcnow()
+        clock = time.perf_counter()
+        national_case_id = None
+        try:
+            if self.national is None:
+                raise ConfigError("no national platform is configured (the 'national' section).")
+            case = self.store.load_case(job.case_id)
+            if job.action == "register_case":
+                row = self.store.case_row(job.case_id) or {}
+                answer = self.national.register_case(case=case, external_case_id=row.get("provider_case_id") or job.case_id,
+                                                     channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id)
+                national_case_id = str(answer.data["caseId"])  # type: ignore[index]
+            elif not job.national_case_id:
+                raise MappingError(f"case {job.case_id} has no 1177 case id: it was never registered with 1177.")
+            elif job.action == "add_message":
+                answer = self.national.add_message(
+                    subject_of_care_id=case.subject_of_care.person_id.id, national_case_id=job.national_case_id,
+                    message=self.store.load_message(job.ref_id), correlation_id=job.correlation_id)
+            else:
+                answer = self.national.update_status(national_case_id=job.national_case_id,
+                                                     update=self.store.load_status(int(job.ref_id)),
+                                                     correlation_id=job.correlation_id)
+        except DeliveryError as exc:
+            self._failed(job, exc, started, clock, self.national_settings)
+            return
+        except (MappingError, ContractError, ConfigError) as exc:
+            self._failed(job, exc, started, clock, self.national_settings, permanent=True)
+            return
+        except StoreError as exc:
+            log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
+            return
+        duration = (time.perf_counter() - clock) * 1000
+        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code,
+                               national_case_id=national_case_id, detail=answer.detail):
+            log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
+                                                  "duration_ms": round(duration, 1), "detail": answer.detail})
+
+    # -- polling ---------------------------------------------------------------------------------------
+
+    def poll(self, target: str) -> int:
+        """Ask ``target`` for updates since its stored cursor and queue them; how many were taken."""
+        try:
+            adapter = self.adapter(target)
+            cursor = self.store.get_cursor(target)
+            items, next_cursor = adapter.poll(cursor)
+        except GatewayError as exc:
+            log.warning("poll failed", extra={"target": target, "error_code": exc.code, "detail": exc.message})
+            return 0
+        taken = 0
+        for index, item in enumerate(items):
+            try:
+                self.take_update(target, item)
+                taken += 1
+            except GatewayError as exc:
+                self.store.log_event(direction="out", event="poll_update_refused", status="refused", target=target,
+                                     error_code=exc.code, case_id=_case_ref(item),
+                                     detail=f"update {index + 1} of {len(items)} from {target}: {exc.message}")
+                log.warning("polled update refused", extra={"target": target, "error_code": exc.code, "detail": exc.message})
+        if next_cursor is not None and next_cursor != cursor:
+            self.store.set_cursor(target, str(next_cursor))
+        if taken:
+            self.wake()
+        return taken
+
+    def take_update(self, target: str, item: dict[str, Any]) -> None:
+        """One polled update through the same path as the REST API (``updates``)."""
+        if not isinstance(item, dict):
+            raise BadJson("an update must be an object.")
+        case_id = item.get("caseId")
+        if not case_id and item.get("providerCaseId"):
+            case_id = self.store.case_by_provider_id(target, str(item["providerCaseId"]))
+        row = self.store.case_row(str(case_id)) if case_id else None
+        if row is None:
+            raise NotFound(f"the update names no case this gateway knows ({str(case_id or item.get('providerCaseId'))[:64]}).")
+        if row["target"] != target:
+            raise Forbidden(f"case {case_id} is not routed to target '{target}'.")
+        now = utcnow()
+        kind = item.get("type", "message")
+        if kind == "message":
+            message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units, now=now)  # type: ignore[union-attr]
+            self.store.add_reply(message, hold_s=self.review_s, origin="poll")
+        elif kind == "status":
+            update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
+                                    codes=self.mappings.codes)  # type: ignore[union-attr]
+            self.store.add_status(update, origin="poll")
+        else:
+            raise BadJson(f"update type '{str(kind)[:20]}' is neither 'message' nor 'status'.", field="type")
 
     def _failed(self, job: Job, exc: GatewayError, started: dt.datetime, clock: float, settings: Any, permanent: bool = False) -> None:
         duration = (time.perf_counter() - clock) * 1000
@@ -288,3 +426,10 @@ class Worker:
             extra={"case_id": job.case_id, "action": job.action, "target": job.target, "attempt": job.attempt,
                    "error_code": code, "status_code": status_code, "detail": reason},
         )
+
+
+def _case_ref(item: Any) -> str | None:
+    if isinstance(item, dict):
+        value = item.get("caseId") or item.get("providerCaseId")
+        return str(value)[:64] if value else None
+    return None

@@ -38,6 +38,7 @@ class Answer:
 
     status_code: int | None
     data: dict[str, Any] | None = field(default=None, repr=False)
+    detail: str | None = None  # what the target said besides OK (e.g. 1177's INFO text)
 
 
 class Adapter(abc.ABC):
@@ -60,6 +61,13 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def send(self, action: str, request: Request) -> Answer:
         """Perform ``action``; return an ``Answer`` or raise ``DeliveryError``."""
+
+    def poll(self, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Updates since ``cursor`` (messages, status changes) and the cursor to ask with next.
+
+        Each update is ``{"type": "message"|"status", "caseId" or "providerCaseId", …}``
+        with the fields of the matching REST API call."""
+        raise TargetRefused(f"target '{self.name}' ({self.kind}) cannot be polled.")
 
     def problems(self) -> list[str]:
         """What is wrong with the target's configuration, found without calling it."""

@@ -122,6 +122,34 @@ class RestAdapter(Adapter):
                 data = None
         return Answer(response.status_code, data)
 
+    def poll(self, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        poll = self.settings.poll
+        if poll is None or not poll.path:
+            raise TargetRefused(f"target '{self.name}' has no poll.path.")
+        headers = {"Accept": "application/json"}
+        auth = self.settings.auth
+        if auth.type == "bearer":
+            headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
+        elif self._oauth is not None:
+            headers["Authorization"] = f"Bearer {self._oauth.get()}"
+        params = {poll.cursor_param: cursor} if cursor else {}
+        what = f"the poll (GET {poll.path})"
+        try:
+            response = self.session.get(self.settings.base_url + poll.path, params=params, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise classify_exception(self.name, exc, what) from None
+        if response.status_code != 200:
+            raise classify_status(self.name, response.status_code, what, response.headers.get("Retry-After"))
+        try:
+            data = response.json()
+            items = data.get("updates") or []
+            next_cursor = data.get("cursor")
+        except (ValueError, AttributeError):
+            raise BadTargetAnswer(f"target '{self.name}' answered {what} with something other than {{updates, cursor}}.") from None
+        if not isinstance(items, list):
+            raise BadTargetAnswer(f"target '{self.name}': 'updates' in the poll answer is not a list.")
+        return items, (str(next_cursor) if next_cursor is not None else cursor)
+
     def problems(self) -> list[str]:
         return [
             f"targets.{self.name}.paths has no path for {action}."

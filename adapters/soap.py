@@ -113,6 +113,30 @@ class SoapAdapter(Adapter):
             data = {_only_output_element(service, operation) or "value": data}
         return Answer(200, data)
 
+    def poll(self, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        poll = self.settings.poll
+        if poll is None or not poll.operation:
+            raise TargetRefused(f"target '{self.name}' has no poll.operation.")
+        service = self._service()
+        what = f"the poll ({poll.operation})"
+        try:
+            result = getattr(service, poll.operation)(**({poll.cursor_param: cursor} if cursor else {}))
+        except zeep.exceptions.Fault as fault:
+            code = str(fault.code or "")
+            error = TargetRefused if code.endswith(("Client", "Sender")) else TargetFailed
+            raise error(f"target '{self.name}' answered {what} with a SOAP fault '{_short(fault.message)}'.") from None
+        except zeep.exceptions.TransportError as exc:
+            raise classify_status(self.name, exc.status_code or 500, what) from None
+        except requests.RequestException as exc:
+            raise classify_exception(self.name, exc, what) from None
+        except AttributeError:
+            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{poll.operation}'.") from None
+        data = zeep.helpers.serialize_object(result, target_cls=dict) or {}
+        if not isinstance(data, dict):
+            raise BadTargetAnswer(f"target '{self.name}' answered {what} without updates and cursor.")
+        items = data.get("update") or data.get("updates") or []
+        return [dict(i) for i in items], (str(data["cursor"]) if data.get("cursor") is not None else cursor)
+
     def problems(self) -> list[str]:
         found = []
         service = self._service()

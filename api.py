@@ -1,0 +1,394 @@
+"""The provider-facing REST API: what a provider's system says back to the citizen.
+
+Role: a Flask blueprint under ``/api``, described by the OpenAPI 3 document it serves at
+``/api/openapi.json``. A provider system posts messages to the citizen (confirmations,
+partial answers, counter-questions, final answers), status changes, and cases that
+started outside 1177; it reads a case's status and timeline; it cancels a message during
+its review window. Every call authenticates with the bearer token configured for its
+target (``targets.<name>.api.token``) and may only touch the cases routed to that target.
+
+May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``. Units and
+code tables are handed in by the composition root.
+
+Invariants: a refused call answers a 4xx JSON ``{code, message, field}`` and has stored
+nothing; entry points only write to the store (the worker sends); no response carries a
+person id, a token or a stack trace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+import logs
+import rules
+import updates
+from errors import (
+    ApiError,
+    BadJson,
+    Forbidden,
+    GatewayError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    RuleViolation,
+    StoreError,
+    Unauthenticated,
+)
+from model import CaseType
+from store import Store
+
+log = logging.getLogger("gateway.api")
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@dataclass
+class Api:
+    """What the API needs, built once by ``gateway.create_app``."""
+
+    store: Store
+    units: updates.UnitLookup
+    codes: updates.CodeLookup
+    tokens: dict[str, str]  # sha256 of a target's token → the target's name
+    review_s: float = 0.0
+    max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+    on_stored: Callable[[], None] = lambda: None
+    version: str = "0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return (rules.MAX_CARE_ATTACHMENTS * self.max_attachment_bytes * 4) // 3 + 1024 * 1024
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def init_app(app, api: Api) -> None:
+    app.extensions["gateway.api"] = api
+    app.register_blueprint(bp)
+
+
+def _api() -> Api:
+    return current_app.extensions["gateway.api"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def _error(exc: GatewayError, status: int) -> Response:
+    response = jsonify({"code": exc.code, "message": f"{exc.message} {exc.hint}".strip(), "field": exc.field})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
+    return response
+
+
+@bp.errorhandler(GatewayError)
+def _gateway_error(exc: GatewayError) -> Response:
+    if isinstance(exc, ApiError):
+        status = exc.status
+    elif isinstance(exc, PayloadTooLarge):
+        status = 413
+    elif isinstance(exc, RuleViolation):
+        status = 422
+    elif isinstance(exc, StoreError):
+        status = 503
+    else:
+        status = 500
+    log.warning("api call refused", extra={"error_code": exc.code, "field": exc.field, "path": request.path,
+                                           "status": status, "detail": exc.message})
+    return _error(exc, status)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(exc, HTTPException):
+        return _error(BadJson(f"{exc.name}.") if exc.code == 400 else ApiError(exc.name + "."), exc.code or 500)
+    reference = str(uuid.uuid4())
+    log.error("api internal error", exc_info=True, extra={"log_id": reference, "path": request.path})
+    return _error(InternalError(f"an unexpected error occurred (reference {reference})."), 500)
+
+
+# -- authentication and access --------------------------------------------------------------------
+
+
+def _target() -> str:
+    """The target whose credentials came with the call, or ``Unauthenticated``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the call has no bearer token.")
+    digest = token_digest(token.strip())
+    for known, target in _api().tokens.items():
+        if hmac.compare_digest(known, digest):
+            return target
+    raise Unauthenticated("the bearer token is not one the gateway knows.")
+
+
+def _case(target: str, case_id: str) -> dict[str, Any]:
+    row = _api().store.case_row(case_id)
+    if row is None:
+        raise NotFound(f"there is no case '{case_id[:64]}'.", field="caseId")
+    if row["target"] != target:
+        raise Forbidden(f"case '{case_id[:64]}' is not routed to your target.", field="caseId")
+    return row
+
+
+def _json() -> dict[str, Any]:
+    limit = _api().max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}.")
+    if (request.mimetype or "") != "application/json":
+        raise BadJson("Content-Type must be application/json.")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadJson("the body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise BadJson("the body must be a JSON object.")
+    return data
+
+
+def _stored(target: str, what: str, **extra: Any) -> None:
+    _api().on_stored()
+    log.info(what, extra={"target": target, **extra})
+
+
+@bp.before_request
+def _correlate() -> None:
+    correlation = (request.headers.get("x-correlation-id") or "").strip()[:128] or str(uuid.uuid4())
+    request.environ["gateway.correlation_id"] = correlation
+    logs.correlation_id.set(correlation)
+
+
+def _correlation() -> str:
+    return request.environ.get("gateway.correlation_id", "")
+
+
+# -- the calls --------------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(_api().version))
+
+
+@bp.post("/v1/cases/<case_id>/messages")
+def post_message(case_id: str) -> tuple[Response, int]:
+    target = _target()
+    _case(target, case_id)
+    api = _api()
+    message = updates.reply(_json(), case_id=case_id, target=target, units=api.units, now=api.clock(),
+                            max_attachment_bytes=api.max_attachment_bytes)
+    accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation())
+    _stored(target, "message to citizen queued", case_id=case_id, message_id=message.message_id, kind=message.kind,
+            sender_hsa_id=message.sender_hsa_id)
+    send_after = api.clock() + dt.timedelta(seconds=api.review_s)
+    return jsonify({"messageId": accepted.ref_id, "status": "held" if api.review_s > 0 else "queued",
+                    "sendAfter": send_after.isoformat(), "created": accepted.created}), 202
+
+
+@bp.post("/v1/cases/<case_id>/messages/<message_id>/cancel")
+def cancel_message(case_id: str, message_id: str) -> Response:
+    target = _target()
+    _case(target, case_id)
+    _api().store.cancel_message(message_id, by=f"api:{target}")
+    _stored(target, "message to citizen cancelled", case_id=case_id, message_id=message_id)
+    return jsonify({"messageId": message_id, "status": "cancelled"})
+
+
+@bp.post("/v1/cases/<case_id>/status")
+def post_status(case_id: str) -> tuple[Response, int]:
+    target = _target()
+    row = _case(target, case_id)
+    api = _api()
+    update = updates.status(_json(), case_id=case_id, case_type=CaseType(row["case_type"]), target=target, codes=api.codes)
+    status_id = api.store.add_status(update, origin="api", correlation_id=_correlation())
+    _stored(target, "status queued", case_id=case_id, status=update.status.value)
+    return jsonify({"statusId": status_id, "status": update.status.value, "queued": True}), 202
+
+
+@bp.post("/v1/cases")
+def register_case() -> tuple[Response, int]:
+    target = _target()
+    api = _api()
+    case, external_id, channel, unit_code = updates.external_case(
+        _json(), target=target, units=api.units, now=api.clock(), max_attachment_bytes=api.max_attachment_bytes
+    )
+    accepted = api.store.register_external(case, target=target, provider_unit_code=unit_code,
+                                           external_case_id=external_id, channel=channel, correlation_id=_correlation())
+    _stored(target, "external case registered", case_id=accepted.case_id, channel=channel)
+    return jsonify({"caseId": accepted.case_id, "externalCaseId": external_id, "status": "registering"}), (
+        201 if accepted.created else 200
+    )
+
+
+@bp.get("/v1/cases/<case_id>")
+def get_case(case_id: str) -> Response:
+    target = _target()
+    _case(target, case_id)
+    view = _api().store.timeline(case_id)
+    case = view["case"]
+    return jsonify({
+        "caseId": case["case_id"],
+        "origin": case["origin"],
+        "caseType": case["case_type"],
+        "receiverHsaId": case["receiver_hsa_id"],
+        "unitCode": case["provider_unit_code"],
+        "providerCaseId": case["provider_case_id"],
+        "nationalCaseId": case["national_case_id"],
+        "deliveryStatus": case["status"],
+        "status": case["citizen_status"],
+        "receivedAt": case["received_at"],
+        "messages": [
+            {"messageId": m["message_id"], "direction": m["direction"], "kind": m["kind"], "status": m["status"],
+             "createdTime": m["created_time"], "sentAt": m["sent_at"]}
+            for m in view["messages"]
+        ],
+        "statuses": [
+            {"statusId": s["id"], "status": s["status"], "state": s["state"], "createdAt": s["created_at"],
+             "sentAt": s["sent_at"]}
+            for s in view["statuses"]
+        ],
+        "timeline": [
+            {"at": e["at"], "direction": e["direction"], "event": e["event"], "status": e["status"],
+             "target": e["target"], "messageId": e["message_id"], "errorCode": e["error_code"]}
+            for e in view["events"]
+        ],
+    })
+
+
+# -- the OpenAPI document -----------------------------------------------------------------------------
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed body (GW033)", 401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
+            404: "No such case (GW032)", 409: "Conflict: id reused or message already sent (GW028, GW034)",
+            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for c in codes}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.0 description of this API."""
+    case_id = {"name": "caseId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
+               "description": "1177's caseId, or the caseId the gateway returned when the case was registered."}
+    attachment = {
+        "type": "object", "required": ["fileName", "mimeType", "data"],
+        "properties": {"fileName": {"type": "string", "minLength": 1, "maxLength": 255},
+                       "mimeType": {"type": "string", "enum": ["application/pdf", "image/gif", "image/jpeg", "image/png"]},
+                       "data": {"type": "string", "format": "byte", "description": "base64; at most 20 MB decoded; the type is checked by content"}},
+    }
+    code = {"oneOf": [{"type": "string"}, {"type": "object", "required": ["code"],
+                                           "properties": {"code": {"type": "string"}, "displayName": {"type": "string"}}}]}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "1177 integration gateway: provider API", "version": version,
+                 "description": "What a care provider's system says back to the citizen through 1177. "
+                                "Authenticate with the bearer token configured for your target."},
+        "servers": [{"url": "/api"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/cases": {"post": {
+                "summary": "Register a case that started outside 1177 (phone, letter, visit)",
+                "operationId": "registerCase",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExternalCase"}}}},
+                "responses": {"201": {"description": "Registered; 1177 is told in the background",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
+                              "200": {"description": "Already registered (same externalCaseId and content)",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
+                              **_error_responses(400, 401, 409, 413, 422)}}},
+            "/v1/cases/{caseId}": {"get": {
+                "summary": "A case's status and timeline (metadata, no citizen text)",
+                "operationId": "getCase", "parameters": [case_id],
+                "responses": {"200": {"description": "The case", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaseView"}}}},
+                              **_error_responses(401, 403, 404)}}},
+            "/v1/cases/{caseId}/messages": {"post": {
+                "summary": "Send a message to the citizen's 1177 inbox",
+                "operationId": "postMessage", "parameters": [case_id],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}},
+                "responses": {"202": {"description": "Queued (held for review when a review window is configured)",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageQueued"}}}},
+                              **_error_responses(400, 401, 403, 404, 409, 413, 422)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/cancel": {"post": {
+                "summary": "Cancel a message during its review window (a sent message cannot be recalled)",
+                "operationId": "cancelMessage",
+                "parameters": [case_id, {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Cancelled", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_error_responses(401, 403, 404, 409)}}},
+            "/v1/cases/{caseId}/status": {"post": {
+                "summary": "Change the case's status in 1177",
+                "operationId": "postStatus", "parameters": [case_id],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                "responses": {"202": {"description": "Queued", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_error_responses(400, 401, 403, 404, 413, 422)}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["code", "message"],
+                          "properties": {"code": {"type": "string", "pattern": "^GW0[0-9]{2}$"},
+                                         "message": {"type": "string"}, "field": {"type": "string", "nullable": True}}},
+                "Reply": {"type": "object", "required": ["kind", "body", "senderUnit"], "properties": {
+                    "kind": {"type": "string", "enum": ["CONFIRMATION", "PARTIAL_REPLY", "QUESTION", "FINAL_REPLY", "INFO"]},
+                    "subject": {"type": "string", "maxLength": 255},
+                    "body": {"type": "string", "minLength": 1, "maxLength": 20000},
+                    "senderUnit": {"type": "string", "description": "Your unit code, or its HSA-id (units.yaml)"},
+                    "senderName": {"type": "string"},
+                    "messageId": {"type": "string", "maxLength": 64, "description": "Optional; the same id again is the same message"},
+                    "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
+                "MessageQueued": {"type": "object", "properties": {
+                    "messageId": {"type": "string"}, "status": {"type": "string", "enum": ["held", "queued"]},
+                    "sendAfter": {"type": "string", "format": "date-time"}, "created": {"type": "boolean"}}},
+                "Status": {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string", "description": "RECEIVED, IN_PROGRESS, CLOSED, or your own code (codes.yaml)"},
+                    "careUnitHsaId": {"type": "string", "description": "A patient board's correction of where the event happened"},
+                    "problems": {"type": "array", "items": code, "description": "Problem codes (1.2.752.129.5.1.22); closing a complaint needs one"},
+                    "businessArea": code}},
+                "ExternalCase": {"type": "object",
+                                 "required": ["externalCaseId", "channel", "receiverUnit", "caseType", "subjectOfCare", "text"],
+                                 "properties": {
+                    "externalCaseId": {"type": "string", "maxLength": 64},
+                    "channel": {"type": "string", "enum": ["TELEFON", "BREV", "BESOK", "OTHER"]},
+                    "receiverUnit": {"type": "string", "description": "Your unit code or its HSA-id"},
+                    "caseType": {"type": "string", "enum": ["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"]},
+                    "subjectOfCare": {"type": "object", "required": ["personId"], "properties": {
+                        "personId": {"type": "object", "required": ["id"], "properties": {
+                            "id": {"type": "string", "pattern": "^[0-9]{12}$"}, "type": {"type": "string"}}},
+                        "name": {"type": "string"}}},
+                    "createdTime": {"type": "string", "format": "date-time"},
+                    "subject": {"type": "string"}, "text": {"type": "string", "minLength": 1},
+                    "complaint": {"type": "object", "properties": {
+                        "eventDate": {"type": "string", "format": "date"}, "isCareProcess": {"type": "boolean"},
+                        "eventLocationText": {"type": "string"}, "careUnitHsaId": {"type": "string"}}},
+                    "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
+                "Registered": {"type": "object", "properties": {
+                    "caseId": {"type": "string"}, "externalCaseId": {"type": "string"}, "status": {"type": "string"}}},
+                "CaseView": {"type": "object", "properties": {
+                    "caseId": {"type": "string"}, "origin": {"type": "string"}, "caseType": {"type": "string"},
+                    "status": {"type": "string", "nullable": True}, "deliveryStatus": {"type": "string"},
+                    "nationalCaseId": {"type": "string", "nullable": True},
+                    "providerCaseId": {"type": "string", "nullable": True},
+                    "messages": {"type": "array", "items": {"type": "object"}},
+                    "statuses": {"type": "array", "items": {"type": "object"}},
+                    "timeline": {"type": "array", "items": {"type": "object"}}}},
+            },
+        },
+    }

@@ -1,0 +1,251 @@
+"""What a provider system says back: messages, status changes and external cases, from
+plain JSON-like data to checked model objects.
+
+Role: the one path shared by the provider REST API (``api``) and polling (``worker``), so
+that a reply is checked the same way however it arrives. Maps the provider's unit code to
+the HSA-id (every message names its sending unit), the provider's status codes to 1177's,
+and applies 1177's rules (attachments, closing codes). Pure: no I/O.
+
+May import: ``model``, ``rules``, ``errors``. The units and code tables are handed in
+(``mapping.Units`` and ``mapping.Codes`` provide them).
+
+Invariants: a function returns a model object that passed every rule, or raises a
+``GatewayError`` (``BadJson`` for a wrong shape, a ``RuleViolation`` for a broken rule)
+whose ``field`` names the JSON field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from typing import Any, Protocol
+
+import rules
+from errors import AttachmentTooLarge, BadJson, InvalidValue, MappingError, UnmappedUnit
+from model import (
+    BUSINESS_AREA_CODE_SYSTEM,
+    PROBLEM_CODE_SYSTEM,
+    Attachment,
+    Case,
+    CaseStatus,
+    CaseType,
+    Channel,
+    Code,
+    Complaint,
+    Message,
+    MessageKind,
+    PersonId,
+    Receiver,
+    StatusUpdate,
+    SubjectOfCare,
+    is_hsa_id,
+)
+
+
+class UnitLookup(Protocol):
+    def unit(self, hsa: str, on: dt.date) -> Any: ...
+
+    def by_code(self, target: str, code: str, on: dt.date) -> Any: ...
+
+
+class CodeLookup(Protocol):
+    def lookup(self, table: str, target: str, value: str) -> str: ...
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
+    if key not in data or data[key] is None:
+        raise BadJson(f"'{key}' is required.", field=key)
+    value = data[key]
+    if not isinstance(value, kind):
+        raise BadJson(f"'{key}' must be a {getattr(kind, '__name__', 'value')}.", field=key)
+    return value
+
+
+def _optional(data: dict[str, Any], key: str, kind: type = str) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BadJson(f"'{key}' must be a {kind.__name__}.", field=key)
+    return value
+
+
+def _enum(enum: Any, value: str, field: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise BadJson(f"'{field}' must be one of {allowed}, not '{str(value)[:40]}'.", field=field) from None
+
+
+def sender_hsa_id(units: UnitLookup, target: str, sender: str, today: dt.date) -> tuple[str, str | None]:
+    """The HSA-id (and unit name) of a provider's sending unit, given as its code or HSA-id."""
+    if is_hsa_id(sender):
+        unit = units.unit(sender, today)
+        if unit is None or unit.target != target:
+            raise UnmappedUnit(f"senderUnit {sender} is not a unit of your target in units.yaml.", field="senderUnit")
+        return unit.hsa_id, unit.name
+    try:
+        unit = units.by_code(target, sender, today)
+    except MappingError:
+        raise UnmappedUnit(f"senderUnit '{sender[:40]}' maps to no HSA-id (units.yaml, target '{target}').",
+                           field="senderUnit") from None
+    return unit.hsa_id, unit.name
+
+
+def attachments(data: dict[str, Any], *, max_bytes: int) -> tuple[Attachment, ...]:
+    items = data.get("attachments") or data.get("attachment") or []
+    if not isinstance(items, list):
+        raise BadJson("'attachments' must be a list.", field="attachments")
+    found = []
+    for index, item in enumerate(items):
+        where = f"attachments[{index}]"
+        if not isinstance(item, dict):
+            raise BadJson(f"{where} must be an object.", field=where)
+        encoded = _require(item, "data", (str, bytes))
+        if isinstance(encoded, bytes):  # already decoded (a SOAP base64Binary field, by zeep)
+            content = encoded
+        else:
+            if len(encoded) > (max_bytes * 4) // 3 + 8:  # refuse before decoding what is surely too big
+                raise AttachmentTooLarge(f"{where} is over {max_bytes} bytes.", field=where)
+            try:
+                content = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadJson(f"{where}.data is not base64.", field=f"{where}.data") from None
+        found.append(Attachment(_require(item, "fileName").strip(), _require(item, "mimeType").strip(), content))
+    return tuple(found)
+
+
+def reply(
+    data: dict[str, Any],
+    *,
+    case_id: str,
+    target: str,
+    units: UnitLookup,
+    now: dt.datetime,
+    max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
+) -> Message:
+    """A message to the citizen from ``{kind, subject?, body, senderUnit, attachments?, messageId?}``."""
+    if not isinstance(data, dict):
+        raise BadJson("the body must be a JSON object.")
+    kind = _enum(MessageKind, _require(data, "kind"), "kind")
+    sender, sender_name = sender_hsa_id(units, target, _require(data, "senderUnit"), now.date())
+    message_id = _optional(data, "messageId") or str(uuid.uuid4())
+    if not 0 < len(message_id) <= 64:
+        raise InvalidValue("messageId must be 1 to 64 characters.", field="messageId")
+    message = Message(
+        case_id=case_id,
+        message_id=message_id,
+        created_time=now,
+        text=_require(data, "body"),
+        direction="out",
+        kind=kind.value,
+        subject=_optional(data, "subject"),
+        attachments=attachments(data, max_bytes=max_attachment_bytes),
+        sender_hsa_id=sender,
+        sender_name=_optional(data, "senderName") or sender_name,
+    )
+    rules.check_care_message(message, max_attachment_bytes=max_attachment_bytes)
+    return message
+
+
+def _codes(value: Any, system: str, field: str) -> list[Code]:
+    items = value if isinstance(value, list) else [value]
+    found = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]" if isinstance(value, list) else field
+        if isinstance(item, str):
+            found.append(Code(item.strip(), system))
+        elif isinstance(item, dict) and isinstance(item.get("code"), str):
+            found.append(Code(item["code"].strip(), item.get("codeSystem") or system, item.get("displayName")))
+        else:
+            raise BadJson(f"{where} must be a code or {{code, displayName?}}.", field=where)
+    return found
+
+
+def status(
+    data: dict[str, Any], *, case_id: str, case_type: CaseType, target: str, codes: CodeLookup
+) -> StatusUpdate:
+    """A status change from ``{status, careUnitHsaId?, problems?, businessArea?}``.
+
+    ``status`` is 1177's (RECEIVED, IN_PROGRESS, CLOSED) or the provider's own code from
+    ``codes.yaml`` (``statuses``)."""
+    if not isinstance(data, dict):
+        raise BadJson("the body must be a JSON object.")
+    raw = _require(data, "status")
+    if raw in CaseStatus.__members__:
+        value = CaseStatus(raw)
+    else:
+        try:
+            value = CaseStatus(codes.lookup("statuses", target, raw))
+        except MappingError as exc:
+            raise InvalidValue(f"status '{raw[:40]}' is neither 1177's nor in {exc.message}", field="status") from None
+    problems = _codes(data["problems"], PROBLEM_CODE_SYSTEM, "problems") if data.get("problems") else []
+    area = data.get("businessArea")
+    business = _codes(area, BUSINESS_AREA_CODE_SYSTEM, "businessArea")[0] if area else None
+    care_unit = _optional(data, "careUnitHsaId")
+    update = StatusUpdate(case_id, value, care_unit.strip().upper() if care_unit else None, tuple(problems), business)
+    rules.check_status_update(update, case_type)
+    return update
+
+
+def external_case(
+    data: dict[str, Any],
+    *,
+    target: str,
+    units: UnitLookup,
+    now: dt.datetime,
+    max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
+) -> tuple[Case, str, str, str]:
+    """A case that started outside 1177: (case, external id, channel, the receiving unit's code).
+
+    Body: ``{externalCaseId, channel, receiverUnit, caseType, subjectOfCare: {personId: {id,
+    type?}, name?}, createdTime?, subject?, text, complaint?: {eventDate, isCareProcess?,
+    eventLocationText?, careUnitHsaId?}, attachments?}``."""
+    if not isinstance(data, dict):
+        raise BadJson("the body must be a JSON object.")
+    external_id = _require(data, "externalCaseId").strip()
+    if not 0 < len(external_id) <= 64:
+        raise InvalidValue("externalCaseId must be 1 to 64 characters.", field="externalCaseId")
+    channel = _enum(Channel, _require(data, "channel"), "channel")
+    case_type = _enum(CaseType, _require(data, "caseType"), "caseType")
+    receiver, _ = sender_hsa_id(units, target, _require(data, "receiverUnit"), now.date())
+    unit = units.unit(receiver, now.date())
+    subject = _require(data, "subjectOfCare", dict)
+    person = _require(subject, "personId", dict)
+    number = _require(person, "id")
+    type_oid = person.get("type") or (
+        "1.2.752.129.2.1.3.3" if len(number) == 12 and number[6:8].isdigit() and int(number[6:8]) > 60
+        else "1.2.752.129.2.1.3.1"
+    )
+    complaint_data = _optional(data, "complaint", dict)
+    complaint = None
+    if complaint_data is not None:
+        event = complaint_data.get("eventDate")
+        try:
+            event_date = dt.date.fromisoformat(event) if event else None
+        except (TypeError, ValueError):
+            raise InvalidValue("complaint.eventDate must be a date (YYYY-MM-DD).", field="complaint.eventDate") from None
+        complaint = Complaint(event_date, bool(complaint_data.get("isCareProcess", False)),
+                              complaint_data.get("eventLocationText"), complaint_data.get("careUnitHsaId"))
+    created = _optional(data, "createdTime")
+    try:
+        created_time = dt.datetime.fromisoformat(created) if created else now
+    except ValueError:
+        raise InvalidValue("createdTime must be an ISO 8601 date and time.", field="createdTime") from None
+    case = Case(
+        # the same external case from the same target always gets the same id, so a retried
+        # registration is recognised as the same case
+        case_id=f"GW-{uuid.uuid5(uuid.NAMESPACE_URL, f'gateway-1177:{target}:{external_id}')}",
+        case_type=case_type,
+        receiver=Receiver(receiver, bool(unit.patient_board) if unit else False),
+        subject_of_care=SubjectOfCare(PersonId.parse(number, type_oid, field="subjectOfCare.personId"),
+                                      _optional(subject, "name")),
+        created_time=created_time if created_time.tzinfo else created_time.replace(tzinfo=now.tzinfo),
+        text=_require(data, "text"),
+        subject=_optional(data, "subject"),
+        complaint=complaint,
+        attachments=attachments(data, max_bytes=max_attachment_bytes),
+    )
+    rules.check_case(case, now=now, max_attachments=rules.MAX_CARE_ATTACHMENTS, max_attachment_bytes=max_attachment_bytes)
+    return case, external_id, channel.value, unit.code if unit else ""
