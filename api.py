@@ -37,6 +37,7 @@ from errors import (
     BadJson,
     Forbidden,
     GatewayError,
+    IdConflict,
     InternalError,
     NotFound,
     PayloadTooLarge,
@@ -99,6 +100,8 @@ def _error(exc: GatewayError, status: int) -> Response:
 def _gateway_error(exc: GatewayError) -> Response:
     if isinstance(exc, ApiError):
         status = exc.status
+    elif isinstance(exc, IdConflict):
+        status = 409
     elif isinstance(exc, PayloadTooLarge):
         status = 413
     elif isinstance(exc, RuleViolation):

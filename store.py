@@ -237,10 +237,17 @@ def ts(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _content(obj: Case | Message) -> tuple[str, str]:
-    """JSON content without file bytes, and a hash over it (files enter by their hash)."""
-    text = json.dumps(to_data(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _content(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tuple[str, str]:
+    """JSON content without file bytes, and a hash over it (files enter by their hash).
+
+    ``not_hashed``: fields that may differ between two sendings of the same thing (the
+    time the gateway stamped on a provider's message)."""
+    data = to_data(obj)
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    if not_hashed:
+        data = {k: v for k, v in data.items() if k not in not_hashed}
+    hashed = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return text, hashlib.sha256(hashed.encode("utf-8")).hexdigest()
 
 
 #: The outbox target name of 1177 / the national platform.
@@ -482,7 +489,7 @@ class Store:
     def _insert_reply(
         self, db: Database, message: Message, *, hold_s: float, origin: str, correlation_id: str | None, now: dt.datetime
     ) -> Accepted:
-        content, content_hash = _content(message)
+        content, content_hash = _content(message, not_hashed=("created_time",))
         case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [message.case_id]).fetchone()
         if case is None:
             raise NotFound(f"there is no case '{message.case_id}'.", field="caseId")
@@ -550,7 +557,7 @@ class Store:
         ``case.case_id`` is the gateway's id; the provider's own id is ``external_case_id``
         (the same one again, with the same content, is the same case)."""
         now = now or utcnow()
-        content, content_hash = _content(case)
+        content, content_hash = _content(case, not_hashed=("created_time",))
         with self.write() as db:
             row = db.execute(
                 "SELECT case_id, content_hash FROM cases WHERE target = ? AND provider_case_id = ? AND origin = 'external'",
