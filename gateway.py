@@ -349,6 +349,27 @@ def target_resume(config_path: Path, name: str) -> None:
 
 
 @cli.group()
+def message() -> None:
+    """Messages to citizens: cancel one during its review window."""
+
+
+@message.command("cancel")
+@config_option
+@click.argument("message_id")
+def message_cancel(config_path: Path, message_id: str) -> None:
+    """Cancel MESSAGE_ID before it is sent (a message in the citizen's inbox cannot be recalled)."""
+    cfg = _load_or_exit(config_path)
+    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    try:
+        store.migrate()
+        store.cancel_message(message_id, by=f"cli:{os.environ.get('USER', 'unknown')}")
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"message {message_id} cancelled; it will not be sent.")
+
+
+@cli.group()
 def mappings() -> None:
     """Check the mapping files and try them on a case, without sending anything."""
 

@@ -180,7 +180,8 @@ def status(
             value = CaseStatus(codes.lookup("statuses", target, raw))
         except MappingError as exc:
             raise InvalidValue(f"status '{raw[:40]}' is neither 1177's nor in {exc.message}", field="status") from None
-    problems = _codes(data["problems"], PROBLEM_CODE_SYSTEM, "problems") if data.get("problems") else []
+    raw_problems = data.get("problems") or data.get("problem")  # JSON 'problems'; a SOAP poll may say 'problem'
+    problems = _codes(raw_problems, PROBLEM_CODE_SYSTEM, "problems") if raw_problems else []
     area = data.get("businessArea")
     business = _codes(area, BUSINESS_AREA_CODE_SYSTEM, "businessArea")[0] if area else None
     care_unit = _optional(data, "careUnitHsaId")

@@ -401,3 +401,24 @@ def test_openapi_document(client):
     assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert {"/v1/cases", "/v1/cases/{caseId}", "/v1/cases/{caseId}/messages", "/v1/cases/{caseId}/status",
             "/v1/cases/{caseId}/messages/{messageId}/cancel"} <= set(doc["paths"])
+
+
+def test_cancel_from_the_cli(config_data, peers, make_case, runner, tmp_path):
+    from conftest import write_config
+
+    data = copy.deepcopy(config_data)
+    data["outbound"]["review_s"] = 3600
+    path = write_config(tmp_path, data)
+    app = make_app(data, peers)
+    try:
+        intake(app, make_case)
+        held = app.test_client().post("/api/v1/cases/1177-C-0001/messages", json=reply(), headers=auth()).json
+        result = runner.invoke(gateway.cli, ["message", "cancel", held["messageId"], "--config", str(path)])
+        assert result.exit_code == 0 and "cancelled" in result.output
+        again = runner.invoke(gateway.cli, ["message", "cancel", "no-such-id", "--config", str(path)])
+        assert again.exit_code == 1 and "GW032" in again.output
+        statuses = {m["message_id"]: m["status"] for m in app.extensions["gateway.store"].timeline("1177-C-0001")["messages"]}
+        assert statuses[held["messageId"]] == "cancelled"
+    finally:
+        app.extensions["gateway.worker"].stop()
+        app.extensions["gateway.store"].close()
