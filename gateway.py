@@ -30,8 +30,21 @@ import inbound
 import logs
 import mapping
 import rivta
+import rules
 from config import Config
 from errors import ConfigError, GatewayError
+from model import (
+    PERSONNUMMER_OID,
+    Attachment,
+    Case,
+    CaseType,
+    Complaint,
+    PersonId,
+    Receiver,
+    ReplyChannel,
+    ReplyPreference,
+    SubjectOfCare,
+)
 from store import Store
 from worker import Worker
 
@@ -431,6 +444,93 @@ def mappings_try(config_path: Path, case_file: Path, target_name: str, full: boo
     except GatewayError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+@cli.command("send-test-case")
+@config_option
+@click.option("--target", "target_name", required=True, help="The target (under 'targets:') to send the test case to.")
+@click.option("--file", "case_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A ProcessCase request to send (default: a built-in test complaint for a unit of the target).")
+def send_test_case(config_path: Path, target_name: str, case_file: Path | None) -> None:
+    """Send one test case to a target through the real delivery path, and report each step.
+
+    Nothing is written to the gateway's database: the case goes through a worker on a
+    throw-away store, so an integration engineer can check a configuration before going live.
+    """
+    import tempfile
+
+    cfg = _load_or_exit(config_path)
+    step = _stepper()
+    try:
+        maps = mapping.load(cfg.mappings.dir)
+        if target_name not in cfg.targets:
+            raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
+        step(f"config {cfg.source}, target {target_name} ({cfg.targets[target_name].kind})")
+        today = dt.date.today()
+        if case_file is not None:
+            case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
+            step(f"case {case.case_id} read from {case_file}")
+        else:
+            unit = next((u for u in maps.units.rows if u.target == target_name and u.valid_on(today)), None)
+            if unit is None:
+                raise GatewayError(f"no unit in {mapping.UNITS_FILE} is routed to '{target_name}'; give --file.")
+            case = _test_case(unit.hsa_id, unit.patient_board)
+            step(f"built-in test case {case.case_id}: a complaint to {unit.hsa_id} ({unit.code})")
+        rules.check_case(case, now=dt.datetime.now(inbound.SWEDEN))
+        route = maps.units.route(case.receiver.hsa_id, today)
+        if route is None:
+            raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id}.")
+        step(f"1177's rules passed; routed to unit code {route.unit.code}" + (" (default route)" if route.by_default else ""))
+        with tempfile.TemporaryDirectory(prefix="gateway-test-case-") as folder:
+            store = Store(Path(folder) / "test.db")
+            store.migrate()
+            store.accept_case(case, target=target_name, provider_unit_code=route.unit.code, correlation_id="send-test-case")
+            worker = Worker(store, mappings=maps, targets={target_name: cfg.targets[target_name]},
+                            gateway_hsa_id=cfg.gateway.hsa_id)
+            job = store.claim("send-test-case", limit=1, lease_s=600)[0]
+            body = worker.build_request(job).body
+            step(f"field map {mapping.FIELDMAPS_DIR}/{target_name}.yaml built the body ({len(body)} top-level fields)")
+            worker.deliver(job)
+            row = store.outbox_rows(case.case_id)[0]
+            attempt = store.attempts_of(row["id"])[-1]
+            case_row = store.case_row(case.case_id) or {}
+            store.close()
+        if row["status"] == "done":
+            step(f"delivered in {attempt['duration_ms']:.0f} ms, status {attempt['status_code']}"
+                 + (f", the provider's case id {case_row.get('provider_case_id')}" if case_row.get("provider_case_id") else ""))
+            click.echo("the target took the test case.")
+            return
+        step(f"NOT delivered: {attempt['error_code']} {attempt['detail']}", ok=False)
+        click.echo("a real case would be " + ("retried later." if row["status"] == "pending" else "a dead letter."), err=True)
+        sys.exit(1)
+    except GatewayError as exc:
+        step(str(exc), ok=False)
+        sys.exit(1)
+
+
+def _stepper() -> Any:
+    counter = iter(range(1, 100))
+
+    def step(text: str, ok: bool = True) -> None:
+        click.echo(f"{next(counter)}. {'ok  ' if ok else 'FAIL'} {text}")
+
+    return step
+
+
+def _test_case(receiver: str, patient_board: bool) -> Case:
+    now = dt.datetime.now(inbound.SWEDEN).replace(microsecond=0)
+    return Case(
+        case_id=f"TEST-{now:%Y%m%d%H%M%S}",
+        case_type=CaseType.COMPLAINT,
+        receiver=Receiver(receiver, patient_board),
+        subject_of_care=SubjectOfCare(PersonId.parse("191212121212", PERSONNUMMER_OID), "Tolvan Tolvansson (test)"),
+        created_time=now,
+        text="Testärende från gateway send-test-case. Kan tas bort.",
+        subject="Testärende",
+        reply_preference=ReplyPreference(True, ReplyChannel.INKORG),
+        complaint=Complaint(now.date(), False, "Testmottagningen"),
+        attachments=(Attachment("test.pdf", "application/pdf", b"%PDF-1.4\n%test\n%%EOF\n"),),
+    )
 
 
 def _shorten(value: Any) -> Any:

@@ -183,3 +183,21 @@ def test_ws_security_username_token_is_sent_and_the_password_never_shown(provide
     with pytest.raises(TargetRefused) as info:  # the provider does not know case S-1: a Client fault
         adapter.deliver_message(adapters.Request(body, "key-1"))
     assert "pw-s3cret" not in str(info.value)
+
+
+def test_send_test_case_reports_each_step(runner, tmp_path, providers, make_case):
+    data = example_data(tmp_path)
+    data["targets"]["demo_rest"]["base_url"] = f"{providers['rest']}/api"
+    data["targets"]["demo_soap"]["endpoint"] = f"{providers['soap']}/soap"
+    path = str(write_config(tmp_path, data))
+    result = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_soap", "--config", path])
+    assert result.exit_code == 0, result.output
+    assert "built-in test case" in result.output and "the provider's case id S-" in result.output
+    case = tmp_path / "case.xml"
+    case.write_bytes(make_case())
+    result = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_rest", "--file", str(case), "--config", path])
+    assert result.exit_code == 0 and "case 1177-C-0001 read from" in result.output and "P-" in result.output
+    assert not (tmp_path / "gateway.db").exists()  # nothing written to the gateway's own database
+    requests.post(f"{providers['rest']}/_control", json={"fail_next": 1, "status": 422}, timeout=5)
+    failed = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_rest", "--config", path])
+    assert failed.exit_code == 1 and "NOT delivered: GW062" in failed.output and "dead letter" in failed.output
