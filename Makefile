@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?= config.example.yaml
 
-.PHONY: run test check clean bench
+.PHONY: run test serve check clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/gateway check --config $(CONFIG)
-	exec $(VENV)/bin/gateway serve --config $(CONFIG)
+	exec $(VENV)/bin/gateway sandbox
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+serve: $(STAMP)
+	$(VENV)/bin/gateway check --config $(CONFIG)
+	exec $(VENV)/bin/gateway serve --config $(CONFIG)
 
 check: $(STAMP)
 	$(VENV)/bin/gateway check --config $(CONFIG)

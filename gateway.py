@@ -446,6 +446,29 @@ def mappings_try(config_path: Path, case_file: Path, target_name: str, full: boo
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--once", is_flag=True, help="Exit when the demo cases are done: 0 if every one completed its loop.")
+@click.option("--port-base", type=int, default=8080, show_default=True,
+              help="The gateway on N, demo_rest on N+1, demo_soap on N+2, the 1177 simulator on N+3.")
+@click.option("--free-ports", is_flag=True, help="Use any free ports instead.")
+@click.option("--timeout", type=float, default=90, show_default=True, help="Seconds the demo cases may take.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the sandbox's config, database and logs (default: data/sandbox).")
+def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None) -> None:
+    """Run the gateway with a 1177 simulator and demo provider systems on loopback, and
+    show demo cases going the whole way round (Ctrl-C stops everything)."""
+    root = Path(__file__).resolve().parent
+    if not (root / "sandbox" / "demo.py").is_file():
+        click.echo("error: the sandbox is not part of this installation (it ships with the source).", err=True)
+        sys.exit(2)
+    argv = [sys.executable, "-m", "sandbox.demo", "--port-base", str(port_base), "--timeout", str(timeout)]
+    argv += ["--once"] if once else []
+    argv += ["--free-ports"] if free_ports else []
+    argv += ["--data", str(data.resolve())] if data else []
+    os.chdir(root)
+    os.execv(sys.executable, argv)  # the sandbox is a program of its own, never imported here
+
+
 @cli.command("send-test-case")
 @config_option
 @click.option("--target", "target_name", required=True, help="The target (under 'targets:') to send the test case to.")

@@ -5,15 +5,26 @@ cases over REST. Tests run it in a thread, the demo as ``python -m sandbox.provi
 
     POST /api/cases                 JSON object        -> 201 {"id": "P-000001"}
     POST /api/cases/<id>/messages   JSON object        -> 201 {"id": "M-000001"}
+    GET  /api/updates?since=N                          -> 200 {"updates": [...], "cursor": "N"}
 
 Every delivery call needs an ``Idempotency-Key`` header (else 400). The same key again
 answers 200 with the same id and stores nothing new (``Idempotent-Replayed: true``); the
 key used for another kind of item or another case is 422. A message on an unknown case is
-404. With ``token`` set, ``Authorization: Bearer <token>`` is required (else 401). Errors
-are JSON ``{"error": <code>, "message": <text>}``. Plus the control routes of
-``sandbox.state``.
+404. With ``token`` set, ``Authorization: Bearer <token>`` is required (else 401), on
+``GET /api/updates`` too. Errors are JSON ``{"error": <code>, "message": <text>}``. Plus
+the control routes of ``sandbox.state``.
 
-May import: flask, ``sandbox.state``. Never imported by the product.
+With ``answer_delay_s`` > 0 the system's clinic (``sandbox.clinic``) answers each new
+case. Its updates are always served by ``GET /api/updates`` (the gateway's REST poll:
+updates numbered above ``since``, at most 100, items as in ``sandbox.answers``,
+attachments ``[{fileName, mimeType, data}]`` with ``data`` base64; a ``since`` that is not
+a number is 400). With ``gateway_url`` they are also pushed to the gateway's provider API
+(``sandbox.push``), so a gateway should either take the pushes or poll, not both.
+Polls are not delivery calls: they neither count in ``total_calls`` nor take an injected
+failure or delay.
+
+May import: flask, ``sandbox.state``, ``sandbox.clinic``, ``sandbox.push``. Never
+imported by the product.
 
 Invariants: the JSON body is stored as sent; nothing is stored for a refused call or a
 failure injected before storing.
@@ -26,6 +37,8 @@ import time
 
 from flask import Flask, Response, jsonify, request
 
+from .clinic import Clinic
+from .push import GatewayPusher
 from .state import Call, Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -39,12 +52,38 @@ def _failure(failure: Failure) -> tuple[Response, int]:
     return _error(failure.status, "injected_failure", "failure injected by /_control")
 
 
-def create_rest_provider(*, delay_s: float = 0.0, token: str | None = None) -> Flask:
-    """The REST demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``."""
+def create_rest_provider(
+    *,
+    delay_s: float = 0.0,
+    token: str | None = None,
+    answer_delay_s: float = 0.0,
+    question_every: int = 3,
+    gateway_url: str | None = None,
+    api_token: str | None = None,
+) -> Flask:
+    """The REST demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
+
+    ``token``: the bearer token callers must send. ``answer_delay_s`` > 0 turns the clinic
+    on (``question_every``: a counter-question for every Nth case, 0 never);
+    ``gateway_url`` (e.g. ``http://127.0.0.1:8080``) and ``api_token`` (the gateway's
+    ``targets.demo_rest.api.token``): push the clinic's updates to the gateway."""
     app = Flask("sandbox.demo_rest")
     state = ProviderState(case_prefix="P", message_prefix="M", delay_s=delay_s)
+    pusher = GatewayPusher(gateway_url, api_token, name="demo_rest") if gateway_url else None
+    state.clinic = Clinic(answer_delay_s=answer_delay_s, question_every=question_every, deliver=pusher,
+                          name="demo_rest")
     app.config["PROVIDER_STATE"] = state
     add_control_routes(app, state)
+
+    def unauthorized() -> tuple[Response, int] | None:
+        if token is None:
+            return None
+        sent = request.headers.get("Authorization", "")
+        if hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return None
+        response, status = _error(401, "unauthorized", "send Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="demo_rest"'
+        return response, status
 
     def begin() -> tuple[Call, tuple[Response, int] | None]:
         """The checks every delivery call passes, in order; (call, refusal or None)."""
@@ -53,12 +92,9 @@ def create_rest_provider(*, delay_s: float = 0.0, token: str | None = None) -> F
             time.sleep(call.delay_s)
         if call.failure and not call.failure.after_store:
             return call, _failure(call.failure)
-        if token is not None:
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                response, status = _error(401, "unauthorized", "send Authorization: Bearer <token>")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="demo_rest"'
-                return call, (response, status)
+        refusal = unauthorized()
+        if refusal:
+            return call, refusal
         if not request.headers.get(IDEMPOTENCY_HEADER, "").strip():
             return call, _error(400, "missing_idempotency_key", f"send an {IDEMPOTENCY_HEADER} header")
         if not request.is_json:
@@ -100,5 +136,16 @@ def create_rest_provider(*, delay_s: float = 0.0, token: str | None = None) -> F
         except KeyConflict:
             return _error(422, "idempotency_key_reused", "this Idempotency-Key was used for another request")
         return answer(call, item.id, created)
+
+    @app.get("/api/updates")
+    def get_updates():  # type: ignore[no-untyped-def]
+        refusal = unauthorized()
+        if refusal:
+            return refusal
+        try:
+            items, cursor = state.clinic.updates_since(request.args.get("since"))  # type: ignore[union-attr]
+        except ValueError as exc:
+            return _error(400, "invalid_cursor", str(exc))
+        return jsonify(updates=items, cursor=cursor)
 
     return app

@@ -7,6 +7,7 @@ as ``python -m sandbox.providers``.
 
     POST /soap   RegisterCase    -> RegisterCaseResponse {caseNumber: "S-000001"}
                  AddCaseMessage  -> AddCaseMessageResponse {accepted: true}
+                 GetUpdates      -> GetUpdatesResponse {update*, cursor}
     GET  /soap?wsdl              -> the WSDL, soap:address set to this server
     GET  /DemoCaseService_1.0.xsd   the XSD the WSDL imports (resolves from /soap?wsdl)
 
@@ -18,8 +19,16 @@ reused for another request) and ``soap:Server`` for injected outages; ``faultstr
 starts with a stable code (``SCHEMA_INVALID``, ``UNKNOWN_CASE``, ...). Plus the control
 routes of ``sandbox.state``.
 
-May import: flask, lxml, ``sandbox.state``. Never imported by the product; deliberately
-independent of the gateway's ``rivta`` so that it checks the gateway from outside.
+With ``answer_delay_s`` > 0 the system's clinic (``sandbox.clinic``) answers each new
+case; its updates wait to be polled with ``GetUpdates`` {since?}: the updates numbered
+above ``since``, at most 100, each an ``UpdateType`` (the fields of ``sandbox.answers``,
+attachments as ``attachment`` {fileName, mimeType, data}), and ``cursor``. A ``since``
+that is not a number is a ``BAD_CURSOR`` Client fault. Polls are not delivery calls: they
+neither count in ``total_calls`` nor take an injected failure or delay.
+
+May import: flask, lxml, ``sandbox.state``, ``sandbox.clinic``. Never imported by the
+product; deliberately independent of the gateway's ``rivta`` so that it checks the
+gateway from outside.
 
 Invariants: hostile XML never reaches lxml's tree (a DOCTYPE anywhere in the prolog and
 non-UTF-8 bodies are refused first; the parser resolves no entities, loads no DTD and
@@ -38,6 +47,7 @@ from typing import Any
 from flask import Flask, Response, request
 from lxml import etree
 
+from .clinic import Clinic
 from .state import Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
 
 NS = "urn:example:democlinic:caseservice:1"
@@ -48,7 +58,11 @@ WSDL_PATH = WSDL_DIR / "DemoCaseService_1.0.wsdl"
 XSD_PATH = WSDL_DIR / "DemoCaseService_1.0.xsd"
 BINDING = f"{{{NS}}}DemoCaseServiceBinding"  # for zeep's client.create_service(BINDING, url)
 WSDL_ADDRESS = "http://127.0.0.1:8082/soap"  # the soap:address written in the WSDL file
-OPERATIONS = ("RegisterCase", "AddCaseMessage")
+OPERATIONS = ("RegisterCase", "AddCaseMessage")  # the delivery calls
+POLL_OPERATION = "GetUpdates"
+# UpdateType's elements in the XSD's order; "attachments" of an update become "attachment".
+UPDATE_FIELDS = ("type", "caseId", "providerCaseId", "messageId", "kind", "subject", "body", "senderUnit",
+                 "status", "careUnitHsaId", "problems", "businessArea", "attachments")
 MAX_BODY_BYTES = 160 * 1024 * 1024  # 5 attachments of 20 MB in base64, plus the envelope
 
 
@@ -158,6 +172,29 @@ def _answer(operation: str, **fields: str) -> Response:
     return _xml(_envelope(element))
 
 
+def updates_answer(items: list[dict[str, Any]], cursor: str) -> Response:
+    """``GetUpdatesResponse`` with ``items`` (as ``sandbox.answers`` makes them) and ``cursor``."""
+    element = etree.Element(f"{{{NS}}}GetUpdatesResponse", nsmap={"tns": NS})
+    for item in items:
+        update = etree.SubElement(element, f"{{{NS}}}update")
+        for name in UPDATE_FIELDS:
+            value = item.get(name)
+            if value is None:
+                continue
+            if name == "attachments":
+                for attachment in value:
+                    part = etree.SubElement(update, f"{{{NS}}}attachment")
+                    for key in ("fileName", "mimeType", "data"):
+                        etree.SubElement(part, f"{{{NS}}}{key}").text = attachment[key]
+            elif name == "problems":
+                for code in value:
+                    etree.SubElement(update, f"{{{NS}}}problems").text = code
+            else:
+                etree.SubElement(update, f"{{{NS}}}{name}").text = str(value)
+    etree.SubElement(element, f"{{{NS}}}cursor").text = cursor
+    return _xml(_envelope(element))
+
+
 def fields_of(element: etree._Element) -> dict[str, Any]:
     """The request's fields by local name, texts as sent; ``attachment`` is always a list of
     ``{fileName, contentType, size}`` (size of the decoded content, the content left out)."""
@@ -183,15 +220,28 @@ def fields_of(element: etree._Element) -> dict[str, Any]:
 # -- the app -----------------------------------------------------------------------------
 
 
-def create_soap_provider(*, delay_s: float = 0.0) -> Flask:
-    """The SOAP demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``."""
+def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, question_every: int = 3) -> Flask:
+    """The SOAP demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
+
+    ``answer_delay_s`` > 0 turns the clinic on (``question_every``: a counter-question for
+    every Nth case, 0 never); its updates are served by ``GetUpdates``."""
     app = Flask("sandbox.demo_soap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     state = ProviderState(case_prefix="S", message_prefix="SM", delay_s=delay_s)
+    clinic = state.clinic = Clinic(answer_delay_s=answer_delay_s, question_every=question_every, name="demo_soap")
     app.config["PROVIDER_STATE"] = state
     add_control_routes(app, state)
     schema = load_schema()
     wsdl_text = WSDL_PATH.read_text(encoding="utf-8")
+
+    def check(element: etree._Element, operation: str) -> None:
+        """The SOAPAction and the XSD, or a ``SoapFault``."""
+        action = request.headers.get("SOAPAction", "").strip().strip('"')
+        if action and action != soap_action(operation):
+            raise SoapFault("WRONG_SOAPACTION", f"SOAPAction {action} does not match {operation}.")
+        if not schema.validate(etree.ElementTree(element)):
+            error = schema.error_log.last_error
+            raise SoapFault("SCHEMA_INVALID", f"the request does not match the XSD: {error.message if error else ''}")
 
     def handle(element: etree._Element) -> tuple[str, dict[str, str]]:
         """Check and store one request; (operation, response fields) or a ``SoapFault``."""
@@ -199,12 +249,7 @@ def create_soap_provider(*, delay_s: float = 0.0) -> Flask:
         if qname.namespace != NS or qname.localname not in OPERATIONS:
             raise SoapFault("UNKNOWN_OPERATION", f"{qname.localname} is not an operation of DemoCaseService.")
         operation = qname.localname
-        action = request.headers.get("SOAPAction", "").strip().strip('"')
-        if action and action != soap_action(operation):
-            raise SoapFault("WRONG_SOAPACTION", f"SOAPAction {action} does not match {operation}.")
-        if not schema.validate(etree.ElementTree(element)):
-            error = schema.error_log.last_error
-            raise SoapFault("SCHEMA_INVALID", f"the request does not match the XSD: {error.message if error else ''}")
+        check(element, operation)
         fields = fields_of(element)
         try:
             if operation == "RegisterCase":
@@ -217,17 +262,41 @@ def create_soap_provider(*, delay_s: float = 0.0) -> Flask:
         except KeyConflict:
             raise SoapFault("KEY_REUSED", "this idempotencyKey was used for another request.") from None
 
+    def poll(element: etree._Element) -> Response:
+        """``GetUpdates``: the clinic's updates after ``since``."""
+        try:
+            check(element, POLL_OPERATION)
+            since = element.findtext(f"{{{NS}}}since")
+            try:
+                items, cursor = clinic.updates_since(since)
+            except ValueError as exc:
+                raise SoapFault("BAD_CURSOR", f"{exc}.") from None
+        except SoapFault as exc:
+            return fault_response(exc.kind, exc.code, exc.text)
+        return updates_answer(items, cursor)
+
     @app.post("/soap")
     def soap():  # type: ignore[no-untyped-def]
+        element: etree._Element | None = None
+        refused: SoapFault | None = None
+        try:
+            if request.mimetype != "text/xml":
+                raise SoapFault("WRONG_CONTENT_TYPE", "send Content-Type: text/xml (SOAP 1.1).")
+            element = request_element(parse_envelope(request.get_data()))
+        except SoapFault as exc:
+            refused = exc
+        if element is not None and etree.QName(element).namespace == NS \
+                and etree.QName(element).localname == POLL_OPERATION:
+            return poll(element)  # not a delivery call: no counting, failures or delay
         call = state.begin_call()
         if call.delay_s:
             time.sleep(call.delay_s)
         if call.failure and not call.failure.after_store:
             return _injected(call.failure)
         try:
-            if request.mimetype != "text/xml":
-                raise SoapFault("WRONG_CONTENT_TYPE", "send Content-Type: text/xml (SOAP 1.1).")
-            operation, answer = handle(request_element(parse_envelope(request.get_data())))
+            if refused is not None:
+                raise refused
+            operation, answer = handle(element)  # type: ignore[arg-type]
         except SoapFault as exc:
             return fault_response(exc.kind, exc.code, exc.text)
         if call.failure:  # after_store: stored, but the caller never hears it

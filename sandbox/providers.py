@@ -10,17 +10,26 @@ Role: the entry point to the demo provider systems the demo config targets:
     stop()
 
     python -m sandbox.providers --rest-port 8081 --soap-port 8082 [--delay 0.05] [--token T] [--quiet]
+        [--answer-delay 1.0] [--question-every 3] [--gateway-url http://127.0.0.1:8080]
+        [--api-token T (default: $DEMO_REST_API_TOKEN)]
+
+Both systems have a clinic (``sandbox.clinic``) that answers each case: on the command
+line after ``--answer-delay`` seconds (default 1; 0 turns it off), from the factories only
+when ``answer_delay_s`` is given (default 0: off, for the tests). demo_soap's answers wait
+for ``GetUpdates``; demo_rest's for ``GET /api/updates``, and with ``--gateway-url`` they
+are also pushed to the gateway's provider API with the bearer ``--api-token``.
 
 May import: werkzeug, ``sandbox.demo_rest``, ``sandbox.demo_soap``. Never imported by the
 product.
 
 Invariants: servers listen on 127.0.0.1 only; ``stop()`` and SIGINT/SIGTERM shut them
-down and free their ports.
+down, free their ports and stop their clinics.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -72,6 +81,9 @@ def _stopper(server: BaseWSGIServer, thread: threading.Thread) -> Callable[[], N
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+        state = getattr(server.app, "config", {}).get("PROVIDER_STATE")
+        if isinstance(state, ProviderState) and state.clinic is not None:
+            state.clinic.stop()
 
     return stop
 
@@ -95,18 +107,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each delivery call waits (e.g. 0.05)")
     parser.add_argument("--token", default=None, help="bearer token demo_rest requires (default: none)")
     parser.add_argument("--quiet", action="store_true", help="no access-log line per request")
+    parser.add_argument("--answer-delay", type=float, default=1.0, metavar="S",
+                        help="seconds before the clinics answer a case (default 1.0; 0: they never answer)")
+    parser.add_argument("--question-every", type=int, default=3, metavar="N",
+                        help="the clinics ask a counter-question on every Nth case (default 3; 0: never)")
+    parser.add_argument("--gateway-url", default=None, metavar="URL",
+                        help="demo_rest pushes its answers to this gateway (e.g. http://127.0.0.1:8080); "
+                             "default: it only serves them on GET /api/updates")
+    parser.add_argument("--api-token", default=None, metavar="TOKEN",
+                        help="bearer token for the gateway's provider API (default: $DEMO_REST_API_TOKEN)")
     args = parser.parse_args(argv)
+    if args.answer_delay < 0 or args.question_every < 0:
+        parser.error("--answer-delay and --question-every must be >= 0")
+    api_token = args.api_token or os.environ.get("DEMO_REST_API_TOKEN") or None
 
     try:
-        rest = _start(create_rest_provider(delay_s=args.delay, token=args.token), args.rest_port, quiet=args.quiet)
-        soap = _start(create_soap_provider(delay_s=args.delay), args.soap_port, quiet=args.quiet)
+        rest_app = create_rest_provider(delay_s=args.delay, token=args.token, answer_delay_s=args.answer_delay,
+                                        question_every=args.question_every, gateway_url=args.gateway_url,
+                                        api_token=api_token)
+        soap_app = create_soap_provider(delay_s=args.delay, answer_delay_s=args.answer_delay,
+                                        question_every=args.question_every)
+        rest = _start(rest_app, args.rest_port, quiet=args.quiet)
+        soap = _start(soap_app, args.soap_port, quiet=args.quiet)
     except (OSError, SystemExit) as exc:  # werkzeug exits when a port is taken
         print(f"sandbox.providers: cannot listen on the ports asked for ({exc})", file=sys.stderr)
         return 1
     stoppers = [_stopper(*rest), _stopper(*soap)]
     # One line per system, "<target> <base URL>", for people and for a parent process.
-    print(f"demo_rest http://{HOST}:{rest[0].server_port}  (POST /api/cases)", flush=True)
-    print(f"demo_soap http://{HOST}:{soap[0].server_port}  (POST /soap, GET /soap?wsdl)", flush=True)
+    clinic = f"clinic answers after {args.answer_delay:g} s" if args.answer_delay > 0 else "clinic off"
+    push = f", pushes to {args.gateway_url}" if args.gateway_url and args.answer_delay > 0 else ""
+    print(f"demo_rest http://{HOST}:{rest[0].server_port}  (POST /api/cases, GET /api/updates; {clinic}{push})",
+          flush=True)
+    print(f"demo_soap http://{HOST}:{soap[0].server_port}  (POST /soap, GET /soap?wsdl, GetUpdates; {clinic})",
+          flush=True)
 
     stopping = threading.Event()
 

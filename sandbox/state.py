@@ -5,10 +5,16 @@ messages it stored, keyed by the caller's idempotency key, the counters tests re
 the failures and delay a test asked for. Also the control routes every demo provider has
 for tests and the demo: ``POST /_control``, ``GET /_received``, ``POST /_reset``.
 
-May import: flask. Used by ``sandbox.demo_rest`` and ``sandbox.demo_soap``.
+The demo clinic (``sandbox.clinic``), when attached as ``state.clinic``, is told of every
+new case and message (never of a replay), is reset with the state, and its answers are in
+``GET /_received`` under ``"answers"`` (an empty list without a clinic).
+
+May import: flask, ``sandbox.clinic`` (types only). Used by ``sandbox.demo_rest`` and
+``sandbox.demo_soap``.
 
 Invariants:
-- Every read and write of the state holds its one lock; nothing sleeps or does I/O under it.
+- Every read and write of the state holds its one lock; nothing sleeps or does I/O under it,
+  and the clinic is called only after it is released (the clinic has its own lock).
 - An idempotency key is stored once: the same key again returns the item stored first
   (its ``calls`` + 1, its body unchanged); the same key for another kind of item, or for
   a message on another case, is a ``KeyConflict``.
@@ -22,9 +28,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
+
+if TYPE_CHECKING:
+    from .clinic import Clinic
 
 
 class UnknownCase(Exception):
@@ -94,12 +103,16 @@ class ProviderState:
         self.message_prefix = message_prefix
         self._initial_delay_s = float(delay_s)
         self.lock = threading.Lock()
+        self.clinic: Clinic | None = None  # set by the provider system that has one
         self.reset()
 
     # -- delivery calls ---------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget everything received and every failure asked for; restore the start delay."""
+        """Forget everything received and every failure asked for; restore the start delay;
+        clear the clinic's pending work and answers."""
+        if self.clinic is not None:
+            self.clinic.reset()
         with self.lock:
             self.items: list[Received] = []  # arrival order
             self.cases: dict[str, Received] = {}
@@ -133,7 +146,9 @@ class ProviderState:
             item = Received("case", self._next_id(self.case_prefix, self.cases), key, body)
             self.cases[item.id] = item
             self._keep(item)
-            return item, True
+        if self.clinic is not None:
+            self.clinic.case_received(item)
+        return item, True
 
     def add_message(self, key: str, case_id: str, body: dict[str, Any]) -> tuple[Received, bool]:
         """Store a message on case ``case_id``; raises ``UnknownCase`` for an unknown case."""
@@ -146,7 +161,9 @@ class ProviderState:
             item = Received("message", self._next_id(self.message_prefix, self.messages), key, body, case_id)
             self.messages[item.id] = item
             self._keep(item)
-            return item, True
+        if self.clinic is not None:
+            self.clinic.message_received(item)
+        return item, True
 
     def _replay(self, key: str, kind: str, case_id: str | None) -> Received | None:
         known = self.by_key.get(key)
@@ -204,13 +221,15 @@ class ProviderState:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything received, as ``GET /_received`` answers it."""
+        """Everything received (and the clinic's answers), as ``GET /_received`` answers it."""
+        answers = self.clinic.answers() if self.clinic is not None else []
         with self.lock:
             return {
                 "received": [item.to_json() for item in self.items],
                 "total_calls": self.total_calls,
                 "failed_calls": self.failed_calls,
                 "control": self._settings(),
+                "answers": answers,
             }
 
 

@@ -1,0 +1,158 @@
+"""What the demo clinic says back about a case: the update items, their Swedish texts, a PDF.
+
+Role: pure functions that turn a case a demo provider system received into the updates a
+clinic produces (status IN_PROGRESS, a counter-question, the final reply, status CLOSED),
+in the shape the gateway takes from a provider (``updates.py``: the REST API bodies and
+the polled items). Used by ``sandbox.clinic``; no threads, no I/O.
+
+Update items (JSON-style dicts; absent values are left out, never None):
+
+    {"type": "status",  "caseId", "providerCaseId", "status", "problems"?, "businessArea"?}
+    {"type": "message", "caseId", "providerCaseId", "messageId", "kind", "subject", "body",
+                        "senderUnit", "attachments"?: [{"fileName", "mimeType", "data"}]}
+
+``caseId`` is the gateway's (1177's) case id from the delivered body (``externalId`` on
+REST, ``externalCaseId`` on SOAP), ``providerCaseId`` the id the demo system gave the case
+(P-000001 / S-000001), ``senderUnit`` the unit code the case was delivered to (``unit`` /
+``unitCode``), ``data`` base64 text. ``messageId`` is a fresh UUID per message, so a push
+retried after a lost answer is recognised by the gateway as the same message.
+
+May import: the standard library only. Never imported by the product.
+
+Invariants: every message has a non-empty body and subject; a closed complaint carries a
+problem code and a business-area code (1177 refuses to close a complaint without them);
+the complaint's final reply carries ``beslut.pdf``, a valid one-page PDF.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+# The provider systems' case-type codes (mappings/codes.yaml) -> 1177's case type.
+CASE_TYPES = {
+    "SYNPUNKT": "COMPLAINT", "10": "COMPLAINT",
+    "FRAGA": "QUESTION", "20": "QUESTION",
+    "RECEPTFORNYELSE": "PRESCRIPTION_RENEWAL", "30": "PRESCRIPTION_RENEWAL",
+    "TIDBOKNING": "BOOKING", "40": "BOOKING",
+    "OVRIGT": "OTHER", "90": "OTHER",
+}
+
+QUESTION = ("Fråga om ditt ärende", "Vi behöver veta mer: när började besvären?")
+
+FINAL_REPLIES = {
+    "COMPLAINT": (
+        "Svar på dina synpunkter",
+        "Tack för att du hörde av dig med dina synpunkter. Vi har gått igenom det som hände och "
+        "pratat med berörd personal. Vårt svar och beslut finns i den bifogade filen. Vi beklagar "
+        "att det inte blev som du förväntade dig.",
+    ),
+    "QUESTION": (
+        "Svar på din fråga",
+        "Tack för din fråga. Utifrån det du beskriver rekommenderar vi att du bokar en tid hos "
+        "din läkare om besvären inte har gått över inom en vecka. Hör av dig igen om du blir sämre.",
+    ),
+    "PRESCRIPTION_RENEWAL": (
+        "Ditt recept är förnyat",
+        "Ditt recept är förnyat och finns nu att hämta ut på apoteket. Det gäller i ett år.",
+    ),
+    "BOOKING": (
+        "Din tid är bokad",
+        "Du har fått en tid på mottagningen tisdag klockan 10.15. Välkommen! "
+        "Om du inte kan komma, avboka senast 24 timmar innan.",
+    ),
+    "OTHER": (
+        "Svar på ditt ärende",
+        "Tack för ditt meddelande. Vi har tagit del av det och ärendet är nu avslutat.",
+    ),
+}
+
+# Closing codes of a complaint: huvud- och delproblem (OID 1.2.752.129.5.1.22) and
+# verksamhetsområde (OID 1.2.752.129.5.1.21).
+COMPLAINT_PROBLEMS = ["2.3"]
+COMPLAINT_BUSINESS_AREA = "10"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the clinic needs to know about one received case."""
+
+    provider_case_id: str  # P-000001 / S-000001
+    case_id: str | None  # the gateway's case id (externalId / externalCaseId)
+    case_type: str  # 1177's: COMPLAINT, QUESTION, PRESCRIPTION_RENEWAL, BOOKING, OTHER
+    unit: str | None  # the provider's unit code the case was delivered to
+
+
+def facts(provider_case_id: str, body: dict[str, Any]) -> Facts:
+    """The facts of a case body as the REST or the SOAP demo system stored it."""
+    code = str(body.get("type") or body.get("caseType") or "").strip().upper()
+    case_id = body.get("externalId") or body.get("externalCaseId")
+    unit = body.get("unit") or body.get("unitCode")
+    return Facts(provider_case_id, str(case_id) if case_id else None, CASE_TYPES.get(code, "OTHER"),
+                 str(unit) if unit else None)
+
+
+def _base(case: Facts, kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": kind}
+    if case.case_id:
+        out["caseId"] = case.case_id
+    out["providerCaseId"] = case.provider_case_id
+    return out
+
+
+def status(case: Facts, value: str) -> dict[str, Any]:
+    """A status change; CLOSED on a complaint carries its closing codes."""
+    out = _base(case, "status")
+    out["status"] = value
+    if value == "CLOSED" and case.case_type == "COMPLAINT":
+        out["problems"] = list(COMPLAINT_PROBLEMS)
+        out["businessArea"] = COMPLAINT_BUSINESS_AREA
+    return out
+
+
+def _message(case: Facts, kind: str, subject: str, body: str) -> dict[str, Any]:
+    out = _base(case, "message")
+    out.update(messageId=str(uuid.uuid4()), kind=kind, subject=subject, body=body)
+    if case.unit:
+        out["senderUnit"] = case.unit
+    return out
+
+
+def question(case: Facts) -> dict[str, Any]:
+    """The counter-question (motfråga)."""
+    return _message(case, "QUESTION", *QUESTION)
+
+
+def final_reply(case: Facts) -> dict[str, Any]:
+    """The final answer, fitting the case type; a complaint's carries ``beslut.pdf``."""
+    out = _message(case, "FINAL_REPLY", *FINAL_REPLIES[case.case_type])
+    if case.case_type == "COMPLAINT":
+        data = base64.b64encode(pdf("Beslut i ditt klagomålsärende " + case.provider_case_id)).decode("ascii")
+        out["attachments"] = [{"fileName": "beslut.pdf", "mimeType": "application/pdf", "data": data}]
+    return out
+
+
+def pdf(text: str) -> bytes:
+    """A valid one-page PDF 1.4 showing ``text`` (Latin-1) in Helvetica, with a correct xref."""
+    line = text.encode("latin-1", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+    stream = b"BT /F1 14 Tf 72 770 Td (" + line + b") Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
