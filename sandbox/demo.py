@@ -145,7 +145,9 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections of a previous run in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
