@@ -422,3 +422,34 @@ def test_cancel_from_the_cli(config_data, peers, make_case, runner, tmp_path):
     finally:
         app.extensions["gateway.worker"].stop()
         app.extensions["gateway.store"].close()
+
+
+def test_polling_a_soap_target(config_data, peers, make_case):
+    """The demo SOAP clinic answers; the gateway polls it (GetUpdates) and relays the answers."""
+    from conftest import KLIN2
+    from sandbox.providers import create_soap_provider
+
+    url, stop = serve_in_thread(create_soap_provider(answer_delay_s=0.05, question_every=0))
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_soap"]["endpoint"] = f"{url}/soap"
+    data["targets"]["demo_soap"]["poll"] = {"interval_s": 60, "operation": "GetUpdates"}
+    app = make_app(data, peers)
+    try:
+        store, worker = app.extensions["gateway.store"], app.extensions["gateway.worker"]
+        intake(app, make_case, address=KLIN2, receiver={"hsaId": KLIN2, "isPatientBoard": False})
+        worker.run_until_idle()
+        deadline = time.monotonic() + 10
+        taken = 0
+        while taken < 3 and time.monotonic() < deadline:  # IN_PROGRESS, FINAL_REPLY, CLOSED
+            time.sleep(0.1)
+            taken += worker.poll("demo_soap")
+        assert taken == 3 and store.get_cursor("demo_soap") == "3"
+        worker.run_until_idle()
+        messages = inbox(peers, "1177-C-0001")["messages"]
+        assert [(m["kind"], m["senderHsaId"]) for m in messages] == [("FINAL_REPLY", KLIN2)]
+        assert messages[0]["attachments"][0]["fileName"] == "beslut.pdf"
+        assert [s["status"] for s in inbox(peers)["statuses"]["1177-C-0001"]] == ["IN_PROGRESS", "CLOSED"]
+    finally:
+        app.extensions["gateway.worker"].stop()
+        app.extensions["gateway.store"].close()
+        stop()
