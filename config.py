@@ -172,10 +172,19 @@ class PollSection(_Section):
     cursor_param: str = "since"
 
 
+class MedicationsSection(_Section):
+    """Where a target lists a patient's medications, for 1177's prescription renewal form."""
+
+    path: str | None = Field(default=None, description="REST: GET base_url + path; {person_id} and {unit_code} are filled in.")
+    operation: str | None = Field(default=None, description="SOAP: the operation called with personId and unitCode.")
+    timeout_s: float = Field(default=5.0, gt=0, le=30, description="1177 waits for the answer: keep it short.")
+
+
 class _TargetBase(_Section):
     description: str | None = None
     api: ApiAccessSection = ApiAccessSection()
     poll: PollSection | None = None
+    medications: MedicationsSection | None = None
     timeout_s: float = Field(default=30.0, gt=0, description="Read timeout of one call.")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     retry: RetrySection = RetrySection()

@@ -123,6 +123,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
     worker = build_worker(cfg, store, maps)
     app.extensions["gateway.worker"] = worker
     app.extensions["gateway.intake"].on_stored = worker.wake
+    app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = worker.wake
     if start_worker:
         worker.start()

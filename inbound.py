@@ -52,6 +52,8 @@ from errors import (
 from model import (
     Attachment,
     Case,
+    ChosenMedication,
+    Medication,
     CaseType,
     Complaint,
     Contact,
@@ -99,6 +101,9 @@ class Intake:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(SWEDEN)
     #: called after a new case or message is committed (the worker's ``wake``)
     on_stored: Callable[[], None] = lambda: None
+    #: the provider's medication list for (target, unit code, person id): the worker's
+    #: ``fetch_medications`` (only the worker calls adapters); raises ``DeliveryError``
+    medications: Callable[[str, str, PersonId], list[Medication]] | None = None
 
 
 def init_app(app, intake: Intake) -> None:
@@ -324,6 +329,9 @@ def _case_from(element: etree._Element, ns: str) -> Case:
             else None
         ),
         attachments=_attachments(case.children("attachment")),
+        medications=tuple(
+            ChosenMedication(m.required("prescriptionId").strip(), m.text("name")) for m in case.children("chosenMedication")
+        ),
     )
 
 
@@ -424,10 +432,51 @@ def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_
     return response
 
 
+def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+    """The citizen's medications for 1177's renewal form, from the provider, under rule 9."""
+    contract = rivta.GET_MEDICATION_LIST
+    now = intake.clock()
+    _require_address(intake, envelope, now.date())
+    request_ = _Reader(envelope.body, contract.responder_ns, "GetMedicationList")
+    receiver = request_.child("receiver", contract.responder_ns)
+    subject = request_.child("subjectOfCare", contract.responder_ns)
+    assert receiver is not None and subject is not None  # required by the XSD
+    unit_hsa = hsa_id(receiver.required("hsaId"), field="receiver/hsaId")
+    person = _person(subject)
+    proxy = request_.child("representative", contract.responder_ns)
+    representative = _person(proxy) if proxy else None
+    route = intake.units.route(unit_hsa, now.date())
+    if route is None:
+        raise InvalidValue(f"receiver/hsaId {unit_hsa} is not a unit this gateway serves.", field="receiver/hsaId")
+    if intake.medications is None:
+        raise InvalidValue("this gateway does not offer medication lists.")
+    # the rules that need no list come first: nothing is fetched that may not be shown
+    why = rules.medication_list_refusal(subject=person, representative=representative,
+                                        is_proxy=bool(proxy and proxy.flag("isProxy")), today=now.date())
+    listed: list[Medication] = []
+    if why is None:
+        fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
+        listed, why = rules.recent_medications(fetched, today=now.date())
+    result = rivta.Result("INFO", log_id, None, why) if why else rivta.Result.ok(log_id)
+    response = _response(contract, result)
+    core = rivta.CORE_NS
+    for item in listed:
+        element = etree.SubElement(response, f"{{{contract.responder_ns}}}medication")
+        etree.SubElement(element, f"{{{core}}}prescriptionId").text = item.prescription_id
+        etree.SubElement(element, f"{{{core}}}name").text = item.name
+        if item.strength:
+            etree.SubElement(element, f"{{{core}}}strength").text = item.strength
+        etree.SubElement(element, f"{{{core}}}lastPrescribedDate").text = item.last_prescribed.strftime("%Y%m%d")
+    log.info("medication list answered", extra={"receiver_hsa_id": unit_hsa, "target": route.target,
+                                                "listed": len(listed), "rule": why})
+    return response
+
+
 HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]] = {
     rivta.PROCESS_CASE.name: handle_process_case,
     rivta.PROCESS_CASE_MESSAGE.name: handle_process_case_message,
     rivta.PING.name: handle_ping,
+    rivta.GET_MEDICATION_LIST.name: handle_get_medication_list,
 }
 
 

@@ -130,6 +130,11 @@ class PersonId:
     def masked(self) -> str:
         return mask_person_id(self.id)
 
+    def age_on(self, day: dt.date) -> int:
+        """Whole years of age on ``day`` (a 29 February birthday counts from 1 March in other years)."""
+        born = self.birth_date
+        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
     def __repr__(self) -> str:
         return f"PersonId({self.masked}, {self.type})"
 
@@ -189,6 +194,24 @@ class Complaint:
 
 
 @dataclass(frozen=True)
+class ChosenMedication:
+    """A medication a citizen asks to renew (from the list GetMedicationList gave)."""
+
+    prescription_id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Medication:
+    """A previously prescribed medication, as the provider's system lists it."""
+
+    prescription_id: str
+    name: str
+    last_prescribed: dt.date
+    strength: str | None = None
+
+
+@dataclass(frozen=True)
 class Receiver:
     hsa_id: str
     is_patient_board: bool = False
@@ -209,6 +232,7 @@ class Case:
     reply_preference: ReplyPreference | None = None
     complaint: Complaint | None = None
     attachments: tuple[Attachment, ...] = ()
+    medications: tuple[ChosenMedication, ...] = ()
 
 
 class MessageKind(str, Enum):
@@ -348,6 +372,7 @@ def case_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> Case
             else None
         ),
         attachments=attachments,
+        medications=tuple(ChosenMedication(m["prescription_id"], m.get("name")) for m in data.get("medications") or ()),
     )
 
 

@@ -28,6 +28,7 @@ from lxml import etree
 
 from errors import (
     ContractError,
+    DeliveryError,
     GatewayError,
     HostileXml,
     InternalError,
@@ -82,6 +83,7 @@ def _contract(name: str, responder_ns: str, version: str = "1.0") -> Contract:
 PING = _contract("PingForConfiguration", "urn:riv:itintegration:monitoring:PingForConfigurationResponder:1")
 PROCESS_CASE = _contract("ProcessCase", f"{_CF}:ProcessCaseResponder:1")
 PROCESS_CASE_MESSAGE = _contract("ProcessCaseMessage", f"{_CF}:ProcessCaseMessageResponder:1")
+GET_MEDICATION_LIST = _contract("GetMedicationList", f"{_CF}:GetMedicationListResponder:1")
 CORE_NS = f"{_CF}:1"
 
 _PP = "urn:riv-application:infrastructure:eservicesupply:patientportal"
@@ -93,7 +95,9 @@ REGISTER_CASE = _contract("RegisterCase", f"{_CF}:RegisterCaseResponder:1")
 PP_CORE_NS = f"{_PP}:2"
 
 #: The producer contracts answered on POST /rivta, by responder namespace.
-CONTRACTS: dict[str, Contract] = {c.responder_ns: c for c in (PING, PROCESS_CASE, PROCESS_CASE_MESSAGE)}
+CONTRACTS: dict[str, Contract] = {
+    c.responder_ns: c for c in (PING, PROCESS_CASE, PROCESS_CASE_MESSAGE, GET_MEDICATION_LIST)
+}
 
 
 # -- hardened parsing -----------------------------------------------------------------------
@@ -318,7 +322,7 @@ def fault_for(exc: GatewayError, *, log_id: str | None = None) -> bytes:
     return fault(
         exc.code,
         text,
-        server=isinstance(exc, (StoreError, InternalError)),
+        server=isinstance(exc, (StoreError, InternalError, DeliveryError)),
         version_mismatch=isinstance(exc, NotSoap11) and "SOAP 1.2" in exc.message,
         log_id=log_id,
     )

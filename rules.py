@@ -30,6 +30,8 @@ from model import (
     Attachment,
     Case,
     CaseStatus,
+    Medication,
+    PersonId,
     CaseType,
     Message,
     StatusUpdate,
@@ -108,6 +110,12 @@ def check_case(
         raise InvalidValue("case/caseId is empty.", field="case/caseId")
     if not case.text.strip():
         raise InvalidValue("case/text is empty: a case needs the citizen's text.", field="case/text")
+    if case.case_type is CaseType.PRESCRIPTION_RENEWAL and not case.medications:
+        raise InvalidValue("case/chosenMedication: a prescription renewal names at least one medication.",
+                           field="case/chosenMedication")
+    if case.medications and case.case_type is not CaseType.PRESCRIPTION_RENEWAL:
+        raise InvalidValue(f"case/chosenMedication is only for PRESCRIPTION_RENEWAL, not {case.case_type.value}.",
+                           field="case/chosenMedication")
     if case.case_type is CaseType.COMPLAINT:
         check_complaint(case, today=now.date())
     elif case.complaint is not None:
@@ -189,3 +197,45 @@ def check_status_update(update: StatusUpdate, case_type: CaseType) -> None:
             raise ClosingCodesMissing("problems: closing a complaint needs at least one problem code.", field="problems")
         if update.business_area is None:
             raise ClosingCodesMissing("businessArea: closing a complaint needs a business-area code.", field="businessArea")
+
+
+# -- prescription renewal (rule 9) -----------------------------------------------------------------------
+
+MEDICATION_YEARS = 5
+MIN_AGE_FOR_LIST = 16
+ADULT_AGE = 18
+
+
+def years_before(day: dt.date, years: int) -> dt.date:
+    """The same date ``years`` earlier (29 February becomes 28 February)."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, day=28)
+
+
+def medication_list_refusal(
+    *, subject: PersonId, representative: PersonId | None, is_proxy: bool, today: dt.date
+) -> str | None:
+    """Rule 9, before anything is fetched: why no list may be shown, or None.
+
+    A citizen under 16 (on ``today``; age from the personnummer or samordningsnummer) gets
+    no list, from the 16th birthday they see their own; a guardian acting as proxy for a
+    child (under 18) gets no list.
+    """
+    age = subject.age_on(today)
+    if age < MIN_AGE_FOR_LIST:
+        return f"No list is shown for a patient under {MIN_AGE_FOR_LIST}; the form can be used without it."
+    if representative is not None and is_proxy and age < ADULT_AGE:
+        return "A guardian acting as proxy does not see the child's list of medications."
+    return None
+
+
+def recent_medications(medications: Sequence[Medication], *, today: dt.date) -> tuple[list[Medication], str | None]:
+    """Rule 9: only medications last prescribed within the last 5 years (on or after the same
+    date five years before ``today``); the reason when that leaves none of several."""
+    since = years_before(today, MEDICATION_YEARS)
+    listed = [m for m in medications if since <= m.last_prescribed <= today]
+    if medications and not listed:
+        return [], f"No medication was prescribed within the last {MEDICATION_YEARS} years."
+    return sorted(listed, key=lambda m: (m.name.lower(), m.prescription_id)), None

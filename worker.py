@@ -52,7 +52,7 @@ from errors import (
     StoreError,
 )
 from mapping import Mappings, delivery_source
-from model import CaseType, Message, MessageKind
+from model import CaseType, Medication, Message, MessageKind, PersonId
 from store import OUTBOUND_ACTIONS, Job, Store, utcnow
 
 log = logging.getLogger("gateway.worker")
@@ -346,6 +346,29 @@ class Worker:
                                national_case_id=national_case_id, detail=answer.detail):
             log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
                                                   "duration_ms": round(duration, 1), "detail": answer.detail})
+
+    # -- a synchronous read for 1177: the medication list ---------------------------------------
+
+    def fetch_medications(self, target: str, unit_code: str, person: PersonId) -> list[Medication]:
+        """The patient's medications from ``target`` (raises ``DeliveryError``: no answer is
+        never turned into an empty list)."""
+        adapter = self.adapter(target)
+        started = time.perf_counter()
+        items = adapter.medications(person.id, unit_code)
+        found = []
+        for index, item in enumerate(items):
+            try:
+                raw_date = item.get("lastPrescribedDate")
+                day = raw_date if isinstance(raw_date, dt.date) else dt.date.fromisoformat(str(raw_date).strip())
+                found.append(Medication(str(item["prescriptionId"]), str(item["name"]), day,
+                                        str(item["strength"]) if item.get("strength") else None))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise BadTargetAnswer(
+                    f"target '{target}': medication {index + 1} lacks prescriptionId, name or a lastPrescribedDate (YYYY-MM-DD)."
+                ) from None
+        log.info("medication list fetched", extra={"target": target, "count": len(found),
+                                                   "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
+        return found
 
     # -- polling ---------------------------------------------------------------------------------------
 

@@ -69,6 +69,11 @@ class Adapter(abc.ABC):
         with the fields of the matching REST API call."""
         raise TargetRefused(f"target '{self.name}' ({self.kind}) cannot be polled.")
 
+    def medications(self, person_id: str, unit_code: str) -> list[dict[str, Any]]:
+        """The patient's medications as the target lists them: ``[{prescriptionId, name,
+        strength?, lastPrescribedDate}]``, within ``medications.timeout_s``."""
+        raise TargetRefused(f"target '{self.name}' ({self.kind}) lists no medications (targets.{self.name}.medications).")
+
     def problems(self) -> list[str]:
         """What is wrong with the target's configuration, found without calling it."""
         return []

@@ -150,6 +150,37 @@ class RestAdapter(Adapter):
             raise BadTargetAnswer(f"target '{self.name}': 'updates' in the poll answer is not a list.")
         return items, (str(next_cursor) if next_cursor is not None else cursor)
 
+    def _auth_headers(self) -> dict[str, str]:
+        auth = self.settings.auth
+        if auth.type == "bearer":
+            return {"Authorization": f"Bearer {auth.token.get_secret_value()}"}
+        if self._oauth is not None:
+            return {"Authorization": f"Bearer {self._oauth.get()}"}
+        return {}
+
+    def medications(self, person_id: str, unit_code: str) -> list[dict[str, Any]]:
+        settings = self.settings.medications
+        if settings is None or not settings.path:
+            return super().medications(person_id, unit_code)
+        path = settings.path.format(person_id=quote(person_id, safe=""), unit_code=quote(unit_code, safe=""))
+        what = f"the medication list (GET {settings.path})"
+        try:
+            response = self.session.get(self.settings.base_url + path, headers={"Accept": "application/json", **self._auth_headers()},
+                                        timeout=(self.settings.connect_timeout_s, settings.timeout_s))
+        except requests.RequestException as exc:
+            raise classify_exception(self.name, exc, what) from None
+        if response.status_code == 404:
+            return []  # the provider's system does not know the patient: no medications
+        if response.status_code != 200:
+            raise classify_status(self.name, response.status_code, what)
+        try:
+            items = response.json().get("medications")
+        except (ValueError, AttributeError):
+            items = None
+        if not isinstance(items, list):
+            raise BadTargetAnswer(f"target '{self.name}' answered {what} without a 'medications' list.")
+        return items
+
     def problems(self) -> list[str]:
         return [
             f"targets.{self.name}.paths has no path for {action}."

@@ -137,6 +137,33 @@ class SoapAdapter(Adapter):
         items = data.get("update") or data.get("updates") or []
         return [dict(i) for i in items], (str(data["cursor"]) if data.get("cursor") is not None else cursor)
 
+    def medications(self, person_id: str, unit_code: str) -> list[dict[str, Any]]:
+        settings = self.settings.medications
+        if settings is None or not settings.operation:
+            return super().medications(person_id, unit_code)
+        service = self._service()
+        client = self._local.client
+        what = f"the medication list ({settings.operation})"
+        try:
+            with client.transport.settings(timeout=settings.timeout_s):
+                result = getattr(service, settings.operation)(personId=person_id, unitCode=unit_code)
+        except zeep.exceptions.Fault as fault:
+            code = str(fault.code or "")
+            error = TargetRefused if code.endswith(("Client", "Sender")) else TargetFailed
+            raise error(f"target '{self.name}' answered {what} with a SOAP fault '{_short(fault.message)}'.") from None
+        except zeep.exceptions.TransportError as exc:
+            raise classify_status(self.name, exc.status_code or 500, what) from None
+        except requests.RequestException as exc:
+            raise classify_exception(self.name, exc, what) from None
+        except AttributeError:
+            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{settings.operation}'.") from None
+        data = zeep.helpers.serialize_object(result, target_cls=dict)
+        if isinstance(data, list):
+            return [dict(i) for i in data]
+        if isinstance(data, dict):
+            return [dict(i) for i in data.get("medication") or []]
+        return []
+
     def problems(self) -> list[str]:
         found = []
         service = self._service()

@@ -17,7 +17,12 @@ REST, ``externalCaseId`` on SOAP), ``providerCaseId`` the id the demo system gav
 ``unitCode``), ``data`` base64 text. ``messageId`` is a fresh UUID per message, so a push
 retried after a lost answer is recognised by the gateway as the same message.
 
-May import: the standard library only. Never imported by the product.
+A prescription renewal's final reply names the medications renewed when the delivered
+body lists them (REST ``medications: [{prescriptionId, name}]``, SOAP ``medication``
+elements), e.g. "Vi har förnyat: Alvedon 500 mg tablett." (the name sent, completed with
+the strength from the patient's record in ``sandbox.patients``).
+
+May import: the standard library, ``sandbox.patients``. Never imported by the product.
 
 Invariants: every message has a non-empty body and subject; a closed complaint carries a
 problem code and a business-area code (1177 refuses to close a complaint without them);
@@ -27,9 +32,12 @@ the complaint's final reply carries ``beslut.pdf``, a valid one-page PDF.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from . import patients
 
 # The provider systems' case-type codes (mappings/codes.yaml) -> 1177's case type.
 CASE_TYPES = {
@@ -83,15 +91,45 @@ class Facts:
     case_id: str | None  # the gateway's case id (externalId / externalCaseId)
     case_type: str  # 1177's: COMPLAINT, QUESTION, PRESCRIPTION_RENEWAL, BOOKING, OTHER
     unit: str | None  # the provider's unit code the case was delivered to
+    medications: tuple[str, ...] = ()  # a prescription renewal: the medications asked for, named
 
 
-def facts(provider_case_id: str, body: dict[str, Any]) -> Facts:
+def facts(provider_case_id: str, body: dict[str, Any], *, today: dt.date | None = None) -> Facts:
     """The facts of a case body as the REST or the SOAP demo system stored it."""
     code = str(body.get("type") or body.get("caseType") or "").strip().upper()
     case_id = body.get("externalId") or body.get("externalCaseId")
     unit = body.get("unit") or body.get("unitCode")
     return Facts(provider_case_id, str(case_id) if case_id else None, CASE_TYPES.get(code, "OTHER"),
-                 str(unit) if unit else None)
+                 str(unit) if unit else None, _medications(body, today or dt.date.today()))
+
+
+def _medications(body: dict[str, Any], today: dt.date) -> tuple[str, ...]:
+    """The names of the medications a case body lists (REST ``medications``, SOAP ``medication``)."""
+    listed = body.get("medications")
+    if listed is None:
+        listed = body.get("medication")
+    if isinstance(listed, dict):  # one item not in a list
+        listed = [listed]
+    if not isinstance(listed, list):
+        return ()
+    patient = body.get("patient") if isinstance(body.get("patient"), dict) else {}
+    person_id = patient.get("personnummer") or patient.get("personId")
+    names: list[str] = []
+    for item in listed:
+        if isinstance(item, dict):
+            prescription_id, name = item.get("prescriptionId"), item.get("name")
+        else:
+            prescription_id, name = None, item
+        text = patients.label(str(prescription_id) if prescription_id else None, str(name) if name else None,
+                              str(person_id) if person_id else None, today)
+        if text and text not in names:
+            names.append(text)
+    return tuple(names)
+
+
+def _enumerate(names: tuple[str, ...]) -> str:
+    """"A", "A och B", "A, B och C"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " och " + names[-1]
 
 
 def _base(case: Facts, kind: str) -> dict[str, Any]:
@@ -126,8 +164,14 @@ def question(case: Facts) -> dict[str, Any]:
 
 
 def final_reply(case: Facts) -> dict[str, Any]:
-    """The final answer, fitting the case type; a complaint's carries ``beslut.pdf``."""
-    out = _message(case, "FINAL_REPLY", *FINAL_REPLIES[case.case_type])
+    """The final answer, fitting the case type; a complaint's carries ``beslut.pdf``; a
+    prescription renewal's names the medications renewed, when the case listed them."""
+    subject, body = FINAL_REPLIES[case.case_type]
+    if case.case_type == "PRESCRIPTION_RENEWAL" and case.medications:
+        rest = ("Receptet finns nu att hämta ut på apoteket. Det gäller i ett år." if len(case.medications) == 1
+                else "Recepten finns nu att hämta ut på apoteket. De gäller i ett år.")
+        body = f"Vi har förnyat: {_enumerate(case.medications)}. {rest}"
+    out = _message(case, "FINAL_REPLY", subject, body)
     if case.case_type == "COMPLAINT":
         data = base64.b64encode(pdf("Beslut i ditt klagomålsärende " + case.provider_case_id)).decode("ascii")
         out["attachments"] = [{"fileName": "beslut.pdf", "mimeType": "application/pdf", "data": data}]

@@ -5,7 +5,8 @@ For every case received (the first time per idempotency key), ``answer_delay_s``
 status ``IN_PROGRESS``; for every ``question_every``-th case a ``QUESTION`` message, then
 nothing until a message on that case arrives from the gateway (the citizen's follow-up),
 and ``answer_delay_s`` after it the rest; a ``FINAL_REPLY`` fitting the case type (a
-complaint's with ``beslut.pdf``); status ``CLOSED`` (a complaint's with closing codes).
+complaint's with ``beslut.pdf``, a prescription renewal's naming the medications the
+case listed); status ``CLOSED`` (a complaint's with closing codes).
 The texts and item shapes are ``sandbox.answers``'.
 
 Every update is numbered 1..n in the order produced and kept in the clinic's feed, which

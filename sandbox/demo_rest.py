@@ -6,6 +6,7 @@ cases over REST. Tests run it in a thread, the demo as ``python -m sandbox.provi
     POST /api/cases                 JSON object        -> 201 {"id": "P-000001"}
     POST /api/cases/<id>/messages   JSON object        -> 201 {"id": "M-000001"}
     GET  /api/updates?since=N                          -> 200 {"updates": [...], "cursor": "N"}
+    GET  /api/patients/<person_id>/medications[?unit=U] -> 200 {"medications": [...]}
 
 Every delivery call needs an ``Idempotency-Key`` header (else 400). The same key again
 answers 200 with the same id and stores nothing new (``Idempotent-Replayed: true``); the
@@ -23,8 +24,16 @@ a number is 400). With ``gateway_url`` they are also pushed to the gateway's pro
 Polls are not delivery calls: they neither count in ``total_calls`` nor take an injected
 failure or delay.
 
-May import: flask, ``sandbox.state``, ``sandbox.clinic``, ``sandbox.push``. Never
-imported by the product.
+``GET /api/patients/<person_id>/medications`` lists the patient's prescriptions from
+``sandbox.patients`` (dates relative to today): ``{"medications": [{"prescriptionId",
+"name", "strength"?, "lastPrescribedDate": "YYYY-MM-DD"}]}``, an empty list for a person
+the system does not know; any ``unit`` query parameter is ignored. It needs the bearer
+token like the other API routes (no Idempotency-Key: it stores nothing), and unlike a
+poll it counts in ``total_calls`` and takes the injected failures and delay, so tests
+can make it slow or failing (``after_store``: the list is read, then the failure answered).
+
+May import: flask, ``sandbox.state``, ``sandbox.clinic``, ``sandbox.push``,
+``sandbox.patients``. Never imported by the product.
 
 Invariants: the JSON body is stored as sent; nothing is stored for a refused call or a
 failure injected before storing.
@@ -32,11 +41,14 @@ failure injected before storing.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, jsonify, request
 
+from . import patients
 from .clinic import Clinic
 from .push import GatewayPusher
 from .state import Call, Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
@@ -60,13 +72,15 @@ def create_rest_provider(
     question_every: int = 3,
     gateway_url: str | None = None,
     api_token: str | None = None,
+    today: Callable[[], dt.date] | None = None,
 ) -> Flask:
     """The REST demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
 
     ``token``: the bearer token callers must send. ``answer_delay_s`` > 0 turns the clinic
     on (``question_every``: a counter-question for every Nth case, 0 never);
     ``gateway_url`` (e.g. ``http://127.0.0.1:8080``) and ``api_token`` (the gateway's
-    ``targets.demo_rest.api.token``): push the clinic's updates to the gateway."""
+    ``targets.demo_rest.api.token``): push the clinic's updates to the gateway. ``today``:
+    the date the medication lists are relative to (default ``date.today``)."""
     app = Flask("sandbox.demo_rest")
     state = ProviderState(case_prefix="P", message_prefix="M", delay_s=delay_s)
     pusher = GatewayPusher(gateway_url, api_token, name="demo_rest") if gateway_url else None
@@ -147,5 +161,22 @@ def create_rest_provider(
         except ValueError as exc:
             return _error(400, "invalid_cursor", str(exc))
         return jsonify(updates=items, cursor=cursor)
+
+    @app.get("/api/patients/<person_id>/medications")
+    def get_medications(person_id: str):  # type: ignore[no-untyped-def]
+        call = state.begin_call()
+        if call.delay_s:
+            time.sleep(call.delay_s)
+        if call.failure and not call.failure.after_store:
+            return _failure(call.failure)
+        refusal = unauthorized()
+        if refusal:
+            return refusal
+        items = patients.medications_for(person_id, (today or dt.date.today)())
+        if call.failure:  # after_store: read, but the caller never hears it
+            return _failure(call.failure)
+        for item in items:
+            item["lastPrescribedDate"] = item["lastPrescribedDate"].isoformat()
+        return jsonify(medications=items), 200
 
     return app

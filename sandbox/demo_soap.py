@@ -8,11 +8,14 @@ as ``python -m sandbox.providers``.
     POST /soap   RegisterCase    -> RegisterCaseResponse {caseNumber: "S-000001"}
                  AddCaseMessage  -> AddCaseMessageResponse {accepted: true}
                  GetUpdates      -> GetUpdatesResponse {update*, cursor}
+                 GetMedications  -> GetMedicationsResponse {medication*}
     GET  /soap?wsdl              -> the WSDL, soap:address set to this server
     GET  /DemoCaseService_1.0.xsd   the XSD the WSDL imports (resolves from /soap?wsdl)
 
-Both operations are idempotent on the ``idempotencyKey`` element: the same key again
-answers the same caseNumber and stores nothing new. Faults (HTTP 500) are ``soap:Client``
+Both delivery operations are idempotent on the ``idempotencyKey`` element: the same key
+again answers the same caseNumber and stores nothing new. The stored body is the
+request's fields by local name (``fields_of``); ``attachment`` is always a list, and a
+prescription renewal's ``medication`` elements ({prescriptionId, name?}) a list too. Faults (HTTP 500) are ``soap:Client``
 for anything the caller must fix (not XML, not SOAP 1.1, a DOCTYPE, another Content-Type
 or SOAPAction, an unknown operation, a schema violation, an unknown caseNumber, a key
 reused for another request) and ``soap:Server`` for injected outages; ``faultstring``
@@ -26,7 +29,14 @@ attachments as ``attachment`` {fileName, mimeType, data}), and ``cursor``. A ``s
 that is not a number is a ``BAD_CURSOR`` Client fault. Polls are not delivery calls: they
 neither count in ``total_calls`` nor take an injected failure or delay.
 
-May import: flask, lxml, ``sandbox.state``, ``sandbox.clinic``. Never imported by the
+``GetMedications`` {personId, unitCode?} lists the patient's prescriptions from
+``sandbox.patients`` (dates relative to today), each a ``medication`` {prescriptionId,
+name, strength?, lastPrescribedDate (xs:date)}; none for a person the system does not
+know (unitCode is ignored). It stores nothing, but like a delivery call it counts in
+``total_calls`` and takes the injected failures and delay, so tests can make it slow or
+failing.
+
+May import: flask, lxml, ``sandbox.state``, ``sandbox.clinic``, ``sandbox.patients``. Never imported by the
 product; deliberately independent of the gateway's ``rivta`` so that it checks the
 gateway from outside.
 
@@ -39,14 +49,17 @@ is stored.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
 from lxml import etree
 
+from . import patients
 from .clinic import Clinic
 from .state import Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
 
@@ -60,6 +73,8 @@ BINDING = f"{{{NS}}}DemoCaseServiceBinding"  # for zeep's client.create_service(
 WSDL_ADDRESS = "http://127.0.0.1:8082/soap"  # the soap:address written in the WSDL file
 OPERATIONS = ("RegisterCase", "AddCaseMessage")  # the delivery calls
 POLL_OPERATION = "GetUpdates"
+MEDICATIONS_OPERATION = "GetMedications"  # a read, but counted and failed like a delivery call
+MEDICATION_FIELDS = ("prescriptionId", "name", "strength", "lastPrescribedDate")  # MedicationType's order
 # UpdateType's elements in the XSD's order; "attachments" of an update become "attachment".
 UPDATE_FIELDS = ("type", "caseId", "providerCaseId", "messageId", "kind", "subject", "body", "senderUnit",
                  "status", "careUnitHsaId", "problems", "businessArea", "attachments")
@@ -195,9 +210,24 @@ def updates_answer(items: list[dict[str, Any]], cursor: str) -> Response:
     return _xml(_envelope(element))
 
 
+def medications_answer(items: list[dict[str, Any]]) -> Response:
+    """``GetMedicationsResponse`` with one ``medication`` per item of ``sandbox.patients``."""
+    element = etree.Element(f"{{{NS}}}GetMedicationsResponse", nsmap={"tns": NS})
+    for item in items:
+        medication = etree.SubElement(element, f"{{{NS}}}medication")
+        for name in MEDICATION_FIELDS:
+            value = item.get(name)
+            if value is None:
+                continue
+            text = value.isoformat() if isinstance(value, dt.date) else str(value)
+            etree.SubElement(medication, f"{{{NS}}}{name}").text = text
+    return _xml(_envelope(element))
+
+
 def fields_of(element: etree._Element) -> dict[str, Any]:
     """The request's fields by local name, texts as sent; ``attachment`` is always a list of
-    ``{fileName, contentType, size}`` (size of the decoded content, the content left out)."""
+    ``{fileName, contentType, size}`` (size of the decoded content, the content left out);
+    ``medication`` (RegisterCase), when sent, a list of ``{prescriptionId, name?}``."""
     out: dict[str, Any] = {}
     for child in element:
         if not isinstance(child.tag, str):
@@ -208,6 +238,8 @@ def fields_of(element: etree._Element) -> dict[str, Any]:
             content = part.pop("content", "")
             part["size"] = len(base64.b64decode("".join(content.split())))
             out.setdefault("attachment", []).append(part)
+        elif name == "medication":
+            out.setdefault("medication", []).append(fields_of(child))
         elif len(child):
             out[name] = fields_of(child)
         else:
@@ -220,11 +252,13 @@ def fields_of(element: etree._Element) -> dict[str, Any]:
 # -- the app -----------------------------------------------------------------------------
 
 
-def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, question_every: int = 3) -> Flask:
+def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, question_every: int = 3,
+                         today: Callable[[], dt.date] | None = None) -> Flask:
     """The SOAP demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
 
     ``answer_delay_s`` > 0 turns the clinic on (``question_every``: a counter-question for
-    every Nth case, 0 never); its updates are served by ``GetUpdates``."""
+    every Nth case, 0 never); its updates are served by ``GetUpdates``. ``today``: the date
+    ``GetMedications`` dates are relative to (default ``date.today``)."""
     app = Flask("sandbox.demo_soap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     state = ProviderState(case_prefix="S", message_prefix="SM", delay_s=delay_s)
@@ -275,6 +309,12 @@ def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, q
             return fault_response(exc.kind, exc.code, exc.text)
         return updates_answer(items, cursor)
 
+    def medications(element: etree._Element) -> Response:
+        """``GetMedications``: the patient's prescriptions (or a ``SoapFault``)."""
+        check(element, MEDICATIONS_OPERATION)
+        person_id = (element.findtext(f"{{{NS}}}personId") or "").strip()
+        return medications_answer(patients.medications_for(person_id, (today or dt.date.today)()))
+
     @app.post("/soap")
     def soap():  # type: ignore[no-untyped-def]
         element: etree._Element | None = None
@@ -296,12 +336,17 @@ def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, q
         try:
             if refused is not None:
                 raise refused
-            operation, answer = handle(element)  # type: ignore[arg-type]
+            assert element is not None
+            if etree.QName(element).namespace == NS and etree.QName(element).localname == MEDICATIONS_OPERATION:
+                response = medications(element)
+            else:
+                operation, answer = handle(element)
+                response = _answer(operation, **answer)
         except SoapFault as exc:
             return fault_response(exc.kind, exc.code, exc.text)
-        if call.failure:  # after_store: stored, but the caller never hears it
+        if call.failure:  # after_store: stored (or read), but the caller never hears it
             return _injected(call.failure)
-        return _answer(operation, **answer)
+        return response
 
     @app.get("/soap")
     def wsdl():  # type: ignore[no-untyped-def]

@@ -19,8 +19,10 @@ Invariants:
   (its ``calls`` + 1, its body unchanged); the same key for another kind of item, or for
   a message on another case, is a ``KeyConflict``.
 - Ids are sequential per kind (``<prefix>-000001``) and reused only after ``reset``.
-- ``total_calls`` counts every delivery call that reached the provider, refused and
-  failed ones included; ``failed_calls`` those that got an injected failure.
+- ``total_calls`` counts every delivery call (and every medication-list call, REST
+  ``GET /api/patients/<id>/medications`` and SOAP ``GetMedications``, which take the same
+  injected failures and delay) that reached the provider, refused and failed ones
+  included; ``failed_calls`` those that got an injected failure. Polls are not counted.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class ProviderState:
             self.fail_after_store = False
 
     def begin_call(self) -> Call:
-        """Count a delivery call; say how long to wait and whether to fail it."""
+        """Count a delivery (or medication-list) call; say how long to wait and whether to fail it."""
         with self.lock:
             self.total_calls += 1
             failure = None

@@ -53,7 +53,8 @@ def test_response_conforms_to_the_contract(post, make_case):
     "overrides",
     [
         {"caseType": "QUESTION", "complaint": None, "attachment": [{"fileName": "a.gif", "mimeType": "image/gif", "data": GIF}]},
-        {"caseType": "PRESCRIPTION_RENEWAL", "complaint": None, "attachment": None},
+        {"caseType": "PRESCRIPTION_RENEWAL", "complaint": None, "attachment": None,
+         "chosenMedication": [{"prescriptionId": "RX-1", "name": "Alvedon 500 mg"}]},
         {"caseType": "BOOKING", "complaint": None, "attachment": None, "replyPreference": None, "subject": None},
         {"subjectOfCare": {"personId": {"id": SAMORDNING, "type": "1.2.752.129.2.1.3.3"}}},
         {"representative": {"personId": {"id": "198112189876", "type": "1.2.752.129.2.1.3.1"}, "isProxy": True}},

@@ -130,12 +130,12 @@ def test_raw_http_contract_details(server):
 
 def test_concurrent_retries_store_each_case_once(server):
     client = zeep.Client(f"{server['base']}/rivta/ProcessCase?wsdl")
+    # a retry repeats the request exactly (same createdTime), as 1177 and NTjP do
+    cases = [case_dict(caseId=f"PAR-{i}", attachment=[{"fileName": "a.png", "mimeType": "image/png", "data": PNG}])
+             for i in range(10)]
 
     def send(i: int) -> str:
-        return client.service.ProcessCase(
-            case=case_dict(caseId=f"PAR-{i % 10}", attachment=[{"fileName": "a.png", "mimeType": "image/png", "data": PNG}]),
-            _soapheaders={"LogicalAddress": KLIN1},
-        ).result.resultCode
+        return client.service.ProcessCase(case=cases[i % 10], _soapheaders={"LogicalAddress": KLIN1}).result.resultCode
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(send, range(40)))

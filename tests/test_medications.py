@@ -1,0 +1,217 @@
+"""Prescription renewal: GetMedicationList under 1177's rule 9, on its boundaries, and the
+renewal case carrying the chosen medications."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+
+import pytest
+import requests
+import responses
+import zeep
+from conftest import KLIN1, PNR, ROOT, result_of
+from lxml import etree
+
+import config as config_mod
+import gateway
+import rivta
+import rules
+from model import PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID, Medication, PersonId
+
+API = "http://127.0.0.1:8081/api"
+TODAY = dt.date(2026, 11, 26)
+
+
+def person(born: dt.date, serial: str = "239", coordination: bool = False) -> PersonId:
+    """A valid personnummer (or samordningsnummer) for someone born on ``born``."""
+    from stdnum import luhn
+
+    day = born.day + (60 if coordination else 0)
+    base = f"{born:%Y%m}{day:02d}{serial}"
+    return PersonId.parse(base + luhn.calc_check_digit(base[2:]), SAMORDNINGSNUMMER_OID if coordination else PERSONNUMMER_OID)
+
+
+# -- the rules, on their boundaries -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coordination", [False, True], ids=["personnummer", "samordningsnummer"])
+def test_sixteenth_birthday(coordination):
+    teen = person(dt.date(2010, 11, 26), coordination=coordination)
+    assert rules.medication_list_refusal(subject=teen, representative=None, is_proxy=False, today=TODAY) is None
+    day_before = TODAY - dt.timedelta(days=1)
+    why = rules.medication_list_refusal(subject=teen, representative=None, is_proxy=False, today=day_before)
+    assert why and "under 16" in why
+
+
+def test_leap_day_birthday():
+    leap = person(dt.date(2008, 2, 29))
+    assert rules.medication_list_refusal(subject=leap, representative=None, is_proxy=False, today=dt.date(2024, 2, 28))
+    assert rules.medication_list_refusal(subject=leap, representative=None, is_proxy=False, today=dt.date(2024, 2, 29)) is None
+
+
+def test_proxy_for_a_child_and_for_an_adult():
+    guardian = person(dt.date(1980, 5, 5))
+    child = person(dt.date(2009, 1, 1))  # 17: old enough for an own list, still a child
+    adult = person(dt.date(1950, 3, 3))
+    assert "proxy" in rules.medication_list_refusal(subject=child, representative=guardian, is_proxy=True, today=TODAY)
+    assert rules.medication_list_refusal(subject=child, representative=None, is_proxy=False, today=TODAY) is None
+    assert rules.medication_list_refusal(subject=adult, representative=guardian, is_proxy=True, today=TODAY) is None
+
+
+def test_five_years_exactly_is_listed_a_day_older_is_not():
+    five = Medication("RX-1", "Omeprazol", dt.date(2021, 11, 26))
+    older = Medication("RX-2", "Kåvepenin", dt.date(2021, 11, 25))
+    recent = Medication("RX-3", "Alvedon", dt.date(2026, 10, 1))
+    listed, why = rules.recent_medications([older, five, recent], today=TODAY)
+    assert [m.prescription_id for m in listed] == ["RX-3", "RX-1"] and why is None
+    none, why = rules.recent_medications([older], today=TODAY)
+    assert none == [] and "5 years" in why
+    assert rules.recent_medications([], today=TODAY) == ([], None)
+    leap_day = rules.years_before(dt.date(2028, 2, 29), 5)
+    assert leap_day == dt.date(2023, 2, 28)
+
+
+# -- over RIV-TA -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def medication_client():
+    return zeep.Client(str(rivta.GET_MEDICATION_LIST.wsdl_path))
+
+
+@pytest.fixture
+def ask(client, medication_client):
+    def call(pid: str = PNR, type_oid: str = PERSONNUMMER_OID, representative=None, unit=KLIN1):
+        body = {"receiver": {"hsaId": unit}, "subjectOfCare": {"personId": {"id": pid, "type": type_oid}}}
+        if representative:
+            body["representative"] = representative
+        envelope = medication_client.create_message(
+            medication_client.service, "GetMedicationList", _soapheaders={"LogicalAddress": unit}, **body
+        )
+        response = client.post("/rivta", data=etree.tostring(envelope), headers={"Content-Type": "text/xml"})
+        root = etree.fromstring(response.data)
+        return response.status_code, root
+
+    return call
+
+
+def meds(root) -> list[tuple[str, str]]:
+    ns = {"r": rivta.GET_MEDICATION_LIST.responder_ns, "c": rivta.CORE_NS}
+    return [(m.findtext("c:prescriptionId", namespaces=ns), m.findtext("c:lastPrescribedDate", namespaces=ns))
+            for m in root.iterfind(".//r:medication", namespaces=ns)]
+
+
+def _provider_list(today: dt.date) -> dict:
+    five = rules.years_before(today, 5)
+    return {"medications": [
+        {"prescriptionId": "RX-1", "name": "Alvedon 500 mg", "strength": "500 mg", "lastPrescribedDate": (today - dt.timedelta(days=60)).isoformat()},
+        {"prescriptionId": "RX-2", "name": "Omeprazol 20 mg", "lastPrescribedDate": five.isoformat()},
+        {"prescriptionId": "RX-3", "name": "Kåvepenin 1 g", "lastPrescribedDate": (five - dt.timedelta(days=1)).isoformat()},
+    ]}
+
+
+def test_the_list_from_the_provider_filtered_to_five_years(ask, app):
+    today = dt.datetime.now(__import__("inbound").SWEDEN).date()
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/patients/{PNR}/medications", json=_provider_list(today))
+        status, root = ask()
+    assert status == 200 and result_of(root)["resultCode"] == "OK"
+    assert [m[0] for m in meds(root)] == ["RX-1", "RX-2"]  # exactly five years: listed; a day older: not
+    rivta.load_schema(rivta.GET_MEDICATION_LIST.xsd_path).assertValid(root.find(f"{{{rivta.SOAP11_NS}}}Body")[0])
+
+
+def test_a_child_gets_no_list_and_the_provider_is_not_asked(ask):
+    child = person(dt.date(2015, 6, 1))
+    with responses.RequestsMock() as mock:  # any call to the provider would fail the test
+        status, root = ask(child.id)
+        assert len(mock.calls) == 0
+    result = result_of(root)
+    assert status == 200 and result["resultCode"] == "INFO" and "under 16" in result["message"] and meds(root) == []
+
+
+def test_guardian_proxy_for_a_child_gets_no_list_but_an_adults_proxy_does(ask):
+    teen = person(dt.date(2009, 1, 1))
+    proxy = {"personId": {"id": PNR, "type": PERSONNUMMER_OID}, "isProxy": True}
+    _, root = ask(teen.id, representative=proxy)
+    assert result_of(root)["resultCode"] == "INFO" and "proxy" in result_of(root)["message"]
+    adult = person(dt.date(1950, 3, 3))
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/patients/{adult.id}/medications", json={"medications": []})
+        _, root = ask(adult.id, representative=proxy)
+    assert result_of(root)["resultCode"] == "OK"
+
+
+def test_all_older_than_five_years_is_info_with_the_reason(ask):
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/patients/{PNR}/medications",
+                 json={"medications": [{"prescriptionId": "RX-9", "name": "Gammal", "lastPrescribedDate": "2001-01-01"}]})
+        _, root = ask()
+    assert result_of(root)["resultCode"] == "INFO" and "5 years" in result_of(root)["message"]
+
+
+@pytest.mark.parametrize(
+    "failure, code",
+    [
+        (dict(body=requests.Timeout("slow")), "GW060"),
+        (dict(body=requests.ConnectionError("down")), "GW060"),
+        (dict(status=500), "GW061"),
+        (dict(status=403), "GW062"),
+        (dict(json={"medicines": []}), "GW063"),
+        (dict(json={"medications": [{"name": "utan id"}]}), "GW063"),
+    ],
+    ids=["timeout", "unreachable", "5xx", "refused", "no list", "bad item"],
+)
+def test_a_provider_that_does_not_answer_properly_is_a_technical_fault_never_an_empty_list(ask, failure, code):
+    with responses.RequestsMock() as mock:
+        mock.get(f"{API}/patients/{PNR}/medications", **failure)
+        status, root = ask()
+    fault = result_of(root)
+    assert status == 500 and fault["fault"] == "soap:Server" and fault["faultstring"].startswith(code), fault
+    assert PNR not in fault["faultstring"]
+
+
+def test_refusals(ask):
+    status, root = ask("191212121213")
+    assert status == 200 and result_of(root)["errorCode"] == "GW020"
+    status, root = ask(unit="SE5566778899-NOPE")
+    assert status == 500 and result_of(root)["faultstring"].startswith("GW016")
+
+
+def test_a_target_without_a_medication_lookup(config_data, make_case, medication_client):
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["medications"] = None
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    try:
+        envelope = medication_client.create_message(
+            medication_client.service, "GetMedicationList", _soapheaders={"LogicalAddress": KLIN1},
+            receiver={"hsaId": KLIN1}, subjectOfCare={"personId": {"id": PNR, "type": PERSONNUMMER_OID}})
+        response = app.test_client().post("/rivta", data=etree.tostring(envelope), headers={"Content-Type": "text/xml"})
+        fault = result_of(etree.fromstring(response.data))
+        assert response.status_code == 500 and fault["faultstring"].startswith("GW062") and "medications" in fault["faultstring"]
+    finally:
+        app.extensions["gateway.store"].close()
+
+
+# -- the renewal case -----------------------------------------------------------------------------------------------
+
+
+@responses.activate
+def test_a_renewal_case_carries_the_chosen_medications(post, make_case, app, store):
+    responses.post(f"{API}/cases", status=201, json={"id": "P-1"})
+    chosen = [{"prescriptionId": "RX-1", "name": "Alvedon 500 mg"}, {"prescriptionId": "RX-2"}]
+    status, root, _ = post(make_case(caseType="PRESCRIPTION_RENEWAL", complaint=None, chosenMedication=chosen))
+    assert result_of(root)["resultCode"] == "OK"
+    app.extensions["gateway.worker"].run_until_idle()
+    body = json.loads(responses.calls[0].request.body)
+    assert body["type"] == "RECEPTFORNYELSE"
+    assert body["medications"] == [{"prescriptionId": "RX-1", "name": "Alvedon 500 mg"}, {"prescriptionId": "RX-2"}]
+
+
+def test_a_renewal_without_medications_or_medications_elsewhere_are_refused(post, make_case, store):
+    _, root, _ = post(make_case(caseType="PRESCRIPTION_RENEWAL", complaint=None))
+    assert result_of(root)["errorCode"] == "GW029" and "chosenMedication" in result_of(root)["message"]
+    _, root, _ = post(make_case(chosenMedication=[{"prescriptionId": "RX-1"}]))
+    assert result_of(root)["errorCode"] == "GW029"
+    assert store.counts()["cases"] == 0
