@@ -296,6 +296,52 @@ class OutboundSection(_Section):
     confirmations: ConfirmationsSection = ConfirmationsSection()
 
 
+class OpsUser(_Section):
+    """Someone who may use the ops view. ``password_hash`` from ``gateway ops hash-password``;
+    none for a user who only signs in through the authenticating reverse proxy."""
+
+    name: str = Field(min_length=1)
+    role: Literal["monitor", "reader", "admin"]
+    password_hash: SecretStr | None = None
+
+
+class OpsSection(_Section):
+    """The operations view (/ops): who may use it and how they sign in."""
+
+    users: list[OpsUser] = Field(default_factory=list)
+    secret_key: SecretStr | None = Field(default=None, description="Signs the session cookie; if unset, one is kept in the database.")
+    proxy_header: str | None = Field(default=None, description="A header an authenticating reverse proxy puts the user's name in.")
+    proxy_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"], description="Where that header is trusted from.")
+    session_minutes: int = Field(default=480, ge=5, le=7 * 24 * 60)
+
+
+class AlertsSection(_Section):
+    """Who is told when something needs an operator, and when."""
+
+    webhook_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str = "gateway@localhost"
+    mail_to: list[str] = Field(default_factory=list)
+    check_s: float = Field(default=60, ge=1, description="How often the thresholds are checked.")
+    throttle_s: float = Field(default=3600, ge=0, description="At most one alert per target and kind in this period.")
+    failure_rate: float = Field(default=0.5, gt=0, le=1, description="Alert when this share of a target's attempts fail...")
+    failure_window_s: float = Field(default=900, ge=60, description="...over this window,")
+    min_attempts: int = Field(default=5, ge=1, description="...and at least this many attempts were made.")
+    queue_age_s: float = Field(default=1800, ge=1, description="Alert when a target's oldest undelivered row is older than this.")
+
+
+class RetentionSection(_Section):
+    """How long case content is kept (DESIGN.md rule 2)."""
+
+    content_days: int = Field(default=730, ge=1, description="Case content and files: two years.")
+    log_detail_days: int = Field(default=730, ge=1, description="The sync log's detail text.")
+    run_at_hour: int = Field(default=3, ge=0, le=23, description="Daily, at this hour (UTC).")
+
+
 class Config(_Section):
     """The whole validated configuration."""
 
@@ -309,6 +355,9 @@ class Config(_Section):
     targets: dict[str, TargetSection] = Field(default_factory=dict)
     national: NationalSection
     outbound: OutboundSection = OutboundSection()
+    ops: OpsSection = OpsSection()
+    alerts: AlertsSection = AlertsSection()
+    retention: RetentionSection = RetentionSection()
     source: Path | None = Field(default=None, description="The file this was loaded from (set by load).")
 
     @model_validator(mode="after")

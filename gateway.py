@@ -29,6 +29,7 @@ import config as config_mod
 import inbound
 import logs
 import mapping
+import ops
 import rivta
 import rules
 from config import Config
@@ -117,6 +118,30 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             },
             review_s=cfg.outbound.review_s,
             max_attachment_bytes=cfg.outbound.max_attachment_bytes,
+            version=version(),
+        ),
+    )
+    import secrets
+
+    app.secret_key = (
+        cfg.ops.secret_key.get_secret_value() if cfg.ops.secret_key else store.setting("ops_secret_key", lambda: secrets.token_hex(32))
+    )
+    app.config.update(
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(minutes=cfg.ops.session_minutes),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        GATEWAY_EXPECT_WORKER=start_worker,
+    )
+    ops.init_app(
+        app,
+        ops.Ops(
+            store=store,
+            mappings=maps,
+            targets=sorted(cfg.targets) + ["national"],
+            users={user.name: user for user in cfg.ops.users},
+            proxy_header=cfg.ops.proxy_header,
+            proxy_addresses=list(cfg.ops.proxy_addresses),
+            heartbeat_max_age_s=max(30.0, cfg.worker.heartbeat_s * 3),
             version=version(),
         ),
     )

@@ -228,6 +228,55 @@ def m003_way_back(db: Database) -> None:
     db["poll_cursors"].create({"target": str, "cursor": str, "updated_at": str}, pk="target")
 
 
+@migrations()
+def m004_operations(db: Database) -> None:
+    db["cases"].add_column("purged_at", str)
+    db["outbox"].create_index(["status", "created_at"])
+    db["outbox"].create_index(["target", "status"])
+    db["cases"].create_index(["target", "status"])
+    db["sync_log"].create_index(["error_code", "at"])
+    db["sync_log"].create_index(["status", "at"])
+    db["sync_log"].create_index(["direction", "at"])
+    db["audit_log"].create(
+        {"id": int, "at": str, "who": str, "role": str, "action": str, "object": str, "detail": str},
+        pk="id", not_null={"at", "who", "action"},
+    )
+    db["audit_log"].create_index(["at"])
+    db["metrics_counters"].create(
+        {"name": str, "target": str, "direction": str, "value": int}, pk=("name", "target", "direction")
+    )
+    db["metrics_latency"].create(
+        {"target": str, "direction": str, "le": str, "count": int}, pk=("target", "direction", "le")
+    )
+    db["metrics_latency_sum"].create(
+        {"target": str, "direction": str, "total_s": float, "count": int}, pk=("target", "direction")
+    )
+    db["alert_state"].create(
+        {"key": str, "kind": str, "target": str, "active": int, "since": str, "last_sent_at": str, "detail": str},
+        pk="key",
+    )
+
+
+@migrations(transactional=False)
+def m005_incremental_vacuum(db: Database) -> None:
+    # lets retention give freed pages back to the file system (PRAGMA incremental_vacuum)
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        db.execute("VACUUM")
+
+
+@migrations()
+def m006_settings(db: Database) -> None:
+    db["settings"].create({"name": str, "value": str}, pk="name")
+
+
+#: Upper bounds (seconds) of the intake-to-delivery latency histogram.
+LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
+
+#: Outbox states in which a row still has work to do (retention never touches their cases).
+UNFINISHED = ("pending", "in_flight", "dead")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -235,6 +284,10 @@ def utcnow() -> dt.datetime:
 def ts(value: dt.datetime) -> str:
     """The store's timestamp format: ISO 8601 UTC with microseconds, sortable as text."""
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_ts(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
 
 
 def _content(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -421,6 +474,7 @@ class Store:
             )
             self._put_attachments(db, case.case_id, None, case.attachments, now)
             self._enqueue(db, case.case_id, "deliver_case", case.case_id, target, now)
+            self._count(db, "received", target, "in")
             self._log(
                 db, now, correlation_id=correlation_id, case_id=case.case_id, direction="in",
                 event="case_received", status="ok", target=target, hsa_id=case.receiver.hsa_id,
@@ -459,6 +513,7 @@ class Store:
             )
             self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
             self._enqueue(db, message.case_id, "deliver_message", message.message_id, target, now)
+            self._count(db, "received", target, "in")
             db.execute("UPDATE cases SET updated_at = ? WHERE case_id = ?", [ts(now), message.case_id])
             self._log(
                 db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
@@ -509,6 +564,7 @@ class Store:
         self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
         self._enqueue(db, message.case_id, "add_message", message.message_id, NATIONAL_TARGET,
                       now + dt.timedelta(seconds=hold_s), created=now)
+        self._count(db, "received", NATIONAL_TARGET, "out")
         self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
                   direction="out", event="message_queued", status=state, target=NATIONAL_TARGET,
                   hsa_id=message.sender_hsa_id,
@@ -535,6 +591,7 @@ class Store:
             db.execute("UPDATE cases SET citizen_status = ?, updated_at = ? WHERE case_id = ?",
                        [update.status.value, ts(now), update.case_id])
             self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
+            self._count(db, "received", NATIONAL_TARGET, "out")
             self._log(db, now, correlation_id=correlation_id, case_id=update.case_id, direction="out",
                       event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=case[0],
                       detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
@@ -579,6 +636,7 @@ class Store:
             )
             self._put_attachments(db, case.case_id, None, case.attachments, now)
             self._enqueue(db, case.case_id, "register_case", case.case_id, NATIONAL_TARGET, now)
+            self._count(db, "received", NATIONAL_TARGET, "out")
             self._log(db, now, correlation_id=correlation_id, case_id=case.case_id, direction="out",
                       event="case_registered", status="queued", target=NATIONAL_TARGET, hsa_id=case.receiver.hsa_id,
                       detail=f"{case.case_type.value} by {channel} from target {target}")
@@ -680,6 +738,26 @@ class Store:
             [case_id, action, ref_id, target, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
         )
 
+    def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:
+        db.execute(
+            "INSERT INTO metrics_counters (name, target, direction, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name, target, direction) DO UPDATE SET value = value + excluded.value",
+            [name, target or "", direction, by],
+        )
+
+    def _observe_latency(self, db: Database, target: str, direction: str, seconds: float) -> None:
+        bucket = next((le for le in LATENCY_BUCKETS[:-1] if seconds <= float(le)), "+Inf")
+        db.execute(
+            "INSERT INTO metrics_latency (target, direction, le, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(target, direction, le) DO UPDATE SET count = count + 1",
+            [target, direction, bucket],
+        )
+        db.execute(
+            "INSERT INTO metrics_latency_sum (target, direction, total_s, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(target, direction) DO UPDATE SET total_s = total_s + excluded.total_s, count = count + 1",
+            [target, direction, max(0.0, seconds)],
+        )
+
     def _log(self, db: Database, now: dt.datetime, **fields: Any) -> None:
         fields["at"] = ts(now)
         columns = ", ".join(fields)
@@ -777,6 +855,9 @@ class Store:
                          error_code=None, detail=detail if updated else "the lease had run out; the row was requeued")
             if not updated:
                 return False
+            self._count(db, "delivered", job.target, _direction(job.action))
+            created = db.execute("SELECT created_at FROM outbox WHERE id = ?", [job.id]).fetchone()[0]
+            self._observe_latency(db, job.target, _direction(job.action), (now - _parse_ts(created)).total_seconds())
             if provider_case_id:
                 db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
             if national_case_id:
@@ -831,6 +912,9 @@ class Store:
                          outcome=("dead" if dead else "retry") if updated else "failed_late",
                          status_code=status_code, error_code=error_code, detail=reason[:1000])
             if updated:
+                self._count(db, "failed", job.target, _direction(job.action))
+                if dead:
+                    self._count(db, "dead", job.target, _direction(job.action))
                 self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
                           message_id=job.ref_id if job.action in ("deliver_message", "add_message") else None,
                           direction=_direction(job.action),
@@ -866,7 +950,7 @@ class Store:
     def next_due(self) -> dt.datetime | None:
         """When the earliest claimable row becomes due (None when there is none)."""
         row = self.db.execute(f"SELECT min(o.not_before) FROM outbox o WHERE {_CLAIMABLE}").fetchone()
-        return dt.datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc) if row[0] else None
+        return _parse_ts(row[0]) if row[0] else None
 
     def load_case(self, case_id: str) -> Case:
         row = self.db.execute("SELECT content FROM cases WHERE case_id = ?", [case_id]).fetchone()
@@ -951,6 +1035,234 @@ class Store:
         """Row counts of the content tables (used by ``gateway check`` and tests)."""
         tables = ("cases", "messages", "attachments", "attachment_blobs", "outbox", "sync_log")
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+    # -- operations: what the ops view, the CLI and /metrics read ------------------------------
+
+    def search_log(
+        self,
+        *,
+        case_id: str | None = None,
+        hsa_id: str | None = None,
+        target: str | None = None,
+        direction: str | None = None,
+        status: str | None = None,
+        error_code: str | None = None,
+        event: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        before: tuple[str, int] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Sync-log rows matching every given filter, newest first, ``limit`` at a time.
+
+        ``before`` is the (at, id) of the last row of the previous page (keyset paging, so
+        a deep page costs what the first one does). Every filter column leads an index
+        together with ``at``, so no search scans the table."""
+        where, params = [], []
+        for column, value in (("case_id", case_id), ("hsa_id", hsa_id.upper() if hsa_id else None), ("target", target),
+                              ("direction", direction), ("status", status), ("error_code", error_code), ("event", event)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("at >= ?")
+            params.append(since)
+        if until:
+            where.append("at < ?")
+            params.append(until)
+        if before:
+            where.append("(at < ? OR (at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        sql = "SELECT * FROM sync_log" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY at DESC, id DESC LIMIT ?"
+        return list(self.db.query(sql, [*params, max(1, min(limit, 500))]))
+
+    def dashboard(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """Counts per status and target, deliveries and failures per hour over the last day,
+        the oldest undelivered row and the dead-letter count."""
+        now = now or utcnow()
+        db = self.db
+        day_ago = ts(now - dt.timedelta(hours=24))
+        hours: dict[str, dict[str, int]] = {}
+        for hour, outcome, count in db.execute(
+            """SELECT substr(started_at, 1, 13), outcome, count(*) FROM attempts
+               WHERE started_at >= ? GROUP BY 1, 2""", [day_ago]
+        ):
+            hours.setdefault(hour, {})[outcome] = count
+        oldest = db.execute(
+            """SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
+               WHERE status = 'pending' ORDER BY created_at LIMIT 1""").fetchone()
+        in_flight = db.execute(
+            "SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox "
+            "WHERE status = 'in_flight' ORDER BY created_at LIMIT 1").fetchone()
+        candidates = [r for r in (oldest, in_flight) if r]
+        first = min(candidates, key=lambda r: r[5]) if candidates else None
+        return {
+            "cases": list(db.query("SELECT target, status, count(*) AS n FROM cases GROUP BY target, status ORDER BY target, status")),
+            "messages": list(db.query("SELECT direction, status, count(*) AS n FROM messages GROUP BY direction, status")),
+            "outbox": list(db.query("SELECT target, status, count(*) AS n FROM outbox GROUP BY target, status ORDER BY target, status")),
+            "hours": hours,
+            "oldest_undelivered": dict(zip(("id", "case_id", "action", "target", "status", "created_at", "last_error_code"), first, strict=True)) if first else None,
+            "dead": db.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0],
+            "paused": sorted(self.paused_targets()),
+        }
+
+    def outbox_list(self, *, status: str | None = "dead", target: str | None = None, limit: int = 100,
+                    before_id: int | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if target:
+            where.append("target = ?")
+            params.append(target)
+        if before_id:
+            where.append("id < ?")
+            params.append(before_id)
+        sql = "SELECT * FROM outbox" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        return list(self.db.query(sql, [*params, max(1, min(limit, 1000))]))
+
+    def outbox_row(self, outbox_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM outbox WHERE id = ?", [outbox_id]))
+        return rows[0] if rows else None
+
+    def case_detail(self, case_id: str, *, with_content: bool) -> dict[str, Any]:
+        """Everything about one case: its timeline both ways, every outbox row with its
+        attempts; with ``with_content`` also the citizen's and the care side's texts."""
+        view = self.timeline(case_id)
+        outbox = self.outbox_rows(case_id)
+        for row in outbox:
+            row["attempts"] = self.attempts_of(row["id"])
+        view["outbox"] = outbox
+        view["attachments"] = list(self.db.query(
+            "SELECT message_id, position, file_name, mime_type, a.sha256, b.size FROM attachments a "
+            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE case_id = ? ORDER BY message_id, position", [case_id]))
+        if with_content:
+            content = view["case"].get("content")
+            view["content"] = json.loads(content) if content else None
+            view["message_contents"] = {
+                r["message_id"]: json.loads(r["content"]) if r["content"] else None
+                for r in self.db.query("SELECT message_id, content FROM messages WHERE case_id = ?", [case_id])
+            }
+        view["case"] = {k: v for k, v in view["case"].items() if k != "content"}
+        return view
+
+    def attachment(self, case_id: str, sha256: str) -> tuple[str, str, bytes] | None:
+        row = self.db.execute(
+            """SELECT a.file_name, a.mime_type, b.data FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
+               WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
+        return (row[0], row[1], bytes(row[2])) if row else None
+
+    def audit(self, who: str, role: str, action: str, obj: str, detail: str = "", now: dt.datetime | None = None) -> None:
+        """Record an operator's action (who, what, when)."""
+        with self.write() as db:
+            db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                       [ts(now or utcnow()), who, role, action, obj, redact_person_ids(detail)[:1000]])
+
+    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
+
+    def metric_counters(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT name, target, direction, value FROM metrics_counters"))
+
+    def metric_latency(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (list(self.db.query("SELECT target, direction, le, count FROM metrics_latency")),
+                list(self.db.query("SELECT target, direction, total_s, count FROM metrics_latency_sum")))
+
+    def queue_depth(self) -> list[dict[str, Any]]:
+        """Rows still to deliver per target and status, and the oldest one's creation time."""
+        return list(self.db.query(
+            """SELECT target, status, count(*) AS n, min(created_at) AS oldest FROM outbox
+               WHERE status IN ('pending', 'in_flight', 'dead') GROUP BY target, status"""))
+
+    def failure_rate(self, target: str, since: dt.datetime) -> tuple[int, int]:
+        """(failed, all) attempts of ``target`` since ``since``."""
+        row = self.db.execute(
+            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')), count(*) FROM attempts
+               WHERE started_at >= ? AND target = ?""", [ts(since), target]).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def alert_state(self, key: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM alert_state WHERE key = ?", [key]))
+        return rows[0] if rows else None
+
+    def set_alert_state(self, key: str, *, kind: str, target: str, active: bool, sent: bool, detail: str,
+                        now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+        with self.write() as db:
+            previous = db.execute("SELECT active, since, last_sent_at FROM alert_state WHERE key = ?", [key]).fetchone()
+            since = previous[1] if previous and bool(previous[0]) == active else ts(now)
+            last_sent = ts(now) if sent else (previous[2] if previous else None)
+            db.execute(
+                "INSERT INTO alert_state (key, kind, target, active, since, last_sent_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET active = excluded.active, since = excluded.since, "
+                "last_sent_at = excluded.last_sent_at, detail = excluded.detail",
+                [key, kind, target, int(active), since, last_sent, detail[:500]],
+            )
+
+    def dead_since(self, since: dt.datetime) -> list[dict[str, Any]]:
+        """Rows that went dead after ``since`` (for the dead-letter alert)."""
+        return list(self.db.query(
+            "SELECT id, case_id, action, target, last_error_code, updated_at FROM outbox "
+            "WHERE status = 'dead' AND updated_at > ? ORDER BY updated_at", [ts(since)]))
+
+    # -- retention (DESIGN.md rule 2) ---------------------------------------------------------
+
+    def purge(self, *, content_before: dt.datetime, log_before: dt.datetime, batch: int = 500,
+              now: dt.datetime | None = None) -> dict[str, int]:
+        """Remove case content and files received before ``content_before``, and sync-log
+        detail written before ``log_before``; never for a case with undelivered or dead work.
+        Returns what was removed; the freed pages are given back to the file system."""
+        now = now or utcnow()
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        before_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
+        removed = {"cases": 0, "messages": 0, "attachments": 0, "files": 0, "log_details": 0}
+        unfinished = ", ".join(f"'{s}'" for s in UNFINISHED)
+        while True:
+            with self.write() as db:
+                ids = [r[0] for r in db.execute(
+                    f"""SELECT c.case_id FROM cases c
+                        WHERE c.received_at < ? AND c.purged_at IS NULL
+                          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.case_id AND o.status IN ({unfinished}))
+                        LIMIT ?""", [ts(content_before), batch])]
+                if not ids:
+                    break
+                marks = ", ".join("?" for _ in ids)
+                removed["cases"] += db.execute(
+                    f"UPDATE cases SET content = NULL, purged_at = ? WHERE case_id IN ({marks})", [ts(now), *ids]).rowcount
+                removed["messages"] += db.execute(
+                    f"UPDATE messages SET content = NULL WHERE case_id IN ({marks}) AND content IS NOT NULL", ids).rowcount
+                removed["attachments"] += db.execute(f"DELETE FROM attachments WHERE case_id IN ({marks})", ids).rowcount
+                removed["files"] += db.execute(
+                    "DELETE FROM attachment_blobs WHERE NOT EXISTS "
+                    "(SELECT 1 FROM attachments a WHERE a.sha256 = attachment_blobs.sha256)").rowcount
+                self._log(db, now, direction="in", event="purged", status="ok",
+                          detail=f"content and files of {len(ids)} case(s) received before {ts(content_before)}")
+        while True:
+            with self.write() as db:
+                count = db.execute(
+                    f"""UPDATE sync_log SET detail = NULL WHERE id IN (
+                          SELECT s.id FROM sync_log s WHERE s.at < ? AND s.detail IS NOT NULL
+                            AND (s.case_id IS NULL OR NOT EXISTS (
+                                 SELECT 1 FROM outbox o WHERE o.case_id = s.case_id AND o.status IN ({unfinished})))
+                          LIMIT ?)""", [ts(log_before), batch * 10]).rowcount
+            removed["log_details"] += count
+            if count == 0:
+                break
+        self.db.execute("PRAGMA incremental_vacuum")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        after_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
+        removed["bytes_freed"] = max(0, before_bytes - after_bytes)
+        return removed
+
+    def setting(self, name: str, default: Any) -> str:
+        """A value kept in the database, created from ``default()`` on first use (e.g. a signing key)."""
+        row = self.db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()
+        if row:
+            return row[0]
+        with self.write() as db:
+            db.execute("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [name, default()])
+            return db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
 
     # -- worker heartbeat -----------------------------------------------------------------
 

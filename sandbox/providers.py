@@ -19,6 +19,10 @@ when ``answer_delay_s`` is given (default 0: off, for the tests). demo_soap's an
 for ``GetUpdates``; demo_rest's for ``GET /api/updates``, and with ``--gateway-url`` they
 are also pushed to the gateway's provider API with the bearer ``--api-token``.
 
+Both also list the demo patients' medications (``sandbox.patients``, for 1177's
+GetMedicationList): demo_rest on ``GET /api/patients/<person_id>/medications``, demo_soap
+with the ``GetMedications`` operation.
+
 May import: werkzeug, ``sandbox.demo_rest``, ``sandbox.demo_soap``. Never imported by the
 product.
 
@@ -136,9 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per system, "<target> <base URL>", for people and for a parent process.
     clinic = f"clinic answers after {args.answer_delay:g} s" if args.answer_delay > 0 else "clinic off"
     push = f", pushes to {args.gateway_url}" if args.gateway_url and args.answer_delay > 0 else ""
-    print(f"demo_rest http://{HOST}:{rest[0].server_port}  (POST /api/cases, GET /api/updates; {clinic}{push})",
+    print(f"demo_rest http://{HOST}:{rest[0].server_port}  (POST /api/cases, GET /api/updates, "
+          f"GET /api/patients/<id>/medications; {clinic}{push})",
           flush=True)
-    print(f"demo_soap http://{HOST}:{soap[0].server_port}  (POST /soap, GET /soap?wsdl, GetUpdates; {clinic})",
+    print(f"demo_soap http://{HOST}:{soap[0].server_port}  (POST /soap, GET /soap?wsdl, GetUpdates, GetMedications; "
+          f"{clinic})",
           flush=True)
 
     stopping = threading.Event()

@@ -215,3 +215,77 @@ def test_a_renewal_without_medications_or_medications_elsewhere_are_refused(post
     _, root, _ = post(make_case(chosenMedication=[{"prescriptionId": "RX-1"}]))
     assert result_of(root)["errorCode"] == "GW029"
     assert store.counts()["cases"] == 0
+
+
+# -- against the demo provider systems (REST and SOAP) on loopback ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_systems():
+    from sandbox.providers import create_rest_provider, create_soap_provider, serve_in_thread
+
+    rest_url, stop_rest = serve_in_thread(create_rest_provider())
+    soap_url, stop_soap = serve_in_thread(create_soap_provider())
+    yield {"rest": rest_url, "soap": soap_url}
+    stop_rest()
+    stop_soap()
+
+
+@pytest.fixture
+def demo_app(config_data, demo_systems):
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["base_url"] = f"{demo_systems['rest']}/api"
+    data["targets"]["demo_soap"]["endpoint"] = f"{demo_systems['soap']}/soap"
+    for url in demo_systems.values():
+        requests.post(f"{url}/_reset", timeout=5)
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    yield app
+    app.extensions["gateway.store"].close()
+
+
+@pytest.mark.parametrize("unit", [KLIN1, "SE5566778899-KLIN2"], ids=["REST", "SOAP"])
+def test_demo_patients_lists_over_rest_and_soap(demo_app, medication_client, unit):
+    from sandbox import patients
+
+    def ask(pid, type_oid=PERSONNUMMER_OID):
+        envelope = medication_client.create_message(
+            medication_client.service, "GetMedicationList", _soapheaders={"LogicalAddress": unit},
+            receiver={"hsaId": unit}, subjectOfCare={"personId": {"id": pid, "type": type_oid}})
+        response = demo_app.test_client().post("/rivta", data=etree.tostring(envelope), headers={"Content-Type": "text/xml"})
+        return etree.fromstring(response.data)
+
+    root = ask(patients.TOLVAN)
+    assert result_of(root)["resultCode"] == "OK"
+    assert sorted(m[0] for m in meds(root)) == ["RX-1001", "RX-1002", "RX-1003"]  # not the ones older than 5 years
+    assert result_of(ask(patients.CHILD))["resultCode"] == "INFO"
+    assert result_of(ask(patients.TEEN_16))["resultCode"] in ("OK", "INFO")
+    root = ask(patients.SAMORDNING, SAMORDNINGSNUMMER_OID)
+    assert result_of(root)["resultCode"] == "OK" and [m[0] for m in meds(root)] == ["RX-5001"]
+
+
+def test_a_slow_provider_is_a_fault_not_an_empty_list(demo_app, demo_systems, medication_client, config_data):
+    requests.post(f"{demo_systems['rest']}/_control", json={"delay_s": 1.5}, timeout=5)
+    try:
+        demo_app.extensions["gateway.worker"].targets["demo_rest"] = demo_app.extensions["gateway.worker"].targets[
+            "demo_rest"].model_copy(update={"medications": config_mod.MedicationsSection(
+                path="/patients/{person_id}/medications", timeout_s=0.5)})
+        envelope = medication_client.create_message(
+            medication_client.service, "GetMedicationList", _soapheaders={"LogicalAddress": KLIN1},
+            receiver={"hsaId": KLIN1}, subjectOfCare={"personId": {"id": PNR, "type": PERSONNUMMER_OID}})
+        response = demo_app.test_client().post("/rivta", data=etree.tostring(envelope), headers={"Content-Type": "text/xml"})
+        fault = result_of(etree.fromstring(response.data))
+        assert response.status_code == 500 and fault["faultstring"].startswith("GW060") and "in time" in fault["faultstring"]
+    finally:
+        requests.post(f"{demo_systems['rest']}/_control", json={"delay_s": 0}, timeout=5)
+
+
+def test_renewal_through_the_soap_target_names_the_medications(demo_app, demo_systems, make_case):
+    from conftest import KLIN2
+
+    body = make_case(KLIN2, receiver={"hsaId": KLIN2, "isPatientBoard": False}, caseType="PRESCRIPTION_RENEWAL",
+                     complaint=None, chosenMedication=[{"prescriptionId": "RX-1001", "name": "Alvedon"}])
+    response = demo_app.test_client().post("/rivta", data=body, headers={"Content-Type": "text/xml"})
+    assert result_of(etree.fromstring(response.data))["resultCode"] == "OK"
+    demo_app.extensions["gateway.worker"].run_until_idle()
+    got = requests.get(f"{demo_systems['soap']}/_received", timeout=5).json()["received"][0]
+    assert got["body"]["caseType"] == "30" and got["body"]["medication"] == [{"prescriptionId": "RX-1001", "name": "Alvedon"}]

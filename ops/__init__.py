@@ -1,0 +1,41 @@
+"""The operations side: the ops web view (``ops.view``) and health and metrics (``ops.health``).
+
+Role: what the people who run the gateway use. The view is server-rendered Flask
+templates under ``/ops`` (login, roles, CSRF on every POST, an audit log of admin
+actions); ``/health/*`` and ``/metrics`` are for probes and Prometheus.
+
+May import: ``store`` (reads, and the operator actions it offers: replay, cancel, pause),
+``errors``, ``model`` (masking). Never an adapter: ops does not send anything itself.
+
+Invariants: only the store is read; a ``monitor`` never sees citizen text, files or a
+personnummer; every POST carries a CSRF token; every admin action is audited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from store import Store
+
+
+@dataclass
+class Ops:
+    """What the ops view and the health endpoints need, built by ``gateway.create_app``."""
+
+    store: Store
+    mappings: Any  # mapping.Mappings: units, codes (for the mapping view)
+    targets: list[str]
+    users: dict[str, Any]  # name → config.OpsUser
+    proxy_header: str | None = None
+    proxy_addresses: list[str] = field(default_factory=list)
+    heartbeat_max_age_s: float = 60.0
+    version: str = "0"
+
+
+def init_app(app: Any, ops: Ops) -> None:
+    from ops import health, view
+
+    app.extensions["gateway.ops"] = ops
+    view.init_app(app)
+    health.init_app(app)

@@ -1,0 +1,119 @@
+"""Health and metrics: ``/health/live``, ``/health/ready`` and ``/metrics`` (Prometheus).
+
+Role: what probes and Prometheus read. Liveness is the process answering; readiness is
+the store writable, the worker's heartbeat fresh and the mappings loaded (503 with the
+reasons otherwise). Metrics come from the store at scrape time through a custom
+collector, so every gateway process reports the same totals: received, delivered, failed
+and dead per target and direction, the intake-to-delivery latency histogram, the queue
+depth and the age of the oldest undelivered row.
+
+May import: ``store``, ``errors``. No login (keep these on an internal port or behind
+the proxy); nothing here shows a case's content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from errors import GatewayError
+from store import LATENCY_BUCKETS, Store, utcnow
+
+bp = Blueprint("health", __name__)
+
+
+def init_app(app: Any) -> None:
+    app.register_blueprint(bp)
+
+
+def _ops() -> Any:
+    return current_app.extensions["gateway.ops"]
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return jsonify({"status": "live", "version": _ops().version})
+
+
+@bp.get("/health/ready")
+def ready() -> tuple[Response, int]:
+    ops = _ops()
+    problems: list[str] = []
+    try:
+        ops.store.check_writable()
+    except GatewayError as exc:
+        problems.append(f"store not writable: {exc.code} {exc.message}")
+    worker = current_app.extensions.get("gateway.worker")
+    if worker is not None and worker.running:
+        beat = ops.store.last_beat(worker.name)
+        age = (utcnow() - _parse(beat)).total_seconds() if beat else None
+        if age is None or age > ops.heartbeat_max_age_s:
+            problems.append("worker heartbeat is stale" + (f" ({age:.0f} s old)" if age is not None else " (none yet)"))
+    elif worker is not None and current_app.config.get("GATEWAY_EXPECT_WORKER"):
+        problems.append("the worker is not running")
+    if ops.mappings is None or not len(ops.mappings.units):
+        problems.append("no units mapped (mappings/units.yaml)")
+    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    return jsonify(body), (200 if not problems else 503)
+
+
+def _parse(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+
+
+class StoreCollector:
+    """Reads the gateway's counters, histogram and queue from the store at each scrape."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        names = {"received": "Cases, messages and status changes taken in",
+                 "delivered": "Deliveries that succeeded", "failed": "Delivery attempts that failed",
+                 "dead": "Deliveries given up (dead letters)"}
+        families = {n: CounterMetricFamily(f"gateway_{n}", text, labels=["target", "direction"]) for n, text in names.items()}
+        for row in self.store.metric_counters():
+            if row["name"] in families:
+                families[row["name"]].add_metric([row["target"], row["direction"]], row["value"])
+        yield from families.values()
+        buckets, sums = self.store.metric_latency()
+        histogram = HistogramMetricFamily(
+            "gateway_delivery_latency_seconds", "Time from intake to successful delivery", labels=["target", "direction"]
+        )
+        series: dict[tuple[str, str], dict[str, int]] = {}
+        for row in buckets:
+            series.setdefault((row["target"], row["direction"]), {})[row["le"]] = row["count"]
+        totals = {(r["target"], r["direction"]): r["total_s"] for r in sums}
+        for key, counts in series.items():
+            running, cumulative = 0, []
+            for le in LATENCY_BUCKETS:
+                running += counts.get(le, 0)
+                cumulative.append((le, running))
+            histogram.add_metric(list(key), cumulative, totals.get(key, 0.0))
+        yield histogram
+        depth = GaugeMetricFamily("gateway_queue_depth", "Rows waiting, in flight or dead", labels=["target", "status"])
+        oldest = GaugeMetricFamily("gateway_oldest_pending_age_seconds", "Age of the oldest undelivered row", labels=["target"])
+        now = utcnow()
+        ages: dict[str, float] = {}
+        for row in self.store.queue_depth():
+            depth.add_metric([row["target"] or "", row["status"]], row["n"])
+            if row["status"] in ("pending", "in_flight") and row["oldest"]:
+                age = (now - _parse(row["oldest"])).total_seconds()
+                ages[row["target"] or ""] = max(age, ages.get(row["target"] or "", 0.0))
+        for target, age in ages.items():
+            oldest.add_metric([target], age)
+        yield depth
+        yield oldest
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(_ops().store))  # type: ignore[arg-type]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,5 @@
+"""Placeholder until the ops view lands."""
+
+
+def init_app(app):
+    pass
