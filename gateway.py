@@ -156,6 +156,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
+    from adapters.alerts import channels_from
     from adapters.national import NationalAdapter
 
     return Worker(
@@ -167,6 +168,11 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
         national_settings=cfg.national,
         confirmations=cfg.outbound.confirmations,
         review_s=cfg.outbound.review_s,
+        alerts=cfg.alerts,
+        alert_channels=channels_from(cfg.alerts),
+        retention=lambda: run_retention(cfg, store),
+        retention_hour=cfg.retention.run_at_hour,
+        gateway_name=cfg.gateway.name,
         concurrency=cfg.worker.concurrency,
         poll_s=cfg.worker.poll_s,
         lease_s=cfg.worker.lease_s,
@@ -369,22 +375,214 @@ def _target_store(config_path: Path, name: str) -> Store:
     return store
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _who() -> str:
+    return f"cli:{os.environ.get('USER') or os.environ.get('LOGNAME') or 'unknown'}"
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    import json
+
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str) if as_json else text)
+
+
 @target.command("pause")
 @config_option
 @click.argument("name")
-def target_pause(config_path: Path, name: str) -> None:
+@json_option
+def target_pause(config_path: Path, name: str, as_json: bool) -> None:
     """Stop delivering to target NAME (its rows wait; nothing is lost)."""
-    _target_store(config_path, name).set_paused(name, True, by=f"cli:{os.environ.get('USER', 'unknown')}")
-    click.echo(f"target {name} paused: its deliveries wait until 'gateway target resume {name}'.")
+    store = _target_store(config_path, name)
+    store.set_paused(name, True, by=_who())
+    store.audit(_who(), "cli", "pause", f"target {name}")
+    _emit(as_json, {"target": name, "paused": True},
+          f"target {name} paused: its deliveries wait until 'gateway target resume {name}'.")
 
 
 @target.command("resume")
 @config_option
 @click.argument("name")
-def target_resume(config_path: Path, name: str) -> None:
+@json_option
+def target_resume(config_path: Path, name: str, as_json: bool) -> None:
     """Deliver to target NAME again."""
-    _target_store(config_path, name).set_paused(name, False, by=f"cli:{os.environ.get('USER', 'unknown')}")
-    click.echo(f"target {name} resumed.")
+    store = _target_store(config_path, name)
+    store.set_paused(name, False, by=_who())
+    store.audit(_who(), "cli", "resume", f"target {name}")
+    _emit(as_json, {"target": name, "paused": False}, f"target {name} resumed.")
+
+
+def _open_store(config_path: Path) -> tuple[Config, Store]:
+    cfg = _load_or_exit(config_path)
+    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    try:
+        store.migrate()
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    return cfg, store
+
+
+@cli.command("log")
+@config_option
+@click.option("--case-id")
+@click.option("--hsa-id")
+@click.option("--target", "target_name")
+@click.option("--direction", type=click.Choice(["in", "out"]))
+@click.option("--status")
+@click.option("--error-code")
+@click.option("--event")
+@click.option("--since", help="ISO time, e.g. 2026-11-26T08:00 (UTC)")
+@click.option("--until", help="ISO time (UTC), exclusive")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+def log_command(config_path: Path, case_id: str | None, hsa_id: str | None, target_name: str | None,
+                direction: str | None, status: str | None, error_code: str | None, event: str | None,
+                since: str | None, until: str | None, limit: int, as_json: bool) -> None:
+    """Search the sync log, newest first (metadata only, like the ops view)."""
+    _, store = _open_store(config_path)
+    rows = store.search_log(case_id=case_id, hsa_id=hsa_id, target=target_name, direction=direction, status=status,
+                            error_code=error_code, event=event, since=_iso(since), until=_iso(until), limit=limit)
+    lines = [f"{r['at']}  {r['direction']:<3} {r['event']:<20} {r['status']:<8} {r['target'] or '-':<10} "
+             f"{r['case_id'] or '-':<24} {r['error_code'] or '':<6} {r['detail'] or ''}" for r in rows]
+    _emit(as_json, rows, "\n".join(lines) or "no rows match.")
+
+
+def _iso(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        click.echo(f"error: '{value}' is not an ISO date and time (e.g. 2026-11-26T08:00).", err=True)
+        sys.exit(2)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@cli.group("case")
+def case_group() -> None:
+    """Look at one case."""
+
+
+@case_group.command("show")
+@config_option
+@click.argument("case_id")
+@click.option("--content", is_flag=True, help="Also the citizen's and the care side's texts (you must have that right).")
+@json_option
+def case_show(config_path: Path, case_id: str, content: bool, as_json: bool) -> None:
+    """The whole timeline of CASE_ID in both directions, with every attempt."""
+    _, store = _open_store(config_path)
+    try:
+        detail = store.case_detail(case_id, with_content=content)
+    except GatewayError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if content:
+        store.audit(_who(), "cli", "read content", f"case {case_id}")
+    case = detail["case"]
+    lines = [f"case {case['case_id']} ({case['origin']}, {case['case_type']}) to {case['receiver_hsa_id']} "
+             f"→ target {case['target']} unit {case['provider_unit_code']}; provider case {case['provider_case_id'] or '-'}; "
+             f"1177 case {case['national_case_id'] or '-'}; status {case['status']}, in 1177 {case['citizen_status'] or '-'}"]
+    for row in detail["outbox"]:
+        lines.append(f"  outbox {row['id']} {row['action']} → {row['target']}: {row['status']}"
+                     + (f" ({row['last_error_code']} {row['last_error']})" if row["last_error_code"] else ""))
+        for a in row["attempts"]:
+            lines.append(f"    attempt {a['attempt']} {a['started_at']} {a['duration_ms']} ms {a['outcome']}"
+                         f" {a['status_code'] or ''} {a['error_code'] or ''} {a['detail'] or ''}".rstrip())
+    for e in detail["events"]:
+        lines.append(f"  {e['at']} {e['direction']} {e['event']} {e['status']} {e['detail'] or ''}".rstrip())
+    if content and detail.get("content"):
+        lines.append(f"  text: {detail['content'].get('text')}")
+    _emit(as_json, detail, "\n".join(lines))
+
+
+@cli.group("outbox")
+def outbox_group() -> None:
+    """List, replay or cancel deliveries (dead letters above all)."""
+
+
+@outbox_group.command("list")
+@config_option
+@click.option("--status", default="dead", show_default=True,
+              type=click.Choice(["pending", "in_flight", "done", "dead", "cancelled", "all"]))
+@click.option("--target", "target_name")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+def outbox_list(config_path: Path, status: str, target_name: str | None, limit: int, as_json: bool) -> None:
+    """Outbox rows, newest first (default: the dead ones)."""
+    _, store = _open_store(config_path)
+    rows = store.outbox_list(status=None if status == "all" else status, target=target_name, limit=limit)
+    lines = [f"{r['id']:>6}  {r['status']:<9} {r['action']:<16} {r['target']:<10} {r['case_id']:<24} "
+             f"attempts {r['attempts']}  {r['last_error_code'] or ''} {r['last_error'] or ''}" for r in rows]
+    _emit(as_json, rows, "\n".join(lines) or f"no {status} rows.")
+
+
+def _outbox_action(config_path: Path, ids: tuple[int, ...], action: str, as_json: bool) -> None:
+    _, store = _open_store(config_path)
+    results = {}
+    for outbox_id in ids:
+        done = store.replay(outbox_id, by=_who()) if action == "replay" else store.cancel(outbox_id, by=_who())
+        results[outbox_id] = done
+        if done:
+            store.audit(_who(), "cli", action, f"outbox {outbox_id}")
+    failed = [i for i, ok in results.items() if not ok]
+    past = {"replay": "replayed", "cancel": "cancelled"}[action]
+    text = "\n".join(f"outbox {i}: {past if ok else 'not ' + past + ' (no such row in a state that allows it)'}"
+                     for i, ok in results.items())
+    _emit(as_json, [{"id": i, past: ok} for i, ok in results.items()], text)
+    if failed:
+        sys.exit(1)
+
+
+@outbox_group.command("replay")
+@config_option
+@click.argument("ids", nargs=-1, type=int, required=True)
+@json_option
+def outbox_replay(config_path: Path, ids: tuple[int, ...], as_json: bool) -> None:
+    """Put dead rows back in the queue (their attempts are kept; the replay is logged)."""
+    _outbox_action(config_path, ids, "replay", as_json)
+
+
+@outbox_group.command("cancel")
+@config_option
+@click.argument("ids", nargs=-1, type=int, required=True)
+@json_option
+def outbox_cancel(config_path: Path, ids: tuple[int, ...], as_json: bool) -> None:
+    """Give up pending or dead rows for good."""
+    _outbox_action(config_path, ids, "cancel", as_json)
+
+
+@cli.group("ops")
+def ops_group() -> None:
+    """The ops view's users."""
+
+
+@ops_group.command("hash-password")
+@click.password_option()
+def ops_hash_password(password: str) -> None:
+    """Print the hash to put in ops.users[].password_hash (the password itself is never stored)."""
+    from werkzeug.security import generate_password_hash
+
+    click.echo(generate_password_hash(password))
+
+
+@cli.command("retention")
+@config_option
+@json_option
+def retention_command(config_path: Path, as_json: bool) -> None:
+    """Purge old case content, files and sync-log detail now (as the daily job does)."""
+    cfg, store = _open_store(config_path)
+    removed = run_retention(cfg, store)
+    _emit(as_json, removed, ", ".join(f"{k} {v}" for k, v in removed.items()))
+
+
+def run_retention(cfg: Config, store: Store) -> dict[str, int]:
+    now = dt.datetime.now(dt.timezone.utc)
+    return store.purge(content_before=now - dt.timedelta(days=cfg.retention.content_days),
+                       log_before=now - dt.timedelta(days=cfg.retention.log_detail_days), now=now)
 
 
 @cli.group()

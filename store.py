@@ -1249,7 +1249,8 @@ class Store:
             removed["log_details"] += count
             if count == 0:
                 break
-        self.db.execute("PRAGMA incremental_vacuum")
+        # executescript steps the pragma to the end; execute() would free a single page
+        self.db.conn.executescript("PRAGMA incremental_vacuum;")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         after_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
         removed["bytes_freed"] = max(0, before_bytes - after_bytes)

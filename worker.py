@@ -78,6 +78,11 @@ class Worker:
         heartbeat_s: int = 10,
         rand: Callable[[], float] = random.random,
         review_s: float = 0.0,
+        alerts: Any = None,
+        alert_channels: list[Any] | None = None,
+        retention: Callable[[], dict[str, int]] | None = None,
+        retention_hour: int = 3,
+        gateway_name: str = "",
     ):
         self.store = store
         self.mappings = mappings
@@ -93,6 +98,12 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.rand = rand
         self.review_s = review_s
+        self.alerts = alerts  # config.AlertsSection
+        self.alert_channels = list(alert_channels or [])
+        self.retention = retention
+        self.retention_hour = retention_hour
+        self.gateway_name = gateway_name
+        self._last_alert_check = utcnow()
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
         self._adapters: dict[str, adapters.Adapter] = {}
         self._adapters_lock = threading.Lock()
@@ -115,6 +126,10 @@ class Worker:
         self._scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat")
         self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
         self._scheduler.add_job(self.recover_leases, "interval", seconds=max(1.0, min(60.0, self.lease_s / 4)), id="leases")
+        if self.alerts is not None and self.alert_channels:
+            self._scheduler.add_job(self.check_alerts, "interval", seconds=self.alerts.check_s, id="alerts")
+        if self.retention is not None:
+            self._scheduler.add_job(self.run_retention, "cron", hour=self.retention_hour, minute=17, id="retention")
         for name, settings in self.targets.items():
             if getattr(settings, "poll", None) is not None:
                 self._scheduler.add_job(self.poll, "interval", args=[name], seconds=settings.poll.interval_s, id=f"poll:{name}")
@@ -346,6 +361,98 @@ class Worker:
                                national_case_id=national_case_id, detail=answer.detail):
             log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
                                                   "duration_ms": round(duration, 1), "detail": answer.detail})
+
+    # -- retention and alerts ------------------------------------------------------------------------
+
+    def run_retention(self) -> dict[str, int]:
+        """The daily purge (DESIGN.md rule 2); reports what it removed."""
+        try:
+            removed = self.retention() if self.retention else {}
+        except GatewayError as exc:
+            log.warning("retention failed", extra={"error_code": exc.code, "detail": exc.message})
+            return {}
+        log.info("retention ran", extra={k: v for k, v in removed.items()})
+        return removed
+
+    def check_alerts(self, now: dt.datetime | None = None) -> list[Any]:
+        """Compare every target with the thresholds; alert (throttled) and send recovery notices.
+        Returns the alerts sent."""
+        from adapters.alerts import Alert
+
+        if self.alerts is None:
+            return []
+        now = now or utcnow()
+        settings = self.alerts
+        sent: list[Any] = []
+        try:
+            queue = self.store.queue_depth()
+            dead_new = self.store.dead_since(self._last_alert_check)
+        except GatewayError as exc:
+            log.warning("alert check failed", extra={"error_code": exc.code})
+            return []
+        self._last_alert_check = now
+        dead_counts: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for row in queue:
+            target = row["target"] or ""
+            if row["status"] == "dead":
+                dead_counts[target] = row["n"]
+            elif row["oldest"]:
+                age = (now - dt.datetime.strptime(row["oldest"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)).total_seconds()
+                oldest[target] = max(age, oldest.get(target, 0.0))
+        new_by_target: dict[str, list[dict[str, Any]]] = {}
+        for row in dead_new:
+            new_by_target.setdefault(row["target"], []).append(row)
+        for target in sorted(set(self.targets) | {"national"} | set(dead_counts) | set(oldest)):
+            failed, attempts = self.store.failure_rate(target, now - dt.timedelta(seconds=settings.failure_window_s))
+            rate = failed / attempts if attempts else 0.0
+            checks = {
+                "dead": (dead_counts.get(target, 0) > 0, bool(new_by_target.get(target)),
+                         f"{dead_counts.get(target, 0)} dead delivery(ies) to {target}"
+                         + "".join(f"; case {r['case_id']} {r['action']} {r['last_error_code'] or ''}"
+                                   for r in new_by_target.get(target, [])[:5])),
+                "failure_rate": (attempts >= settings.min_attempts and rate >= settings.failure_rate, False,
+                                 f"{failed} of {attempts} attempts to {target} failed in the last "
+                                 f"{settings.failure_window_s / 60:.0f} minutes"),
+                "queue_age": (oldest.get(target, 0.0) > settings.queue_age_s, False,
+                              f"the oldest undelivered row to {target} is {oldest.get(target, 0.0) / 60:.0f} minutes old"),
+            }
+            for kind, (active, fresh, detail) in checks.items():
+                alert = self._alert_transition(Alert, kind, target, active, fresh, detail, now)
+                if alert is not None:
+                    sent.append(alert)
+        return sent
+
+    def _alert_transition(self, alert_cls: Any, kind: str, target: str, active: bool, fresh: bool, detail: str,
+                          now: dt.datetime) -> Any:
+        key = f"{kind}:{target}"
+        state = self.store.alert_state(key)
+        was_active = bool(state and state["active"])
+        last_sent = state["last_sent_at"] if state else None
+        throttled = bool(last_sent) and (now - dt.datetime.strptime(last_sent, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.timezone.utc)).total_seconds() < self.alerts.throttle_s
+        alert = None
+        if active and (not was_active or fresh) and not throttled:
+            alert = alert_cls(kind, target, f"[gateway] {kind.replace('_', ' ')}: {target}", detail + ".",
+                              gateway=self.gateway_name)
+        elif active and was_active and not throttled:
+            alert = alert_cls(kind, target, f"[gateway] still {kind.replace('_', ' ')}: {target}", detail + ".",
+                              gateway=self.gateway_name)
+        elif not active and was_active and last_sent:
+            alert = alert_cls(kind, target, f"[gateway] recovered: {kind.replace('_', ' ')} on {target}",
+                              f"{target} is back to normal ({detail}).", recovered=True, gateway=self.gateway_name)
+        if alert is not None:
+            for channel in self.alert_channels:
+                try:
+                    channel.send(alert)
+                except GatewayError as exc:
+                    log.warning("alert not sent", extra={"channel": type(channel).__name__, "error_code": exc.code,
+                                                         "detail": exc.message})
+            log.warning("alert", extra={"kind": kind, "target": target, "recovered": alert.recovered, "detail": detail})
+        if alert is not None or active != was_active:
+            self.store.set_alert_state(key, kind=kind, target=target, active=active,
+                                       sent=alert is not None and not alert.recovered, detail=detail, now=now)
+        return alert
 
     # -- a synchronous read for 1177: the medication list ---------------------------------------
 
