@@ -7,7 +7,7 @@ started outside 1177; it reads a case's status and timeline; it cancels a messag
 its review window. Every call authenticates with the bearer token configured for its
 target (``targets.<name>.api.token``) and may only touch the cases routed to that target.
 
-May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``. Units and
+May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. Units and
 code tables are handed in by the composition root.
 
 Invariants: a refused call answers a 4xx JSON ``{code, message, field}`` and has stored
@@ -29,6 +29,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+import identity
 import logs
 import rules
 import updates
@@ -60,6 +61,9 @@ class Api:
     units: updates.UnitLookup
     codes: updates.CodeLookup
     tokens: dict[str, str]  # sha256 of a target's token → the target's name
+    cert_targets: dict[str, str] = field(default_factory=dict)  # client certificate HSA-id → target
+    access: Any = None  # config ``rivta``: the proxy header settings for forwarded certificates
+    authority: Any = None  # identity.CertificateAuthority
     review_s: float = 0.0
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
@@ -130,11 +134,23 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def _target() -> str:
-    """The target whose credentials came with the call, or ``Unauthenticated``."""
+    """The target whose credentials came with the call (a bearer token, or a verified client
+    certificate whose HSA-id a target names), or ``Unauthenticated``."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and _api().cert_targets:
+        api = _api()
+        access = api.access
+        caller = identity.caller_of(request.environ, remote_addr=request.remote_addr,
+                                    proxy_header=access.proxy_cert_header if access else None,
+                                    proxy_addresses=list(access.proxy_addresses) if access else [], ca=api.authority)
+        if caller is not None and caller.hsa_id in api.cert_targets:
+            return api.cert_targets[caller.hsa_id]
+        if caller is not None:
+            log.warning("api caller's certificate names no target", extra={"presented_hsa_id": caller.hsa_id})
+            raise Unauthenticated(f"the client certificate ({caller.hsa_id}) is not one a target is configured with.")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("the call has no bearer token.")
+        raise Unauthenticated("the call has no bearer token (or client certificate).")
     digest = token_digest(token.strip())
     for known, target in _api().tokens.items():
         if hmac.compare_digest(known, digest):

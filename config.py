@@ -77,11 +77,30 @@ class DatabaseSection(_Section):
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
 
 
+class ServerTlsSection(_Section):
+    """TLS terminated by ``gateway serve`` itself (gunicorn)."""
+
+    cert: RelPath = Field(description="The server's certificate chain (PEM).")
+    key: RelPath = Field(description="Its private key (PEM).")
+    client_ca: RelPath | None = Field(
+        default=None, description="Client certificates are asked for and verified against this CA bundle (e.g. SITHS)."
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> "ServerTlsSection":
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file {path} does not exist")
+        return self
+
+
 class ServerSection(_Section):
     bind: str = "127.0.0.1:8080"
     workers: int = Field(default=1, ge=1, le=64)
     threads: int = Field(default=8, ge=1, le=256)
     timeout_s: int = Field(default=120, ge=1)
+    tls: ServerTlsSection | None = None
 
     @field_validator("bind")
     @classmethod
@@ -125,11 +144,26 @@ class RetrySection(_Section):
 
 
 class TlsSection(_Section):
-    """TLS towards a target: CA bundle, client certificate. Verification stays on."""
+    """TLS towards a target: CA bundle, client certificate. Verification stays on unless
+    ``verify: false`` together with ``insecure: true`` (which ``gateway check`` warns about)."""
 
     ca_bundle: RelPath | None = None
     client_cert: RelPath | None = None
     client_key: RelPath | None = None
+    verify: bool = True
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _never_silently_insecure(self) -> "TlsSection":
+        if not self.verify and not self.insecure:
+            raise ValueError("verify: false turns certificate checks off; that also needs insecure: true")
+        for name in ("ca_bundle", "client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: file {path} does not exist")
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key without client_cert")
+        return self
 
 
 class AuthSection(_Section):
@@ -161,6 +195,9 @@ class ApiAccessSection(_Section):
     """How a target's system authenticates when it calls the gateway's REST API."""
 
     token: SecretStr | None = Field(default=None, description="Bearer token of this target's system.")
+    client_cert_hsa_id: str | None = Field(
+        default=None, description="Or: a client certificate whose SERIALNUMBER is this HSA-id (needs server.tls.client_ca)."
+    )
 
 
 class PollSection(_Section):
@@ -258,6 +295,36 @@ class WorkerSection(_Section):
     lease_s: float = Field(default=300.0, ge=5, description="A claimed row returns to the queue after this.")
 
 
+class RivtaSection(_Section):
+    """Who may call the RIV-TA endpoint (/rivta)."""
+
+    require_client_cert: bool = Field(default=False, description="Only callers with a verified client certificate.")
+    allowed_consumers: list[str] = Field(
+        default_factory=list, description="HSA-ids (certificate SERIALNUMBER) that may call, e.g. the platform's."
+    )
+    proxy_cert_header: str | None = Field(
+        default=None, description="A TLS-terminating proxy's header with the client certificate (URL-encoded PEM)."
+    )
+    proxy_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("allowed_consumers")
+    @classmethod
+    def _hsa_ids(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(hsa_id(item))
+            except InvalidHsaId:
+                out.append(item.strip().upper())  # platform ids such as SE165565594230-1000 are not unit ids
+        return out
+
+    @model_validator(mode="after")
+    def _list(self) -> "RivtaSection":
+        if self.require_client_cert and not self.allowed_consumers:
+            raise ValueError("require_client_cert needs allowed_consumers (the HSA-ids that may call)")
+        return self
+
+
 class NationalSection(_Section):
     """The national platform (NTjP) / 1177 services the gateway calls as consumer."""
 
@@ -303,6 +370,9 @@ class OpsUser(_Section):
     name: str = Field(min_length=1)
     role: Literal["monitor", "reader", "admin"]
     password_hash: SecretStr | None = None
+    client_cert_hsa_id: str | None = Field(
+        default=None, description="Or: signed in by a client certificate whose SERIALNUMBER is this (SITHS card)."
+    )
 
 
 class OpsSection(_Section):
@@ -354,6 +424,7 @@ class Config(_Section):
     worker: WorkerSection = WorkerSection()
     targets: dict[str, TargetSection] = Field(default_factory=dict)
     national: NationalSection
+    rivta: RivtaSection = RivtaSection()
     outbound: OutboundSection = OutboundSection()
     ops: OpsSection = OpsSection()
     alerts: AlertsSection = AlertsSection()
@@ -364,7 +435,22 @@ class Config(_Section):
     def _reserved(self) -> "Config":
         if "national" in self.targets:
             raise ValueError("'targets.national' is reserved for the national platform; use another name")
+        needs_ca = (self.rivta.require_client_cert and not self.rivta.proxy_cert_header) or any(
+            t.api.client_cert_hsa_id for t in self.targets.values()) or any(u.client_cert_hsa_id for u in self.ops.users)
+        if needs_ca and (self.server.tls is None or self.server.tls.client_ca is None):
+            raise ValueError("client certificates are configured (rivta, targets.*.api or ops.users) but "
+                             "server.tls.client_ca is not: set it so they can be verified")
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that work but weaken security (shown by ``gateway check``)."""
+        found = []
+        for name, section in [*((f"targets.{n}", t) for n, t in self.targets.items()), ("national", self.national)]:
+            if not section.tls.verify:
+                found.append(f"{name}.tls: certificate verification is OFF (insecure: true); never in production.")
+        if self.server.tls is None and self.rivta.require_client_cert and self.rivta.proxy_cert_header is None:
+            found.append("rivta.require_client_cert without server.tls or a proxy header: no caller can be verified.")
+        return found
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with secrets shown as '***' (for ``gateway check``)."""

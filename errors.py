@@ -33,7 +33,8 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── UnknownContract  GW014  the Body's first child names no contract we serve
     │   ├── SchemaViolation  GW015  the Body does not match the contract's XSD
     │   ├── UnknownLogicalAddress GW016  LogicalAddress missing or not a unit we know
-    │   └── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
+    │   ├── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
+    │   └── CallerNotAllowed GW018  no verified client certificate, or one not on the allow-list
     ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
     │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
     │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
@@ -278,6 +279,14 @@ class UnsupportedMediaType(RequestRefused):
 
     code = "GW017"
     hint = "Send Content-Type: text/xml; charset=UTF-8."
+
+
+class CallerNotAllowed(RequestRefused):
+    """Raised when /rivta requires a client certificate and the caller has none, or its
+    HSA-id (certificate SERIALNUMBER) is not in ``rivta.allowed_consumers``."""
+
+    code = "GW018"
+    hint = "Call with a function certificate whose HSA-id the gateway's operators have allowed."
 
 
 class RuleViolation(GatewayError):

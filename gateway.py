@@ -26,6 +26,7 @@ from flask import Flask
 
 import api
 import config as config_mod
+import identity
 import inbound
 import logs
 import mapping
@@ -78,6 +79,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
     store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
     store.migrate()
     schemas = rivta.Schemas()
+    authority = identity.CertificateAuthority(cfg.server.tls.client_ca) if cfg.server.tls and cfg.server.tls.client_ca else None
 
     app = Flask(__name__)
     app.config.update(GATEWAY=cfg, MAX_CONTENT_LENGTH=None)
@@ -94,6 +96,8 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             max_attachments=cfg.intake.max_attachments,
             version=version(),
             public_url=cfg.gateway.public_url,
+            access=cfg.rivta,
+            authority=authority,
             ping_configuration={
                 "name": cfg.gateway.name,
                 "hsaId": cfg.gateway.hsa_id,
@@ -119,6 +123,9 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             review_s=cfg.outbound.review_s,
             max_attachment_bytes=cfg.outbound.max_attachment_bytes,
             version=version(),
+            cert_targets={t.api.client_cert_hsa_id.upper(): n for n, t in cfg.targets.items() if t.api.client_cert_hsa_id},
+            access=cfg.rivta,
+            authority=authority,
         ),
     )
     import secrets
@@ -221,6 +228,14 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
                 "control_socket_disable": True,
                 "loglevel": cfg.logging.level.lower(),
             }
+            tls = cfg.server.tls
+            if tls is not None:
+                import ssl
+
+                options.update(certfile=str(tls.cert), keyfile=str(tls.key))
+                if tls.client_ca is not None:
+                    # asked of every client and verified; required on /rivta by the app
+                    options.update(ca_certs=str(tls.client_ca), cert_reqs=ssl.CERT_OPTIONAL)
             for key, value in options.items():
                 self.cfg.set(key, value)
 
@@ -553,6 +568,27 @@ def outbox_replay(config_path: Path, ids: tuple[int, ...], as_json: bool) -> Non
 def outbox_cancel(config_path: Path, ids: tuple[int, ...], as_json: bool) -> None:
     """Give up pending or dead rows for good."""
     _outbox_action(config_path, ids, "cancel", as_json)
+
+
+@cli.group("certs")
+def certs_group() -> None:
+    """Certificates for development and tests."""
+
+
+@certs_group.command("dev")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--consumer", "consumers", multiple=True,
+              help="An HSA-id to make a client certificate for (repeatable). "
+                   "Default: the platform's SE165565594230-1000 and the gateway's SE5566778899-GW01.")
+def certs_dev(folder: Path, consumers: tuple[str, ...]) -> None:
+    """Make a local test CA, a server certificate for localhost and client certificates whose
+    SERIALNUMBER is an HSA-id, in FOLDER. For development and tests only."""
+    import devcerts
+
+    made = devcerts.create(folder, list(consumers) or [devcerts.PLATFORM_HSA_ID, devcerts.GATEWAY_HSA_ID])
+    for name, issued in made.items():
+        click.echo(f"{name:<22} {issued.cert}  (key {issued.key})")
+    click.echo("For development only: the CA's key is next to it.")
 
 
 @cli.group("ops")

@@ -5,7 +5,7 @@ the namespace of the Body's first child as the platform does (ProcessCase,
 ProcessCaseMessage, PingForConfiguration). ``GET /rivta`` lists the WSDLs, served with
 the gateway's own address filled in, and their XSDs.
 
-May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``. The unit
+May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. The unit
 directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
 
 Invariants:
@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, request, url_for
@@ -39,7 +39,9 @@ from werkzeug.security import safe_join
 import logs
 import rivta
 import rules
+import identity
 from errors import (
+    CallerNotAllowed,
     GatewayError,
     InternalError,
     InvalidValue,
@@ -104,6 +106,9 @@ class Intake:
     #: the provider's medication list for (target, unit code, person id): the worker's
     #: ``fetch_medications`` (only the worker calls adapters); raises ``DeliveryError``
     medications: Callable[[str, str, PersonId], list[Medication]] | None = None
+    #: who may call (config ``rivta``) and the CA that proxy-forwarded certificates must come from
+    access: Any = None
+    authority: identity.CertificateAuthority | None = None
 
 
 def init_app(app, intake: Intake) -> None:
@@ -128,6 +133,7 @@ def rivta_endpoint() -> Response:
     log_id = str(uuid.uuid4())
     contract: rivta.Contract | None = None
     try:
+        caller = _check_caller(intake)
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
         envelope = rivta.read_envelope(rivta.parse(_read_body(intake.max_body_bytes)))
         contract = envelope.contract
@@ -155,6 +161,7 @@ def rivta_endpoint() -> Response:
     log.info(
         "request answered",
         extra={"contract": contract.name, "outcome": outcome, "log_id": log_id, "consumer_hsa_id": consumer,
+               "caller_hsa_id": caller.hsa_id if caller else None,
                "logical_address": envelope.logical_address if outcome == "ok" else None, "correlation_id": correlation,
                "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
     )
@@ -178,6 +185,26 @@ def _return_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _check_caller(intake: Intake) -> identity.Caller | None:
+    """The verified caller; with ``rivta.require_client_cert`` it must be on the allow-list."""
+    access = intake.access
+    if access is None:
+        return None
+    caller = identity.caller_of(request.environ, remote_addr=request.remote_addr, proxy_header=access.proxy_cert_header,
+                                proxy_addresses=list(access.proxy_addresses), ca=intake.authority)
+    if not access.require_client_cert:
+        return caller
+    if caller is None:
+        log.warning("caller refused: no verified client certificate", extra={"remote_addr": request.remote_addr})
+        raise CallerNotAllowed("the call carries no verified client certificate.")
+    if caller.hsa_id not in access.allowed_consumers:
+        log.warning("caller refused: not on the allow-list",
+                    extra={"presented_hsa_id": caller.hsa_id, "subject": caller.subject, "via": caller.via,
+                           "remote_addr": request.remote_addr})
+        raise CallerNotAllowed(f"the caller {caller.hsa_id or '(a certificate without SERIALNUMBER)'} may not call this gateway.")
+    return caller
 
 
 def _log_refusal(exc: GatewayError, contract: rivta.Contract | None, consumer: str | None, log_id: str) -> None:

@@ -92,6 +92,8 @@ def session_for(settings: Any) -> requests.Session:
     tls = settings.tls
     if tls.ca_bundle:
         session.verify = str(tls.ca_bundle)
+    if not tls.verify:  # only with tls.insecure: true (config refuses it otherwise)
+        session.verify = False
     if tls.client_cert:
         session.cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
     return session
