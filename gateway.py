@@ -331,6 +331,8 @@ def check(config_path: Path) -> None:
     except GatewayError as exc:
         report(False, f"config: {exc}")
         sys.exit(1)
+    for warning in cfg.warnings():
+        click.echo(f"WARN {warning}")
     try:
         maps = mapping.load(cfg.mappings.dir)
         problems = maps.problems(cfg.targets)

@@ -86,9 +86,20 @@ class Adapter(abc.ABC):
         """Release connections."""
 
 
+class TargetSession(requests.Session):
+    """A session whose configured CA bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
+    in the environment (plain requests lets the environment override ``session.verify``)."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def session_for(settings: Any) -> requests.Session:
     """A ``requests.Session`` with the target's TLS settings (verification is never off)."""
-    session = requests.Session()
+    session = TargetSession()
     tls = settings.tls
     if tls.ca_bundle:
         session.verify = str(tls.ca_bundle)

@@ -806,17 +806,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logical-address", default=DEFAULT_LOGICAL_ADDRESS, help="the LogicalAddress routed (default %(default)s)")
     parser.add_argument("--strict-cases", action="store_true", help="refuse AddMessage/UpdateCaseStatus for unknown caseIds")
     parser.add_argument("--quiet", action="store_true", help="no access-log line per request")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", help="... and key")
+    parser.add_argument("--tls-client-ca", help="require a client certificate from this CA (mutual TLS)")
     args = parser.parse_args(argv)
 
     app = create_national_stub(logical_address=args.logical_address, strict_cases=args.strict_cases)
+    context = None
+    if args.tls_cert:
+        from sandbox.providers import tls_context
+
+        context = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     try:
-        server = make_server(HOST, args.port, app, threaded=True, request_handler=_QuietHandler if args.quiet else None)
+        server = make_server(HOST, args.port, app, threaded=True, request_handler=_QuietHandler if args.quiet else None,
+                             ssl_context=context)
     except (OSError, SystemExit) as exc:  # werkzeug exits when the port is taken
         print(f"sandbox.national: cannot listen on port {args.port} ({exc})", file=sys.stderr)
         return 1
     thread = threading.Thread(target=server.serve_forever, name="sandbox-national", daemon=True)
     thread.start()
-    print(f"national http://{HOST}:{server.server_port}  (POST /rivta, GET /sandbox/inbox.html)", flush=True)
+    print(f"national {'https' if context else 'http'}://{HOST}:{server.server_port}  (POST /rivta, GET /sandbox/inbox.html)",
+          flush=True)
 
     stopping = threading.Event()
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -68,9 +69,20 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _start(app: Flask, port: int, *, quiet: bool = False) -> tuple[BaseWSGIServer, threading.Thread]:
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context; with ``client_ca`` a client certificate from that CA is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def _start(app: Flask, port: int, *, quiet: bool = False,
+           ssl_context: ssl.SSLContext | None = None) -> tuple[BaseWSGIServer, threading.Thread]:
     handler = _QuietHandler if quiet else None
-    server = make_server(HOST, port, app, threaded=True, request_handler=handler)
+    server = make_server(HOST, port, app, threaded=True, request_handler=handler, ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{app.name}", daemon=True)
     thread.start()
     return server, thread
@@ -92,15 +104,18 @@ def _stopper(server: BaseWSGIServer, thread: threading.Thread) -> Callable[[], N
     return stop
 
 
-def serve_in_thread(app: Flask, *, quiet: bool = True) -> tuple[str, Callable[[], None]]:
+def serve_in_thread(app: Flask, *, quiet: bool = True,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[str, Callable[[], None]]:
     """Serve ``app`` on a free port of 127.0.0.1 in a daemon thread.
 
     Returns ``(base_url, stop)``: ``base_url`` is ``http://127.0.0.1:<port>`` (no trailing
     slash); ``stop()`` shuts the server down and closes its socket (calling it twice is fine).
-    ``quiet=False`` keeps werkzeug's access log line per request.
+    ``quiet=False`` keeps werkzeug's access log line per request; with ``ssl_context``
+    (``tls_context(...)``) it serves HTTPS and the URL starts with ``https://``.
     """
-    server, thread = _start(app, 0, quiet=quiet)
-    return f"http://{HOST}:{server.server_port}", _stopper(server, thread)
+    server, thread = _start(app, 0, quiet=quiet, ssl_context=ssl_context)
+    scheme = "https" if ssl_context else "http"
+    return f"{scheme}://{HOST}:{server.server_port}", _stopper(server, thread)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
