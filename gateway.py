@@ -716,7 +716,8 @@ def mappings_try(config_path: Path, case_file: Path, target_name: str, full: boo
 @click.option("--timeout", type=float, default=90, show_default=True, help="Seconds the demo cases may take.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the sandbox's config, database and logs (default: data/sandbox).")
-def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None) -> None:
+@click.option("--tls", is_flag=True, help="Mutual TLS between the 1177 side and the gateway, both ways.")
+def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None, tls: bool) -> None:
     """Run the gateway with a 1177 simulator and demo provider systems on loopback, and
     show demo cases going the whole way round (Ctrl-C stops everything)."""
     root = Path(__file__).resolve().parent
@@ -727,6 +728,7 @@ def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: 
     argv += ["--once"] if once else []
     argv += ["--free-ports"] if free_ports else []
     argv += ["--data", str(data.resolve())] if data else []
+    argv += ["--tls"] if tls else []
     os.chdir(root)
     os.execv(sys.executable, argv)  # the sandbox is a program of its own, never imported here
 

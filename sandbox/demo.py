@@ -11,7 +11,7 @@ the inbox, closed. ``--once`` exits 0 when every case has completed its loop, no
 (saying which case stopped where) otherwise; without it the sandbox keeps running until
 Ctrl-C, so the inbox page and the gateway can be looked at.
 
-    python -m sandbox.demo [--once] [--port-base 8080 | --free-ports] [--timeout 90] [--data DIR]
+    python -m sandbox.demo [--once] [--tls] [--port-base 8080 | --free-ports] [--timeout 90] [--data DIR]
 
 May import: anything (it is never imported by the product; ``gateway sandbox`` runs it as
 ``python -m sandbox.demo``).
@@ -95,6 +95,19 @@ def demo_cases() -> list[DemoCase]:
     ]
 
 
+# -- HTTP, with or without mutual TLS ------------------------------------------------------------------
+
+#: The session the sandbox itself (1177's side) calls with; ``--tls`` gives it the platform's
+#: client certificate and the development CA.
+HTTP = requests.Session()
+
+
+def use_tls(certs: dict[str, Any]) -> None:
+    HTTP.verify = str(certs["ca"].cert)
+    HTTP.cert = (str(certs["platform"].cert), str(certs["platform"].key))
+    HTTP.trust_env = False  # the development CA, whatever REQUESTS_CA_BUNDLE says
+
+
 # -- processes ----------------------------------------------------------------------------------------
 
 
@@ -160,14 +173,14 @@ def wait_for(url: str, processes: Processes, timeout: float = 30) -> None:
     while time.monotonic() < deadline:
         processes.check()
         try:
-            requests.get(url, timeout=1)
+            HTTP.get(url, timeout=1)
             return
         except requests.RequestException:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def write_config(folder: Path, ports: dict[str, int]) -> Path:
+def write_config(folder: Path, ports: dict[str, int], certs: dict[str, Any] | None = None) -> Path:
     data = yaml.safe_load((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
     data["gateway"]["name"] = "1177 integration gateway (sandbox)"
     data["database"]["path"] = str(folder / "gateway.db")
@@ -184,6 +197,13 @@ def write_config(folder: Path, ports: dict[str, int]) -> Path:
     soap["poll"] = {"interval_s": 1, "operation": "GetUpdates"}
     for section in (rest, soap, data["national"]):
         section["retry"] = {"max_attempts": 20, "initial_s": 0.5, "multiplier": 2, "max_s": 5, "jitter": 0.2}
+    if certs:  # mutual TLS both ways between the gateway and the 1177 side
+        data["server"]["tls"] = {"cert": str(certs["server"].cert), "key": str(certs["server"].key),
+                                 "client_ca": str(certs["ca"].cert)}
+        data["rivta"] = {"require_client_cert": True, "allowed_consumers": [certs["platform_hsa_id"]]}
+        data["national"]["endpoint"] = f"https://localhost:{ports['national']}/rivta"
+        data["national"]["tls"] = {"ca_bundle": str(certs["ca"].cert), "client_cert": str(certs["gateway"].cert),
+                                   "client_key": str(certs["gateway"].key)}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -199,9 +219,12 @@ class Citizen1177:
         import zeep
 
         self.gateway, self.national = gateway, national
-        self.session = requests.Session()
+        from zeep.transports import Transport
+
+        self.session = HTTP
         self.clients = {
-            name: zeep.Client(f"{gateway}/rivta/{name}?wsdl") for name in ("ProcessCase", "ProcessCaseMessage")
+            name: zeep.Client(f"{gateway}/rivta/{name}?wsdl", transport=Transport(session=HTTP))
+            for name in ("ProcessCase", "ProcessCaseMessage")
         }
 
     def _post(self, operation: str, address: str, correlation: str, **body: Any) -> str:
@@ -236,7 +259,7 @@ class Citizen1177:
         if case.case_type == "COMPLAINT":
             body["complaint"] = {"eventDate": (now.date() - dt.timedelta(days=3)).strftime("%Y%m%d"),
                                  "isCareProcess": False, "eventLocationText": case.location}
-        requests.post(f"{self.national}/_cases", json={"caseId": case.case_id, "subjectOfCareId": case.person,
+        HTTP.post(f"{self.national}/_cases", json={"caseId": case.case_id, "subjectOfCareId": case.person,
                                                         "caseType": case.case_type}, timeout=5)
         return self._post("ProcessCase", case.unit, f"demo-{case.case_id}", case=body)
 
@@ -256,7 +279,7 @@ class Citizen1177:
 def observe(cases: list[DemoCase], national: str, database: Path) -> list[tuple[DemoCase, str]]:
     """What has newly happened to each case: (case, event) pairs."""
     news: list[tuple[DemoCase, str]] = []
-    inbox = requests.get(f"{national}/sandbox/inbox", timeout=5).json()
+    inbox = HTTP.get(f"{national}/sandbox/inbox", timeout=5).json()
     delivered: dict[str, list[tuple[str, str]]] = {}
     if database.exists():
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
@@ -307,8 +330,22 @@ def run(args: argparse.Namespace) -> int:
                   f"(or --free-ports).", file=sys.stderr)
             return 2
     token = secrets.token_urlsafe(24)
-    config = write_config(folder, ports)
+    certs = None
+    if args.tls:
+        import devcerts
+
+        ca = devcerts.DevCA(folder / "certs")
+        certs = {"ca": ca.issued, "server": ca.server(), "platform": ca.client(devcerts.PLATFORM_HSA_ID),
+                 "gateway": ca.client(devcerts.GATEWAY_HSA_ID), "platform_hsa_id": devcerts.PLATFORM_HSA_ID}
+        use_tls(certs)
+    config = write_config(folder, ports, certs)
     urls = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
+    if certs:
+        urls["gateway"] = f"https://localhost:{ports['gateway']}"
+        urls["national"] = f"https://localhost:{ports['national']}"
+    national_tls = ["--tls-cert", str(certs["server"].cert), "--tls-key", str(certs["server"].key),
+                    "--tls-client-ca", str(certs["ca"].cert)] if certs else []
+    provider_env = {"REQUESTS_CA_BUNDLE": str(certs["ca"].cert)} if certs else {}
     processes = Processes(folder)
     started = time.monotonic()
 
@@ -318,18 +355,20 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         print(f"sandbox: starting on {HOST} (logs and database in {folder}/)", flush=True)
-        processes.start("national", [sys.executable, "-m", "sandbox.national", "--port", str(ports["national"]), "--quiet"])
+        processes.start("national", [sys.executable, "-m", "sandbox.national", "--port", str(ports["national"]), "--quiet",
+                                     *national_tls])
         processes.start("providers", [
             sys.executable, "-m", "sandbox.providers", "--rest-port", str(ports["rest"]), "--soap-port", str(ports["soap"]),
             "--answer-delay", str(args.answer_delay), "--question-every", "2", "--gateway-url", urls["gateway"],
-            "--api-token", token, "--quiet"])
+            "--api-token", token, "--quiet"], env=provider_env)
         processes.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                                     "--bind", f"{HOST}:{ports['gateway']}"], env={"SANDBOX_API_TOKEN": token})
         for url in (f"{urls['national']}/sandbox/inbox", f"{urls['rest']}/_received", f"{urls['soap']}/_received",
                     f"{urls['gateway']}/rivta"):
             wait_for(url, processes)
         print(f"sandbox: all up in {time.monotonic() - started:.1f} s: the 1177 simulator, demo_rest, demo_soap "
-              f"and the gateway with its worker", flush=True)
+              f"and the gateway with its worker" + (", mutual TLS between 1177 and the gateway" if certs else ""),
+              flush=True)
         citizen = Citizen1177(urls["gateway"], urls["national"])
         cases = demo_cases()
         for case in cases:
@@ -384,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=90, help="seconds the demo cases may take")
     parser.add_argument("--answer-delay", type=float, default=1.0, help="seconds the demo clinics take per answer")
     parser.add_argument("--data", default=str(ROOT / "data" / "sandbox"), help="folder for the config, database and logs")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS between the 1177 side and the gateway, both ways (development certificates)")
     return run(parser.parse_args(argv))
 
 

@@ -65,3 +65,14 @@ def test_ctrl_c_stops_everything_and_frees_the_ports(tmp_path):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
             s.listen()
+
+
+def test_sandbox_tls_once_completes_the_loop_over_mutual_tls(tmp_path):
+    result = subprocess.run(
+        [*gateway_command(), "sandbox", "--once", "--tls", "--free-ports", "--data", str(tmp_path), "--timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("completed its loop") == 3 and "mutual TLS" in result.stdout
+    log = (tmp_path / "gateway.log").read_text()
+    assert '"caller_hsa_id": "SE165565594230-1000"' in log  # the platform's certificate, read from TLS
