@@ -270,6 +270,11 @@ def m006_settings(db: Database) -> None:
     db["settings"].create({"name": str, "value": str}, pk="name")
 
 
+@migrations()
+def m007_event_index(db: Database) -> None:
+    db["sync_log"].create_index(["event", "at"])  # the ops view and `gateway log` search by event too
+
+
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
 

@@ -1,5 +1,636 @@
-"""Placeholder until the ops view lands."""
+"""The ops web view: ``/ops``, server-rendered pages for the people who run the gateway.
+
+Role: show what is flowing, what is stuck and why, and let an operator fix it. Pages:
+dashboard, sync log (search), case page, dead letters (replay / cancel with a
+confirmation), targets (pause / resume), mappings, audit log; sign-in and sign-out.
+Plain HTML and one CSS file; no JavaScript; charts are inline SVG drawn here.
+
+May import: ``store`` (reads and the operator actions it offers), ``model`` (redaction),
+``errors``, ``ops.auth``; flask, flask_wtf. Never an adapter: a replay only requeues the
+row, the worker delivers it.
+
+Invariants:
+- Every page needs a signed-in user; roles are checked by ``auth.requires`` alone:
+  ``monitor`` sees metadata only (never a case's text, subject, message bodies, names,
+  person ids or files), ``reader`` also the content and files, ``admin`` also acts.
+- Every POST under ``/ops`` carries a CSRF token (Flask-WTF), checked in this
+  blueprint's ``before_request``; the app-wide default check is off, so the RIV-TA
+  endpoint and the provider API (not browser forms) are never asked for one.
+- Every admin action (replay, cancel, pause, resume) and every read of case content or a
+  file is written to the audit log.
+- Pages read only through the store's indexed, LIMITed queries: fast on a store with a
+  million sync-log rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from errors import NotFound
+from model import redact_person_ids
+from ops import auth
+from store import NATIONAL_TARGET, utcnow
+
+log = logging.getLogger("gateway.ops")
+
+bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates", static_folder="static")
+csrf = CSRFProtect()
+
+PAGE_SIZE = 50
+DEAD_PAGE_SIZE = 100
+MAX_SELECTED = 200
+CSP = "default-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+SYNC_EVENTS = ("case_received", "message_received", "delivered", "retry_scheduled", "dead", "replayed", "cancelled",
+               "lease_expired", "message_queued", "status_queued", "case_registered", "message_cancelled",
+               "poll_update_refused", "target_paused", "target_resumed", "purged")
+SYNC_STATUSES = ("ok", "queued", "retry", "dead", "refused", "error")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def init_app(app):
-    pass
+def init_app(app: Flask) -> None:
+    """Register the blueprint, CSRF protection (for ``/ops`` only) and the security headers."""
+    # CSRF is checked by this blueprint for its own POSTs; the app-wide check stays off so
+    # /rivta (SOAP from 1177) and /api (the provider systems' REST calls) never need a token.
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # the token lives as long as the session
+    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    csrf.init_app(app)
+    app.register_blueprint(bp)
+    app.after_request(_security_headers)
+    app.jinja_env.filters["ops_when"] = _when
+
+
+def _ops() -> Any:
+    return current_app.extensions["gateway.ops"]
+
+
+def _security_headers(response: Response) -> Response:
+    if request.path == "/ops" or request.path.startswith("/ops/"):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        if not request.path.startswith("/ops/static/"):
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Pragma"] = "no-cache"
+    return response
+
+
+# -- every request: CSRF on POST, then who is asking ---------------------------------------------
+
+
+@bp.before_request
+def _before() -> Any:
+    if request.endpoint == "ops.static":
+        return None
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()  # raises CSRFError (400) before anything is read or changed
+    operator = auth.identify(_ops())
+    g.ops_operator = operator
+    if operator is None and request.endpoint not in ("ops.login", "ops.logout"):
+        back = _safe_next(request.full_path) if request.method == "GET" else None
+        return redirect(url_for("ops.login", next=back))
+    return None
+
+
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    return {"operator": auth.current(), "version": _ops().version}
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(error: CSRFError) -> tuple[str, int]:
+    log.warning("ops: a form without a valid CSRF token was refused",
+                extra={"path": request.path, "reason": error.description, "remote_addr": request.remote_addr})
+    return render_template("error.html", code=400, title="Form refused",
+                           message="The form was not accepted (its security token is missing or stale). "
+                                   "Reload the page and try again."), 400
+
+
+@bp.errorhandler(403)
+def _forbidden(error: HTTPException) -> tuple[str, int]:
+    return render_template("error.html", code=403, title="Not allowed", message=error.description), 403
+
+
+@bp.errorhandler(404)
+def _not_found(error: HTTPException) -> tuple[str, int]:
+    return render_template("error.html", code=404, title="Not found", message=error.description), 404
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path inside /ops is a place to go back to after sign-in or an action."""
+    if not target:
+        return None
+    target = target.rstrip("?")
+    if target.startswith("/ops") and not target.startswith("//") and "\\" not in target and "\n" not in target:
+        return target
+    return None
+
+
+def _operator() -> auth.Operator:
+    operator = auth.current()
+    assert operator is not None  # guaranteed by before_request and auth.requires
+    return operator
+
+
+# -- formatting helpers ----------------------------------------------------------------------------
+
+
+def _parse_ts(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _when(value: Any) -> str:
+    """A store timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC); anything else as it is."""
+    if not value:
+        return ""
+    parsed = _parse_ts(str(value))
+    if parsed is None:
+        return str(value)
+    return parsed.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _age(value: str | None, now: dt.datetime) -> str:
+    parsed = _parse_ts(value)
+    if parsed is None:
+        return ""
+    seconds = max(0, int((now - parsed).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {seconds} s"
+    return f"{seconds} s"
+
+
+def _redact(value: Any) -> str:
+    return redact_person_ids(str(value)) if value else ""
+
+
+def hour_chart(hours: dict[str, dict[str, int]], now: dt.datetime, series: tuple[tuple[str, tuple[str, ...], str], ...],
+               *, title: str) -> dict[str, Any]:
+    """The geometry of an inline-SVG bar chart of the last 24 hours (oldest hour left).
+
+    ``series``: (label, the outcomes it sums, CSS class), stacked bottom-up."""
+    width, height, left, bottom, top = 720, 170, 44, 22, 10
+    plot_h = height - bottom - top
+    slot = (width - left) / 24
+    start = now.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
+    columns = []
+    for n in range(24):
+        hour = start + dt.timedelta(hours=n)
+        counts = hours.get(hour.strftime("%Y-%m-%dT%H"), {})
+        values = [(label, sum(int(counts.get(o, 0)) for o in outcomes), cls) for label, outcomes, cls in series]
+        columns.append((hour, values))
+    peak = max([sum(v for _, v, _ in values) for _, values in columns] + [0])
+    scale_max = _nice(peak)
+    bars, labels = [], []
+    for n, (hour, values) in enumerate(columns):
+        x = left + n * slot + 2
+        base = height - bottom
+        tip = f"{hour:%H}:00–{(hour + dt.timedelta(hours=1)):%H}:00 UTC: " + ", ".join(f"{v} {lab}" for lab, v, _ in values)
+        for label, value, cls in values:
+            if value <= 0:
+                continue
+            h = max(1.0, plot_h * value / scale_max)
+            base -= h
+            bars.append({"x": round(x, 1), "y": round(base, 1), "w": round(slot - 4, 1), "h": round(h, 1),
+                         "cls": cls, "title": tip})
+        if n % 3 == 0:
+            labels.append({"x": round(x + (slot - 4) / 2, 1), "text": f"{hour:%H}"})
+    totals = [(label, sum(values[i][1] for _, values in columns), cls) for i, (label, _, cls) in enumerate(series)]
+    return {"title": title, "width": width, "height": height, "left": left, "top": top,
+            "base": height - bottom, "max": scale_max, "mid": scale_max // 2 if scale_max >= 2 else None,
+            "mid_y": round(top + plot_h / 2, 1), "bars": bars, "labels": labels, "totals": totals,
+            "legend": [(label, cls) for label, _, cls in series], "empty": peak == 0}
+
+
+def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str) -> dict[str, Any]:
+    """Grouped counts (``n``) as a table: one row per ``row_key``, one column per ``col_key``."""
+    row_labels = list(dict.fromkeys(str(r[row_key] or "") for r in rows))
+    col_labels = list(dict.fromkeys(str(r[col_key] or "") for r in rows))
+    cells: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (str(r[row_key] or ""), str(r[col_key] or ""))
+        cells[key] = cells.get(key, 0) + int(r["n"])
+    return {
+        "rows": [(label, [cells.get((label, c), 0) for c in col_labels], sum(cells.get((label, c), 0) for c in col_labels))
+                 for label in row_labels],
+        "columns": col_labels,
+        "totals": [sum(cells.get((label, c), 0) for label in row_labels) for c in col_labels],
+        "total": sum(cells.values()),
+    }
+
+
+def _nice(value: int) -> int:
+    """A round upper bound for a chart's scale whose half is a whole number too (or 1)."""
+    if value <= 1:
+        return 1
+    if value <= 10:
+        return value + value % 2
+    magnitude = 10 ** (len(str(value)) - 1)
+    return next(step * magnitude for step in (1, 2, 4, 5, 10) if step * magnitude >= value)
+
+
+# -- sign-in ---------------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    ops = _ops()
+    next_path = _safe_next(request.values.get("next")) or url_for("ops.dashboard")
+    if auth.current() is not None:
+        return redirect(next_path)
+    error = None
+    status = 200
+    if request.method == "POST":
+        name = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        user = auth.check_login(ops.users, name, password) if name and password else None
+        if user is not None:
+            auth.sign_in(user)
+            log.info("ops: signed in", extra={"user": user.name, "role": user.role, "remote_addr": request.remote_addr})
+            return redirect(next_path)
+        log.warning("ops: sign-in failed", extra={"user": name[:64], "remote_addr": request.remote_addr})
+        error = "Wrong user name or password."
+        status = 401
+    return render_template("login.html", error=error, next=_safe_next(request.values.get("next")),
+                           proxy=bool(ops.proxy_header)), status
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    operator = auth.current()
+    auth.sign_out()
+    if operator is not None:
+        log.info("ops: signed out", extra={"user": operator.name})
+    flash("You are signed out.", "info")
+    return redirect(url_for("ops.login"))
+
+
+# -- dashboard -------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+@auth.requires("monitor")
+def dashboard() -> Any:
+    ops = _ops()
+    now = utcnow()
+    data = ops.store.dashboard(now)
+    oldest = data.get("oldest_undelivered")
+    charts = [
+        hour_chart(data["hours"], now, (("delivered", ("delivered",), "bar-ok"),), title="Delivered per hour"),
+        hour_chart(data["hours"], now, (("retried", ("retry", "failed_late"), "bar-retry"), ("dead", ("dead",), "bar-dead")),
+                   title="Failed attempts per hour"),
+    ]
+    tables = [
+        ("Cases", "per target and status", "target", pivot(data["cases"], "target", "status")),
+        ("Messages", "per direction and status", "direction", pivot(data["messages"], "direction", "status")),
+        ("Outbox", "per target and status", "target", pivot(data["outbox"], "target", "status")),
+    ]
+    return render_template(
+        "dashboard.html", data=data, charts=charts, now=now, tables=tables,
+        oldest=oldest, oldest_age=_age(oldest["created_at"], now) if oldest else None,
+    )
+
+
+@bp.get("/case")
+@auth.requires("monitor")
+def find_case() -> Any:
+    case_id = request.args.get("case_id", "").strip()
+    if not case_id:
+        return redirect(url_for("ops.log_search"))
+    return redirect(url_for("ops.case", case_id=case_id))
+
+
+# -- sync log --------------------------------------------------------------------------------------
+
+
+def _form_time(value: str, field: str, problems: list[str]) -> str | None:
+    """A ``datetime-local`` value (taken as UTC) in the store's timestamp format."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        problems.append(f"{field}: not a date and time (YYYY-MM-DDTHH:MM).")
+        return None
+    parsed = parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _cursor(value: str) -> tuple[str, int] | None:
+    at, sep, row_id = value.rpartition("|")
+    if not sep or not at or not row_id.isdigit():
+        return None
+    return at, int(row_id)
+
+
+@bp.get("/log")
+@auth.requires("monitor")
+def log_search() -> Any:
+    ops = _ops()
+    args = request.args
+    fields = ("case_id", "hsa_id", "target", "direction", "status", "error_code", "event", "since", "until")
+    form = {f: args.get(f, "").strip()[:200] for f in fields}
+    problems: list[str] = []
+    since = _form_time(form["since"], "From", problems)
+    until = _form_time(form["until"], "To", problems)
+    if form["direction"] not in ("", "in", "out"):
+        problems.append("Direction: 'in' or 'out'.")
+        form["direction"] = ""
+    before = _cursor(args.get("before", "")) if args.get("before") else None
+    if args.get("before") and before is None:
+        problems.append("The page cursor is not valid; showing the newest rows.")
+    rows = ops.store.search_log(
+        case_id=form["case_id"] or None, hsa_id=form["hsa_id"] or None, target=form["target"] or None,
+        direction=form["direction"] or None, status=form["status"] or None, error_code=form["error_code"] or None,
+        event=form["event"] or None, since=since, until=until, before=before, limit=PAGE_SIZE,
+    )
+    for row in rows:
+        row["detail"] = _redact(row.get("detail"))
+    query = {k: v for k, v in form.items() if v}
+    first_url = url_for("ops.log_search") + ("?" + urlencode(query) if query else "")
+    next_url = None
+    if len(rows) == PAGE_SIZE:
+        last = rows[-1]
+        next_url = url_for("ops.log_search") + "?" + urlencode({**query, "before": f"{last['at']}|{last['id']}"})
+    targets = list(dict.fromkeys([*ops.targets, NATIONAL_TARGET]))
+    return render_template("log.html", rows=rows, form=form, problems=problems, next_url=next_url,
+                           first_url=first_url, paged=before is not None, targets=targets, events=SYNC_EVENTS, statuses=SYNC_STATUSES,
+                           page_size=PAGE_SIZE)
+
+
+# -- case page -------------------------------------------------------------------------------------
+
+
+def _timeline(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sync-log events, messages and status updates of a case in one list, oldest first."""
+    items: list[dict[str, Any]] = []
+    for e in detail["events"]:
+        items.append({"at": e["at"], "kind": "event", "direction": e["direction"], "what": e["event"],
+                      "status": e["status"], "target": e.get("target"), "ref": e.get("message_id"),
+                      "error_code": e.get("error_code"), "detail": _redact(e.get("detail"))})
+    for m in detail["messages"]:
+        times = [f"created {_when(m.get('created_time'))}" if m.get("created_time") else "",
+                 f"sent {_when(m.get('sent_at'))}" if m.get("sent_at") else ""]
+        items.append({"at": m["received_at"], "kind": "message", "direction": m["direction"],
+                      "what": f"message {m['kind']}", "status": m["status"], "target": None,
+                      "ref": m["message_id"], "error_code": None,
+                      "detail": ", ".join(t for t in [*times, f"origin {m['origin']}" if m.get("origin") else ""] if t)})
+    for s in detail["statuses"]:
+        items.append({"at": s["created_at"], "kind": "status", "direction": "out", "what": f"status {s['status']}",
+                      "status": s["state"], "target": NATIONAL_TARGET, "ref": None, "error_code": None,
+                      "detail": ", ".join(t for t in [f"sent {_when(s['sent_at'])}" if s.get("sent_at") else "",
+                                                      f"origin {s['origin']}" if s.get("origin") else ""] if t)})
+    items.sort(key=lambda i: (_parse_ts(i["at"]) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)))
+    return items
+
+
+@bp.get("/cases/<path:case_id>")
+@auth.requires("monitor")
+def case(case_id: str) -> Any:
+    ops = _ops()
+    operator = _operator()
+    with_content = operator.can("reader")
+    try:
+        detail = ops.store.case_detail(case_id, with_content=with_content)
+    except NotFound:
+        return render_template("error.html", code=404, title="No such case",
+                               message=f"There is no case '{case_id}'."), 404
+    row = detail["case"]
+    unit = None
+    try:
+        unit = ops.mappings.units.unit(row["receiver_hsa_id"], utcnow().date()) if row.get("receiver_hsa_id") else None
+    except Exception:  # a mapping lookup must never break the page
+        unit = None
+    for outbox_row in detail["outbox"]:
+        outbox_row["last_error"] = _redact(outbox_row.get("last_error"))
+        for attempt in outbox_row["attempts"]:
+            attempt["detail"] = _redact(attempt.get("detail"))
+    files = detail["attachments"]
+    context: dict[str, Any] = {
+        "case_id": case_id, "row": row, "unit": unit, "timeline": _timeline(detail), "outbox": detail["outbox"],
+        "file_count": len(files), "with_content": with_content,
+    }
+    if with_content:
+        context["content"] = detail.get("content")
+        context["message_contents"] = detail.get("message_contents") or {}
+        context["files"] = files
+        context["messages"] = detail["messages"]
+        ops.store.audit(operator.name, operator.role, "read_case", f"case {case_id}", "case content shown")
+    return render_template("case.html", **context)
+
+
+@bp.get("/cases/<path:case_id>/files/<sha256>")
+@auth.requires("reader")
+def attachment(case_id: str, sha256: str) -> Any:
+    ops = _ops()
+    operator = _operator()
+    found = ops.store.attachment(case_id, sha256) if _SHA256.fullmatch(sha256) else None
+    if found is None:
+        return render_template("error.html", code=404, title="No such file",
+                               message="That case has no such file."), 404
+    name, mime, data = found
+    ops.store.audit(operator.name, operator.role, "download", f"case {case_id}", f"file {sha256[:16]} ({mime})")
+    response = send_file(io.BytesIO(data), mimetype=mime or "application/octet-stream", as_attachment=True,
+                         download_name=name or "attachment", max_age=0, etag=False, conditional=False)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+@bp.get("/dead")
+@auth.requires("monitor")
+def dead() -> Any:
+    ops = _ops()
+    target = request.args.get("target", "").strip() or None
+    before = request.args.get("before", "")
+    before_id = int(before) if before.isdigit() else None
+    rows = ops.store.outbox_list(status="dead", target=target, limit=DEAD_PAGE_SIZE, before_id=before_id)
+    for row in rows:
+        row["last_error"] = _redact(row.get("last_error"))
+    next_url = None
+    if len(rows) == DEAD_PAGE_SIZE:
+        query = {"before": rows[-1]["id"], **({"target": target} if target else {})}
+        next_url = url_for("ops.dead") + "?" + urlencode(query)
+    targets = list(dict.fromkeys([*ops.targets, NATIONAL_TARGET]))
+    return render_template("dead.html", rows=rows, target=target or "", targets=targets, next_url=next_url,
+                           paged=before_id is not None)
+
+
+def _selected_ids() -> list[int]:
+    ids = []
+    for value in request.form.getlist("id"):
+        if value.strip().isdigit():
+            ids.append(int(value))
+    return list(dict.fromkeys(ids))[:MAX_SELECTED]
+
+
+@bp.post("/dead/confirm")
+@auth.requires("admin")
+def confirm() -> Any:
+    """What a replay or cancel will do, with the button that does it (nothing changes here)."""
+    ops = _ops()
+    action = request.form.get("action", "")
+    back = _safe_next(request.form.get("next")) or url_for("ops.dead")
+    if action not in ("replay", "cancel"):
+        flash("Choose Replay or Cancel.", "error")
+        return redirect(back)
+    ids = _selected_ids()
+    if not ids:
+        flash("Select at least one row.", "error")
+        return redirect(back)
+    rows = []
+    for outbox_id in ids:
+        row = ops.store.outbox_row(outbox_id)
+        if row is not None:
+            row["last_error"] = _redact(row.get("last_error"))
+            rows.append(row)
+    if not rows:
+        flash("None of the selected rows exists.", "error")
+        return redirect(back)
+    return render_template("confirm.html", action=action, rows=rows, next=back)
+
+
+@bp.post("/dead/apply")
+@auth.requires("admin")
+def apply() -> Any:
+    ops = _ops()
+    operator = _operator()
+    action = request.form.get("action", "")
+    back = _safe_next(request.form.get("next")) or url_for("ops.dead")
+    if action not in ("replay", "cancel") or request.form.get("confirmed") != "yes":
+        flash("Nothing was done: the action was not confirmed.", "error")
+        return redirect(back)
+    done, skipped = 0, 0
+    for outbox_id in _selected_ids():
+        row = ops.store.outbox_row(outbox_id)
+        if row is None:
+            skipped += 1
+            continue
+        by = f"{operator.name} (ops)"
+        ok = ops.store.replay(outbox_id, by=by) if action == "replay" else ops.store.cancel(outbox_id, by=by)
+        what = f"{row['action']} of case {row['case_id']} to {row['target']}"
+        ops.store.audit(operator.name, operator.role, action, f"outbox {outbox_id}",
+                        what + ("" if ok else f"; nothing done, the row was {row['status']}"))
+        log.info(f"ops: {action}", extra={"user": operator.name, "outbox_id": outbox_id, "case_id": row["case_id"],
+                                          "target": row["target"], "done": ok})
+        done += ok
+        skipped += not ok
+    if action == "replay" and done:
+        _wake_worker()
+    verb = "Replayed" if action == "replay" else "Cancelled"
+    flash(f"{verb} {done} row{'s' if done != 1 else ''}."
+          + (f" {skipped} left as {'they were' if skipped != 1 else 'it was'} (no longer dead)." if skipped else ""),
+          "info" if done else "error")
+    return redirect(back)
+
+
+def _wake_worker() -> None:
+    """Nudge an in-process worker so a replayed row goes out now, not on its next tick."""
+    worker = current_app.extensions.get("gateway.worker")
+    wake = getattr(worker, "wake", None)
+    if callable(wake):
+        wake()
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+@bp.get("/targets")
+@auth.requires("monitor")
+def targets() -> Any:
+    ops = _ops()
+    paused = ops.store.paused_targets()
+    depth: dict[str, dict[str, Any]] = {}
+    for row in ops.store.queue_depth():
+        depth.setdefault(row["target"] or "", {})[row["status"]] = row
+    names = list(dict.fromkeys([*ops.targets, *sorted(paused)]))
+    now = utcnow()
+    listing = []
+    for name in names:
+        queue = depth.get(name, {})
+        oldest = min((r["oldest"] for s, r in queue.items() if s != "dead" and r.get("oldest")), default=None)
+        listing.append({"name": name, "paused": name in paused,
+                        "pending": queue.get("pending", {}).get("n", 0),
+                        "in_flight": queue.get("in_flight", {}).get("n", 0),
+                        "dead": queue.get("dead", {}).get("n", 0),
+                        "oldest_age": _age(oldest, now) if oldest else ""})
+    return render_template("targets.html", targets=listing)
+
+
+@bp.post("/targets/<name>")
+@auth.requires("admin")
+def set_target(name: str) -> Any:
+    ops = _ops()
+    operator = _operator()
+    if name not in ops.targets and name not in ops.store.paused_targets():
+        return render_template("error.html", code=404, title="No such target",
+                               message=f"There is no target '{name}'."), 404
+    paused = request.form.get("paused") == "1"
+    ops.store.set_paused(name, paused, by=f"{operator.name} (ops)")
+    action = "pause" if paused else "resume"
+    ops.store.audit(operator.name, operator.role, action, f"target {name}")
+    log.info(f"ops: target {action}d", extra={"user": operator.name, "target": name})
+    if not paused:
+        _wake_worker()
+    flash(f"Target {name} {'paused' if paused else 'resumed'}.", "info")
+    return redirect(url_for("ops.targets"))
+
+
+# -- mappings and audit ----------------------------------------------------------------------------
+
+
+@bp.get("/mappings")
+@auth.requires("monitor")
+def mappings() -> Any:
+    maps = _ops().mappings
+    today = utcnow().date()
+    units = sorted(maps.units.rows, key=lambda u: (u.hsa_id, u.valid_from or dt.date.min))
+    rows = [{"unit": u, "in_force": u.valid_on(today)} for u in units]
+    return render_template("mappings.html", units=rows, default_route=maps.units.default_route,
+                           case_types=maps.codes.case_types, statuses=maps.codes.statuses,
+                           source_units=maps.units.source, source_codes=maps.codes.source, today=today)
+
+
+@bp.get("/audit")
+@auth.requires("reader")
+def audit() -> Any:
+    entries = _ops().store.audit_entries(limit=200)
+    return render_template("audit.html", entries=entries)

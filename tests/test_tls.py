@@ -226,3 +226,70 @@ def test_certs_dev_makes_a_ca_server_and_client_certificates(runner, tmp_path):
     assert identity.from_certificate(client, "file").hsa_id == PLATFORM
     assert identity.CertificateAuthority(tmp_path / "ca.pem").issued(client)
     assert oct((tmp_path / "server-key.pem").stat().st_mode)[-3:] == "600"
+
+
+class _PeerSocket:
+    """What gunicorn/werkzeug hand the app: a TLS socket whose peer certificate was verified."""
+
+    def __init__(self, serial: str):
+        self.serial = serial
+
+    def getpeercert(self):
+        return {"subject": ((("countryName", "SE"),), (("commonName", "Journal"),), (("serialNumber", self.serial),))}
+
+
+def test_the_provider_api_takes_a_client_certificate_instead_of_a_token(config_data, pki, make_case):
+    data = copy.deepcopy(config_data)
+    data["server"]["tls"] = {"cert": str(pki["server"].cert), "key": str(pki["server"].key), "client_ca": str(pki["ca"])}
+    data["targets"]["demo_rest"]["api"] = {"client_cert_hsa_id": "SE5566778899-JRNL"}
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    try:
+        client = app.test_client()
+        client.post("/rivta", data=make_case(), headers={"Content-Type": "text/xml"})
+        as_journal = client.get("/api/v1/cases/1177-C-0001", environ_base={"werkzeug.socket": _PeerSocket("SE5566778899-JRNL")})
+        assert as_journal.status_code == 200 and as_journal.json["caseId"] == "1177-C-0001"
+        stranger = client.get("/api/v1/cases/1177-C-0001", environ_base={"werkzeug.socket": _PeerSocket(STRANGER)})
+        assert stranger.status_code == 401 and stranger.json["code"] == "GW030"
+        assert client.get("/api/v1/cases/1177-C-0001").status_code == 401
+    finally:
+        app.extensions["gateway.store"].close()
+
+
+def test_secrets_never_appear_in_check_output_errors_or_logs(config_data, runner, tmp_path, make_case, capsys):
+    secrets = {"API_TOKEN": "tok-SECRET-4711", "SMTP_PW": "smtp-SECRET-4711", "OAUTH": "oauth-SECRET-4711"}
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["api"] = {"token": {"$env": "API_TOKEN"}}
+    data["targets"]["demo_rest"]["auth"] = {"type": "oauth2", "token_url": "http://127.0.0.1:9/token", "client_id": "gw",
+                                            "client_secret": {"$env": "OAUTH"}}
+    data["alerts"] = {"smtp_host": "127.0.0.1", "smtp_port": 9, "smtp_username": "gw", "smtp_password": {"$env": "SMTP_PW"},
+                      "mail_to": ["ops@example.se"]}
+    path = write_config(tmp_path, data)
+    checked = runner.invoke(gateway.cli, ["check", "--config", str(path)], env=secrets)
+    assert checked.exit_code == 0 and not any(v in checked.output for v in secrets.values())
+    cfg = config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ=secrets)
+    assert not any(v in repr(cfg) or v in str(cfg.redacted()) for v in secrets.values())
+    app = gateway.create_app(cfg)
+    try:
+        app.test_client().post("/rivta", data=make_case(), headers={"Content-Type": "text/xml"})
+        app.extensions["gateway.worker"].run_until_idle(timeout=0.5)  # the token request fails: logged, retried
+        row = app.extensions["gateway.store"].outbox_rows("1177-C-0001")[0]
+        app.extensions["gateway.worker"].check_alerts()  # the SMTP login fails
+        logged = capsys.readouterr()
+        everything = logged.out + logged.err + str(row) + str(app.extensions["gateway.store"].search_log(limit=100))
+        assert row["last_error_code"] in ("GW060", "GW064") and not any(v in everything for v in secrets.values())
+    finally:
+        app.extensions["gateway.store"].close()
+
+
+def test_the_ops_view_takes_a_client_certificate_instead_of_a_password(config_data, pki):
+    data = copy.deepcopy(config_data)
+    data["server"]["tls"] = {"cert": str(pki["server"].cert), "key": str(pki["server"].key), "client_ca": str(pki["ca"])}
+    data["ops"] = {"users": [{"name": "anna", "role": "admin", "client_cert_hsa_id": "SE5566778899-ANNA"}]}
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    try:
+        client = app.test_client()
+        page = client.get("/ops/", environ_base={"werkzeug.socket": _PeerSocket("SE5566778899-ANNA")})
+        assert page.status_code == 200 and "anna" in page.get_data(as_text=True)
+        assert client.get("/ops/", environ_base={"werkzeug.socket": _PeerSocket(STRANGER)}).status_code == 302
+    finally:
+        app.extensions["gateway.store"].close()
