@@ -275,6 +275,13 @@ def m007_event_index(db: Database) -> None:
     db["sync_log"].create_index(["event", "at"])  # the ops view and `gateway log` search by event too
 
 
+@migrations()
+def m008_ops_indexes(db: Database) -> None:
+    db["outbox"].create_index(["status", "id"])  # dead letters, newest first
+    db["messages"].create_index(["direction", "status"])  # the dashboard's counts
+    db.execute("ANALYZE")  # statistics for the planner; retention refreshes them (PRAGMA optimize)
+
+
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
 
@@ -1064,11 +1071,17 @@ class Store:
         a deep page costs what the first one does). Every filter column leads an index
         together with ``at``, so no search scans the table."""
         where, params = [], []
-        for column, value in (("case_id", case_id), ("hsa_id", hsa_id.upper() if hsa_id else None), ("target", target),
-                              ("direction", direction), ("status", status), ("error_code", error_code), ("event", event)):
+        # The most selective filter leads its (column, at) index; the others are written
+        # '+column' so SQLite cannot pick their broader index instead (without ANALYZE
+        # statistics it would, and walk most of the table for a case id plus a status).
+        leading = True
+        for column, value in (("case_id", case_id), ("error_code", error_code), ("event", event),
+                              ("hsa_id", hsa_id.upper() if hsa_id else None), ("target", target), ("status", status),
+                              ("direction", direction)):
             if value:
-                where.append(f"{column} = ?")
+                where.append(f"{'' if leading else '+'}{column} = ?")
                 params.append(value)
+                leading = False
         if since:
             where.append("at >= ?")
             params.append(since)
@@ -1076,7 +1089,8 @@ class Store:
             where.append("at < ?")
             params.append(until)
         if before:
-            where.append("(at < ? OR (at = ? AND id < ?))")
+            # 'at <= ?' gives the index a range to start from, so a deep page costs what the first does
+            where.append("at <= ? AND (at < ? OR id < ?)")
             params += [before[0], before[0], before[1]]
         sql = "SELECT * FROM sync_log" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY at DESC, id DESC LIMIT ?"
@@ -1255,7 +1269,7 @@ class Store:
             if count == 0:
                 break
         # executescript steps the pragma to the end; execute() would free a single page
-        self.db.conn.executescript("PRAGMA incremental_vacuum;")
+        self.db.conn.executescript("PRAGMA incremental_vacuum; PRAGMA optimize;")  # and refresh the planner's statistics
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         after_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
         removed["bytes_freed"] = max(0, before_bytes - after_bytes)
