@@ -190,30 +190,6 @@ class Units:
         return found
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MappingError(f"cannot read mapping file {path}: {exc.strerror}.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MappingError(f"mapping file {path.name} is not valid YAML{where}.") from None
-
-
-def _validation_message(name: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "is required"
-        parts.append(f"{loc}: {msg}")
-    return f"{name}: " + "; ".join(parts) + "."
-
-
 # -- codes ------------------------------------------------------------------------------------------
 
 

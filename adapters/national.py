@@ -26,9 +26,9 @@ import zeep.exceptions
 import zeep.helpers
 
 import rivta
-from adapters.base import Answer, classify_exception, classify_status, session_for
-from adapters.soap import LocalOnlyTransport, _short
-from errors import BadTargetAnswer, ContractError, NationalRefused, TargetFailed, TargetRefused
+from adapters.base import Answer, session_for
+from adapters.soap import LocalOnlyTransport, _short, call_classified
+from errors import BadTargetAnswer, ContractError, NationalRefused, TargetRefused
 from model import Case, Message, StatusUpdate
 
 SWEDEN = ZoneInfo("Europe/Stockholm")
@@ -80,24 +80,11 @@ class NationalAdapter:
         if correlation_id:
             headers["x-skltp-correlation-id"] = correlation_id
         what = contract.name
-        try:
+        def call() -> Any:
             with client.settings(extra_http_headers=headers):
-                result = getattr(service, contract.name)(
-                    _soapheaders={"LogicalAddress": self.settings.logical_address}, **body
-                )
-        except zeep.exceptions.Fault as fault:
-            code = str(fault.code or "")
-            if code.endswith("Client") or code.endswith("Sender"):
-                raise TargetRefused(f"1177 refused {what}: SOAP Client fault '{_short(fault.message)}'.") from None
-            raise TargetFailed(f"1177 failed {what}: SOAP Server fault '{_short(fault.message)}'.") from None
-        except zeep.exceptions.TransportError as exc:
-            raise classify_status(NAME, exc.status_code or 500, what) from None
-        except requests.RequestException as exc:
-            raise classify_exception(NAME, exc, what) from None
-        except (zeep.exceptions.ValidationError, TypeError) as exc:
-            raise TargetRefused(f"the {what} request does not fit its contract ({_short(str(exc))}).") from None
-        except (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError):
-            raise BadTargetAnswer(f"1177 answered {what} with XML that cannot be read.") from None
+                return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.logical_address}, **body)
+
+        result = call_classified(NAME, what, call)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
             data = {"result": data} if isinstance(data, dict) and "resultCode" in data else data

@@ -27,6 +27,27 @@ from adapters.base import Adapter, Answer, Request, classify_exception, classify
 from errors import BadTargetAnswer, ContractError, TargetFailed, TargetRefused
 
 
+def call_classified(name: str, what: str, call: Any) -> Any:
+    """Run a zeep call and turn what can go wrong into a classified ``DeliveryError``:
+    a Client fault or a body that does not fit the WSDL is permanent; a Server fault,
+    HTTP 408/429/5xx and transport errors are transient; unreadable XML is a bad answer."""
+    try:
+        return call()
+    except zeep.exceptions.Fault as fault:
+        code = str(fault.code or "")
+        if code.endswith(("Client", "Sender")):
+            raise TargetRefused(f"target '{name}' refused {what}: SOAP Client fault '{_short(fault.message)}'.") from None
+        raise TargetFailed(f"target '{name}' failed {what}: SOAP Server fault '{_short(fault.message)}'.") from None
+    except zeep.exceptions.TransportError as exc:
+        raise classify_status(name, exc.status_code or 500, what) from None
+    except requests.RequestException as exc:
+        raise classify_exception(name, exc, what) from None
+    except (zeep.exceptions.ValidationError, TypeError) as exc:
+        raise TargetRefused(f"target '{name}': the request for {what} does not fit the WSDL ({_short(str(exc))}).") from None
+    except (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError):
+        raise BadTargetAnswer(f"target '{name}' answered {what} with XML that cannot be read.") from None
+
+
 class LocalOnlyTransport(Transport):
     """A zeep transport that reads WSDL/XSD files from disk and refuses to fetch them."""
 
@@ -74,6 +95,12 @@ class SoapAdapter(Adapter):
         self._local.client, self._local.service = client, service
         return service
 
+    def _operation(self, service: Any, operation: str) -> Any:
+        try:
+            return getattr(service, operation)
+        except AttributeError:
+            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{operation}'.") from None
+
     def send(self, action: str, request: Request) -> Answer:
         operation = self.settings.operations.get(action)
         if operation is None:
@@ -86,26 +113,12 @@ class SoapAdapter(Adapter):
             body[idempotency.field] = request.idempotency_key
         headers = {idempotency.http_header: request.idempotency_key} if idempotency.http_header else {}
         what = f"{action} ({operation})"
-        try:
-            method = getattr(service, operation)
-        except AttributeError:
-            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{operation}'.") from None
-        try:
+        method = self._operation(service, operation)
+        def call() -> Any:
             with client.settings(extra_http_headers=headers):
-                result = method(**body)
-        except zeep.exceptions.Fault as fault:
-            code = str(fault.code or "")
-            if code.endswith("Client") or code.endswith("Sender"):
-                raise TargetRefused(f"target '{self.name}' refused {what}: SOAP Client fault '{_short(fault.message)}'.") from None
-            raise TargetFailed(f"target '{self.name}' failed {what}: SOAP Server fault '{_short(fault.message)}'.") from None
-        except zeep.exceptions.TransportError as exc:
-            raise classify_status(self.name, exc.status_code or 500, what) from None
-        except requests.RequestException as exc:
-            raise classify_exception(self.name, exc, what) from None
-        except (zeep.exceptions.ValidationError, TypeError) as exc:
-            raise TargetRefused(f"target '{self.name}': the body for {what} does not fit the WSDL ({_short(str(exc))}).") from None
-        except (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError):
-            raise BadTargetAnswer(f"target '{self.name}' answered {what} with XML that cannot be read.") from None
+                return method(**body)
+
+        result = call_classified(self.name, what, call)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         if data is not None and not isinstance(data, dict):
             # zeep hands back a response's only child unwrapped: wrap it in its name again,
@@ -119,18 +132,8 @@ class SoapAdapter(Adapter):
             raise TargetRefused(f"target '{self.name}' has no poll.operation.")
         service = self._service()
         what = f"the poll ({poll.operation})"
-        try:
-            result = getattr(service, poll.operation)(**({poll.cursor_param: cursor} if cursor else {}))
-        except zeep.exceptions.Fault as fault:
-            code = str(fault.code or "")
-            error = TargetRefused if code.endswith(("Client", "Sender")) else TargetFailed
-            raise error(f"target '{self.name}' answered {what} with a SOAP fault '{_short(fault.message)}'.") from None
-        except zeep.exceptions.TransportError as exc:
-            raise classify_status(self.name, exc.status_code or 500, what) from None
-        except requests.RequestException as exc:
-            raise classify_exception(self.name, exc, what) from None
-        except AttributeError:
-            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{poll.operation}'.") from None
+        method = self._operation(service, poll.operation)
+        result = call_classified(self.name, what, lambda: method(**({poll.cursor_param: cursor} if cursor else {})))
         data = zeep.helpers.serialize_object(result, target_cls=dict) or {}
         if not isinstance(data, dict):
             raise BadTargetAnswer(f"target '{self.name}' answered {what} without updates and cursor.")
@@ -144,19 +147,13 @@ class SoapAdapter(Adapter):
         service = self._service()
         client = self._local.client
         what = f"the medication list ({settings.operation})"
-        try:
+        method = self._operation(service, settings.operation)
+
+        def call() -> Any:
             with client.transport.settings(timeout=settings.timeout_s):
-                result = getattr(service, settings.operation)(personId=person_id, unitCode=unit_code)
-        except zeep.exceptions.Fault as fault:
-            code = str(fault.code or "")
-            error = TargetRefused if code.endswith(("Client", "Sender")) else TargetFailed
-            raise error(f"target '{self.name}' answered {what} with a SOAP fault '{_short(fault.message)}'.") from None
-        except zeep.exceptions.TransportError as exc:
-            raise classify_status(self.name, exc.status_code or 500, what) from None
-        except requests.RequestException as exc:
-            raise classify_exception(self.name, exc, what) from None
-        except AttributeError:
-            raise TargetRefused(f"target '{self.name}': the WSDL has no operation '{settings.operation}'.") from None
+                return method(personId=person_id, unitCode=unit_code)
+
+        result = call_classified(self.name, what, call)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         if isinstance(data, list):
             return [dict(i) for i in data]
