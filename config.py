@@ -100,6 +100,10 @@ class ServerSection(_Section):
     workers: int = Field(default=1, ge=1, le=64)
     threads: int = Field(default=8, ge=1, le=256)
     timeout_s: int = Field(default=120, ge=1)
+    read_timeout_s: float = Field(
+        default=15, gt=0, le=600,
+        description="A client that sends nothing for this long in the middle of a request is cut off (slow loris).",
+    )
     tls: ServerTlsSection | None = None
 
     @field_validator("bind")

@@ -202,8 +202,41 @@ def _check_targets(cfg: Config) -> None:
 # -- gunicorn ---------------------------------------------------------------------------------
 
 
+def _worker_class(read_timeout_s: float) -> type:
+    """gunicorn's gthread worker with a kernel-level read and write timeout on every client
+    socket: a client that sends part of a request (or of a TLS handshake) and stalls gets
+    its thread back after ``read_timeout_s`` instead of holding it for ever (slow loris)."""
+    import socket
+    import struct
+
+    from gunicorn.workers.gthread import ThreadWorker
+
+    seconds = int(read_timeout_s)
+    interval = struct.pack("ll", seconds, int((read_timeout_s - seconds) * 1_000_000))
+
+    class GatewayThreadWorker(ThreadWorker):  # type: ignore[misc]
+        def handle(self, conn: Any) -> Any:
+            if not getattr(conn, "gateway_timeouts", False):
+                # SO_RCVTIMEO/SO_SNDTIMEO live on the file descriptor, so gunicorn's own
+                # setblocking(True) and the TLS wrapping keep them
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+                conn.gateway_timeouts = True
+            return super().handle(conn)
+
+    return GatewayThreadWorker
+
+
 def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
     from gunicorn.app.base import BaseApplication
+
+    def pre_request(worker: Any, req: Any) -> None:
+        # a body the app will refuse unread (GW010) cannot be drained: close the connection
+        # after the answer, so that the client does not reuse a broken one
+        headers = {name.upper(): value for name, value in req.headers}
+        length = headers.get("CONTENT-LENGTH", "")
+        if (length.isdigit() and int(length) > cfg.intake.max_body_bytes) or "CHUNKED" in headers.get("TRANSFER-ENCODING", "").upper():
+            req.must_close = True
 
     def worker_exit(server: Any, gunicorn_worker: Any) -> None:
         app = getattr(gunicorn_worker, "wsgi", None)
@@ -219,7 +252,8 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
                 "bind": [bind],
                 "workers": cfg.server.workers,
                 "threads": cfg.server.threads,
-                "worker_class": "gthread",
+                "worker_class": _worker_class(cfg.server.read_timeout_s),
+                "pre_request": pre_request,
                 "timeout": cfg.server.timeout_s,
                 "graceful_timeout": 20,
                 "worker_exit": worker_exit,

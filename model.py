@@ -45,6 +45,7 @@ class ReplyChannel(str, Enum):
 
 _HSA_RE = re.compile(r"^SE(\d{10})-[A-Za-z0-9]+$")
 _PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
+_PNR10_IN_TEXT = re.compile(r"(?<!\d)(\d{2})(\d{4})[-+](\d{4})(?!\d)")  # YYMMDD-NNNC
 
 
 def hsa_id(value: str, *, field: str = "hsaId") -> str:
@@ -77,8 +78,10 @@ def mask_person_id(number: str) -> str:
 
 
 def redact_person_ids(text: str) -> str:
-    """Replace everything in ``text`` that looks like a 12-digit personnummer by its mask."""
-    return _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
+    """Replace everything in ``text`` that looks like a personnummer (12 digits, or the
+    10-digit ``YYMMDD-NNNC`` form) by its mask."""
+    text = _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
+    return _PNR10_IN_TEXT.sub(lambda m: m.group(1) + "****-****", text)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ contract namespace), validates it against the contract's XSD, and builds respons
 ``ResultType`` elements and SOAP faults. Knows which contracts exist (``CONTRACTS``)
 and where their WSDL/XSD files are in ``contracts/``.
 
-May import: ``errors``.
+May import: ``errors``, ``model`` (person-id redaction).
 
 Invariants:
 - Hostile input is refused *before* lxml sees it: a DOCTYPE (and so any entity
@@ -38,6 +38,7 @@ from errors import (
     StoreError,
     UnknownContract,
 )
+from model import redact_person_ids
 
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -115,6 +116,7 @@ _PARSER = etree.XMLParser(
 )
 _XML_DECL = re.compile(rb"^<\?xml\s[^>]*?encoding\s*=\s*['\"]([A-Za-z0-9._-]+)['\"]")
 _PROLOG_SKIP = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
+_WHITESPACE = re.compile(rb"\s*")
 
 
 def check_prolog(body: bytes) -> None:
@@ -132,9 +134,9 @@ def check_prolog(body: bytes) -> None:
             break
         position = match.end()
         if position > 65536:
-            break
-    rest = head[position : position + 64].lstrip()
-    if rest.startswith(b"<!"):
+            raise HostileXml("the request's prolog (declarations, comments, processing instructions) is over 64 KB.")
+    position = _WHITESPACE.match(head, position).end()  # however much whitespace follows
+    if head[position : position + 2] == b"<!":
         raise HostileXml("the request carries a DOCTYPE or other declaration, which is never accepted.")
 
 
@@ -250,13 +252,20 @@ def _element_path(path: str | None) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
 def _clean_schema_message(message: str) -> str:
-    text = re.sub(r"\{[^}]*\}", "", message)
-    text = re.sub(r"Element '([^']*)'", r"element '\1'", text)
-    # never echo a value back: it may be a person id or citizen text
-    text = re.sub(r"The value '[^']*'", "The value", text)
+    # libxml2 quotes the offending value, which may be huge, a person id or citizen text:
+    # keep element names, drop every other quoted value (each regex here is linear)
+    text = message[:4000]
+    if text.count("'") % 2:  # a quoted value cut off by the limit: drop its tail
+        text = text[: text.rfind("'")] + "'…'"
+    text = re.sub(r"\{[^}]*\}", "", text)
     text = re.sub(r"\[facet '[^']*'\] ", "", text)
-    text = re.sub(r"'[0-9]{10,}'", "'…'", text)
+    text = re.sub(r"Element '([^']*)'", r"element «\1»", text)
+    text = _QUOTED.sub(lambda m: "'…'" if any(c.isdigit() for c in m.group(1)) or len(m.group(1)) > 40 else m.group(0), text)
+    text = text.replace("The value '…'", "The value").replace("«", "'").replace("»", "'")
     return text.strip().rstrip(".")[:300]
 
 
@@ -279,7 +288,8 @@ class Result:
     @classmethod
     def error(cls, exc: GatewayError, log_id: str | None = None) -> Result:
         text = exc.message if not exc.hint else f"{exc.message} {exc.hint}"
-        return cls("ERROR", log_id or str(uuid.uuid4()), exc.code, text)
+        # a message may quote what the caller sent (a file name, an id): never a person id
+        return cls("ERROR", log_id or str(uuid.uuid4()), exc.code, redact_person_ids(text))
 
 
 def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) -> etree._Element:
@@ -318,7 +328,7 @@ def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool 
 
 
 def fault_for(exc: GatewayError, *, log_id: str | None = None) -> bytes:
-    text = exc.message if not exc.hint else f"{exc.message} {exc.hint}"
+    text = redact_person_ids(exc.message if not exc.hint else f"{exc.message} {exc.hint}")
     return fault(
         exc.code,
         text,

@@ -75,6 +75,8 @@ def check_attachments(
         )
     for index, attachment in enumerate(attachments, start=1):
         where = f"{field}[{index}]"
+        if not 0 < len(attachment.file_name) <= 255:
+            raise InvalidValue(f"{where}: a file name is 1 to 255 characters.", field=where)
         if attachment.size > max_bytes:
             raise AttachmentTooLarge(
                 f"{where} '{attachment.file_name}' is {attachment.size} bytes, the limit is {max_bytes}.",
@@ -110,6 +112,12 @@ def check_case(
         raise InvalidValue("case/caseId is empty.", field="case/caseId")
     if not case.text.strip():
         raise InvalidValue("case/text is empty: a case needs the citizen's text.", field="case/text")
+    if len(case.text) > 20000:
+        raise InvalidValue(f"case/text is {len(case.text)} characters; 1177 takes at most 20000.", field="case/text")
+    if case.subject is not None and len(case.subject) > 255:
+        raise InvalidValue("case/subject is over 255 characters.", field="case/subject")
+    if not 1900 <= case.created_time.year <= 2099:
+        raise InvalidValue("case/createdTime is not a date 1177 can take (1900-2099).", field="case/createdTime")
     if case.case_type is CaseType.PRESCRIPTION_RENEWAL and not case.medications:
         raise InvalidValue("case/chosenMedication: a prescription renewal names at least one medication.",
                            field="case/chosenMedication")
@@ -134,6 +142,8 @@ def check_complaint(case: Case, *, today: dt.date) -> None:
             "case/complaint/eventDate is missing: a complaint needs the date of the event.",
             field="case/complaint/eventDate",
         )
+    if complaint.event_date.year < 1900:
+        raise EventDateInvalid("case/complaint/eventDate is before 1900.", field="case/complaint/eventDate")
     if complaint.event_date > today:
         raise EventDateInvalid(
             f"case/complaint/eventDate {complaint.event_date.isoformat()} is in the future.",

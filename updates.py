@@ -149,18 +149,19 @@ def reply(
     return message
 
 
-def _codes(value: Any, system: str, field: str) -> list[Code]:
-    items = value if isinstance(value, list) else [value]
-    found = []
-    for index, item in enumerate(items):
-        where = f"{field}[{index}]" if isinstance(value, list) else field
-        if isinstance(item, str):
-            found.append(Code(item.strip(), system))
-        elif isinstance(item, dict) and isinstance(item.get("code"), str):
-            found.append(Code(item["code"].strip(), item.get("codeSystem") or system, item.get("displayName")))
-        else:
-            raise BadJson(f"{where} must be a code or {{code, displayName?}}.", field=where)
-    return found
+def _code(item: Any, system: str, where: str) -> Code:
+    """A code as text, or ``{code, displayName?}`` (the code system is 1177's, fixed)."""
+    if isinstance(item, str) and 0 < len(item.strip()) <= 64:
+        return Code(item.strip(), system)
+    if isinstance(item, dict) and isinstance(item.get("code"), str) and 0 < len(item["code"].strip()) <= 64:
+        name = item.get("displayName")
+        if name is not None and (not isinstance(name, str) or len(name) > 255):
+            raise BadJson(f"{where}.displayName must be text of at most 255 characters.", field=f"{where}.displayName")
+        system_given = item.get("codeSystem")
+        if system_given is not None and not isinstance(system_given, str):
+            raise BadJson(f"{where}.codeSystem must be text.", field=f"{where}.codeSystem")
+        return Code(item["code"].strip(), system_given or system, name)
+    raise BadJson(f"{where} must be a code (1 to 64 characters) or {{code, displayName?}}.", field=where)
 
 
 def status(
@@ -180,10 +181,12 @@ def status(
             value = CaseStatus(codes.lookup("statuses", target, raw))
         except MappingError as exc:
             raise InvalidValue(f"status '{raw[:40]}' is neither 1177's nor in {exc.message}", field="status") from None
-    raw_problems = data.get("problems") or data.get("problem")  # JSON 'problems'; a SOAP poll may say 'problem'
-    problems = _codes(raw_problems, PROBLEM_CODE_SYSTEM, "problems") if raw_problems else []
+    raw_problems = data.get("problems") if data.get("problems") is not None else data.get("problem")  # a SOAP poll says 'problem'
+    if raw_problems is not None and not isinstance(raw_problems, list):
+        raise BadJson("'problems' must be a list of codes.", field="problems")
+    problems = [_code(item, PROBLEM_CODE_SYSTEM, f"problems[{i}]") for i, item in enumerate(raw_problems or [])]
     area = data.get("businessArea")
-    business = _codes(area, BUSINESS_AREA_CODE_SYSTEM, "businessArea")[0] if area else None
+    business = _code(area, BUSINESS_AREA_CODE_SYSTEM, "businessArea") if area is not None else None
     care_unit = _optional(data, "careUnitHsaId")
     update = StatusUpdate(case_id, value, care_unit.strip().upper() if care_unit else None, tuple(problems), business)
     rules.check_status_update(update, case_type)
@@ -215,25 +218,34 @@ def external_case(
     subject = _require(data, "subjectOfCare", dict)
     person = _require(subject, "personId", dict)
     number = _require(person, "id")
-    type_oid = person.get("type") or (
+    type_oid = _optional(person, "type") or (
         "1.2.752.129.2.1.3.3" if len(number) == 12 and number[6:8].isdigit() and int(number[6:8]) > 60
         else "1.2.752.129.2.1.3.1"
     )
     complaint_data = _optional(data, "complaint", dict)
     complaint = None
     if complaint_data is not None:
-        event = complaint_data.get("eventDate")
+        event = _optional(complaint_data, "eventDate")
         try:
             event_date = dt.date.fromisoformat(event) if event else None
-        except (TypeError, ValueError):
+        except ValueError:
             raise InvalidValue("complaint.eventDate must be a date (YYYY-MM-DD).", field="complaint.eventDate") from None
-        complaint = Complaint(event_date, bool(complaint_data.get("isCareProcess", False)),
-                              complaint_data.get("eventLocationText"), complaint_data.get("careUnitHsaId"))
+        location = _optional(complaint_data, "eventLocationText")
+        if location is not None and len(location) > 1000:
+            raise InvalidValue("complaint.eventLocationText is over 1000 characters.", field="complaint.eventLocationText")
+        complaint = Complaint(event_date, _optional(complaint_data, "isCareProcess", bool) or False, location,
+                              _optional(complaint_data, "careUnitHsaId"))
     created = _optional(data, "createdTime")
     try:
         created_time = dt.datetime.fromisoformat(created) if created else now
     except ValueError:
         raise InvalidValue("createdTime must be an ISO 8601 date and time.", field="createdTime") from None
+    if not 1900 <= created_time.year <= 2099:  # checked first: far-off years overflow in arithmetic
+        raise InvalidValue("createdTime must be a real time (1900-2099).", field="createdTime")
+    if created_time.tzinfo is None:
+        created_time = created_time.replace(tzinfo=now.tzinfo)
+    if created_time > now + dt.timedelta(days=1):
+        raise InvalidValue("createdTime is in the future.", field="createdTime")
     case = Case(
         # the same external case from the same target always gets the same id, so a retried
         # registration is recognised as the same case
@@ -241,11 +253,11 @@ def external_case(
         case_type=case_type,
         receiver=Receiver(receiver, bool(unit.patient_board) if unit else False),
         subject_of_care=SubjectOfCare(PersonId.parse(number, type_oid, field="subjectOfCare.personId"),
-                                      _optional(subject, "name")),
-        created_time=created_time if created_time.tzinfo else created_time.replace(tzinfo=now.tzinfo),
+                                      _optional(subject, "name")),  # (name: text or absent)
+        created_time=created_time,
         text=_require(data, "text"),
         subject=_optional(data, "subject"),
-        complaint=complaint,
+        complaint=complaint,  # lengths and dates: rules.check_case below
         attachments=attachments(data, max_bytes=max_attachment_bytes),
     )
     rules.check_case(case, now=now, max_attachments=rules.MAX_CARE_ATTACHMENTS, max_attachment_bytes=max_attachment_bytes)

@@ -29,6 +29,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +47,7 @@ from errors import (
     ContractError,
     DeliveryError,
     Forbidden,
+    InternalError,
     GatewayError,
     MappingError,
     NotFound,
@@ -215,8 +217,8 @@ class Worker:
     def _run(self, job: Job) -> None:
         try:
             self.deliver(job)
-        except Exception:  # a bug: the row stays in flight and its lease brings it back
-            log.error("delivery crashed", exc_info=True, extra={"outbox_id": job.id, "case_id": job.case_id})
+        except Exception:  # the outcome could not even be recorded: the lease brings the row back
+            log.error("delivery outcome not recorded", exc_info=True, extra={"outbox_id": job.id, "case_id": job.case_id})
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
@@ -275,10 +277,25 @@ class Worker:
         return Request(body=body, idempotency_key=job.idempotency_key, params={k: v for k, v in params.items() if v})
 
     def deliver(self, job: Job) -> None:
-        """Deliver one claimed row and record the outcome on it."""
-        if job.action in OUTBOUND_ACTIONS:
-            self.deliver_to_1177(job)
-            return
+        """Deliver one claimed row and record the outcome on it. An unexpected error (a bug)
+        makes the row dead with GW099, so it cannot come back with its lease and block the
+        case's later rows for ever; the log has the details."""
+        started = utcnow()
+        clock = time.perf_counter()
+        try:
+            if job.action in OUTBOUND_ACTIONS:
+                self.deliver_to_1177(job)
+            else:
+                self.deliver_to_provider(job)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the delivery loop
+            reference = str(uuid.uuid4())
+            log.error("delivery failed unexpectedly", exc_info=True,
+                      extra={"outbox_id": job.id, "case_id": job.case_id, "action": job.action, "log_id": reference})
+            error = InternalError(f"{job.action} failed unexpectedly ({type(exc).__name__}, reference {reference}).")
+            self._failed(job, error, started, clock, None, permanent=True)
+
+    def deliver_to_provider(self, job: Job) -> None:
+        """Deliver a row to the provider's system (a case or a citizen's message)."""
         started = utcnow()
         clock = time.perf_counter()
         settings = self.targets.get(job.target)
