@@ -156,3 +156,15 @@ class TestAttachments:
         rules.check_attachments(files[:10], max_count=rules.MAX_CARE_ATTACHMENTS)
         with pytest.raises(TooManyAttachments):
             rules.check_attachments(files, max_count=rules.MAX_CARE_ATTACHMENTS)
+
+
+def test_every_error_code_is_used_by_one_error_only():
+    import errors
+
+    leaves = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)
+              and c not in (errors.GatewayError, errors.RequestRefused, errors.RuleViolation, errors.DeliveryError,
+                            errors.ApiError)]
+    codes = [c.code for c in leaves]
+    assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
+    assert all(c.startswith("GW0") and len(c) == 5 for c in codes)
+    assert all(c.__doc__ for c in leaves)  # each class says when it is raised
