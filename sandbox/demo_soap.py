@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +59,7 @@ from flask import Flask, Response, request
 from lxml import etree
 
 from . import patients
+from .soapkit import SoapFault, parse_envelope
 from .clinic import Clinic
 from .state import Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
 
@@ -85,52 +85,7 @@ def soap_action(operation: str) -> str:
     return f"{NS}:{operation}"
 
 
-# -- hardened parsing ------------------------------------------------------------------
-
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    load_dtd=False,
-    dtd_validation=False,
-    no_network=True,
-    remove_comments=True,
-    remove_pis=True,
-    collect_ids=False,
-    huge_tree=True,  # base64 of a 20 MB file passes libxml2's 10 MB text limit; DTDs are refused
-)
-_PROLOG_SKIP = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
-_ENCODING = re.compile(rb"^<\?xml\s[^>]*?encoding\s*=\s*['\"]([A-Za-z0-9._-]+)['\"]")
-
-
-class SoapFault(Exception):
-    """A request refused with a SOAP fault; ``code`` starts the faultstring."""
-
-    def __init__(self, code: str, text: str, *, kind: str = "Client") -> None:
-        super().__init__(f"{code} {text}")
-        self.code, self.text, self.kind = code, text, kind
-
-
-def parse_envelope(body: bytes) -> etree._Element:
-    """The root of a UTF-8 XML document without a DOCTYPE, or a ``SoapFault``."""
-    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or body[:4].count(0):
-        raise SoapFault("INVALID_XML", "the request is not UTF-8.")
-    head = body.removeprefix(b"\xef\xbb\xbf")
-    declared = _ENCODING.match(head)
-    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
-        raise SoapFault("INVALID_XML", "the request is not UTF-8.")
-    position = 0
-    while (match := _PROLOG_SKIP.match(head, position)) and match.end() > position:
-        position = match.end()
-    if head[position:].lstrip().startswith(b"<!"):
-        raise SoapFault("INVALID_XML", "a DOCTYPE or declaration is never accepted.")
-    try:
-        root = etree.fromstring(body, parser=_PARSER)
-    except etree.XMLSyntaxError:
-        raise SoapFault("INVALID_XML", "the request is not well-formed XML.") from None
-    docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None:
-        raise SoapFault("INVALID_XML", "a DOCTYPE is never accepted.")
-    return root
-
+# -- reading requests (parse_envelope, SoapFault: sandbox.soapkit) ---------------------
 
 def request_element(root: etree._Element) -> etree._Element:
     """The SOAP 1.1 Body's first child, or a ``SoapFault``."""
