@@ -52,8 +52,6 @@ import datetime as dt
 import gc
 import hashlib
 import json
-import os
-import platform
 import random
 import re
 import secrets
@@ -71,7 +69,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import intake  # noqa: E402  (bench/intake.py: the machine facts)
 from store import Store  # noqa: E402
 
 MIB = 1024 * 1024
@@ -106,19 +106,8 @@ def pick(rng: random.Random, weighted: tuple[tuple[Any, int], ...]) -> Any:
 
 
 def machine() -> dict[str, str]:
-    meminfo = Path("/proc/meminfo").read_text()
-    total_kb = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    return {
-        "cores": str(len(os.sched_getaffinity(0))),  # what `nproc` prints
-        "cpu": model.group(1).strip() if model else platform.processor() or "unknown",
-        "memory": f"{total_kb / MIB:.1f} GiB",
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "os": f"{platform.system()} {platform.release()}",
-        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
+    """bench/intake.py's machine facts, plus the SQLite version."""
+    return {**intake.machine(), "sqlite": sqlite3.sqlite_version}
 
 
 # -- the data --------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from flask import Flask, Response, request
 from lxml import etree
 
 from . import patients
-from .soapkit import SoapFault, parse_envelope
+from .soapkit import SoapFault, parse_envelope, read_envelope
 from .clinic import Clinic
 from .state import Failure, KeyConflict, ProviderState, UnknownCase, add_control_routes
 
@@ -86,19 +86,6 @@ def soap_action(operation: str) -> str:
 
 
 # -- reading requests (parse_envelope, SoapFault: sandbox.soapkit) ---------------------
-
-def request_element(root: etree._Element) -> etree._Element:
-    """The SOAP 1.1 Body's first child, or a ``SoapFault``."""
-    if root.tag == f"{{{SOAP12_NS}}}Envelope":
-        raise SoapFault("NOT_SOAP11", "SOAP 1.2 is not served; send SOAP 1.1.", kind="VersionMismatch")
-    if root.tag != f"{{{SOAP11_NS}}}Envelope":
-        raise SoapFault("NOT_SOAP11", "the request is not a SOAP 1.1 Envelope.")
-    body = root.find(f"{{{SOAP11_NS}}}Body")
-    children = [] if body is None else [c for c in body if isinstance(c.tag, str)]
-    if not children:
-        raise SoapFault("NOT_SOAP11", "the SOAP Body is missing or empty.")
-    return children[0]
-
 
 def load_schema() -> etree.XMLSchema:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
@@ -277,7 +264,7 @@ def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, q
         try:
             if request.mimetype != "text/xml":
                 raise SoapFault("WRONG_CONTENT_TYPE", "send Content-Type: text/xml (SOAP 1.1).")
-            element = request_element(parse_envelope(request.get_data()))
+            _, element = read_envelope(parse_envelope(request.get_data()))
         except SoapFault as exc:
             refused = exc
         if element is not None and etree.QName(element).namespace == NS \

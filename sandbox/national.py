@@ -90,7 +90,8 @@ from lxml import etree
 from stdnum import luhn
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from sandbox.soapkit import SoapFault, parse_envelope
+from sandbox.soapkit import SoapFault, parse_envelope, read_envelope
+from sandbox.state import add_control_routes
 
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
@@ -178,25 +179,6 @@ def _now() -> str:
 
 
 # -- reading requests (parse_envelope, SoapFault: sandbox.soapkit) ---------------------------
-
-def read_envelope(root: etree._Element) -> tuple[str | None, etree._Element]:
-    """(LogicalAddress or None, the Body's first child) of a SOAP 1.1 envelope."""
-    if root.tag == f"{{{SOAP12_NS}}}Envelope":
-        raise SoapFault("NOT_SOAP11", "SOAP 1.2 is not served; RIV-TA BP 2.1 uses SOAP 1.1.", kind="VersionMismatch")
-    if root.tag != f"{{{SOAP11_NS}}}Envelope":
-        raise SoapFault("NOT_SOAP11", "the request is not a SOAP 1.1 Envelope.")
-    body = root.find(f"{{{SOAP11_NS}}}Body")
-    children = [] if body is None else [c for c in body if isinstance(c.tag, str)]
-    if not children:
-        raise SoapFault("NOT_SOAP11", "the SOAP Body is missing or empty.")
-    header = root.find(f"{{{SOAP11_NS}}}Header")
-    address = None
-    if header is not None:
-        element = header.find(f"{{{REGISTRY_NS}}}LogicalAddress")
-        if element is not None:
-            address = (element.text or "").strip()
-    return address, children[0]
-
 
 def load_schema(path: Path) -> etree.XMLSchema:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
@@ -438,7 +420,7 @@ class NationalState:
             "delay_s": self.delay_s,
         }
 
-    def snapshot_received(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {"received": [dict(r) for r in self.received], "total_calls": len(self.received), "control": self._settings()}
 
@@ -637,24 +619,7 @@ def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, stri
         page = render_inbox(state.inbox(request.args.get("caseId") or None), logical_address)
         return Response(page, content_type="text/html; charset=utf-8")
 
-    @app.post("/_control")
-    def control():  # type: ignore[no-untyped-def]
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            return jsonify(error="invalid_json", message="send a JSON object"), 400
-        try:
-            return jsonify(state.control(data))
-        except ValueError as exc:
-            return jsonify(error="invalid_control", message=str(exc)), 400
-
-    @app.get("/_received")
-    def received():  # type: ignore[no-untyped-def]
-        return jsonify(state.snapshot_received())
-
-    @app.post("/_reset")
-    def reset():  # type: ignore[no-untyped-def]
-        state.reset()
-        return jsonify(state.snapshot_received())
+    add_control_routes(app, state)
 
     return app
 

@@ -63,3 +63,27 @@ def parse_envelope(body: bytes) -> etree._Element:
     if docinfo.doctype or docinfo.internalDTD is not None:
         raise SoapFault("INVALID_XML", "a DOCTYPE is never accepted.")
     return root
+
+
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
+REGISTRY_NS = "urn:riv:itintegration:registry:1"
+
+
+def read_envelope(root: etree._Element) -> tuple[str | None, etree._Element]:
+    """(LogicalAddress or None, the Body's first child) of a SOAP 1.1 envelope, or a ``SoapFault``."""
+    if root.tag == f"{{{SOAP12_NS}}}Envelope":
+        raise SoapFault("NOT_SOAP11", "SOAP 1.2 is not served; RIV-TA BP 2.1 uses SOAP 1.1.", kind="VersionMismatch")
+    if root.tag != f"{{{SOAP11_NS}}}Envelope":
+        raise SoapFault("NOT_SOAP11", "the request is not a SOAP 1.1 Envelope.")
+    body = root.find(f"{{{SOAP11_NS}}}Body")
+    children = [] if body is None else [c for c in body if isinstance(c.tag, str)]
+    if not children:
+        raise SoapFault("NOT_SOAP11", "the SOAP Body is missing or empty.")
+    header = root.find(f"{{{SOAP11_NS}}}Header")
+    address = None
+    if header is not None:
+        element = header.find(f"{{{REGISTRY_NS}}}LogicalAddress")
+        if element is not None:
+            address = (element.text or "").strip()
+    return address, children[0]

@@ -235,8 +235,10 @@ class ProviderState:
             }
 
 
-def add_control_routes(app: Flask, state: ProviderState) -> None:
-    """The test/demo control API: ``POST /_control``, ``GET /_received``, ``POST /_reset``."""
+def add_control_routes(app: Flask, state: Any) -> None:
+    """The test/demo control API: ``POST /_control``, ``GET /_received``, ``POST /_reset``,
+    for any state with ``control(data)``, ``snapshot()`` and ``reset()`` (the demo providers'
+    and the 1177 simulator's)."""
 
     @app.post("/_control")
     def _control():  # type: ignore[no-untyped-def]
