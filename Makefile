@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	exec $(VENV)/bin/gateway sandbox
 
+# The instants at which the date-sensitive tests (marker `dates`) run again: a winter and a
+# summer evening (already tomorrow in Sweden), the nights DST ends and begins, 29 February.
+CLOCKS := 2026-12-15T23:30:00Z 2026-06-15T22:30:00Z 2026-10-25T01:30:00Z 2027-03-28T00:30:00Z 2028-02-29T22:30:00Z
+
 test: $(STAMP)
 	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -q $(foreach t,$(CLOCKS),--clock $(t))
 
 serve: $(STAMP)
 	$(VENV)/bin/gateway check --config $(CONFIG)

@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -49,6 +49,9 @@ from errors import (
 from model import CaseType
 from store import Store
 
+if TYPE_CHECKING:  # handed in by the composition root
+    from clock import Clock
+
 log = logging.getLogger("gateway.api")
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -61,12 +64,12 @@ class Api:
     units: updates.UnitLookup
     codes: updates.CodeLookup
     tokens: dict[str, str]  # sha256 of a target's token → the target's name
+    clock: Clock  # clock.SYSTEM: UTC instants; the rules' dates are Swedish dates (Clock.day)
     cert_targets: dict[str, str] = field(default_factory=dict)  # client certificate HSA-id → target
     access: Any = None  # config ``rivta``: the proxy header settings for forwarded certificates
     authority: Any = None  # identity.CertificateAuthority
     review_s: float = 0.0
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
     on_stored: Callable[[], None] = lambda: None
     version: str = "0"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -214,12 +217,12 @@ def post_message(case_id: str) -> tuple[Response, int]:
     target = _target()
     _case(target, case_id)
     api = _api()
-    message = updates.reply(_json(), case_id=case_id, target=target, units=api.units, now=api.clock(),
+    message = updates.reply(_json(), case_id=case_id, target=target, units=api.units, clock=api.clock,
                             max_attachment_bytes=api.max_attachment_bytes)
     accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation())
     _stored(target, "message to citizen queued", case_id=case_id, message_id=message.message_id, kind=message.kind,
             sender_hsa_id=message.sender_hsa_id)
-    send_after = api.clock() + dt.timedelta(seconds=api.review_s)
+    send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
     return jsonify({"messageId": accepted.ref_id, "status": "held" if api.review_s > 0 else "queued",
                     "sendAfter": send_after.isoformat(), "created": accepted.created}), 202
 
@@ -249,7 +252,7 @@ def register_case() -> tuple[Response, int]:
     target = _target()
     api = _api()
     case, external_id, channel, unit_code = updates.external_case(
-        _json(), target=target, units=api.units, now=api.clock(), max_attachment_bytes=api.max_attachment_bytes
+        _json(), target=target, units=api.units, clock=api.clock, max_attachment_bytes=api.max_attachment_bytes
     )
     accepted = api.store.register_external(case, target=target, provider_unit_code=unit_code,
                                            external_case_id=external_id, channel=channel, correlation_id=_correlation())

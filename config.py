@@ -411,8 +411,10 @@ class AlertsSection(_Section):
 class RetentionSection(_Section):
     """How long case content is kept (DESIGN.md rule 2)."""
 
-    content_days: int = Field(default=730, ge=1, description="Case content and files: two years.")
-    log_detail_days: int = Field(default=730, ge=1, description="The sync log's detail text.")
+    content_years: int = Field(default=2, ge=1, le=100, description=(
+        "Case content and files: 1177's two years, in calendar years of Swedish dates "
+        "(29 February + 2 years is 1 March)."))
+    log_detail_years: int = Field(default=2, ge=1, le=100, description="The sync log's detail text, likewise.")
     run_at_hour: int = Field(default=3, ge=0, le=23, description="Daily, at this hour (UTC).")
 
 

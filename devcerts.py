@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import clock
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,7 +64,7 @@ class DevCA:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.key = _key()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = clock.instant()
         self.name = _name(common)
         self.cert = (
             x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name).public_key(self.key.public_key())
@@ -78,7 +80,7 @@ class DevCA:
 
     def _leaf(self, name: str, subject: x509.Name, *, server: bool, hosts: list[str] = ()) -> Issued:
         key = _key()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = clock.instant()
         builder = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(self.name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))

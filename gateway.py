@@ -33,6 +33,7 @@ import mapping
 import ops
 import rivta
 import rules
+from clock import SYSTEM, Clock, start_of_swedish_day, swedish_date, years_before
 from config import Config
 from errors import ConfigError, GatewayError
 from model import (
@@ -64,11 +65,14 @@ def _as_config(value: Config | str | os.PathLike[str] | None) -> Config:
     return value if isinstance(value, Config) else config_mod.load(value)
 
 
-def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False) -> Flask:
+def create_app(
+    config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False, clock: Clock = SYSTEM
+) -> Flask:
     """Build the gateway's WSGI app from a ``Config`` (or the path of a config file).
 
     The store is migrated, mappings and contracts are loaded and checked; any problem
-    raises a ``GatewayError`` here, before the app can serve a request.
+    raises a ``GatewayError`` here, before the app can serve a request. Every part reads the
+    time from ``clock`` (UTC instants, the Swedish date of the 1177 rules).
     """
     cfg = _as_config(config)
     logs.configure(cfg.logging.level, cfg.logging.format)
@@ -79,7 +83,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
     store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
     store.migrate()
     schemas = rivta.Schemas()
-    authority = identity.CertificateAuthority(cfg.server.tls.client_ca) if cfg.server.tls and cfg.server.tls.client_ca else None
+    authority = identity.CertificateAuthority(cfg.server.tls.client_ca, clock.instant) if cfg.server.tls and cfg.server.tls.client_ca else None
 
     app = Flask(__name__)
     app.config.update(GATEWAY=cfg, MAX_CONTENT_LENGTH=None)
@@ -98,13 +102,14 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             public_url=cfg.gateway.public_url,
             access=cfg.rivta,
             authority=authority,
+            clock=clock,
             ping_configuration={
                 "name": cfg.gateway.name,
                 "hsaId": cfg.gateway.hsa_id,
                 "contracts": ", ".join(c.name for c in rivta.CONTRACTS.values()),
                 "units": str(len(maps.units)),
                 "targets": ", ".join(sorted(cfg.targets)) or "none",
-                "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "started": clock.instant().strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "python": sys.version.split()[0],
             },
         ),
@@ -126,6 +131,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             cert_targets={t.api.client_cert_hsa_id.upper(): n for n, t in cfg.targets.items() if t.api.client_cert_hsa_id},
             access=cfg.rivta,
             authority=authority,
+            clock=clock,
         ),
     )
     import secrets
@@ -150,9 +156,10 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
             proxy_addresses=list(cfg.ops.proxy_addresses),
             heartbeat_max_age_s=max(30.0, cfg.worker.heartbeat_s * 3),
             version=version(),
+            clock=clock,
         ),
     )
-    worker = build_worker(cfg, store, maps)
+    worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
     app.extensions["gateway.intake"].on_stored = worker.wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
@@ -162,7 +169,7 @@ def create_app(config: Config | str | os.PathLike[str] | None = None, *, start_w
     return app
 
 
-def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
+def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
     from adapters.alerts import channels_from
     from adapters.national import NationalAdapter
 
@@ -177,7 +184,8 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings) -> Worker:
         review_s=cfg.outbound.review_s,
         alerts=cfg.alerts,
         alert_channels=channels_from(cfg.alerts),
-        retention=lambda: run_retention(cfg, store),
+        retention=lambda: run_retention(cfg, store, clock),
+        clock=clock,
         retention_hour=cfg.retention.run_at_hour,
         gateway_name=cfg.gateway.name,
         concurrency=cfg.worker.concurrency,
@@ -647,14 +655,23 @@ def ops_hash_password(password: str) -> None:
 def retention_command(config_path: Path, as_json: bool) -> None:
     """Purge old case content, files and sync-log detail now (as the daily job does)."""
     cfg, store = _open_store(config_path)
-    removed = run_retention(cfg, store)
+    removed = run_retention(cfg, store, SYSTEM)
     _emit(as_json, removed, ", ".join(f"{k} {v}" for k, v in removed.items()))
 
 
-def run_retention(cfg: Config, store: Store) -> dict[str, int]:
-    now = dt.datetime.now(dt.timezone.utc)
-    return store.purge(content_before=now - dt.timedelta(days=cfg.retention.content_days),
-                       log_before=now - dt.timedelta(days=cfg.retention.log_detail_days), now=now)
+def retention_cutoffs(cfg: Config, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The instants before which case content and sync-log detail are purged: the start
+    of the Swedish day ``content_years`` (``log_detail_years``) calendar years before
+    today's Swedish date (so 29 February counts on to 1 March)."""
+    today = swedish_date(now)
+    return (start_of_swedish_day(years_before(today, cfg.retention.content_years)),
+            start_of_swedish_day(years_before(today, cfg.retention.log_detail_years)))
+
+
+def run_retention(cfg: Config, store: Store, clock: Clock = SYSTEM) -> dict[str, int]:
+    now = clock.instant()
+    content_before, log_before = retention_cutoffs(cfg, now)
+    return store.purge(content_before=content_before, log_before=log_before, now=now)
 
 
 @cli.group()
@@ -721,7 +738,7 @@ def mappings_try(config_path: Path, case_file: Path, target_name: str, full: boo
         if target_name not in cfg.targets:
             raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
         case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
-        today = dt.date.today()
+        today = SYSTEM.day()
         route = maps.units.route(case.receiver.hsa_id, today)
         if route is None:
             raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id} on {today}.")
@@ -787,7 +804,7 @@ def send_test_case(config_path: Path, target_name: str, case_file: Path | None) 
         if target_name not in cfg.targets:
             raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
         step(f"config {cfg.source}, target {target_name} ({cfg.targets[target_name].kind})")
-        today = dt.date.today()
+        today = SYSTEM.day()
         if case_file is not None:
             case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
             step(f"case {case.case_id} read from {case_file}")
@@ -797,7 +814,7 @@ def send_test_case(config_path: Path, target_name: str, case_file: Path | None) 
                 raise GatewayError(f"no unit in {mapping.UNITS_FILE} is routed to '{target_name}'; give --file.")
             case = _test_case(unit.hsa_id, unit.patient_board)
             step(f"built-in test case {case.case_id}: a complaint to {unit.hsa_id} ({unit.code})")
-        rules.check_case(case, now=dt.datetime.now(inbound.SWEDEN))
+        rules.check_case(case, today=today)
         route = maps.units.route(case.receiver.hsa_id, today)
         if route is None:
             raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id}.")
@@ -807,7 +824,7 @@ def send_test_case(config_path: Path, target_name: str, case_file: Path | None) 
             store.migrate()
             store.accept_case(case, target=target_name, provider_unit_code=route.unit.code, correlation_id="send-test-case")
             worker = Worker(store, mappings=maps, targets={target_name: cfg.targets[target_name]},
-                            gateway_hsa_id=cfg.gateway.hsa_id)
+                            gateway_hsa_id=cfg.gateway.hsa_id, clock=SYSTEM)
             job = store.claim("send-test-case", limit=1, lease_s=600)[0]
             body = worker.build_request(job).body
             step(f"field map {mapping.FIELDMAPS_DIR}/{target_name}.yaml built the body ({len(body)} top-level fields)")
@@ -839,7 +856,7 @@ def _stepper() -> Any:
 
 
 def _test_case(receiver: str, patient_board: bool) -> Case:
-    now = dt.datetime.now(inbound.SWEDEN).replace(microsecond=0)
+    now = SYSTEM.local_time().replace(microsecond=0)
     return Case(
         case_id=f"TEST-{now:%Y%m%d%H%M%S}",
         case_type=CaseType.COMPLAINT,

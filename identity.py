@@ -16,7 +16,9 @@ certificate that was not verified.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,13 +62,12 @@ def from_certificate(cert: x509.Certificate, via: str) -> Caller:
 class CertificateAuthority:
     """The CA bundle client certificates must come from (for certificates from a proxy header)."""
 
-    def __init__(self, bundle: Path | None):
+    def __init__(self, bundle: Path | None, instant: Callable[[], dt.datetime]):
         self.cas: list[x509.Certificate] = x509.load_pem_x509_certificates(bundle.read_bytes()) if bundle else []
+        self.instant = instant  # the gateway's clock (``clock.SYSTEM.instant``): certificates are valid in UTC
 
     def issued(self, cert: x509.Certificate) -> bool:
-        import datetime as dt
-
-        now = dt.datetime.now(dt.timezone.utc)
+        now = self.instant()
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return False
         for ca in self.cas:

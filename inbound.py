@@ -28,8 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flask import Blueprint, Response, current_app, request, url_for
 from lxml import etree
@@ -64,17 +63,19 @@ from model import (
     Receiver,
     ReplyChannel,
     ReplyPreference,
+    WIRE_ZONE,
     Representative,
     SubjectOfCare,
     hsa_id,
 )
 from store import Store
 
+if TYPE_CHECKING:  # handed in by the composition root
+    from clock import Clock
+
 log = logging.getLogger("gateway.inbound")
 bp = Blueprint("inbound", __name__)
 
-#: 1177's timestamps (TimeStampType, DateType) are Swedish local time.
-SWEDEN = ZoneInfo("Europe/Stockholm")
 CORRELATION_HEADER = "x-skltp-correlation-id"
 CONSUMER_HEADER = "x-rivta-original-serviceconsumer-hsaid"
 
@@ -94,13 +95,13 @@ class Intake:
     store: Store
     units: UnitDirectory
     schemas: rivta.Schemas
+    clock: Clock  # clock.SYSTEM: the rules' dates are Swedish dates (Clock.day)
     max_body_bytes: int
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
     max_attachments: int = rules.MAX_CITIZEN_ATTACHMENTS
     version: str = "0"
     ping_configuration: dict[str, str] = field(default_factory=dict)
     public_url: str | None = None
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(SWEDEN)
     #: called after a new case or message is committed (the worker's ``wake``)
     on_stored: Callable[[], None] = lambda: None
     #: the provider's medication list for (target, unit code, person id): the worker's
@@ -278,7 +279,7 @@ class _Reader:
 
 def _timestamp(value: str, where: str) -> dt.datetime:
     try:
-        return dt.datetime.strptime(value.strip(), "%Y%m%d%H%M%S").replace(tzinfo=SWEDEN)
+        return dt.datetime.strptime(value.strip(), "%Y%m%d%H%M%S").replace(tzinfo=WIRE_ZONE)
     except ValueError:
         raise InvalidValue(f"{where} '{value[:20]}' is not a valid date and time.", field=where) from None
 
@@ -400,13 +401,13 @@ def _require_address(intake: Intake, envelope: rivta.Envelope, today: dt.date) -
 
 def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
     contract = rivta.PROCESS_CASE
-    now = intake.clock()
-    _require_address(intake, envelope, now.date())
+    today = intake.clock.day()
+    _require_address(intake, envelope, today)
     case = _case_from(envelope.body, contract.responder_ns)
     rules.check_case(
-        case, now=now, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
+        case, today=today, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
     )
-    route = intake.units.route(case.receiver.hsa_id, now.date())
+    route = intake.units.route(case.receiver.hsa_id, today)
     if route is None:
         raise InvalidValue(
             f"case/receiver/hsaId {case.receiver.hsa_id} is not a unit this gateway serves.", field="case/receiver/hsaId"
@@ -426,7 +427,7 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
 
 def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
     contract = rivta.PROCESS_CASE_MESSAGE
-    _require_address(intake, envelope, intake.clock().date())
+    _require_address(intake, envelope, intake.clock.day())
     message = _message_from(envelope.body, contract.responder_ns)
     rules.check_citizen_message(
         message, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
@@ -445,7 +446,7 @@ def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_
     ns = rivta.PING.responder_ns
     response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
     etree.SubElement(response, f"{{{ns}}}version").text = intake.version
-    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = intake.clock().strftime("%Y%m%d%H%M%S")
+    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = intake.clock.local_time().strftime("%Y%m%d%H%M%S")
     configuration = dict(intake.ping_configuration)
     try:
         intake.store.check_writable()
@@ -462,8 +463,8 @@ def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_
 def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
     """The citizen's medications for 1177's renewal form, from the provider, under rule 9."""
     contract = rivta.GET_MEDICATION_LIST
-    now = intake.clock()
-    _require_address(intake, envelope, now.date())
+    today = intake.clock.day()
+    _require_address(intake, envelope, today)
     request_ = _Reader(envelope.body, contract.responder_ns, "GetMedicationList")
     receiver = request_.child("receiver", contract.responder_ns)
     subject = request_.child("subjectOfCare", contract.responder_ns)
@@ -472,18 +473,18 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
     person = _person(subject)
     proxy = request_.child("representative", contract.responder_ns)
     representative = _person(proxy) if proxy else None
-    route = intake.units.route(unit_hsa, now.date())
+    route = intake.units.route(unit_hsa, today)
     if route is None:
         raise InvalidValue(f"receiver/hsaId {unit_hsa} is not a unit this gateway serves.", field="receiver/hsaId")
     if intake.medications is None:
         raise InvalidValue("this gateway does not offer medication lists.")
     # the rules that need no list come first: nothing is fetched that may not be shown
     why = rules.medication_list_refusal(subject=person, representative=representative,
-                                        is_proxy=bool(proxy and proxy.flag("isProxy")), today=now.date())
+                                        is_proxy=bool(proxy and proxy.flag("isProxy")), today=today)
     listed: list[Medication] = []
     if why is None:
         fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
-        listed, why = rules.recent_medications(fetched, today=now.date())
+        listed, why = rules.recent_medications(fetched, today=today)
     result = rivta.Result("INFO", log_id, None, why) if why else rivta.Result.ok(log_id)
     response = _response(contract, result)
     core = rivta.CORE_NS

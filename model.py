@@ -4,7 +4,7 @@ Role: the one vocabulary every other module speaks, independent of any wire cont
 (RIV-TA names stay in ``rivta``/``inbound``; provider names stay in ``mapping``). Also
 the identifier checks: HSA-ids and personnummer/samordningsnummer.
 
-May import: ``errors`` only.
+May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
 Invariants: instances are immutable; a ``PersonId`` that exists has passed its check
 digit and date check; ``repr`` and ``masked`` never show a person id in clear.
@@ -21,7 +21,11 @@ from enum import Enum
 from stdnum import luhn
 from stdnum.se import orgnr
 
+from clock import SWEDEN
 from errors import InvalidHsaId, InvalidPersonId
+
+#: 1177's timestamps on the wire (TimeStampType, DateType) are Swedish local time.
+WIRE_ZONE = SWEDEN
 
 PERSONNUMMER_OID = "1.2.752.129.2.1.3.1"
 SAMORDNINGSNUMMER_OID = "1.2.752.129.2.1.3.3"

@@ -2,9 +2,10 @@
 
 Role: decide whether a case or message may be accepted, whatever door it came in by
 (RIV-TA intake, the provider REST API). No I/O, no clock of its own: callers pass
-``now`` so the rules are testable on their boundaries.
+``today``, the **Swedish** date of the instant (``clock.Clock.day``), so the rules are
+testable on their boundaries and agree whichever door a case came in by.
 
-May import: ``model``, ``errors``.
+May import: ``model``, ``errors``, ``clock`` (calendar arithmetic, never the time).
 
 Invariants: a function either returns normally or raises a ``RuleViolation`` subclass
 whose message names the field and never contains a person id in clear.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+import clock
 from errors import (
     AttachmentTooLarge,
     ClosingCodesMissing,
@@ -98,7 +100,7 @@ def check_attachments(
 def check_case(
     case: Case,
     *,
-    now: dt.datetime,
+    today: dt.date,
     max_attachments: int = MAX_CITIZEN_ATTACHMENTS,
     max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
 ) -> None:
@@ -125,7 +127,7 @@ def check_case(
         raise InvalidValue(f"case/chosenMedication is only for PRESCRIPTION_RENEWAL, not {case.case_type.value}.",
                            field="case/chosenMedication")
     if case.case_type is CaseType.COMPLAINT:
-        check_complaint(case, today=now.date())
+        check_complaint(case, today=today)
     elif case.complaint is not None:
         raise InvalidValue(
             f"case/complaint is only allowed for caseType COMPLAINT, not {case.case_type.value}.",
@@ -216,12 +218,8 @@ MIN_AGE_FOR_LIST = 16
 ADULT_AGE = 18
 
 
-def years_before(day: dt.date, years: int) -> dt.date:
-    """The same date ``years`` earlier (29 February becomes 28 February)."""
-    try:
-        return day.replace(year=day.year - years)
-    except ValueError:
-        return day.replace(year=day.year - years, day=28)
+#: The same date ``years`` earlier, in calendar years (29 February becomes 1 March).
+years_before = clock.years_before
 
 
 def medication_list_refusal(

@@ -4,7 +4,7 @@ Role: durable state. Cases, messages and their attachments (each file stored onc
 SHA-256), the outbox the worker delivers from, the sync log operations read, and the
 worker's heartbeat. The schema is built by ``sqlite_utils.migrations.Migrations``.
 
-May import: ``model``, ``errors``.
+May import: ``model``, ``errors``, ``clock``.
 
 Invariants:
 - A case (or message) and its outbox row are committed in one transaction; a call that
@@ -36,6 +36,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from clock import instant
 from errors import IdConflict, NotCancellable, NotFound, StoreError, UnknownCase
 from model import (
     Attachment,
@@ -289,10 +290,6 @@ LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "6
 UNFINISHED = ("pending", "in_flight", "dead")
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def ts(value: dt.datetime) -> str:
     """The store's timestamp format: ISO 8601 UTC with microseconds, sortable as text."""
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -464,7 +461,7 @@ class Store:
         The same ``case_id`` with the same content again is a no-op (``created`` False);
         with other content it is an ``IdConflict``.
         """
-        now = now or utcnow()
+        now = now or instant()
         content, content_hash = _content(case)
         with self.write() as db:
             row = db.execute("SELECT content_hash FROM cases WHERE case_id = ?", [case.case_id]).fetchone()
@@ -496,7 +493,7 @@ class Store:
 
     def accept_message(self, message: Message, *, correlation_id: str | None, now: dt.datetime | None = None) -> Accepted:
         """Store a citizen's follow-up message for a known case, with its outbox row."""
-        now = now or utcnow()
+        now = now or instant()
         content, content_hash = _content(message)
         with self.write() as db:
             case = db.execute(
@@ -549,7 +546,7 @@ class Store:
 
         The content kept here is the immutable record of what the citizen is sent.
         """
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             return self._insert_reply(db, message, hold_s=hold_s, origin=origin, correlation_id=correlation_id, now=now)
 
@@ -588,7 +585,7 @@ class Store:
         self, update: StatusUpdate, *, origin: str = "api", correlation_id: str | None = None, now: dt.datetime | None = None
     ) -> int:
         """Queue a status change towards 1177 (``UpdateCaseStatus``); returns its id."""
-        now = now or utcnow()
+        now = now or instant()
         content = json.dumps(to_data(update), sort_keys=True, ensure_ascii=False)
         with self.write() as db:
             case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
@@ -625,7 +622,7 @@ class Store:
 
         ``case.case_id`` is the gateway's id; the provider's own id is ``external_case_id``
         (the same one again, with the same content, is the same case)."""
-        now = now or utcnow()
+        now = now or instant()
         content, content_hash = _content(case, not_hashed=("created_time",))
         with self.write() as db:
             row = db.execute(
@@ -656,7 +653,7 @@ class Store:
 
     def cancel_message(self, message_id: str, *, by: str, now: dt.datetime | None = None) -> None:
         """Cancel a message to the citizen that has not been sent yet (in its review window)."""
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             row = db.execute(
                 "SELECT case_id, status FROM messages WHERE message_id = ? AND direction = 'out'", [message_id]
@@ -709,7 +706,7 @@ class Store:
         if fields.get("detail"):
             fields["detail"] = redact_person_ids(str(fields["detail"]))[:1000]
         with self.write() as db:
-            self._log(db, now or utcnow(), direction=direction, event=event, status=status, **fields)
+            self._log(db, now or instant(), direction=direction, event=event, status=status, **fields)
 
     def get_cursor(self, target: str) -> str | None:
         row = self.db.execute("SELECT cursor FROM poll_cursors WHERE target = ?", [target]).fetchone()
@@ -720,7 +717,7 @@ class Store:
             db.execute(
                 "INSERT INTO poll_cursors (target, cursor, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(target) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-                [target, cursor, ts(now or utcnow())],
+                [target, cursor, ts(now or instant())],
             )
 
     def _put_attachments(
@@ -787,7 +784,7 @@ class Store:
         """
         if limit <= 0:
             return []
-        now = now or utcnow()
+        now = now or instant()
         lease = ts(now + dt.timedelta(seconds=lease_s))
         jobs: list[Job] = []
         with self.write() as db:
@@ -853,7 +850,7 @@ class Store:
         ``detail``: what the target said besides OK (1177's INFO text), kept on the attempt;
         ``follow_up``: a message to the citizen queued in the same transaction (the automatic
         receipt once the provider has accepted the case), so it cannot be lost in between."""
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             updated = db.execute(
                 """UPDATE outbox SET status = 'done', delivered_at = ?, updated_at = ?, lease_until = NULL,
@@ -909,7 +906,7 @@ class Store:
         now: dt.datetime | None = None,
     ) -> bool:
         """Record a failed attempt: back to the queue at ``retry_at``, or dead when it is None."""
-        now = now or utcnow()
+        now = now or instant()
         dead = retry_at is None
         reason = redact_person_ids(reason)  # a target's fault text may quote what it was sent
         with self.write() as db:
@@ -938,7 +935,7 @@ class Store:
 
     def recover_leases(self, now: dt.datetime | None = None) -> int:
         """Return rows whose lease ran out (their worker died) to the queue; how many."""
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             rows = db.execute(
                 """SELECT o.id, o.case_id, o.target, o.claimed_by, o.action, c.receiver_hsa_id, c.correlation_id
@@ -979,7 +976,7 @@ class Store:
     # -- operator actions -------------------------------------------------------------------
 
     def set_paused(self, target: str, paused: bool, *, by: str = "cli", now: dt.datetime | None = None) -> None:
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             db.execute(
                 "INSERT INTO targets (name, paused, changed_at, changed_by) VALUES (?, ?, ?, ?) "
@@ -995,7 +992,7 @@ class Store:
 
     def replay(self, outbox_id: int, *, by: str = "cli", now: dt.datetime | None = None) -> bool:
         """Put a dead row back in the queue with a fresh attempt budget; its attempts are kept."""
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             row = db.execute("SELECT case_id, target FROM outbox WHERE id = ? AND status = 'dead'", [outbox_id]).fetchone()
             if row is None:
@@ -1010,7 +1007,7 @@ class Store:
 
     def cancel(self, outbox_id: int, *, by: str = "cli", now: dt.datetime | None = None) -> bool:
         """Give up a pending or dead row (it will never be delivered)."""
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             row = db.execute(
                 "SELECT case_id, target FROM outbox WHERE id = ? AND status IN ('pending', 'dead')", [outbox_id]
@@ -1099,7 +1096,7 @@ class Store:
     def dashboard(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """Counts per status and target, deliveries and failures per hour over the last day,
         the oldest undelivered row and the dead-letter count."""
-        now = now or utcnow()
+        now = now or instant()
         db = self.db
         day_ago = ts(now - dt.timedelta(hours=24))
         hours: dict[str, dict[str, int]] = {}
@@ -1176,7 +1173,7 @@ class Store:
         """Record an operator's action (who, what, when)."""
         with self.write() as db:
             db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                       [ts(now or utcnow()), who, role, action, obj, redact_person_ids(detail)[:1000]])
+                       [ts(now or instant()), who, role, action, obj, redact_person_ids(detail)[:1000]])
 
     def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
@@ -1207,7 +1204,7 @@ class Store:
 
     def set_alert_state(self, key: str, *, kind: str, target: str, active: bool, sent: bool, detail: str,
                         now: dt.datetime | None = None) -> None:
-        now = now or utcnow()
+        now = now or instant()
         with self.write() as db:
             previous = db.execute("SELECT active, since, last_sent_at FROM alert_state WHERE key = ?", [key]).fetchone()
             since = previous[1] if previous and bool(previous[0]) == active else ts(now)
@@ -1232,7 +1229,7 @@ class Store:
         """Remove case content and files received before ``content_before``, and sync-log
         detail written before ``log_before``; never for a case with undelivered or dead work.
         Returns what was removed; the freed pages are given back to the file system."""
-        now = now or utcnow()
+        now = now or instant()
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
         before_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
         removed = {"cases": 0, "messages": 0, "attachments": 0, "files": 0, "log_details": 0}
@@ -1291,7 +1288,7 @@ class Store:
             db.execute(
                 "INSERT INTO heartbeats (name, at, detail) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET at = excluded.at, detail = excluded.detail",
-                [name, ts(now or utcnow()), detail],
+                [name, ts(now or instant()), detail],
             )
 
     def last_beat(self, name: str) -> str | None:

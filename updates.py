@@ -7,7 +7,8 @@ the HSA-id (every message names its sending unit), the provider's status codes t
 and applies 1177's rules (attachments, closing codes). Pure: no I/O.
 
 May import: ``model``, ``rules``, ``errors``. The units and code tables are handed in
-(``mapping.Units`` and ``mapping.Codes`` provide them).
+(``mapping.Units`` and ``mapping.Codes`` provide them), and so is the clock: every date a
+rule is about is today's Swedish date (``Clock.day``), as at intake.
 
 Invariants: a function returns a model object that passed every rule, or raises a
 ``GatewayError`` (``BadJson`` for a wrong shape, a ``RuleViolation`` for a broken rule)
@@ -20,7 +21,7 @@ import base64
 import binascii
 import datetime as dt
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import rules
 from errors import AttachmentTooLarge, BadJson, InvalidValue, MappingError, UnmappedUnit
@@ -42,6 +43,9 @@ from model import (
     SubjectOfCare,
     is_hsa_id,
 )
+
+if TYPE_CHECKING:  # the time is handed in (``clock.Clock``): dates here are Swedish dates
+    from clock import Clock
 
 
 class UnitLookup(Protocol):
@@ -122,14 +126,16 @@ def reply(
     case_id: str,
     target: str,
     units: UnitLookup,
-    now: dt.datetime,
+    clock: Clock,
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
 ) -> Message:
-    """A message to the citizen from ``{kind, subject?, body, senderUnit, attachments?, messageId?}``."""
+    """A message to the citizen from ``{kind, subject?, body, senderUnit, attachments?, messageId?}``;
+    the sending unit must be valid on today's Swedish date."""
     if not isinstance(data, dict):
         raise BadJson("the body must be a JSON object.")
+    now = clock.instant()
     kind = _enum(MessageKind, _require(data, "kind"), "kind")
-    sender, sender_name = sender_hsa_id(units, target, _require(data, "senderUnit"), now.date())
+    sender, sender_name = sender_hsa_id(units, target, _require(data, "senderUnit"), clock.day())
     message_id = _optional(data, "messageId") or str(uuid.uuid4())
     if not 0 < len(message_id) <= 64:
         raise InvalidValue("messageId must be 1 to 64 characters.", field="messageId")
@@ -198,7 +204,7 @@ def external_case(
     *,
     target: str,
     units: UnitLookup,
-    now: dt.datetime,
+    clock: Clock,
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
 ) -> tuple[Case, str, str, str]:
     """A case that started outside 1177: (case, external id, channel, the receiving unit's code).
@@ -208,13 +214,14 @@ def external_case(
     eventLocationText?, careUnitHsaId?}, attachments?}``."""
     if not isinstance(data, dict):
         raise BadJson("the body must be a JSON object.")
+    now, today = clock.instant(), clock.day()  # the rules' dates are Swedish dates
     external_id = _require(data, "externalCaseId").strip()
     if not 0 < len(external_id) <= 64:
         raise InvalidValue("externalCaseId must be 1 to 64 characters.", field="externalCaseId")
     channel = _enum(Channel, _require(data, "channel"), "channel")
     case_type = _enum(CaseType, _require(data, "caseType"), "caseType")
-    receiver, _ = sender_hsa_id(units, target, _require(data, "receiverUnit"), now.date())
-    unit = units.unit(receiver, now.date())
+    receiver, _ = sender_hsa_id(units, target, _require(data, "receiverUnit"), today)
+    unit = units.unit(receiver, today)
     subject = _require(data, "subjectOfCare", dict)
     person = _require(subject, "personId", dict)
     number = _require(person, "id")
@@ -260,5 +267,5 @@ def external_case(
         complaint=complaint,  # lengths and dates: rules.check_case below
         attachments=attachments(data, max_bytes=max_attachment_bytes),
     )
-    rules.check_case(case, now=now, max_attachments=rules.MAX_CARE_ATTACHMENTS, max_attachment_bytes=max_attachment_bytes)
+    rules.check_case(case, today=today, max_attachments=rules.MAX_CARE_ATTACHMENTS, max_attachment_bytes=max_attachment_bytes)
     return case, external_id, channel.value, unit.code if unit else ""

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -55,7 +55,10 @@ from errors import (
 )
 from mapping import Mappings, delivery_source
 from model import CaseType, Medication, Message, MessageKind, PersonId
-from store import OUTBOUND_ACTIONS, Job, Store, utcnow
+from store import OUTBOUND_ACTIONS, Job, Store
+
+if TYPE_CHECKING:  # handed in by the composition root
+    from clock import Clock
 
 log = logging.getLogger("gateway.worker")
 
@@ -85,6 +88,7 @@ class Worker:
         retention: Callable[[], dict[str, int]] | None = None,
         retention_hour: int = 3,
         gateway_name: str = "",
+        clock: Clock,
     ):
         self.store = store
         self.mappings = mappings
@@ -105,7 +109,8 @@ class Worker:
         self.retention = retention
         self.retention_hour = retention_hour
         self.gateway_name = gateway_name
-        self._last_alert_check = utcnow()
+        self.clock = clock  # UTC instants; the Swedish date of unit validity (Clock.day)
+        self._last_alert_check = self.clock.instant()
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
         self._adapters: dict[str, adapters.Adapter] = {}
         self._adapters_lock = threading.Lock()
@@ -239,7 +244,7 @@ class Worker:
             due = self.store.next_due()
             if due is None:
                 return attempts
-            wait = (due - utcnow()).total_seconds()
+            wait = (due - self.clock.instant()).total_seconds()
             if wait > deadline - time.monotonic():
                 return attempts
             time.sleep(max(0.0, min(wait, 0.5)) or 0.01)
@@ -280,7 +285,7 @@ class Worker:
         """Deliver one claimed row and record the outcome on it. An unexpected error (a bug)
         makes the row dead with GW099, so it cannot come back with its lease and block the
         case's later rows for ever; the log has the details."""
-        started = utcnow()
+        started = self.clock.instant()
         clock = time.perf_counter()
         try:
             if job.action in OUTBOUND_ACTIONS:
@@ -296,7 +301,7 @@ class Worker:
 
     def deliver_to_provider(self, job: Job) -> None:
         """Deliver a row to the provider's system (a case or a citizen's message)."""
-        started = utcnow()
+        started = self.clock.instant()
         clock = time.perf_counter()
         settings = self.targets.get(job.target)
         try:
@@ -333,16 +338,16 @@ class Worker:
         text = conf.texts.get(row["case_type"]) if row else None
         if not text:
             return None
-        unit = self.mappings.units.unit(job.receiver_hsa_id, utcnow().date()) if self.mappings else None
+        unit = self.mappings.units.unit(job.receiver_hsa_id, self.clock.day()) if self.mappings else None
         return Message(
-            case_id=job.case_id, message_id=f"{job.case_id}:receipt", created_time=utcnow(), text=text, direction="out",
+            case_id=job.case_id, message_id=f"{job.case_id}:receipt", created_time=self.clock.instant(), text=text, direction="out",
             kind=MessageKind.CONFIRMATION.value, subject=conf.subject, sender_hsa_id=job.receiver_hsa_id,
             sender_name=unit.name if unit else None,
         )
 
     def deliver_to_1177(self, job: Job) -> None:
         """Deliver a row towards the citizen: a message, a status change or a registration."""
-        started = utcnow()
+        started = self.clock.instant()
         clock = time.perf_counter()
         national_case_id = None
         try:
@@ -398,7 +403,7 @@ class Worker:
 
         if self.alerts is None:
             return []
-        now = now or utcnow()
+        now = now or self.clock.instant()
         settings = self.alerts
         sent: list[Any] = []
         try:
@@ -533,10 +538,9 @@ class Worker:
             raise NotFound(f"the update names no case this gateway knows ({str(case_id or item.get('providerCaseId'))[:64]}).")
         if row["target"] != target:
             raise Forbidden(f"case {case_id} is not routed to target '{target}'.")
-        now = utcnow()
         kind = item.get("type", "message")
         if kind == "message":
-            message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units, now=now)  # type: ignore[union-attr]
+            message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units, clock=self.clock)  # type: ignore[union-attr]
             self.store.add_reply(message, hold_s=self.review_s, origin="poll")
         elif kind == "status":
             update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
@@ -561,7 +565,7 @@ class Worker:
                 after = getattr(exc, "retry_after_s", None)
                 if after:
                     delay = min(max(delay, after), retry.max_s)
-                retry_at = utcnow() + dt.timedelta(seconds=delay)
+                retry_at = self.clock.instant() + dt.timedelta(seconds=delay)
         try:
             self.store.fail(job, started=started, duration_ms=duration, error_code=code, reason=reason,
                             status_code=status_code, retry_at=retry_at)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import requests
 import zeep
@@ -29,14 +28,13 @@ import rivta
 from adapters.base import Answer, session_for
 from adapters.soap import LocalOnlyTransport, _short, call_classified
 from errors import BadTargetAnswer, ContractError, NationalRefused, TargetRefused
-from model import Case, Message, StatusUpdate
+from model import WIRE_ZONE, Case, Message, StatusUpdate
 
-SWEDEN = ZoneInfo("Europe/Stockholm")
 NAME = "national"
 
 
 def _ts(value: Any) -> str:
-    return value.astimezone(SWEDEN).strftime("%Y%m%d%H%M%S") if value.tzinfo else value.strftime("%Y%m%d%H%M%S")
+    return value.astimezone(WIRE_ZONE).strftime("%Y%m%d%H%M%S") if value.tzinfo else value.strftime("%Y%m%d%H%M%S")
 
 
 class NationalAdapter:

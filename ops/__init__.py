@@ -13,10 +13,14 @@ personnummer; every POST carries a CSRF token; every admin action is audited.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store import Store
+
+if TYPE_CHECKING:  # the clock is handed in by the composition root
+    from clock import Clock
 
 
 @dataclass
@@ -31,6 +35,20 @@ class Ops:
     proxy_addresses: list[str] = field(default_factory=list)
     heartbeat_max_age_s: float = 60.0
     version: str = "0"
+    #: the gateway's clock (``clock.SYSTEM``): UTC instants, the Swedish date of unit validity
+    clock: "Clock | None" = None
+
+    def instant(self) -> dt.datetime:
+        """The current UTC instant, from the injected clock."""
+        if self.clock is None:
+            raise RuntimeError("ops.Ops needs the gateway's clock (gateway.create_app hands it in)")
+        return self.clock.instant()
+
+    def day(self) -> dt.date:
+        """Today's date in Sweden (the date unit validity is about)."""
+        if self.clock is None:
+            raise RuntimeError("ops.Ops needs the gateway's clock (gateway.create_app hands it in)")
+        return self.clock.day()
 
 
 def init_app(app: Any, ops: Ops) -> None:

@@ -14,7 +14,7 @@ the proxy); nothing here shows a case's content.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from errors import GatewayError
-from store import LATENCY_BUCKETS, Store, utcnow
+from store import LATENCY_BUCKETS, Store
 
 bp = Blueprint("health", __name__)
 
@@ -52,7 +52,7 @@ def ready() -> tuple[Response, int]:
     worker = current_app.extensions.get("gateway.worker")
     if worker is not None and worker.running:
         beat = ops.store.last_beat(worker.name)
-        age = (utcnow() - _parse(beat)).total_seconds() if beat else None
+        age = (ops.instant() - _parse(beat)).total_seconds() if beat else None
         if age is None or age > ops.heartbeat_max_age_s:
             problems.append("worker heartbeat is stale" + (f" ({age:.0f} s old)" if age is not None else " (none yet)"))
     elif worker is not None and current_app.config.get("GATEWAY_EXPECT_WORKER"):
@@ -70,8 +70,9 @@ def _parse(value: str) -> dt.datetime:
 class StoreCollector:
     """Reads the gateway's counters, histogram and queue from the store at each scrape."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, instant: Callable[[], dt.datetime]):
         self.store = store
+        self.instant = instant
 
     def collect(self) -> Iterator[Any]:
         names = {"received": "Cases, messages and status changes taken in",
@@ -99,7 +100,7 @@ class StoreCollector:
         yield histogram
         depth = GaugeMetricFamily("gateway_queue_depth", "Rows waiting, in flight or dead", labels=["target", "status"])
         oldest = GaugeMetricFamily("gateway_oldest_pending_age_seconds", "Age of the oldest undelivered row", labels=["target"])
-        now = utcnow()
+        now = self.instant()
         ages: dict[str, float] = {}
         for row in self.store.queue_depth():
             depth.add_metric([row["target"] or "", row["status"]], row["n"])
@@ -115,5 +116,5 @@ class StoreCollector:
 @bp.get("/metrics")
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(_ops().store))  # type: ignore[arg-type]
+    registry.register(StoreCollector(_ops().store, _ops().instant))  # type: ignore[arg-type]
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -50,7 +50,7 @@ from werkzeug.exceptions import HTTPException
 from errors import NotFound
 from model import redact_person_ids
 from ops import auth
-from store import NATIONAL_TARGET, utcnow
+from store import NATIONAL_TARGET
 
 log = logging.getLogger("gateway.ops")
 
@@ -307,7 +307,7 @@ def logout() -> Any:
 @auth.requires("monitor")
 def dashboard() -> Any:
     ops = _ops()
-    now = utcnow()
+    now = ops.instant()
     data = ops.store.dashboard(now)
     oldest = data.get("oldest_undelivered")
     charts = [
@@ -434,7 +434,7 @@ def case(case_id: str) -> Any:
     row = detail["case"]
     unit = None
     try:
-        unit = ops.mappings.units.unit(row["receiver_hsa_id"], utcnow().date()) if row.get("receiver_hsa_id") else None
+        unit = ops.mappings.units.unit(row["receiver_hsa_id"], ops.day()) if row.get("receiver_hsa_id") else None
     except Exception:  # a mapping lookup must never break the page
         unit = None
     for outbox_row in detail["outbox"]:
@@ -582,7 +582,7 @@ def targets() -> Any:
     for row in ops.store.queue_depth():
         depth.setdefault(row["target"] or "", {})[row["status"]] = row
     names = list(dict.fromkeys([*ops.targets, *sorted(paused)]))
-    now = utcnow()
+    now = ops.instant()
     listing = []
     for name in names:
         queue = depth.get(name, {})
@@ -621,7 +621,7 @@ def set_target(name: str) -> Any:
 @auth.requires("monitor")
 def mappings() -> Any:
     maps = _ops().mappings
-    today = utcnow().date()
+    today = _ops().day()
     units = sorted(maps.units.rows, key=lambda u: (u.hsa_id, u.valid_from or dt.date.min))
     rows = [{"unit": u, "in_force": u.valid_on(today)} for u in units]
     return render_template("mappings.html", units=rows, default_route=maps.units.default_route,

@@ -37,6 +37,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import clock
 from . import patients
 
 # The provider systems' case-type codes (mappings/codes.yaml) -> 1177's case type.
@@ -100,7 +101,7 @@ def facts(provider_case_id: str, body: dict[str, Any], *, today: dt.date | None 
     case_id = body.get("externalId") or body.get("externalCaseId")
     unit = body.get("unit") or body.get("unitCode")
     return Facts(provider_case_id, str(case_id) if case_id else None, CASE_TYPES.get(code, "OTHER"),
-                 str(unit) if unit else None, _medications(body, today or dt.date.today()))
+                 str(unit) if unit else None, _medications(body, today or clock.SYSTEM.day()))
 
 
 def _medications(body: dict[str, Any], today: dt.date) -> tuple[str, ...]:

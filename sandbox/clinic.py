@@ -34,7 +34,6 @@ Invariants:
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import heapq
 import itertools
 import sys
@@ -45,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import clock
 from . import answers
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class Clinic:
         self._updates.append(update)
         record = {
             "number": len(self._updates),
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "at": clock.instant().isoformat(timespec="milliseconds"),
             "update": update,
             "push": None,
         }

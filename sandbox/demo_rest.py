@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify, request
 
+import clock
 from . import patients
 from .clinic import Clinic
 from .push import GatewayPusher
@@ -80,7 +81,7 @@ def create_rest_provider(
     on (``question_every``: a counter-question for every Nth case, 0 never);
     ``gateway_url`` (e.g. ``http://127.0.0.1:8080``) and ``api_token`` (the gateway's
     ``targets.demo_rest.api.token``): push the clinic's updates to the gateway. ``today``:
-    the date the medication lists are relative to (default ``date.today``)."""
+    the date the medication lists are relative to (default: today's Swedish date, ``clock.SYSTEM.day``, as the gateway's rules count)."""
     app = Flask("sandbox.demo_rest")
     state = ProviderState(case_prefix="P", message_prefix="M", delay_s=delay_s)
     pusher = GatewayPusher(gateway_url, api_token, name="demo_rest") if gateway_url else None
@@ -172,7 +173,7 @@ def create_rest_provider(
         refusal = unauthorized()
         if refusal:
             return refusal
-        items = patients.medications_for(person_id, (today or dt.date.today)())
+        items = patients.medications_for(person_id, (today or clock.SYSTEM.day)())
         if call.failure:  # after_store: read, but the caller never hears it
             return _failure(call.failure)
         for item in items:

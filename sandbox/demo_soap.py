@@ -58,6 +58,7 @@ from typing import Any
 from flask import Flask, Response, request
 from lxml import etree
 
+import clock
 from . import patients
 from .soapkit import SoapFault, parse_envelope, read_envelope
 from .clinic import Clinic
@@ -200,7 +201,7 @@ def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, q
 
     ``answer_delay_s`` > 0 turns the clinic on (``question_every``: a counter-question for
     every Nth case, 0 never); its updates are served by ``GetUpdates``. ``today``: the date
-    ``GetMedications`` dates are relative to (default ``date.today``)."""
+    ``GetMedications`` dates are relative to (default: today's Swedish date, ``clock.SYSTEM.day``, as the gateway's rules count)."""
     app = Flask("sandbox.demo_soap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     state = ProviderState(case_prefix="S", message_prefix="SM", delay_s=delay_s)
@@ -255,7 +256,7 @@ def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, q
         """``GetMedications``: the patient's prescriptions (or a ``SoapFault``)."""
         check(element, MEDICATIONS_OPERATION)
         person_id = (element.findtext(f"{{{NS}}}personId") or "").strip()
-        return medications_answer(patients.medications_for(person_id, (today or dt.date.today)()))
+        return medications_answer(patients.medications_for(person_id, (today or clock.SYSTEM.day)()))
 
     @app.post("/soap")
     def soap():  # type: ignore[no-untyped-def]

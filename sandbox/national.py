@@ -90,6 +90,7 @@ from lxml import etree
 from stdnum import luhn
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+import clock
 from sandbox.soapkit import SoapFault, parse_envelope, read_envelope
 from sandbox.state import add_control_routes
 
@@ -174,8 +175,8 @@ def mask(person_id: str | None) -> str | None:
     return person_id[:8] + "****"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+def _stamp() -> str:
+    return clock.instant().isoformat(timespec="milliseconds")
 
 
 # -- reading requests (parse_envelope, SoapFault: sandbox.soapkit) ---------------------------
@@ -372,7 +373,7 @@ class NationalState:
                 "externalCaseId": external,
                 "channel": fields["channel"],
                 "receiverHsaId": fields["receiver"]["hsaId"],
-                "received_at": _now(),
+                "received_at": _stamp(),
             }
             return Answer("OK", case_id=case_id)
 
@@ -456,7 +457,7 @@ def _message_record(fields: dict[str, Any]) -> dict[str, Any]:
         "attachments": list(message.get("attachment", [])),
         "notify": fields["notify"] in ("true", "1"),
         "sourceSystem": fields["sourceSystem"],
-        "received_at": _now(),
+        "received_at": _stamp(),
     }
 
 
@@ -473,7 +474,7 @@ def _status_record(fields: dict[str, Any]) -> dict[str, Any]:
         "careUnitHsaId": fields.get("careUnitHsaId"),
         "problems": [_cv(p) for p in fields.get("problem", [])],
         "businessArea": _cv(fields.get("businessArea")),
-        "received_at": _now(),
+        "received_at": _stamp(),
     }
 
 
@@ -552,7 +553,7 @@ def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, stri
     @app.post("/rivta")
     def rivta():  # type: ignore[no-untyped-def]
         record: dict[str, Any] = {
-            "at": _now(),
+            "at": _stamp(),
             "operation": None,
             "logicalAddress": None,
             "headers": {

@@ -7,7 +7,7 @@ demo clinic (``sandbox.answers``) names when it renews them. The dates are relat
 medication just inside it (exactly five years ago) and one just outside (five years and a
 day ago), whatever day the tests run.
 
-    medications_for("191212121212", date.today())
+    medications_for("191212121212", clock.SYSTEM.day())  # today's Swedish date
     -> [{"prescriptionId": "RX-1001", "name": "Alvedon", "strength": "500 mg tablett",
          "lastPrescribedDate": date(...)}, ...]
 
@@ -26,7 +26,7 @@ Invariants:
 - Pure: the same (person id, today) gives the same list; a new list (and new dicts) each call.
 - Every ``prescriptionId`` is unique across all patients (``RX-1001`` ...).
 - ``lastPrescribedDate`` is a ``datetime.date``, never after ``today``; "N years ago" is
-  the same month and day N years before ``today`` (29 February becomes 28 February).
+  the same month and day N years before ``today`` (29 February becomes 1 March).
 - ``strength`` is present only when the prescription has one; an unknown person id has no
   medications (an empty list, not an error).
 """
@@ -36,6 +36,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
+
+import clock
 
 TOLVAN = "191212121212"  # Tolvan Tolvansson, the classic Skatteverket test person
 ADULT = "198112189876"
@@ -47,11 +49,9 @@ PATIENTS = (TOLVAN, ADULT, CHILD, TEEN_16, SAMORDNING)
 
 
 def years_ago(today: dt.date, years: int) -> dt.date:
-    """The same month and day ``years`` before ``today`` (29 February becomes 28 February)."""
-    try:
-        return today.replace(year=today.year - years)
-    except ValueError:
-        return today.replace(year=today.year - years, day=28)
+    """The same month and day ``years`` before ``today``, in calendar years as the gateway
+    counts them (29 February becomes 1 March)."""
+    return clock.years_before(today, years)
 
 
 def days_ago(today: dt.date, days: int) -> dt.date:

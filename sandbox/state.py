@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, jsonify, request
 
+import clock
+
 if TYPE_CHECKING:
     from .clinic import Clinic
 
@@ -46,8 +48,8 @@ class KeyConflict(Exception):
     """An idempotency key already used for another kind of item or another case."""
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+def _stamp() -> str:
+    return clock.instant().isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Received:
     body: dict[str, Any]  # REST: the JSON body as sent; SOAP: the request's fields
     case_id: str | None = None  # for a message: the case it was added to
     calls: int = 1  # successful calls with this key (1 + replays)
-    received_at: str = field(default_factory=_now)
+    received_at: str = field(default_factory=_stamp)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

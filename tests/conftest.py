@@ -48,6 +48,62 @@ JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xf
 EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00"
 
 
+# -- the clock: date-sensitive tests also run at the hours where time zones disagree ----------------
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--clock", action="append", default=[], metavar="INSTANT",
+        help="run the tests marked 'dates' with the clock set to INSTANT (ISO 8601, e.g. 2026-12-15T23:30:00Z), "
+             "ticking from there; the other tests are deselected. May be given more than once: each marked test "
+             "then runs at each instant.",
+    )
+    parser.addoption(
+        "--clock-everything", action="store_true",
+        help="with --clock, run every test that runs in this process (not only those marked 'dates') at the "
+             "instant; the tests marked 'slow' start servers as processes of their own, which keep the real time, "
+             "so they are deselected.",
+    )
+
+
+def _instant(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def pytest_generate_tests(metafunc):
+    instants = metafunc.config.getoption("clock")
+    everything = metafunc.config.getoption("clock_everything")
+    if instants and (everything or metafunc.definition.get_closest_marker("dates")):
+        metafunc.fixturenames.append("clock_at")
+        metafunc.parametrize("clock_at", [_instant(t) for t in instants], ids=[f"at {t}" for t in instants])
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("clock"):
+        return
+    marker = "slow" if config.getoption("clock_everything") else "dates"
+    keep = (lambda item: not item.get_closest_marker("slow")) if marker == "slow" else (
+        lambda item: item.get_closest_marker("dates") is not None)
+    config.hook.pytest_deselected(items=[item for item in items if not keep(item)])
+    items[:] = [item for item in items if keep(item)]
+
+
+@pytest.fixture(autouse=True)
+def _travel(request):
+    """With ``--clock``, a test marked ``dates`` runs with the clock set to that instant (and
+    ticking from there): the whole gateway reads it through ``clock``, and so do the sandbox's
+    demo providers in their threads."""
+    at = request.node.callspec.params.get("clock_at") if hasattr(request.node, "callspec") else None
+    if at is None:
+        yield
+        return
+    import time_machine
+
+    with time_machine.travel(at, tick=True):
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,9 +183,9 @@ def zeep_clients():
 
 
 def sweden_now() -> dt.datetime:
-    from inbound import SWEDEN
+    import clock
 
-    return dt.datetime.now(SWEDEN)
+    return clock.SYSTEM.local_time()
 
 
 def case_dict(**overrides) -> dict:

@@ -45,6 +45,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import clock
 import config as config_mod
 import gateway
 
@@ -117,7 +118,7 @@ def _overlays(operation_id: str) -> list[dict]:
     code), laid over some of the examples so that they get past the look-ups and reach the
     store or the deeper checks; the other fields stay as generated. ``{}``: as generated."""
     pdf = base64.b64encode(PDF).decode()
-    event_day = (dt.date.today() - dt.timedelta(days=10)).isoformat()
+    event_day = (clock.SYSTEM.day() - dt.timedelta(days=10)).isoformat()
     if operation_id == "registerCase":
         core = {"channel": "TELEFON", "receiverUnit": "KLIN1", "caseType": "QUESTION",
                 "subjectOfCare": {"personId": {"id": PNR}}, "text": "Ring mig, tack."}
@@ -304,7 +305,7 @@ def _print_total():
 def _registration(**changes) -> dict:
     body = {"externalCaseId": "EXT-1", "channel": "TELEFON", "receiverUnit": "KLIN1", "caseType": "COMPLAINT",
             "subjectOfCare": {"personId": {"id": PNR}}, "text": "Ringde om sitt besök.",
-            "complaint": {"eventDate": (dt.date.today() - dt.timedelta(days=10)).isoformat(), "isCareProcess": False,
+            "complaint": {"eventDate": (clock.SYSTEM.day() - dt.timedelta(days=10)).isoformat(), "isCareProcess": False,
                           "eventLocationText": "Mottagningen"}}
     for key, value in changes.items():
         *parents, last = key.split(".")

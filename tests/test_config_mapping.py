@@ -13,6 +13,9 @@ import config as config_mod
 import mapping
 from errors import ConfigError, MappingError
 
+#: about Swedish dates: `make test` also runs these at set instants (conftest --clock)
+pytestmark = pytest.mark.dates
+
 
 def write(tmp_path: Path, data: dict, name: str = "config.yaml") -> Path:
     path = tmp_path / name

@@ -13,6 +13,9 @@ from conftest import BOARD, EXE, GIF, JPEG, KLIN1, PDF, PNG, PNR, SAMORDNING, re
 import rivta
 from lxml import etree
 
+#: about Swedish dates: `make test` also runs these at set instants (conftest --clock)
+pytestmark = pytest.mark.dates
+
 
 def stored(store) -> dict:
     return store.counts()

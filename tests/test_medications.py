@@ -20,6 +20,9 @@ import rivta
 import rules
 from model import PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID, Medication, PersonId
 
+#: about Swedish dates: `make test` also runs these at set instants (conftest --clock)
+pytestmark = pytest.mark.dates
+
 API = "http://127.0.0.1:8081/api"
 TODAY = dt.date(2026, 11, 26)
 
@@ -70,7 +73,7 @@ def test_five_years_exactly_is_listed_a_day_older_is_not():
     assert none == [] and "5 years" in why
     assert rules.recent_medications([], today=TODAY) == ([], None)
     leap_day = rules.years_before(dt.date(2028, 2, 29), 5)
-    assert leap_day == dt.date(2023, 2, 28)
+    assert leap_day == dt.date(2023, 3, 1)  # calendar years: 29 February counts on to 1 March
 
 
 # -- over RIV-TA -------------------------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ def _provider_list(today: dt.date) -> dict:
 
 
 def test_the_list_from_the_provider_filtered_to_five_years(ask, app):
-    today = dt.datetime.now(__import__("inbound").SWEDEN).date()
+    today = __import__("clock").SYSTEM.day()
     with responses.RequestsMock() as mock:
         mock.get(f"{API}/patients/{PNR}/medications", json=_provider_list(today))
         status, root = ask()

@@ -33,6 +33,9 @@ from model import (
     redact_person_ids,
 )
 
+#: about Swedish dates: `make test` also runs these at set instants (conftest --clock)
+pytestmark = pytest.mark.dates
+
 NOW = dt.datetime(2026, 11, 26, 12, 0)
 
 
@@ -101,32 +104,32 @@ def _case(case_type=CaseType.COMPLAINT, complaint=None, board=False, attachments
 
 class TestComplaintRules:
     def test_event_date_today_is_accepted(self):
-        rules.check_case(_case(complaint=Complaint(NOW.date(), False)), now=NOW)
+        rules.check_case(_case(complaint=Complaint(NOW.date(), False)), today=NOW.date())
 
     def test_event_date_tomorrow_is_refused(self):
         with pytest.raises(EventDateInvalid, match="in the future"):
-            rules.check_case(_case(complaint=Complaint(NOW.date() + dt.timedelta(days=1), False)), now=NOW)
+            rules.check_case(_case(complaint=Complaint(NOW.date() + dt.timedelta(days=1), False)), today=NOW.date())
 
     def test_complaint_without_event_date(self):
         with pytest.raises(EventDateInvalid, match="missing"):
-            rules.check_case(_case(complaint=Complaint(None, True)), now=NOW)
+            rules.check_case(_case(complaint=Complaint(None, True)), today=NOW.date())
         with pytest.raises(EventDateInvalid):
-            rules.check_case(_case(complaint=None), now=NOW)
+            rules.check_case(_case(complaint=None), today=NOW.date())
 
     def test_patient_board_needs_unit_or_place(self):
         with pytest.raises(LocationMissing):
-            rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "  ")), now=NOW)
-        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "Akuten")), now=NOW)
-        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, None, "SE5566778899-KLIN2")), now=NOW)
+            rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "  ")), today=NOW.date())
+        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, "Akuten")), today=NOW.date())
+        rules.check_case(_case(board=True, complaint=Complaint(NOW.date(), False, None, "SE5566778899-KLIN2")), today=NOW.date())
 
     def test_care_unit_must_be_an_hsa_id(self):
         with pytest.raises(InvalidHsaId):
-            rules.check_case(_case(complaint=Complaint(NOW.date(), False, None, "KLIN2")), now=NOW)
+            rules.check_case(_case(complaint=Complaint(NOW.date(), False, None, "KLIN2")), today=NOW.date())
 
     def test_complaint_block_only_on_complaints(self):
         with pytest.raises(InvalidValue):
-            rules.check_case(_case(CaseType.QUESTION, complaint=Complaint(NOW.date(), False)), now=NOW)
-        rules.check_case(_case(CaseType.QUESTION), now=NOW)
+            rules.check_case(_case(CaseType.QUESTION, complaint=Complaint(NOW.date(), False)), today=NOW.date())
+        rules.check_case(_case(CaseType.QUESTION), today=NOW.date())
 
 
 class TestAttachments:

@@ -17,7 +17,7 @@ from lxml import etree
 
 import config as config_mod
 import gateway
-from store import utcnow
+from clock import utcnow
 
 API = "http://127.0.0.1:8081/api"
 

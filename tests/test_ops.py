@@ -18,7 +18,7 @@ from werkzeug.security import generate_password_hash
 import config as config_mod
 import gateway
 import ops
-from store import utcnow
+from clock import utcnow
 
 API = "http://127.0.0.1:8081/api"
 API_TOKEN = "ops-test-provider-token"
@@ -63,7 +63,7 @@ def build_app(data: dict):
         ops.init_app(app, ops.Ops(
             store=store, mappings=app.extensions["gateway.mappings"], targets=sorted(cfg.targets) + ["national"],
             users={u.name: u for u in cfg.ops.users}, proxy_header=cfg.ops.proxy_header,
-            proxy_addresses=list(cfg.ops.proxy_addresses), version="test"))
+            proxy_addresses=list(cfg.ops.proxy_addresses), version="test", clock=clock.SYSTEM))
     return app
 
 

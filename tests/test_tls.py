@@ -18,12 +18,15 @@ import zeep
 from conftest import KLIN1, ROOT, case_dict, example_data, free_port, result_of, write_config
 from lxml import etree
 
+import clock
 import config as config_mod
 import devcerts
 import gateway
 import rivta
 from errors import ConfigError
 from test_server import gateway_command
+
+pytestmark = pytest.mark.slow  # real gunicorn servers with TLS, as processes of their own
 
 PLATFORM = devcerts.PLATFORM_HSA_ID
 STRANGER = "SE5566778899-XYZ9"
@@ -224,7 +227,7 @@ def test_certs_dev_makes_a_ca_server_and_client_certificates(runner, tmp_path):
 
     client = x509.load_pem_x509_certificate((tmp_path / f"client-{PLATFORM}.pem").read_bytes())
     assert identity.from_certificate(client, "file").hsa_id == PLATFORM
-    assert identity.CertificateAuthority(tmp_path / "ca.pem").issued(client)
+    assert identity.CertificateAuthority(tmp_path / "ca.pem", clock.utcnow).issued(client)
     assert oct((tmp_path / "server-key.pem").stat().st_mode)[-3:] == "600"
 
 

@@ -19,6 +19,9 @@ import gateway
 from sandbox.national import create_national_stub
 from sandbox.providers import create_rest_provider, serve_in_thread
 
+#: about Swedish dates: `make test` also runs these at set instants (conftest --clock)
+pytestmark = pytest.mark.dates
+
 REST_TOKEN = "rest-token-0123456789"
 SOAP_TOKEN = "soap-token-0123456789"
 GW_HSA = "SE5566778899-GW01"
@@ -276,7 +279,11 @@ def test_external_case_refusals(app, client, store):
 
 
 def test_review_window_hold_and_cancel(config_data, peers, make_case):
-    app = make_app(config_data, peers, review_s=0.3)
+    import time_machine
+
+    app = make_app(config_data, peers, review_s=600)  # ten minutes to think it over; the test moves the clock
+    traveller = time_machine.travel(__import__("clock").instant(), tick=False)
+    clock = traveller.start()
     try:
         client, store, worker = app.test_client(), app.extensions["gateway.store"], app.extensions["gateway.worker"]
         intake(app, make_case)
@@ -286,8 +293,10 @@ def test_review_window_hold_and_cancel(config_data, peers, make_case):
         cancelled = client.post(f"/api/v1/cases/1177-C-0001/messages/{first['messageId']}/cancel", headers=auth())
         assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
         second = client.post("/api/v1/cases/1177-C-0001/messages", json=reply(), headers=auth()).json
+        clock.shift(599)
         assert worker.run_until_idle(timeout=0.1) == 0  # held: nothing is sent within the window
         assert inbox(peers)["messages"] == []
+        clock.shift(2)
         worker.run_until_idle(timeout=3)
         assert [m["messageId"] for m in inbox(peers)["messages"]] == [second["messageId"]]
         late = client.post(f"/api/v1/cases/1177-C-0001/messages/{second['messageId']}/cancel", headers=auth())
@@ -295,6 +304,7 @@ def test_review_window_hold_and_cancel(config_data, peers, make_case):
         statuses = {m["message_id"]: m["status"] for m in store.timeline("1177-C-0001")["messages"]}
         assert statuses == {first["messageId"]: "cancelled", second["messageId"]: "sent"}
     finally:
+        traveller.stop()
         app.extensions["gateway.worker"].stop()
         app.extensions["gateway.store"].close()
 
