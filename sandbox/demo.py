@@ -40,9 +40,10 @@ from typing import Any
 import requests
 import yaml
 
+import clock
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-SWEDEN_TZ = "Europe/Stockholm"
 PNR = "191212121212"  # Tolvan Tolvansson, Skatteverket's test personnummer
 PNR_2 = "198112189876"
 BOARD = "SE2321000016-PN01"
@@ -81,8 +82,13 @@ class DemoCase:
         return max(self.seen, key=self.seen.get) if self.seen else "not sent"
 
 
+def new_token() -> str:
+    """A random bearer token that can never be read as a command-line option (no leading '-')."""
+    return "sbx_" + secrets.token_urlsafe(24)
+
+
 def demo_cases() -> list[DemoCase]:
-    stamp = dt.datetime.now().strftime("%H%M%S")
+    stamp = clock.SYSTEM.local_time().strftime("%H%M%S")
     return [
         DemoCase("complaint to a clinic", f"DEMO-{stamp}-1", KLIN1, "COMPLAINT", PNR,
                  "Jag fick vänta tre timmar på akuten utan att någon sa något.", "demo_rest"),
@@ -245,9 +251,7 @@ class Citizen1177:
         return code if code == "OK" else f"{code}: {root.findtext('.//{*}message') or ''}"
 
     def send_case(self, case: DemoCase) -> str:
-        from zoneinfo import ZoneInfo
-
-        now = dt.datetime.now(ZoneInfo(SWEDEN_TZ))
+        now = clock.SYSTEM.local_time()
         body = {
             "caseId": case.case_id, "caseType": case.case_type,
             "receiver": {"hsaId": case.unit, "isPatientBoard": case.board},
@@ -264,11 +268,9 @@ class Citizen1177:
         return self._post("ProcessCase", case.unit, f"demo-{case.case_id}", case=body)
 
     def answer_question(self, case: DemoCase) -> str:
-        from zoneinfo import ZoneInfo
-
         return self._post(
             "ProcessCaseMessage", case.unit, f"demo-{case.case_id}-answer", caseId=case.case_id,
-            messageId=f"{case.case_id}-M1", createdTime=dt.datetime.now(ZoneInfo(SWEDEN_TZ)).strftime("%Y%m%d%H%M%S"),
+            messageId=f"{case.case_id}-M1", createdTime=clock.SYSTEM.local_time().strftime("%Y%m%d%H%M%S"),
             text="Besvären började i måndags kväll.",
         )
 
@@ -329,7 +331,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"sandbox: {', '.join(taken)} already in use. Stop what uses it, or run with --port-base N "
                   f"(or --free-ports).", file=sys.stderr)
             return 2
-    token = secrets.token_urlsafe(24)
+    # the bearer token demo_rest and the sandbox's gateway share: $SANDBOX_API_TOKEN, else a new one;
+    # it reaches both through the environment, never a command line (where '-…' reads as an option)
+    token = os.environ.get("SANDBOX_API_TOKEN") or new_token()
     certs = None
     if args.tls:
         import devcerts
@@ -360,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         processes.start("providers", [
             sys.executable, "-m", "sandbox.providers", "--rest-port", str(ports["rest"]), "--soap-port", str(ports["soap"]),
             "--answer-delay", str(args.answer_delay), "--question-every", "2", "--gateway-url", urls["gateway"],
-            "--api-token", token, "--quiet"], env=provider_env)
+            "--quiet"], env={**provider_env, "DEMO_REST_API_TOKEN": token})
         processes.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                                     "--bind", f"{HOST}:{ports['gateway']}"], env={"SANDBOX_API_TOKEN": token})
         for url in (f"{urls['national']}/sandbox/inbox", f"{urls['rest']}/_received", f"{urls['soap']}/_received",

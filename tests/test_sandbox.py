@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_sandbox_once_completes_every_demo_case(tmp_path):
+    # a token that starts with '-' (1 random token in 64 did): it must never be read as an option
+    env = {**os.environ, "SANDBOX_API_TOKEN": "-dash-first_" + "x" * 20}
     result = subprocess.run(
         [*gateway_command(), "sandbox", "--once", "--free-ports", "--data", str(tmp_path), "--timeout", "60"],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
+        cwd=ROOT, capture_output=True, text=True, timeout=150, env=env,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -28,6 +30,12 @@ def test_sandbox_once_completes_every_demo_case(tmp_path):
                  "closed in 1177", "nothing left running"):
         assert step in out, step
     assert "Traceback" not in out + result.stderr
+
+
+def test_random_tokens_never_look_like_an_option():
+    from sandbox.demo import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(2000))
 
 
 def _ports_of(log: str) -> list[int]:
