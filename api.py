@@ -36,6 +36,8 @@ import updates
 from errors import (
     ApiError,
     BadJson,
+    CaseClosed,
+    CasePurged,
     Forbidden,
     GatewayError,
     IdConflict,
@@ -70,6 +72,10 @@ class Api:
     authority: Any = None  # identity.CertificateAuthority
     review_s: float = 0.0
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
+    max_attachments: int = rules.MAX_CARE_ATTACHMENTS
+    #: the case types whose automatic receipt (outbound.confirmations) is sent once 1177 has
+    #: registered a case from outside it; its place is kept first in the case's order
+    receipt_types: frozenset[str] = frozenset()
     on_stored: Callable[[], None] = lambda: None
     version: str = "0"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -107,8 +113,10 @@ def _error(exc: GatewayError, status: int) -> Response:
 def _gateway_error(exc: GatewayError) -> Response:
     if isinstance(exc, ApiError):
         status = exc.status
-    elif isinstance(exc, IdConflict):
+    elif isinstance(exc, (IdConflict, CaseClosed)):
         status = 409
+    elif isinstance(exc, CasePurged):
+        status = 410
     elif isinstance(exc, PayloadTooLarge):
         status = 413
     elif isinstance(exc, RuleViolation):
@@ -162,7 +170,9 @@ def _target() -> str:
 
 
 def _case(target: str, case_id: str) -> dict[str, Any]:
-    row = _api().store.case_row(case_id)
+    """The case ``case_id`` names, by any id it is known by: the gateway's, 1177's, or the
+    caller's own (its provider case id); only the caller's own cases."""
+    row = _api().store.find_case(case_id, target=target)
     if row is None:
         raise NotFound(f"there is no case '{case_id[:64]}'.", field="caseId")
     if row["target"] != target:
@@ -215,11 +225,15 @@ def openapi() -> Response:
 @bp.post("/v1/cases/<case_id>/messages")
 def post_message(case_id: str) -> tuple[Response, int]:
     target = _target()
-    _case(target, case_id)
+    row = _case(target, case_id)
+    case_id = row["case_id"]
     api = _api()
-    message = updates.reply(_json(), case_id=case_id, target=target, units=api.units, clock=api.clock,
+    data = _json()
+    message = updates.reply(data, case_id=case_id, target=target, units=api.units, clock=api.clock,
+                            case_unit=row["receiver_hsa_id"], max_attachments=api.max_attachments,
                             max_attachment_bytes=api.max_attachment_bytes)
-    accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation())
+    accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation(),
+                                   reopen=updates.reopen(data))
     _stored(target, "message to citizen queued", case_id=case_id, message_id=message.message_id, kind=message.kind,
             sender_hsa_id=message.sender_hsa_id)
     send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
@@ -230,7 +244,7 @@ def post_message(case_id: str) -> tuple[Response, int]:
 @bp.post("/v1/cases/<case_id>/messages/<message_id>/cancel")
 def cancel_message(case_id: str, message_id: str) -> Response:
     target = _target()
-    _case(target, case_id)
+    case_id = _case(target, case_id)["case_id"]
     _api().store.cancel_message(message_id, by=f"api:{target}")
     _stored(target, "message to citizen cancelled", case_id=case_id, message_id=message_id)
     return jsonify({"messageId": message_id, "status": "cancelled"})
@@ -240,6 +254,7 @@ def cancel_message(case_id: str, message_id: str) -> Response:
 def post_status(case_id: str) -> tuple[Response, int]:
     target = _target()
     row = _case(target, case_id)
+    case_id = row["case_id"]
     api = _api()
     update = updates.status(_json(), case_id=case_id, case_type=CaseType(row["case_type"]), target=target, codes=api.codes)
     status_id = api.store.add_status(update, origin="api", correlation_id=_correlation())
@@ -255,7 +270,8 @@ def register_case() -> tuple[Response, int]:
         _json(), target=target, units=api.units, clock=api.clock, max_attachment_bytes=api.max_attachment_bytes
     )
     accepted = api.store.register_external(case, target=target, provider_unit_code=unit_code,
-                                           external_case_id=external_id, channel=channel, correlation_id=_correlation())
+                                           external_case_id=external_id, channel=channel, correlation_id=_correlation(),
+                                           reserve_receipt=case.case_type.value in api.receipt_types)
     _stored(target, "external case registered", case_id=accepted.case_id, channel=channel)
     return jsonify({"caseId": accepted.case_id, "externalCaseId": external_id, "status": "registering"}), (
         201 if accepted.created else 200
@@ -265,7 +281,7 @@ def register_case() -> tuple[Response, int]:
 @bp.get("/v1/cases/<case_id>")
 def get_case(case_id: str) -> Response:
     target = _target()
-    _case(target, case_id)
+    case_id = _case(target, case_id)["case_id"]
     view = _api().store.timeline(case_id)
     case = view["case"]
     return jsonify({

@@ -119,7 +119,7 @@ class IntakeSection(_Section):
     """Limits on what 1177 may send (DESIGN.md rule 1)."""
 
     max_body_bytes: int = Field(default=150 * MiB, ge=64 * 1024)
-    max_attachment_bytes: int = Field(default=20 * MiB, ge=1)
+    max_attachment_bytes: int = Field(default=20 * MiB, ge=1, le=20 * MiB, description="At most 1177's own limit, 20 MB.")
     max_attachments: int = Field(default=5, ge=0, le=5)
 
 
@@ -363,7 +363,7 @@ class OutboundSection(_Section):
 
     review_s: float = Field(default=0.0, ge=0, le=7 * 86400, description="Hold each message this long before sending; it can be cancelled meanwhile.")
     max_attachments: int = Field(default=10, ge=0, le=10)
-    max_attachment_bytes: int = Field(default=20 * MiB, ge=1)
+    max_attachment_bytes: int = Field(default=20 * MiB, ge=1, le=20 * MiB, description="At most 1177's own limit, 20 MB.")
     confirmations: ConfirmationsSection = ConfirmationsSection()
 
 
@@ -449,8 +449,11 @@ class Config(_Section):
         return self
 
     def warnings(self) -> list[str]:
-        """Settings that work but weaken security (shown by ``gateway check``)."""
+        """Settings that work but weaken security or leave failures unseen (shown by ``gateway check``)."""
         found = []
+        if not self.alerts.webhook_url and not (self.alerts.smtp_host and self.alerts.mail_to):
+            found.append("alerts: no alert channel (webhook_url, or smtp_host with mail_to): dead deliveries and "
+                         "stuck queues will be seen only by someone who looks at the ops view or /metrics.")
         for name, section in [*((f"targets.{n}", t) for n, t in self.targets.items()), ("national", self.national)]:
             if not section.tls.verify:
                 found.append(f"{name}.tls: certificate verification is OFF (insecure: true); never in production.")

@@ -18,7 +18,8 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── TargetRefused    GW062  another HTTP 4xx or a SOAP Client fault (permanent)
     │   ├── BadTargetAnswer  GW063  a 2xx whose body is not what the field map expects (permanent)
     │   ├── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
-    │   └── NationalRefused  GW065  1177 answered resultCode ERROR (permanent; its message kept)
+    │   ├── NationalRefused  GW065  1177 answered resultCode ERROR (permanent; its message kept)
+    │   └── Undeliverable    GW066  the delivery cannot be built: content purged or gone (permanent)
     ├── ApiError                    the provider REST API refuses a call (JSON {code, message, field})
     │   ├── Unauthenticated  GW030  401: no or wrong credentials
     │   ├── Forbidden        GW031  403: the case is not routed to the caller's target
@@ -47,7 +48,12 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── IdConflict       GW028  a known caseId/messageId resent with other content
     │   ├── InvalidValue     GW029  any other field that breaks a rule (names the field)
     │   ├── UnmappedUnit     GW035  a sending unit that maps to no HSA-id
-    │   └── ClosingCodesMissing GW036  a complaint closed without problem and business-area codes
+    │   ├── ClosingCodesMissing GW036  a complaint closed without problem and business-area codes
+    │   ├── CasePurged       GW040  the case's content was purged after the retention period
+    │   ├── CaseClosed       GW041  the case is closed: no more messages until it is reopened
+    │   ├── ExternalAttachments GW042  files on a case registered outside 1177 (RegisterCase carries none)
+    │   ├── RenewalWithoutList GW043  chosen medications where rule 9 shows no list (under 16, proxy for a child)
+    │   └── SenderNotAllowed GW044  a message signed by a unit that may not answer for the case's unit
     └── InternalError        GW099  a bug: logged with a reference, never with details
 
 Technical errors (``RequestRefused``, ``StoreError``, ``InternalError``) become SOAP
@@ -170,6 +176,15 @@ class NationalRefused(DeliveryError):
     code = "GW065"
     permanent = True
     hint = "Read 1177's message in the attempt, correct the message or case, then replay or cancel it."
+
+
+class Undeliverable(DeliveryError):
+    """Raised by the worker when a row can never be delivered as it stands: the content it
+    carries has been purged or is missing. The row goes dead at once, with an alert."""
+
+    code = "GW066"
+    permanent = True
+    hint = "Nothing can be sent for this row; cancel it (gateway outbox cancel ID) and tell the provider."
 
 
 class ApiError(GatewayError):
@@ -377,6 +392,44 @@ class ClosingCodesMissing(RuleViolation):
 
     code = "GW036"
     hint = "Closing a complaint needs at least one problem code and a business-area code."
+
+
+class CasePurged(RuleViolation):
+    """Raised when a message, status or reply names a case whose content was purged after
+    the retention period (two years from its last activity): it can no longer be delivered."""
+
+    code = "GW040"
+    hint = "The case's content has been purged after the retention period; start a new case."
+
+
+class CaseClosed(RuleViolation):
+    """Raised when a message arrives for a case that is CLOSED; 1177 closes the dialogue then."""
+
+    code = "GW041"
+    hint = "The case is closed. The care provider can reopen it (status IN_PROGRESS, or 'reopen': true on the message)."
+
+
+class ExternalAttachments(RuleViolation):
+    """Raised when a case registered outside 1177 carries files: RegisterCase cannot carry them."""
+
+    code = "GW042"
+    hint = "Register the case without files, then send the files to the citizen as a message in the case."
+
+
+class RenewalWithoutList(RuleViolation):
+    """Raised when a prescription renewal names medications for a citizen under 16, or from
+    a guardian acting as proxy for a child: rule 9 showed no list to choose from."""
+
+    code = "GW043"
+    hint = "A renewal for a child, or by a guardian as proxy, names no chosen medications; describe them in the text."
+
+
+class SenderNotAllowed(RuleViolation):
+    """Raised when a message to the citizen is signed by a unit other than the case's own,
+    and mappings/units.yaml does not let that unit answer for it (``answers_for``)."""
+
+    code = "GW044"
+    hint = "Sign with the case's own unit, or list the case's unit under answers_for of the sending unit in mappings/units.yaml."
 
 
 class InternalError(GatewayError):

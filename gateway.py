@@ -98,6 +98,7 @@ def create_app(
             max_body_bytes=cfg.intake.max_body_bytes,
             max_attachment_bytes=cfg.intake.max_attachment_bytes,
             max_attachments=cfg.intake.max_attachments,
+            receipt_types=receipt_types(cfg),
             version=version(),
             public_url=cfg.gateway.public_url,
             access=cfg.rivta,
@@ -127,6 +128,8 @@ def create_app(
             },
             review_s=cfg.outbound.review_s,
             max_attachment_bytes=cfg.outbound.max_attachment_bytes,
+            max_attachments=cfg.outbound.max_attachments,
+            receipt_types=receipt_types(cfg),
             version=version(),
             cert_targets={t.api.client_cert_hsa_id.upper(): n for n, t in cfg.targets.items() if t.api.client_cert_hsa_id},
             access=cfg.rivta,
@@ -169,6 +172,12 @@ def create_app(
     return app
 
 
+def receipt_types(cfg: Config) -> frozenset[str]:
+    """The case types that get the automatic receipt (outbound.confirmations)."""
+    conf = cfg.outbound.confirmations
+    return frozenset(kind for kind, text in conf.texts.items() if text) if conf.enabled else frozenset()
+
+
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
     from adapters.alerts import channels_from
     from adapters.national import NationalAdapter
@@ -182,6 +191,7 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
         national_settings=cfg.national,
         confirmations=cfg.outbound.confirmations,
         review_s=cfg.outbound.review_s,
+        max_attachments=cfg.outbound.max_attachments,
         alerts=cfg.alerts,
         alert_channels=channels_from(cfg.alerts),
         retention=lambda: run_retention(cfg, store, clock),
@@ -535,7 +545,8 @@ def case_show(config_path: Path, case_id: str, content: bool, as_json: bool) -> 
     """The whole timeline of CASE_ID in both directions, with every attempt."""
     _, store = _open_store(config_path)
     try:
-        detail = store.case_detail(case_id, with_content=content)
+        found = store.find_case(case_id)  # the gateway's id or 1177's
+        detail = store.case_detail(found["case_id"] if found else case_id, with_content=content)
     except GatewayError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -547,7 +558,8 @@ def case_show(config_path: Path, case_id: str, content: bool, as_json: bool) -> 
              f"1177 case {case['national_case_id'] or '-'}; status {case['status']}, in 1177 {case['citizen_status'] or '-'}"]
     for row in detail["outbox"]:
         lines.append(f"  outbox {row['id']} {row['action']} → {row['target']}: {row['status']}"
-                     + (f" ({row['last_error_code']} {row['last_error']})" if row["last_error_code"] else ""))
+                     + (f" ({row['last_error_code']} {row['last_error']})" if row["last_error_code"] else "")
+                     + (f", BLOCKED behind dead row {row['blocked_by']}" if row.get("blocked_by") else ""))
         for a in row["attempts"]:
             lines.append(f"    attempt {a['attempt']} {a['started_at']} {a['duration_ms']} ms {a['outcome']}"
                          f" {a['status_code'] or ''} {a['error_code'] or ''} {a['detail'] or ''}".rstrip())
@@ -566,7 +578,8 @@ def outbox_group() -> None:
 @outbox_group.command("list")
 @config_option
 @click.option("--status", default="dead", show_default=True,
-              type=click.Choice(["pending", "in_flight", "done", "dead", "cancelled", "all"]))
+              type=click.Choice(["pending", "in_flight", "done", "dead", "cancelled", "blocked", "all"]),
+              help="'blocked': rows waiting behind a dead row of their case.")
 @click.option("--target", "target_name")
 @click.option("--limit", type=int, default=100, show_default=True)
 @json_option
@@ -575,7 +588,8 @@ def outbox_list(config_path: Path, status: str, target_name: str | None, limit: 
     _, store = _open_store(config_path)
     rows = store.outbox_list(status=None if status == "all" else status, target=target_name, limit=limit)
     lines = [f"{r['id']:>6}  {r['status']:<9} {r['action']:<16} {r['target']:<10} {r['case_id']:<24} "
-             f"attempts {r['attempts']}  {r['last_error_code'] or ''} {r['last_error'] or ''}" for r in rows]
+             f"attempts {r['attempts']}  {r['last_error_code'] or ''} {r['last_error'] or ''}"
+             + (f"  BLOCKED behind dead row {r['blocked_by']}" if r.get("blocked_by") else "") for r in rows]
     _emit(as_json, rows, "\n".join(lines) or f"no {status} rows.")
 
 

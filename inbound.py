@@ -102,6 +102,9 @@ class Intake:
     version: str = "0"
     ping_configuration: dict[str, str] = field(default_factory=dict)
     public_url: str | None = None
+    #: the case types whose automatic receipt (outbound.confirmations) follows the delivery;
+    #: its place in the case's order is kept at intake, so it is the citizen's first message
+    receipt_types: frozenset[str] = frozenset()
     #: called after a new case or message is committed (the worker's ``wake``)
     on_stored: Callable[[], None] = lambda: None
     #: the provider's medication list for (target, unit code, person id): the worker's
@@ -331,7 +334,9 @@ def _case_from(element: etree._Element, ns: str) -> Case:
         subject_of_care=SubjectOfCare(
             _person(subject),
             subject.text("name"),
-            Contact(contact.text("mobile"), contact.text("email"), contact.flag("consentToShare")) if contact else None,
+            # rule 8: contact details only with the citizen's consent; without it they are not kept at all
+            Contact(contact.text("mobile"), contact.text("email"), True) if contact and contact.flag("consentToShare")
+            else None,
         ),
         created_time=_timestamp(case.required("createdTime"), f"{case.path}/createdTime"),
         text=case.required("text"),
@@ -413,7 +418,8 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
             f"case/receiver/hsaId {case.receiver.hsa_id} is not a unit this gateway serves.", field="case/receiver/hsaId"
         )
     accepted = intake.store.accept_case(
-        case, target=route.target, provider_unit_code=route.unit.code, correlation_id=correlation
+        case, target=route.target, provider_unit_code=route.unit.code, correlation_id=correlation,
+        reserve_receipt=case.case_type.value in intake.receipt_types,
     )
     if accepted.created:
         intake.on_stored()

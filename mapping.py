@@ -52,12 +52,23 @@ class _UnitRow(BaseModel):
     patient_board: bool = False
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
+    answers_for: list[str] = Field(default_factory=list, description=(
+        "HSA-ids of other units in whose cases this unit may sign messages to the citizen "
+        "(rule 11; e.g. a patient board for the clinics it handles complaints for)."))
 
     @field_validator("hsa_id")
     @classmethod
     def _hsa(cls, value: str) -> str:
         try:
             return hsa_id(value)
+        except InvalidHsaId as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("answers_for")
+    @classmethod
+    def _answers_for(cls, values: list[str]) -> list[str]:
+        try:
+            return [hsa_id(value) for value in values]
         except InvalidHsaId as exc:
             raise ValueError(exc.message) from None
 
@@ -99,6 +110,7 @@ class Unit:
     patient_board: bool
     valid_from: dt.date | None
     valid_to: dt.date | None
+    answers_for: tuple[str, ...] = ()
 
     def valid_on(self, day: dt.date) -> bool:
         return (self.valid_from is None or self.valid_from <= day) and (self.valid_to is None or day <= self.valid_to)
@@ -157,6 +169,19 @@ class Units:
             if fallback is not None:
                 return Route(hsa.strip().upper(), fallback, by_default=True)
         return None
+
+    def may_sign(self, sender_hsa: str, case_unit_hsa: str, on: dt.date) -> bool:
+        """Rule 11: whether ``sender_hsa`` may sign a message in a case of ``case_unit_hsa``: it
+        is that unit, or the unit its cases are routed to (the default route), or its row in
+        force lists the case's unit under ``answers_for``."""
+        sender, case_unit = sender_hsa.strip().upper(), case_unit_hsa.strip().upper()
+        if sender == case_unit:
+            return True
+        route = self.route(case_unit, on)
+        if route is not None and route.unit.hsa_id == sender:
+            return True
+        row = self.unit(sender, on)
+        return row is not None and case_unit in row.answers_for
 
     def by_code(self, target: str, code: str, on: dt.date) -> Unit:
         """The unit a provider's ``code`` on ``target`` stands for, or ``MappingError``."""
@@ -241,6 +266,9 @@ class Codes:
 
 
 # -- field maps ---------------------------------------------------------------------------------------
+
+#: What a provider is told it may use the citizen's contact details for (``contact.usage``).
+CONTACT_USAGE = "messages_only"
 
 #: Where a source path may start. ``contact`` is only present when the citizen consented
 #: to sharing it (DESIGN.md rule 8); ``case.subject_of_care.contact`` is never available.
@@ -424,7 +452,9 @@ def delivery_source(
         "case": case_data,
         "route": route,
         "provider": {"case_id": provider_case_id},
-        "contact": contact if contact and contact.get("consent_to_share") else None,
+        # rule 8: only with consent, and only to send the citizen messages (the provider is told so)
+        "contact": {"mobile": contact.get("mobile"), "email": contact.get("email"), "usage": CONTACT_USAGE}
+        if contact and contact.get("consent_to_share") else None,
         "delivery": {"idempotency_key": idempotency_key},
         "gateway": {"hsa_id": gateway_hsa_id},
     }
@@ -505,7 +535,8 @@ def load(directory: str | Path) -> Mappings:
     except ValidationError as exc:
         raise MappingError(_validation_message(UNITS_FILE, exc)) from None
     units = Units(
-        (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to) for r in parsed.units),
+        (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to, tuple(r.answers_for))
+         for r in parsed.units),
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,
     )

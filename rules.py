@@ -24,6 +24,7 @@ from errors import (
     EventDateInvalid,
     InvalidValue,
     LocationMissing,
+    RenewalWithoutList,
     TooManyAttachments,
 )
 from model import (
@@ -120,9 +121,18 @@ def check_case(
         raise InvalidValue("case/subject is over 255 characters.", field="case/subject")
     if not 1900 <= case.created_time.year <= 2099:
         raise InvalidValue("case/createdTime is not a date 1177 can take (1900-2099).", field="case/createdTime")
-    if case.case_type is CaseType.PRESCRIPTION_RENEWAL and not case.medications:
-        raise InvalidValue("case/chosenMedication: a prescription renewal names at least one medication.",
-                           field="case/chosenMedication")
+    if case.case_type is CaseType.PRESCRIPTION_RENEWAL:
+        # rule 9: where no list could be shown (under 16, a guardian as proxy for a child),
+        # nothing can have been chosen from it; otherwise the renewal names what it renews
+        representative = case.representative
+        no_list = medication_list_refusal(subject=case.subject_of_care.person_id,
+                                          representative=representative.person_id if representative else None,
+                                          is_proxy=bool(representative and representative.is_proxy), today=today)
+        if no_list is not None and case.medications:
+            raise RenewalWithoutList(f"case/chosenMedication: {no_list}", field="case/chosenMedication")
+        if no_list is None and not case.medications:
+            raise InvalidValue("case/chosenMedication: a prescription renewal names at least one medication.",
+                               field="case/chosenMedication")
     if case.medications and case.case_type is not CaseType.PRESCRIPTION_RENEWAL:
         raise InvalidValue(f"case/chosenMedication is only for PRESCRIPTION_RENEWAL, not {case.case_type.value}.",
                            field="case/chosenMedication")

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -37,10 +38,20 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from clock import instant
-from errors import IdConflict, NotCancellable, NotFound, StoreError, UnknownCase
+from errors import (
+    CaseClosed,
+    CasePurged,
+    IdConflict,
+    NotCancellable,
+    NotFound,
+    StoreError,
+    Undeliverable,
+    UnknownCase,
+)
 from model import (
     Attachment,
     Case,
+    CaseStatus,
     Message,
     StatusUpdate,
     case_from_data,
@@ -283,11 +294,31 @@ def m008_ops_indexes(db: Database) -> None:
     db.execute("ANALYZE")  # statistics for the planner; retention refreshes them (PRAGMA optimize)
 
 
+@migrations()
+def m009_case_lifecycle(db: Database) -> None:
+    # retention counts from the last activity (a message either way, a status change), not receipt
+    db["cases"].add_column("last_activity_at", str)
+    db.execute("UPDATE cases SET last_activity_at = COALESCE(updated_at, received_at)")
+    db["cases"].create_index(["last_activity_at"])
+    # 1177's own id finds a case registered outside 1177 (its citizen's answers carry that id)
+    db["cases"].create_index(["national_case_id"])
+
+
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
 
 #: Outbox states in which a row still has work to do (retention never touches their cases).
-UNFINISHED = ("pending", "in_flight", "dead")
+#: ``reserved``: the automatic receipt's place in its case's order, kept from intake until the
+#: provider has the case (then it becomes ``pending`` with the receipt, or ``cancelled``).
+UNFINISHED = ("pending", "in_flight", "dead", "reserved")
+
+#: The outbox action and id of the automatic receipt of a case.
+RECEIPT = "add_message"
+
+
+def receipt_id(case_id: str) -> str:
+    """The message id of the automatic receipt of ``case_id``."""
+    return f"{case_id}:receipt"
 
 
 def ts(value: dt.datetime) -> str:
@@ -319,16 +350,31 @@ NATIONAL_TARGET = "national"
 OUTBOUND_ACTIONS = ("add_message", "update_status", "register_case")
 
 
+def _refuse_finished(case_id: str, purged_at: str | None, citizen_status: str | None, *, reopen: bool = False) -> None:
+    """Refuse new work for a case whose content was purged, or that is closed (unless reopened)."""
+    if purged_at:
+        raise CasePurged(f"case '{case_id[:64]}': its content has been purged after the retention period "
+                         "(two years from its last activity), so nothing more can be delivered in it.", field="caseId")
+    if citizen_status == CaseStatus.CLOSED.value and not reopen:
+        raise CaseClosed(f"case '{case_id[:64]}' is closed; it takes no more messages until it is reopened.",
+                         field="caseId")
+
+
 def _direction(action: str) -> str:
     return "out" if action in OUTBOUND_ACTIONS else "in"
 
+
+#: For a row still waiting: the earliest dead row of its case it is stuck behind (else NULL).
+_BLOCKER = """(SELECT min(e.id) FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id AND e.status = 'dead'
+             AND o.status IN ('pending', 'reserved'))"""
+_BLOCKED_BY = f"{_BLOCKER} AS blocked_by"
 
 #: A row the worker may take once its not_before has passed: pending, its target not
 #: paused, and no earlier row of its case still pending, in flight or dead (order per case).
 _CLAIMABLE = """o.status = 'pending'
     AND o.target NOT IN (SELECT name FROM targets WHERE paused = 1)
     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id
-                    AND e.status IN ('pending', 'in_flight', 'dead'))"""
+                    AND e.status IN ('pending', 'in_flight', 'dead', 'reserved'))"""
 
 
 @dataclass(frozen=True)
@@ -454,12 +500,15 @@ class Store:
         provider_unit_code: str | None,
         correlation_id: str | None,
         origin: str = "1177",
+        reserve_receipt: bool = False,
         now: dt.datetime | None = None,
     ) -> Accepted:
         """Store a new case with its files and its outbox row, atomically.
 
         The same ``case_id`` with the same content again is a no-op (``created`` False);
-        with other content it is an ``IdConflict``.
+        with other content it is an ``IdConflict``. ``reserve_receipt``: keep the automatic
+        receipt's place right after the delivery, so that it is the case's first message to
+        the citizen whatever the provider sends meanwhile.
         """
         now = now or instant()
         content, content_hash = _content(case)
@@ -472,17 +521,19 @@ class Store:
             db.execute(
                 """INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, is_patient_board, target,
                        provider_unit_code, status, created_time, received_at, updated_at, correlation_id,
-                       content_hash, content, national_case_id, citizen_status)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED')""",
+                       content_hash, content, national_case_id, citizen_status, last_activity_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED', ?)""",
                 [
                     case.case_id, origin, case.case_type.value, case.receiver.hsa_id,
                     int(case.receiver.is_patient_board), target, provider_unit_code,
                     case.created_time.isoformat(), ts(now), ts(now), correlation_id, content_hash, content,
-                    case.case_id if origin == "1177" else None,
+                    case.case_id if origin == "1177" else None, ts(now),
                 ],
             )
             self._put_attachments(db, case.case_id, None, case.attachments, now)
             self._enqueue(db, case.case_id, "deliver_case", case.case_id, target, now)
+            if reserve_receipt:
+                self._enqueue(db, case.case_id, RECEIPT, receipt_id(case.case_id), NATIONAL_TARGET, now, status="reserved")
             self._count(db, "received", target, "in")
             self._log(
                 db, now, correlation_id=correlation_id, case_id=case.case_id, direction="in",
@@ -492,16 +543,27 @@ class Store:
         return Accepted(True, case.case_id, case.case_id)
 
     def accept_message(self, message: Message, *, correlation_id: str | None, now: dt.datetime | None = None) -> Accepted:
-        """Store a citizen's follow-up message for a known case, with its outbox row."""
+        """Store a citizen's follow-up message for a known case, with its outbox row.
+
+        ``message.case_id`` may be the gateway's id or 1177's (a case registered outside
+        1177 is known to 1177, and to its citizen's answers, by the id 1177 gave it); the
+        message is stored under the gateway's. A purged case (``CasePurged``) or a closed one
+        (``CaseClosed``) takes no more messages."""
         now = now or instant()
-        content, content_hash = _content(message)
         with self.write() as db:
             case = db.execute(
-                "SELECT target, receiver_hsa_id FROM cases WHERE case_id = ?", [message.case_id]
+                """SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?
+                   UNION ALL SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases
+                   WHERE national_case_id = ? AND case_id <> ? LIMIT 1""",
+                [message.case_id, message.case_id, message.case_id],
             ).fetchone()
             if case is None:
                 raise UnknownCase(f"caseId '{message.case_id}' is not known to this gateway.", field="caseId")
-            target, receiver = case
+            case_id, target, receiver, purged_at, citizen_status = case
+            _refuse_finished(message.case_id, purged_at, citizen_status)
+            if case_id != message.case_id:
+                message = dataclasses.replace(message, case_id=case_id)
+            content, content_hash = _content(message)
             row = db.execute(
                 "SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]
             ).fetchone()
@@ -523,7 +585,8 @@ class Store:
             self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
             self._enqueue(db, message.case_id, "deliver_message", message.message_id, target, now)
             self._count(db, "received", target, "in")
-            db.execute("UPDATE cases SET updated_at = ? WHERE case_id = ?", [ts(now), message.case_id])
+            db.execute("UPDATE cases SET updated_at = ?, last_activity_at = ? WHERE case_id = ?",
+                       [ts(now), ts(now), message.case_id])
             self._log(
                 db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
                 direction="in", event="message_received", status="ok", target=target, hsa_id=receiver,
@@ -540,21 +603,27 @@ class Store:
         hold_s: float = 0.0,
         origin: str = "api",
         correlation_id: str | None = None,
+        reopen: bool = False,
         now: dt.datetime | None = None,
     ) -> Accepted:
         """Queue a message to the citizen (``AddMessage``), held ``hold_s`` seconds for review.
 
-        The content kept here is the immutable record of what the citizen is sent.
+        The content kept here is the immutable record of what the citizen is sent. A closed
+        case takes it only with ``reopen`` (the status IN_PROGRESS is queued first, in the
+        same transaction); a purged case never.
         """
         now = now or instant()
         with self.write() as db:
-            return self._insert_reply(db, message, hold_s=hold_s, origin=origin, correlation_id=correlation_id, now=now)
+            return self._insert_reply(db, message, hold_s=hold_s, origin=origin, correlation_id=correlation_id,
+                                      reopen=reopen, now=now)
 
     def _insert_reply(
-        self, db: Database, message: Message, *, hold_s: float, origin: str, correlation_id: str | None, now: dt.datetime
+        self, db: Database, message: Message, *, hold_s: float, origin: str, correlation_id: str | None, now: dt.datetime,
+        reopen: bool = False, reserved: bool = False,
     ) -> Accepted:
         content, content_hash = _content(message, not_hashed=("created_time",))
-        case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [message.case_id]).fetchone()
+        case = db.execute("SELECT receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?",
+                          [message.case_id]).fetchone()
         if case is None:
             raise NotFound(f"there is no case '{message.case_id}'.", field="caseId")
         row = db.execute("SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]).fetchone()
@@ -562,6 +631,10 @@ class Store:
             if row[0] != content_hash:
                 raise IdConflict(f"messageId '{message.message_id}' is already used for other content.", field="messageId")
             return Accepted(False, message.case_id, message.message_id)
+        _refuse_finished(message.case_id, case[1], case[2], reopen=reopen)
+        if case[2] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
+            self._insert_status(db, StatusUpdate(message.case_id, CaseStatus.IN_PROGRESS), origin=origin,
+                                correlation_id=correlation_id, now=now, hsa_id=case[0])
         state = "held" if hold_s > 0 else "queued"
         db.execute(
             """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
@@ -571,8 +644,15 @@ class Store:
              correlation_id, content_hash, content, origin],
         )
         self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
-        self._enqueue(db, message.case_id, "add_message", message.message_id, NATIONAL_TARGET,
-                      now + dt.timedelta(seconds=hold_s), created=now)
+        filled = reserved and db.execute(
+            "UPDATE outbox SET status = 'pending', ref_id = ?, not_before = ?, updated_at = ? "
+            "WHERE case_id = ? AND action = ? AND status = 'reserved'",
+            [message.message_id, ts(now + dt.timedelta(seconds=hold_s)), ts(now), message.case_id, RECEIPT],
+        ).rowcount
+        if not filled:
+            self._enqueue(db, message.case_id, "add_message", message.message_id, NATIONAL_TARGET,
+                          now + dt.timedelta(seconds=hold_s), created=now)
+        db.execute("UPDATE cases SET last_activity_at = ? WHERE case_id = ?", [ts(now), message.case_id])
         self._count(db, "received", NATIONAL_TARGET, "out")
         self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
                   direction="out", event="message_queued", status=state, target=NATIONAL_TARGET,
@@ -586,25 +666,30 @@ class Store:
     ) -> int:
         """Queue a status change towards 1177 (``UpdateCaseStatus``); returns its id."""
         now = now or instant()
-        content = json.dumps(to_data(update), sort_keys=True, ensure_ascii=False)
         with self.write() as db:
-            case = db.execute("SELECT receiver_hsa_id FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
+            case = db.execute("SELECT receiver_hsa_id, purged_at FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
             if case is None:
                 raise NotFound(f"there is no case '{update.case_id}'.", field="caseId")
-            cursor = db.execute(
-                """INSERT INTO status_updates (case_id, status, content, state, created_at, origin, correlation_id)
-                   VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
-                [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
-            )
-            update_id = cursor.lastrowid
-            db.execute("UPDATE cases SET citizen_status = ?, updated_at = ? WHERE case_id = ?",
-                       [update.status.value, ts(now), update.case_id])
-            self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
-            self._count(db, "received", NATIONAL_TARGET, "out")
-            self._log(db, now, correlation_id=correlation_id, case_id=update.case_id, direction="out",
-                      event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=case[0],
-                      detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
-                      + (f", care unit {update.care_unit_hsa_id}" if update.care_unit_hsa_id else ""))
+            _refuse_finished(update.case_id, case[1], None)
+            return self._insert_status(db, update, origin=origin, correlation_id=correlation_id, now=now, hsa_id=case[0])
+
+    def _insert_status(self, db: Database, update: StatusUpdate, *, origin: str, correlation_id: str | None,
+                       now: dt.datetime, hsa_id: str) -> int:
+        content = json.dumps(to_data(update), sort_keys=True, ensure_ascii=False)
+        cursor = db.execute(
+            """INSERT INTO status_updates (case_id, status, content, state, created_at, origin, correlation_id)
+               VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
+            [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
+        )
+        update_id = cursor.lastrowid
+        db.execute("UPDATE cases SET citizen_status = ?, updated_at = ?, last_activity_at = ? WHERE case_id = ?",
+                   [update.status.value, ts(now), ts(now), update.case_id])
+        self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
+        self._count(db, "received", NATIONAL_TARGET, "out")
+        self._log(db, now, correlation_id=correlation_id, case_id=update.case_id, direction="out",
+                  event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=hsa_id,
+                  detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
+                  + (f", care unit {update.care_unit_hsa_id}" if update.care_unit_hsa_id else ""))
         return int(update_id)  # type: ignore[arg-type]
 
     def register_external(
@@ -616,9 +701,11 @@ class Store:
         external_case_id: str,
         channel: str,
         correlation_id: str | None = None,
+        reserve_receipt: bool = False,
         now: dt.datetime | None = None,
     ) -> Accepted:
-        """Store a case that started outside 1177 and queue its registration with 1177.
+        """Store a case that started outside 1177 and queue its registration with 1177
+        (and, with ``reserve_receipt``, the automatic receipt's place right after it).
 
         ``case.case_id`` is the gateway's id; the provider's own id is ``external_case_id``
         (the same one again, with the same content, is the same case)."""
@@ -637,14 +724,16 @@ class Store:
             db.execute(
                 """INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, is_patient_board, target,
                        provider_unit_code, provider_case_id, status, created_time, received_at, updated_at,
-                       correlation_id, content_hash, content, channel, citizen_status)
-                   VALUES (?, 'external', ?, ?, ?, ?, ?, ?, 'registering', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED')""",
+                       correlation_id, content_hash, content, channel, citizen_status, last_activity_at)
+                   VALUES (?, 'external', ?, ?, ?, ?, ?, ?, 'registering', ?, ?, ?, ?, ?, ?, ?, 'RECEIVED', ?)""",
                 [case.case_id, case.case_type.value, case.receiver.hsa_id, int(case.receiver.is_patient_board), target,
                  provider_unit_code, external_case_id, case.created_time.isoformat(), ts(now), ts(now), correlation_id,
-                 content_hash, content, channel],
+                 content_hash, content, channel, ts(now)],
             )
             self._put_attachments(db, case.case_id, None, case.attachments, now)
             self._enqueue(db, case.case_id, "register_case", case.case_id, NATIONAL_TARGET, now)
+            if reserve_receipt:
+                self._enqueue(db, case.case_id, RECEIPT, receipt_id(case.case_id), NATIONAL_TARGET, now, status="reserved")
             self._count(db, "received", NATIONAL_TARGET, "out")
             self._log(db, now, correlation_id=correlation_id, case_id=case.case_id, direction="out",
                       event="case_registered", status="queued", target=NATIONAL_TARGET, hsa_id=case.receiver.hsa_id,
@@ -737,14 +826,14 @@ class Store:
 
     def _enqueue(
         self, db: Database, case_id: str, action: str, ref_id: str, target: str | None, not_before: dt.datetime,
-        *, created: dt.datetime | None = None,
+        *, created: dt.datetime | None = None, status: str = "pending",
     ) -> None:
         created = created or not_before
         db.execute(
             """INSERT INTO outbox (case_id, action, ref_id, target, status, attempts, not_before,
                    idempotency_key, created_at, updated_at)
-               VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)""",
-            [case_id, action, ref_id, target, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
+               VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)""",
+            [case_id, action, ref_id, target, status, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
         )
 
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:
@@ -889,9 +978,32 @@ class Store:
                       + (f", provider case {provider_case_id}" if provider_case_id else "")
                       + (f", 1177 case {national_case_id}" if national_case_id else "")
                       + (f"; {detail}" if detail else ""))
-            if follow_up is not None:
-                self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id, now=now)
+            if job.action == "deliver_case":
+                self._erase_contact(db, job, now)
+            if job.action in ("deliver_case", "register_case"):
+                if follow_up is not None:  # the receipt takes the place kept for it at intake
+                    self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id,
+                                       now=now, reserved=True)
+                else:
+                    db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
+                               "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), job.case_id, RECEIPT])
         return True
+
+    def _erase_contact(self, db: Database, job: Job, now: dt.datetime) -> None:
+        """Rule 8: the citizen's contact details (given with consent, for messages only) are
+        not kept once the provider has them; the sync log records that they were erased."""
+        row = db.execute("SELECT content FROM cases WHERE case_id = ?", [job.case_id]).fetchone()
+        if not row or not row[0]:
+            return
+        data = json.loads(row[0])
+        if not (data.get("subject_of_care") or {}).get("contact"):
+            return
+        data["subject_of_care"]["contact"] = None
+        db.execute("UPDATE cases SET content = ? WHERE case_id = ?",
+                   [json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")), job.case_id])
+        self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id, direction="in",
+                  event="contact_erased", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
+                  detail="the citizen's contact details were delivered (for messages only) and erased from the gateway")
 
     def fail(
         self,
@@ -933,27 +1045,36 @@ class Store:
                           + ("" if dead else f"; next attempt {ts(retry_at)}"))  # type: ignore[arg-type]
         return bool(updated)
 
-    def recover_leases(self, now: dt.datetime | None = None) -> int:
-        """Return rows whose lease ran out (their worker died) to the queue; how many."""
+    def recover_leases(self, now: dt.datetime | None = None, *, stale_s: float | None = None) -> int:
+        """Return to the queue the rows of workers that are gone; how many.
+
+        A worker whose heartbeat is older than ``stale_s`` seconds is dead: its rows come
+        back at once. The lease is the last resort, for a worker that beats but hangs (or
+        one that never beat). A row whose worker beats and whose lease runs is never taken."""
         now = now or instant()
+        stale_before = ts(now - dt.timedelta(seconds=stale_s)) if stale_s is not None else None
         with self.write() as db:
             rows = db.execute(
-                """SELECT o.id, o.case_id, o.target, o.claimed_by, o.action, c.receiver_hsa_id, c.correlation_id
+                """SELECT o.id, o.case_id, o.target, o.claimed_by, o.action, c.receiver_hsa_id, c.correlation_id,
+                          o.lease_until < ? AS expired
                    FROM outbox o JOIN cases c ON c.case_id = o.case_id
-                   WHERE o.status = 'in_flight' AND o.lease_until < ?""",
-                [ts(now)],
+                   LEFT JOIN heartbeats h ON h.name = o.claimed_by
+                   WHERE o.status = 'in_flight' AND (o.lease_until < ? OR (? IS NOT NULL AND h.at < ?))""",
+                [ts(now), ts(now), stale_before, stale_before],
             ).fetchall()
-            for row_id, case_id, target, claimed_by, action, hsa, correlation in rows:
+            for row_id, case_id, target, claimed_by, action, hsa, correlation, expired in rows:
+                why = ("its lease ran out during the attempt" if expired
+                       else f"its heartbeat stopped (none for {stale_s:g} s)")
                 db.execute(
                     """UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL, updated_at = ?,
-                           last_error = 'lease expired: the worker stopped during the attempt', last_error_code = NULL
+                           last_error = ?, last_error_code = NULL
                        WHERE id = ? AND status = 'in_flight'""",
-                    [ts(now), row_id],
+                    [ts(now), f"requeued: the worker {why}", row_id],
                 )
                 self._log(db, now, correlation_id=correlation, case_id=case_id, direction=_direction(action),
-                          event="lease_expired",
+                          event="lease_expired" if expired else "worker_dead",
                           status="retry", target=target, hsa_id=hsa,
-                          detail=f"{action}: {claimed_by} stopped during the attempt; requeued")
+                          detail=f"{action}: {claimed_by} is gone ({why}); requeued")
         return len(rows)
 
     def next_due(self) -> dt.datetime | None:
@@ -961,16 +1082,27 @@ class Store:
         row = self.db.execute(f"SELECT min(o.not_before) FROM outbox o WHERE {_CLAIMABLE}").fetchone()
         return _parse_ts(row[0]) if row[0] else None
 
+    def find_case(self, ident: str, *, target: str | None = None) -> dict[str, Any] | None:
+        """The case known by ``ident``: the gateway's id, 1177's id (a case registered outside
+        1177 gets one from 1177) or, given ``target``, that target's own id for it."""
+        row = self.db.execute(
+            """SELECT case_id FROM cases WHERE case_id = ?
+               UNION ALL SELECT case_id FROM cases WHERE national_case_id = ?
+               UNION ALL SELECT case_id FROM cases WHERE ? IS NOT NULL AND target = ? AND provider_case_id = ?
+               LIMIT 1""", [ident, ident, target, target, ident]).fetchone()
+        return self.case_row(row[0]) if row else None
+
     def load_case(self, case_id: str) -> Case:
-        row = self.db.execute("SELECT content FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        row = self.db.execute("SELECT content, purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
         if row is None or row[0] is None:
-            raise StoreError(f"case '{case_id}' has no stored content.")
+            why = "was purged after the retention period" if row and row[1] else "is not stored"
+            raise Undeliverable(f"the content of case '{case_id[:64]}' {why}; nothing can be delivered for it.")
         return case_from_data(json.loads(row[0]), tuple(self.attachments_of(case_id)))
 
     def load_message(self, message_id: str) -> Message:
         row = self.db.execute("SELECT case_id, content FROM messages WHERE message_id = ?", [message_id]).fetchone()
         if row is None or row[1] is None:
-            raise StoreError(f"message '{message_id}' has no stored content.")
+            raise Undeliverable(f"the content of message '{message_id[:64]}' is gone (purged or never stored).")
         return message_from_data(json.loads(row[1]), tuple(self.attachments_of(row[0], message_id)))
 
     # -- operator actions -------------------------------------------------------------------
@@ -1010,11 +1142,14 @@ class Store:
         now = now or instant()
         with self.write() as db:
             row = db.execute(
-                "SELECT case_id, target FROM outbox WHERE id = ? AND status IN ('pending', 'dead')", [outbox_id]
+                "SELECT case_id, target, action FROM outbox WHERE id = ? AND status IN ('pending', 'dead')", [outbox_id]
             ).fetchone()
             if row is None:
                 return False
             db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox_id])
+            if row[2] in ("deliver_case", "register_case"):  # no receipt for a case that never got there
+                db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
+                           "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), row[0], RECEIPT])
             self._log(db, now, case_id=row[0], direction="in", event="cancelled", status="ok", target=row[1],
                       detail=f"outbox row {outbox_id} cancelled by {by}")
         return True
@@ -1038,7 +1173,15 @@ class Store:
         return [Attachment(name, mime, bytes(data)) for name, mime, data in rows]
 
     def outbox_rows(self, case_id: str) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM outbox WHERE case_id = ? ORDER BY id", [case_id]))
+        """A case's outbox rows in order; ``blocked_by``: the dead row a waiting one is stuck behind."""
+        return list(self.db.query(f"SELECT o.*, {_BLOCKED_BY} FROM outbox o WHERE o.case_id = ? ORDER BY o.id", [case_id]))
+
+    def blocked_counts(self) -> list[dict[str, Any]]:
+        """Per target, how many rows wait behind a dead row of their case (they cannot move on their own)."""
+        return list(self.db.query(
+            """SELECT o.target, count(*) AS n FROM outbox o WHERE o.status IN ('pending', 'reserved')
+                 AND EXISTS (SELECT 1 FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id AND e.status = 'dead')
+               GROUP BY o.target"""))
 
     def counts(self) -> dict[str, int]:
         """Row counts of the content tables (used by ``gateway check`` and tests)."""
@@ -1135,7 +1278,11 @@ class Store:
         if before_id:
             where.append("id < ?")
             params.append(before_id)
-        sql = "SELECT * FROM outbox" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        if status == "blocked":  # waiting behind a dead row of the case
+            where[0] = f"{_BLOCKER} IS NOT NULL"
+            params.pop(0)
+        sql = (f"SELECT o.*, {_BLOCKED_BY} FROM outbox o" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY o.id DESC LIMIT ?")
         return list(self.db.query(sql, [*params, max(1, min(limit, 1000))]))
 
     def outbox_row(self, outbox_id: int) -> dict[str, Any] | None:
@@ -1226,8 +1373,9 @@ class Store:
 
     def purge(self, *, content_before: dt.datetime, log_before: dt.datetime, batch: int = 500,
               now: dt.datetime | None = None) -> dict[str, int]:
-        """Remove case content and files received before ``content_before``, and sync-log
-        detail written before ``log_before``; never for a case with undelivered or dead work.
+        """Remove the content and files of cases whose last activity (a message either way, a
+        status change) was before ``content_before``, and sync-log detail written before
+        ``log_before``; never for a case with undelivered, dead or reserved work.
         Returns what was removed; the freed pages are given back to the file system."""
         now = now or instant()
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
@@ -1238,7 +1386,7 @@ class Store:
             with self.write() as db:
                 ids = [r[0] for r in db.execute(
                     f"""SELECT c.case_id FROM cases c
-                        WHERE c.received_at < ? AND c.purged_at IS NULL
+                        WHERE c.last_activity_at < ? AND c.purged_at IS NULL
                           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.case_id AND o.status IN ({unfinished}))
                         LIMIT ?""", [ts(content_before), batch])]
                 if not ids:
@@ -1253,7 +1401,7 @@ class Store:
                     "DELETE FROM attachment_blobs WHERE NOT EXISTS "
                     "(SELECT 1 FROM attachments a WHERE a.sha256 = attachment_blobs.sha256)").rowcount
                 self._log(db, now, direction="in", event="purged", status="ok",
-                          detail=f"content and files of {len(ids)} case(s) received before {ts(content_before)}")
+                          detail=f"content and files of {len(ids)} case(s) with no activity since {ts(content_before)}")
         while True:
             with self.write() as db:
                 count = db.execute(

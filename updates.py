@@ -24,7 +24,15 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import rules
-from errors import AttachmentTooLarge, BadJson, InvalidValue, MappingError, UnmappedUnit
+from errors import (
+    AttachmentTooLarge,
+    BadJson,
+    ExternalAttachments,
+    InvalidValue,
+    MappingError,
+    SenderNotAllowed,
+    UnmappedUnit,
+)
 from model import (
     BUSINESS_AREA_CODE_SYSTEM,
     PROBLEM_CODE_SYSTEM,
@@ -52,6 +60,8 @@ class UnitLookup(Protocol):
     def unit(self, hsa: str, on: dt.date) -> Any: ...
 
     def by_code(self, target: str, code: str, on: dt.date) -> Any: ...
+
+    def may_sign(self, sender_hsa: str, case_unit_hsa: str, on: dt.date) -> bool: ...
 
 
 class CodeLookup(Protocol):
@@ -127,15 +137,21 @@ def reply(
     target: str,
     units: UnitLookup,
     clock: Clock,
+    case_unit: str | None = None,
+    max_attachments: int = rules.MAX_CARE_ATTACHMENTS,
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
 ) -> Message:
-    """A message to the citizen from ``{kind, subject?, body, senderUnit, attachments?, messageId?}``;
-    the sending unit must be valid on today's Swedish date."""
+    """A message to the citizen from ``{kind, subject?, body, senderUnit, attachments?, messageId?,
+    reopen?}``; the sending unit must be valid on today's Swedish date and be the case's own
+    unit (``case_unit``) or one that units.yaml lets answer for it (rule 11)."""
     if not isinstance(data, dict):
         raise BadJson("the body must be a JSON object.")
     now = clock.instant()
     kind = _enum(MessageKind, _require(data, "kind"), "kind")
     sender, sender_name = sender_hsa_id(units, target, _require(data, "senderUnit"), clock.day())
+    if case_unit is not None and not units.may_sign(sender, case_unit, clock.day()):
+        raise SenderNotAllowed(f"senderUnit {sender} may not answer in a case of unit {case_unit}.", field="senderUnit")
+    reopen(data)
     message_id = _optional(data, "messageId") or str(uuid.uuid4())
     if not 0 < len(message_id) <= 64:
         raise InvalidValue("messageId must be 1 to 64 characters.", field="messageId")
@@ -151,8 +167,16 @@ def reply(
         sender_hsa_id=sender,
         sender_name=_optional(data, "senderName") or sender_name,
     )
-    rules.check_care_message(message, max_attachment_bytes=max_attachment_bytes)
+    rules.check_care_message(message, max_attachments=max_attachments, max_attachment_bytes=max_attachment_bytes)
     return message
+
+
+def reopen(data: dict[str, Any]) -> bool:
+    """Whether a message asks to reopen its closed case first (``"reopen": true``)."""
+    value = data.get("reopen", False)
+    if not isinstance(value, bool):
+        raise BadJson("'reopen' must be true or false.", field="reopen")
+    return value
 
 
 def _code(item: Any, system: str, where: str) -> Code:
@@ -267,5 +291,7 @@ def external_case(
         complaint=complaint,  # lengths and dates: rules.check_case below
         attachments=attachments(data, max_bytes=max_attachment_bytes),
     )
+    if case.attachments:  # RegisterCase carries no files: they would be stored and never reach the citizen
+        raise ExternalAttachments("attachments: a case registered outside 1177 carries no files.", field="attachments")
     rules.check_case(case, today=today, max_attachments=rules.MAX_CARE_ATTACHMENTS, max_attachment_bytes=max_attachment_bytes)
     return case, external_id, channel.value, unit.code if unit else ""

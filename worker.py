@@ -55,7 +55,7 @@ from errors import (
 )
 from mapping import Mappings, delivery_source
 from model import CaseType, Medication, Message, MessageKind, PersonId
-from store import OUTBOUND_ACTIONS, Job, Store
+from store import OUTBOUND_ACTIONS, Job, Store, receipt_id
 
 if TYPE_CHECKING:  # handed in by the composition root
     from clock import Clock
@@ -83,6 +83,7 @@ class Worker:
         heartbeat_s: int = 10,
         rand: Callable[[], float] = random.random,
         review_s: float = 0.0,
+        max_attachments: int = 10,
         alerts: Any = None,
         alert_channels: list[Any] | None = None,
         retention: Callable[[], dict[str, int]] | None = None,
@@ -104,6 +105,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.rand = rand
         self.review_s = review_s
+        self.max_attachments = max_attachments  # outbound.max_attachments, for polled replies
         self.alerts = alerts  # config.AlertsSection
         self.alert_channels = list(alert_channels or [])
         self.retention = retention
@@ -132,7 +134,8 @@ class Worker:
         self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat")
         self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
-        self._scheduler.add_job(self.recover_leases, "interval", seconds=max(1.0, min(60.0, self.lease_s / 4)), id="leases")
+        # a worker without a heartbeat for 3 beats is dead: its rows come back within a beat more
+        self._scheduler.add_job(self.recover_leases, "interval", seconds=self.heartbeat_s, id="leases")
         if self.alerts is not None and self.alert_channels:
             self._scheduler.add_job(self.check_alerts, "interval", seconds=self.alerts.check_s, id="alerts")
         if self.retention is not None:
@@ -182,8 +185,9 @@ class Worker:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
 
     def recover_leases(self) -> int:
+        """Requeue the rows of dead workers (no heartbeat for 3 beats), and those whose lease ran out."""
         try:
-            count = self.store.recover_leases()
+            count = self.store.recover_leases(stale_s=3 * self.heartbeat_s)
         except GatewayError as exc:
             log.warning("lease recovery failed", extra={"error_code": exc.code, "detail": exc.message})
             return 0
@@ -234,7 +238,11 @@ class Worker:
         (for the CLI and tests); returns the number of attempts made."""
         deadline = time.monotonic() + timeout
         attempts = 0
+        beaten = 0.0
         while time.monotonic() < deadline:
+            if time.monotonic() - beaten >= self.heartbeat_s:  # a worker that claims, beats
+                self.heartbeat()
+                beaten = time.monotonic()
             jobs = self.store.claim(self.name, limit=self.concurrency, lease_s=self.lease_s)
             for job in jobs:
                 self.deliver(job)
@@ -329,10 +337,11 @@ class Worker:
         else:
             log.warning("delivered after the lease ran out", extra={"case_id": job.case_id, "outbox_id": job.id})
 
-    def _receipt(self, job: Job) -> Message | None:
-        """The automatic receipt to the citizen once the provider has accepted a 1177 case."""
+    def _receipt(self, job: Job, national_case_id: str | None = None) -> Message | None:
+        """The automatic receipt to the citizen once the provider has accepted a 1177 case, or
+        once 1177 has registered a case that started outside it (``national_case_id``)."""
         conf = self.confirmations
-        if conf is None or not conf.enabled or not job.national_case_id:
+        if conf is None or not conf.enabled or not (national_case_id or job.national_case_id):
             return None
         row = self.store.case_row(job.case_id)
         text = conf.texts.get(row["case_type"]) if row else None
@@ -340,7 +349,7 @@ class Worker:
             return None
         unit = self.mappings.units.unit(job.receiver_hsa_id, self.clock.day()) if self.mappings else None
         return Message(
-            case_id=job.case_id, message_id=f"{job.case_id}:receipt", created_time=self.clock.instant(), text=text, direction="out",
+            case_id=job.case_id, message_id=receipt_id(job.case_id), created_time=self.clock.instant(), text=text, direction="out",
             kind=MessageKind.CONFIRMATION.value, subject=conf.subject, sender_hsa_id=job.receiver_hsa_id,
             sender_name=unit.name if unit else None,
         )
@@ -379,8 +388,9 @@ class Worker:
             log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
             return
         duration = (time.perf_counter() - clock) * 1000
+        follow_up = self._receipt(job, national_case_id) if job.action == "register_case" else None
         if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code,
-                               national_case_id=national_case_id, detail=answer.detail):
+                               national_case_id=national_case_id, detail=answer.detail, follow_up=follow_up):
             log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
                                                   "duration_ms": round(duration, 1), "detail": answer.detail})
 
@@ -530,18 +540,17 @@ class Worker:
         """One polled update through the same path as the REST API (``updates``)."""
         if not isinstance(item, dict):
             raise BadJson("an update must be an object.")
-        case_id = item.get("caseId")
-        if not case_id and item.get("providerCaseId"):
-            case_id = self.store.case_by_provider_id(target, str(item["providerCaseId"]))
-        row = self.store.case_row(str(case_id)) if case_id else None
+        case_id = item.get("caseId") or item.get("providerCaseId")
+        row = self.store.find_case(str(case_id), target=target) if case_id else None
         if row is None:
             raise NotFound(f"the update names no case this gateway knows ({str(case_id or item.get('providerCaseId'))[:64]}).")
         if row["target"] != target:
             raise Forbidden(f"case {case_id} is not routed to target '{target}'.")
         kind = item.get("type", "message")
         if kind == "message":
-            message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units, clock=self.clock)  # type: ignore[union-attr]
-            self.store.add_reply(message, hold_s=self.review_s, origin="poll")
+            message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units,  # type: ignore[union-attr]
+                                    clock=self.clock, case_unit=row["receiver_hsa_id"], max_attachments=self.max_attachments)
+            self.store.add_reply(message, hold_s=self.review_s, origin="poll", reopen=updates.reopen(item))
         elif kind == "status":
             update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
                                     codes=self.mappings.codes)  # type: ignore[union-attr]

@@ -109,8 +109,12 @@ class StoreCollector:
                 ages[row["target"] or ""] = max(age, ages.get(row["target"] or "", 0.0))
         for target, age in ages.items():
             oldest.add_metric([target], age)
+        blocked = GaugeMetricFamily("gateway_blocked_rows", "Rows waiting behind a dead row of their case", labels=["target"])
+        for row in self.store.blocked_counts():
+            blocked.add_metric([row["target"] or ""], row["n"])
         yield depth
         yield oldest
+        yield blocked
 
 
 @bp.get("/metrics")

@@ -63,7 +63,7 @@ MAX_SELECTED = 200
 CSP = "default-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 SYNC_EVENTS = ("case_received", "message_received", "delivered", "retry_scheduled", "dead", "replayed", "cancelled",
                "lease_expired", "message_queued", "status_queued", "case_registered", "message_cancelled",
-               "poll_update_refused", "target_paused", "target_resumed", "purged")
+               "poll_update_refused", "target_paused", "target_resumed", "purged", "worker_dead", "contact_erased")
 SYNC_STATUSES = ("ok", "queued", "retry", "dead", "refused", "error")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

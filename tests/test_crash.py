@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 def start_providers():
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--quiet"],
+        # each call takes 0.1 s, so that deliveries are in flight when the gateway is killed
+        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--delay", "0.1", "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     urls = {}
@@ -60,7 +61,10 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
         data = example_data(tmp_path)
         data["targets"]["demo_rest"]["base_url"] = f"{urls['demo_rest']}/api"
         data["targets"]["demo_soap"]["endpoint"] = f"{urls['demo_soap']}/soap"
-        data["worker"].update(poll_s=0.2, lease_s=5, concurrency=4)
+        # the shipped lease (300 s) and heartbeat (10 s): the dead worker's rows come back after
+        # three missed beats, not after the lease
+        data["worker"].update(poll_s=0.2, concurrency=4)
+        assert data["worker"]["lease_s"] == 300 and data["worker"]["heartbeat_s"] == 10
         data["logging"]["level"] = "WARNING"
         config = write_config(tmp_path, data)
         port = free_port()
@@ -104,6 +108,7 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
         killed_at = len(acknowledged)
         time.sleep(0.5)
         gateway_process = start_gateway(config, port, log)
+        restarted = time.monotonic()
         thread.join(60)
         stop.set()
         assert len(acknowledged) == len(bodies) and killed_at < len(bodies)
@@ -118,17 +123,22 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
             if not missing or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        took = time.monotonic() - restarted
         assert not missing, f"{len(missing)} acknowledged case(s) never delivered: {sorted(missing)[:5]}"
         twice = {case_id: keys for case_id, keys in delivered.items() if len(keys) > 1}
         assert not twice, f"delivered under several keys: {twice}"
         with sqlite3.connect(tmp_path / "gateway.db") as db:
             keys = dict(db.execute("select case_id, idempotency_key from outbox where action = 'deliver_case'"))
             stored = {row[0] for row in db.execute("select case_id from cases")}
-            requeued = db.execute("select count(*) from sync_log where event = 'lease_expired'").fetchone()[0]
+            requeued = db.execute(
+                "select count(*) from sync_log where event in ('lease_expired', 'worker_dead')").fetchone()[0]
         assert set(acknowledged) <= stored
+        assert requeued > 0, "no delivery was in flight at the kill: the test proved nothing about takeover"
         assert all(delivered[case_id] == {keys[case_id]} for case_id in acknowledged)
+        assert took < 60, f"everything was delivered only {took:.0f} s after the restart"
         print(f"acknowledged {len(acknowledged)} (killed after {killed_at}), delivered {len(delivered)}, "
-              f"none twice; {requeued} row(s) requeued after the crash")
+              f"none twice; {requeued} row(s) requeued after the crash; all delivered {took:.1f} s after the restart "
+              f"(lease_s 300, heartbeat_s 10)")
     finally:
         if gateway_process is not None and gateway_process.poll() is None:
             os.killpg(gateway_process.pid, signal.SIGTERM)

@@ -268,7 +268,7 @@ def test_retention_purges_old_done_cases_never_undelivered_or_dead_and_the_file_
         store.set_paused("demo_rest", True, by="test")
         post_case(app, make_case, caseId="OLD-PENDING")
         old = "2020-01-01T00:00:00.000000Z"
-        store.db.execute("UPDATE cases SET received_at = ?", [old])
+        store.db.execute("UPDATE cases SET received_at = ?, last_activity_at = ?", [old, old])
         store.db.execute("UPDATE sync_log SET at = ?", [old])
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the data into the main file, to measure it
         size_before = os.path.getsize(store.path)

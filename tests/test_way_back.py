@@ -397,7 +397,8 @@ def test_whole_loop_case_in_delivered_receipt_and_answer_in_order(config_data, p
         delivered = requests.get(f"{peers['rest']}/_received", timeout=5).json()["received"]
         assert delivered[0]["body"]["externalId"] == "1177-C-0001"
         events = [(e["direction"], e["event"]) for e in store.timeline("1177-C-0001")["events"]]
-        assert events[:3] == [("in", "case_received"), ("in", "delivered"), ("out", "message_queued")]
+        assert events[:4] == [("in", "case_received"), ("in", "delivered"), ("in", "contact_erased"),
+                              ("out", "message_queued")]
         view = client.get("/api/v1/cases/1177-C-0001", headers=auth()).json
         assert view["status"] == "CLOSED" and [m["status"] for m in view["messages"]] == ["sent", "sent"]
         assert "Tack" not in str(view) and PNR not in str(view)  # metadata only
