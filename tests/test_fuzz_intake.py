@@ -1095,9 +1095,14 @@ def served(tmp_path_factory):
 
 
 def db_counts(path: Path) -> dict[str, int]:
+    """Rows per table; ``outbox`` counts the deliveries, ``receipts`` the places kept for the
+    automatic receipt (one per new case when the config sends receipts)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("cases", "messages", "attachments", "attachment_blobs", "outbox", "sync_log")}
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in ("cases", "messages", "attachments", "attachment_blobs", "sync_log")}
+        counts["outbox"] = conn.execute("SELECT count(*) FROM outbox WHERE status <> 'reserved'").fetchone()[0]
+        counts["receipts"] = conn.execute("SELECT count(*) FROM outbox WHERE status = 'reserved'").fetchone()[0]
+        return counts
 
 
 def _post_http(session: requests.Session, base: str, fuzzed: Fuzzed) -> requests.Response:
