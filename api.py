@@ -237,7 +237,8 @@ def post_message(case_id: str) -> tuple[Response, int]:
     _stored(target, "message to citizen queued", case_id=case_id, message_id=message.message_id, kind=message.kind,
             sender_hsa_id=message.sender_hsa_id)
     send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
-    return jsonify({"messageId": accepted.ref_id, "status": "held" if api.review_s > 0 else "queued",
+    return jsonify({"messageId": message.provider_message_id or accepted.ref_id,
+                    "status": "held" if api.review_s > 0 else "queued",
                     "sendAfter": send_after.isoformat(), "created": accepted.created}), 202
 
 
@@ -245,7 +246,7 @@ def post_message(case_id: str) -> tuple[Response, int]:
 def cancel_message(case_id: str, message_id: str) -> Response:
     target = _target()
     case_id = _case(target, case_id)["case_id"]
-    _api().store.cancel_message(message_id, by=f"api:{target}")
+    _api().store.cancel_message(message_id, by=f"api:{target}", case_id=case_id)  # only a message of this case
     _stored(target, "message to citizen cancelled", case_id=case_id, message_id=message_id)
     return jsonify({"messageId": message_id, "status": "cancelled"})
 
@@ -296,7 +297,7 @@ def get_case(case_id: str) -> Response:
         "status": case["citizen_status"],
         "receivedAt": case["received_at"],
         "messages": [
-            {"messageId": m["message_id"], "direction": m["direction"], "kind": m["kind"], "status": m["status"],
+            {"messageId": m["provider_message_id"] or m["message_id"], "direction": m["direction"], "kind": m["kind"], "status": m["status"],
              "createdTime": m["created_time"], "sentAt": m["sent_at"]}
             for m in view["messages"]
         ],

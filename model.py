@@ -286,6 +286,9 @@ class Message:
     attachments: tuple[Attachment, ...] = ()
     sender_hsa_id: str | None = None
     sender_name: str | None = None
+    #: the id the provider's system chose for its message (its ``messageId``); the gateway's
+    #: own ``message_id`` is then derived from it, scoped to the target and the case
+    provider_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,7 @@ def message_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> M
         attachments=attachments,
         sender_hsa_id=data.get("sender_hsa_id"),
         sender_name=data.get("sender_name"),
+        provider_message_id=data.get("provider_message_id"),
     )
 
 

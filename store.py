@@ -304,6 +304,13 @@ def m009_case_lifecycle(db: Database) -> None:
     db["cases"].create_index(["national_case_id"])
 
 
+@migrations()
+def m010_provider_message_ids(db: Database) -> None:
+    # the id a provider chose for its message; the gateway's own id is scoped from it
+    db["messages"].add_column("provider_message_id", str)
+    db["messages"].create_index(["case_id", "provider_message_id"])
+
+
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
 
@@ -419,6 +426,8 @@ class Store:
         # claim/complete writes can lose again and again to a burst of intake writes.
         # Other processes still meet at SQLite's lock (bounded by the busy timeout).
         self._write_lock = threading.Lock()
+        #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
+        self.last_write_failure: str | None = None
 
     # -- connections and transactions -------------------------------------------------
 
@@ -462,10 +471,12 @@ class Store:
             try:
                 yield db
                 db.execute("COMMIT")
+                self.last_write_failure = None
             except BaseException as exc:
                 if db.conn.in_transaction:
                     db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
+                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked too long
+                    self.last_write_failure = f"the last write failed ({exc})"
                     raise StoreError(f"the database could not complete the write ({exc}).") from None
                 raise
         finally:
@@ -638,10 +649,10 @@ class Store:
         state = "held" if hold_s > 0 else "queued"
         db.execute(
             """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
-                   correlation_id, content_hash, content, origin)
-               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   correlation_id, content_hash, content, origin, provider_message_id)
+               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [message.message_id, message.case_id, message.kind, state, message.created_time.isoformat(), ts(now),
-             correlation_id, content_hash, content, origin],
+             correlation_id, content_hash, content, origin, message.provider_message_id],
         )
         self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
         filled = reserved and db.execute(
@@ -740,15 +751,24 @@ class Store:
                       detail=f"{case.case_type.value} by {channel} from target {target}")
         return Accepted(True, case.case_id, case.case_id)
 
-    def cancel_message(self, message_id: str, *, by: str, now: dt.datetime | None = None) -> None:
-        """Cancel a message to the citizen that has not been sent yet (in its review window)."""
+    def cancel_message(self, message_id: str, *, by: str, case_id: str | None = None, now: dt.datetime | None = None) -> None:
+        """Cancel a message to the citizen that has not been sent yet (in its review window).
+
+        ``case_id``: the message must belong to that case (a provider names its own case);
+        otherwise it is ``NotFound``, the same answer as for an id that does not exist."""
         now = now or instant()
         with self.write() as db:
             row = db.execute(
-                "SELECT case_id, status FROM messages WHERE message_id = ? AND direction = 'out'", [message_id]
+                "SELECT case_id, status, message_id FROM messages WHERE direction = 'out' AND "
+                + ("case_id = ? AND (message_id = ? OR provider_message_id = ?)" if case_id is not None
+                   else "message_id = ?"),
+                [case_id, message_id, message_id] if case_id is not None else [message_id],
             ).fetchone()
+            if row is not None:
+                message_id = row[2]  # the gateway's own id of the provider's message
             if row is None:
-                raise NotFound(f"there is no message '{message_id}' to a citizen.", field="messageId")
+                raise NotFound(f"there is no message '{message_id[:64]}' to a citizen"
+                               + (" in this case." if case_id is not None else "."), field="messageId")
             outbox = db.execute(
                 "SELECT id, status FROM outbox WHERE action = 'add_message' AND ref_id = ?", [message_id]
             ).fetchone()
@@ -780,7 +800,8 @@ class Store:
         if case is None:
             raise NotFound(f"there is no case '{case_id}'.", field="caseId")
         messages = list(self.db.query(
-            """SELECT message_id, direction, kind, status, created_time, received_at, sent_at, origin
+            """SELECT message_id, direction, kind, status, created_time, received_at, sent_at, origin,
+                      provider_message_id
                FROM messages WHERE case_id = ? ORDER BY id""", [case_id]))
         statuses = list(self.db.query(
             "SELECT id, status, state, created_at, sent_at, origin FROM status_updates WHERE case_id = ? ORDER BY id",
@@ -1444,6 +1465,12 @@ class Store:
         return row[0] if row else None
 
     def check_writable(self) -> None:
-        """Raise ``StoreError`` unless a write transaction can be opened now."""
+        """Raise ``StoreError`` unless the store can be written: a write transaction opens, and
+        the last real write of this process did not fail (a full disk lets a transaction
+        open and even commit nothing, but not store a case)."""
+        failure = self.last_write_failure
         with self.write() as db:
             db.execute("SELECT 1")
+        if failure:  # this probe stored nothing: only a real write (a case, a heartbeat) clears it
+            self.last_write_failure = failure
+            raise StoreError(f"{failure}; new cases are refused until a write succeeds.")

@@ -152,12 +152,13 @@ def reply(
     if case_unit is not None and not units.may_sign(sender, case_unit, clock.day()):
         raise SenderNotAllowed(f"senderUnit {sender} may not answer in a case of unit {case_unit}.", field="senderUnit")
     reopen(data)
-    message_id = _optional(data, "messageId") or str(uuid.uuid4())
-    if not 0 < len(message_id) <= 64:
+    given = _optional(data, "messageId")
+    if given is not None and not 0 < len(given) <= 64:
         raise InvalidValue("messageId must be 1 to 64 characters.", field="messageId")
     message = Message(
         case_id=case_id,
-        message_id=message_id,
+        message_id=scoped_message_id(target, case_id, given) if given else str(uuid.uuid4()),
+        provider_message_id=given,
         created_time=now,
         text=_require(data, "body"),
         direction="out",
@@ -169,6 +170,13 @@ def reply(
     )
     rules.check_care_message(message, max_attachments=max_attachments, max_attachment_bytes=max_attachment_bytes)
     return message
+
+
+def scoped_message_id(target: str, case_id: str, given: str) -> str:
+    """The gateway's id for a message whose id a provider chose: derived from the target, the
+    case and that id, so one provider's ids never collide with another's, with 1177's, or
+    with the gateway's own (``<case>:receipt``), and a retry maps to the same message."""
+    return f"P-{uuid.uuid5(uuid.NAMESPACE_URL, f'gateway-1177:{target}:{case_id}:{given}')}"
 
 
 def reopen(data: dict[str, Any]) -> bool:

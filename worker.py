@@ -300,6 +300,9 @@ class Worker:
                 self.deliver_to_1177(job)
             else:
                 self.deliver_to_provider(job)
+        except StoreError as exc:  # the outcome could not be written: never dead for that
+            log.warning("delivery outcome not recorded; the row comes back to the queue", extra={
+                "outbox_id": job.id, "case_id": job.case_id, "error_code": exc.code, "detail": exc.message})
         except Exception as exc:  # noqa: BLE001 - the last line of defence of the delivery loop
             reference = str(uuid.uuid4())
             log.error("delivery failed unexpectedly", exc_info=True,
@@ -330,12 +333,33 @@ class Worker:
             return  # the row stays claimed; its lease brings it back
         duration = (time.perf_counter() - clock) * 1000
         follow_up = self._receipt(job) if job.action == DELIVER_CASE else None
-        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code,
-                               provider_case_id=provider_case_id, follow_up=follow_up):
+        if self._recorded(lambda: self.store.complete(
+                job, started=started, duration_ms=duration, status_code=answer.status_code,
+                provider_case_id=provider_case_id, follow_up=follow_up), job):
             log.info("delivered", extra={"case_id": job.case_id, "action": job.action, "target": job.target,
                                          "attempt": job.attempt, "duration_ms": round(duration, 1)})
         else:
             log.warning("delivered after the lease ran out", extra={"case_id": job.case_id, "outbox_id": job.id})
+
+    #: How often, and after how many seconds each, the worker tries again to record a delivery
+    #: that succeeded while the database was busy (a backup, a CLI command holding the lock).
+    STORE_RETRIES_S = (0.5, 1.0, 2.0, 4.0)
+
+    def _recorded(self, record: Callable[[], bool], job: Job) -> bool:
+        """Write the outcome of a delivery the target has taken, trying again while the store is
+        busy: the target has it, so the row must never go dead for a store error. If the
+        store stays unavailable, ``StoreError`` leaves the row in flight, and the worker's
+        recovery brings it back: the redelivery carries the same idempotency key."""
+        for pause in (*self.STORE_RETRIES_S, None):
+            try:
+                return record()
+            except StoreError as exc:
+                if pause is None:
+                    raise
+                log.warning("delivered, but the outcome could not be written yet; trying again",
+                            extra={"outbox_id": job.id, "case_id": job.case_id, "error_code": exc.code})
+                time.sleep(pause)
+        return False  # not reached
 
     def _receipt(self, job: Job, national_case_id: str | None = None) -> Message | None:
         """The automatic receipt to the citizen once the provider has accepted a 1177 case, or
@@ -389,8 +413,9 @@ class Worker:
             return
         duration = (time.perf_counter() - clock) * 1000
         follow_up = self._receipt(job, national_case_id) if job.action == "register_case" else None
-        if self.store.complete(job, started=started, duration_ms=duration, status_code=answer.status_code,
-                               national_case_id=national_case_id, detail=answer.detail, follow_up=follow_up):
+        if self._recorded(lambda: self.store.complete(
+                job, started=started, duration_ms=duration, status_code=answer.status_code,
+                national_case_id=national_case_id, detail=answer.detail, follow_up=follow_up), job):
             log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
                                                   "duration_ms": round(duration, 1), "detail": answer.detail})
 

@@ -111,6 +111,13 @@ def reply(kind="FINAL_REPLY", **extra):
             "senderUnit": "KLIN1", **extra}
 
 
+def ours(message_id, case_id="1177-C-0001", target="demo_rest"):
+    """The gateway's id of a message whose id the provider chose (scoped to its target and case)."""
+    from updates import scoped_message_id
+
+    return scoped_message_id(target, case_id, message_id)
+
+
 def attachment(data=PDF, name="svar.pdf", mime="application/pdf"):
     return {"fileName": name, "mimeType": mime, "data": base64.b64encode(data).decode()}
 
@@ -142,7 +149,7 @@ def test_sender_unit_as_hsa_id_and_the_record_of_what_was_sent(app, client, stor
                            json=reply(senderUnit=KLIN1.lower(), messageId="M-1"), headers=auth())
     assert response.status_code == 202
     run()
-    sent = store.load_message("M-1")
+    sent = store.load_message(ours("M-1"))  # the gateway's id of the provider's "M-1"
     assert sent.sender_hsa_id == KLIN1 and sent.text.startswith("Tack") and sent.kind == "FINAL_REPLY"
     again = client.post("/api/v1/cases/1177-C-0001/messages", json=reply(senderUnit=KLIN1, messageId="M-1"), headers=auth())
     assert again.status_code == 202 and again.json["created"] is False
@@ -314,13 +321,13 @@ def test_1177_error_is_permanent_and_keeps_its_message_info_is_success(app, clie
     requests.post(f"{peers['national']}/_control", json={"fail_next": 1, "result": "ERROR", "message": "Inkorgen är stängd"}, timeout=5)
     client.post("/api/v1/cases/1177-C-0001/messages", json=reply(messageId="E-1"), headers=auth())
     run()
-    row = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == "E-1"][0]
+    row = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == ours("E-1")][0]
     assert row["status"] == "dead" and row["last_error_code"] == "GW065" and "Inkorgen är stängd" in row["last_error"]
     store.cancel(row["id"], by="test")
     requests.post(f"{peers['national']}/_control", json={"fail_next": 1, "result": "INFO", "message": "Levererat med anmärkning"}, timeout=5)
     client.post("/api/v1/cases/1177-C-0001/messages", json=reply(messageId="I-1"), headers=auth())
     run()
-    info = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == "I-1"][0]
+    info = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == ours("I-1")][0]
     assert info["status"] == "done"
     assert "Levererat med anmärkning" in store.attempts_of(info["id"])[-1]["detail"]
 
@@ -330,7 +337,7 @@ def test_1177_faults_and_outages_are_retried(app, client, store, peers, run, mak
     requests.post(f"{peers['national']}/_control", json={"fail_next": 2, "status": 503}, timeout=5)
     client.post("/api/v1/cases/1177-C-0001/messages", json=reply(messageId="R-1"), headers=auth())
     run()
-    row = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == "R-1"][0]
+    row = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == ours("R-1")][0]
     assert row["status"] == "done"
     assert [a["outcome"] for a in store.attempts_of(row["id"])] == ["retry", "retry", "delivered"]
     assert len(inbox(peers)["messages"]) == 1
