@@ -1,9 +1,10 @@
 """Configuration: one YAML file, environment overrides, secrets, validation.
 
-Role: turn ``config.yaml`` (plus ``GATEWAY__SECTION__KEY`` environment variables) into a
-validated, immutable ``Config``. Relative paths resolve against the config file's
-folder; secrets are written ``{$env: NAME}`` or ``{$file: PATH}`` and held as
-``SecretStr`` so they never print. A wrong file fails here, at start, with the dotted
+Role: turn ``config.yaml`` (plus ``GATEWAY__SECTION__KEY`` environment variables, each
+text converted by its key's own type in the models below) into a validated, immutable
+``Config``. Relative paths resolve against the config file's folder; secrets are
+written ``{$env: NAME}`` or ``{$file: PATH}`` and held as ``SecretStr`` so they never
+print. A wrong file fails here, at start, with the dotted
 key path and what to do (``ConfigError``, GW001).
 
 May import: ``errors``, ``model``.
@@ -14,9 +15,11 @@ no secret value appears in a ``ConfigError`` or in ``repr(config)``.
 
 from __future__ import annotations
 
+import json
 import os
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -463,17 +466,97 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """``annotation`` without ``Annotated`` and ``None``: (what is left, whether None is allowed).
+    A union of several types (the kinds of target) comes back as a tuple of them."""
+    nullable = False
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            members = tuple(a for a in get_args(annotation) if a is not type(None))
+            nullable = nullable or len(members) < len(get_args(annotation))
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+            return members, nullable
+        return annotation, nullable
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+#: What ``_key_type`` answers for a key the models do not have.
+_UNKNOWN = object()
+
+
+def _key_type(keys: list[str], data: dict[str, Any]) -> Any:
+    """The annotation of the config key at ``keys`` (``_UNKNOWN`` when the models have no
+    such key). A target's kind is read from ``data`` to choose between the kinds' models."""
+    annotation: Any = Config
+    node: Any = data
+    for key in keys:
+        annotation, _ = _unwrap(annotation)
+        if isinstance(annotation, tuple):  # the kinds of target: the one the data names
+            kind = node.get("kind") if isinstance(node, dict) else None
+            chosen = [m for m in annotation if _is_model(m) and "kind" in m.model_fields
+                      and kind in get_args(m.model_fields["kind"].annotation)]
+            candidates = chosen or [m for m in annotation if _is_model(m) and key in m.model_fields]
+            if not candidates:
+                return _UNKNOWN
+            annotation = candidates[0]
+        if _is_model(annotation):
+            field_info = annotation.model_fields.get(key)
+            if field_info is None:
+                return _UNKNOWN
+            annotation = field_info.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return _UNKNOWN  # inside a list or a plain value: not addressable by name
+        node = node.get(key) if isinstance(node, dict) else None
+    return annotation
+
+
+
+def _env_value(name: str, dotted: str, raw: str, annotation: Any) -> Any:
+    """An override's text as the key's own type takes it: plain text for a scalar (the
+    model converts it, so a name stays text and ``no`` is false only for a boolean), JSON
+    for a list or a section, ``null`` for a key that may be null."""
+    if annotation is _UNKNOWN:
+        return raw  # the model reports the unknown key with its dotted path
+    inner, nullable = _unwrap(annotation)
+    if nullable and raw.strip() == "null":
+        return None
+    members = inner if isinstance(inner, tuple) else (inner,)
+    if any(_is_model(m) or get_origin(m) in (dict, list, tuple, set) or m in (dict, list) for m in members):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(
+                f"environment variable {name}: config key '{dotted}' is a list or a section, "
+                f"and '{raw[:60]}' is not JSON.",
+                hint='Write it as JSON, e.g. ["a", "b"] or {"key": "value"}, or set its keys one by one.',
+                field=dotted,
+            ) from None
+    return raw
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
+    """Put every ``GATEWAY__SECTION__KEY`` variable into ``data``, converted by the key's
+    own type. Returns dotted key → variable name, to name the variable in errors."""
+    origins: dict[str, str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         if not all(keys):
             raise ConfigError(f"environment variable {name} has an empty key between '__'.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
+        dotted = ".".join(keys)
+        value = _env_value(name, dotted, raw, _key_type(keys, data))
         node = data
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
@@ -484,6 +567,8 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
                 raise ConfigError(f"environment variable {name}: config key '{path}' is not a section.", field=path)
             node = child
         node[keys[-1]] = value
+        origins[dotted] = name
+    return origins
 
 
 def _resolve_secrets(node: Any, base_dir: Path, environ: dict[str, str], path: str = "") -> Any:
@@ -514,7 +599,7 @@ def _resolve_secrets(node: Any, base_dir: Path, environ: dict[str, str], path: s
     return node
 
 
-def _as_config_error(exc: ValidationError) -> ConfigError:
+def _as_config_error(exc: ValidationError, origins: dict[str, str] | None = None) -> ConfigError:
     lines = []
     first_path = None
     for err in exc.errors(include_url=False, include_input=False):
@@ -531,6 +616,9 @@ def _as_config_error(exc: ValidationError) -> ConfigError:
             msg = "unknown key (a typo?); config.example.yaml lists every key"
         elif err["type"] == "missing":
             msg = "is required"
+        variable = next((v for k, v in (origins or {}).items() if path == k or path.startswith(k + ".")), None)
+        if variable:
+            msg += f" (from environment variable {variable})"
         lines.append(f"'{path}': {msg}")
     return ConfigError("config key " + "; ".join(lines) + ".", field=first_path)
 
@@ -570,14 +658,14 @@ def from_dict(
     """Validate already-parsed config data (used by ``load`` and by tests)."""
     environ = dict(os.environ if environ is None else environ)
     data = _resolve_secrets(data, base_dir, environ)
-    _apply_env_overrides(data, environ)
+    origins = _apply_env_overrides(data, environ)
     data = _resolve_secrets(data, base_dir, environ)
     if source is not None:
         data["source"] = source
     try:
         return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise _as_config_error(exc) from None
+        raise _as_config_error(exc, origins) from None
 
 
 __all__ = ["Config", "ConfigError", "SecretStr", "load", "from_dict", "CONFIG_ENV"]

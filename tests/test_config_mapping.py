@@ -61,6 +61,42 @@ def test_environment_overrides_any_key(tmp_path, example):
     assert cfg.targets["demo_rest"].base_url == "http://127.0.0.1:9/x"
 
 
+def test_environment_override_is_text_converted_by_the_keys_own_type(tmp_path, example):
+    path = write(tmp_path, example)
+    cfg = config_mod.load(path, environ={
+        "GATEWAY__GATEWAY__NAME": "1177",  # a name of digits stays text
+        "GATEWAY__TARGETS__DEMO_REST__DESCRIPTION": "no",  # text, not a boolean
+        "GATEWAY__WORKER__ENABLED": "no",  # a boolean key takes yes/no, on/off
+        "GATEWAY__SERVER__THREADS": "12",
+        "GATEWAY__NATIONAL__NOTIFY": "off",
+        "GATEWAY__TARGETS__DEMO_SOAP__TIMEOUT_S": "7.5",
+        "GATEWAY__LOGGING__LEVEL": "WARNING",
+        "GATEWAY__GATEWAY__PUBLIC_URL": "null",  # a key that may be null
+        "GATEWAY__RIVTA__ALLOWED_CONSUMERS": '["SE165565594230-1000"]',  # a list, as JSON
+    })
+    assert cfg.gateway.name == "1177" and cfg.targets["demo_rest"].description == "no"
+    assert cfg.worker.enabled is False and cfg.national.notify is False
+    assert cfg.server.threads == 12 and cfg.targets["demo_soap"].timeout_s == 7.5
+    assert cfg.logging.level == "WARNING" and cfg.gateway.public_url is None
+    assert cfg.rivta.allowed_consumers == ["SE165565594230-1000"]
+    on = config_mod.load(path, environ={"GATEWAY__GATEWAY__NAME": "on", "GATEWAY__RIVTA__REQUIRE_CLIENT_CERT": "off"})
+    assert on.gateway.name == "on" and on.rivta.require_client_cert is False
+
+
+@pytest.mark.parametrize("variable, value, key, says", [
+    ("GATEWAY__SERVER__THREADS", "many", "server.threads", "valid integer"),
+    ("GATEWAY__WORKER__ENABLED", "maybe", "worker.enabled", "valid boolean"),
+    ("GATEWAY__LOGGING__LEVEL", "LOUD", "logging.level", "'DEBUG', 'INFO'"),
+    ("GATEWAY__SERVER__THREADZ", "4", "server.threadz", "unknown key"),
+    ("GATEWAY__RIVTA__ALLOWED_CONSUMERS", "a,b", "rivta.allowed_consumers", "not JSON"),
+])
+def test_a_bad_environment_override_names_the_key_and_the_variable(tmp_path, example, variable, value, key, says):
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, example), environ={variable: value})
+    text = str(info.value)
+    assert text.startswith("GW001") and f"'{key}'" in text and variable in text and says in text
+
+
 def test_config_from_environment_variable(tmp_path, example):
     path = write(tmp_path, example)
     assert config_mod.load(None, environ={"GATEWAY_CONFIG": str(path)}).source == path
