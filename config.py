@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -25,6 +26,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -207,11 +209,60 @@ class ApiAccessSection(_Section):
     )
 
 
+#: What a delivery path may name; the worker fills them in.
+PATH_PLACEHOLDERS = ("provider_case_id", "case_id", "unit_code")
+#: The HTTP methods a delivery may use: each carries the body the field map built.
+DELIVERY_METHODS = ("POST", "PUT", "PATCH")
+RestAction = Literal["deliver_case", "deliver_message"]
+
+
+def _url_path(value: str, placeholders: tuple[str, ...] | None = None) -> str:
+    """``value`` if it is the path part of a URL (``/…``, no spaces), naming only ``placeholders``."""
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        shown = value if isinstance(value, str) else type(value).__name__
+        delivery = placeholders is not None
+        if isinstance(value, str) and value.split(" ", 1)[0].upper() in ("GET", *DELIVERY_METHODS, "DELETE"):
+            why = ("the HTTP method goes under 'methods', the path alone here" if delivery
+                   else "this one is always a GET, give the path alone")
+        elif isinstance(value, str) and value.startswith(("http://", "https://")):
+            why = "the address goes in base_url, the path alone here"
+        else:
+            why = "a path starts with '/' and has no spaces"
+        example = "/cases/{provider_case_id}/messages" if delivery else "/updates"
+        raise ValueError(f"'{shown}' is not a path: {why} (e.g. {example})")
+    if placeholders is not None:
+        try:
+            named = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError:
+            raise ValueError(f"'{value}' is not a path: unbalanced {{ or }}") from None
+        unknown = [name for name in named if name not in placeholders]
+        if unknown:
+            raise ValueError(f"'{value}' names {{{unknown[0]}}}; a path may name "
+                             + ", ".join(f"{{{p}}}" for p in placeholders))
+    return value
+
+
+#: A delivery path under base_url, e.g. /cases/{provider_case_id}/messages.
+DeliveryPath = Annotated[str, AfterValidator(lambda v: _url_path(v, PATH_PLACEHOLDERS))]
+#: Any other path under base_url (polls, medication lists).
+UrlPath = Annotated[str, AfterValidator(_url_path)]
+DeliveryMethod = Annotated[
+    Literal["POST", "PUT", "PATCH"], BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)
+]
+def _success_status(value: int) -> int:
+    if not 200 <= value <= 299:
+        raise ValueError(f"{value} is not a 2xx status; list the 2xx statuses that mean the target took it")
+    return value
+
+
+SuccessStatus = Annotated[int, AfterValidator(_success_status)]
+
+
 class PollSection(_Section):
     """Ask the target for updates (messages, status changes) on a schedule, for systems that cannot call out."""
 
     interval_s: float = Field(default=60.0, ge=1)
-    path: str | None = Field(default=None, description="REST: GET base_url + path?since=<cursor>.")
+    path: UrlPath | None = Field(default=None, description="REST: GET base_url + path?since=<cursor>.")
     operation: str | None = Field(default=None, description="SOAP: the operation called with 'since'.")
     cursor_param: str = "since"
 
@@ -219,7 +270,7 @@ class PollSection(_Section):
 class MedicationsSection(_Section):
     """Where a target lists a patient's medications, for 1177's prescription renewal form."""
 
-    path: str | None = Field(default=None, description="REST: GET base_url + path; {person_id} and {unit_code} are filled in.")
+    path: UrlPath | None = Field(default=None, description="REST: GET base_url + path; {person_id} and {unit_code} are filled in.")
     operation: str | None = Field(default=None, description="SOAP: the operation called with personId and unitCode.")
     timeout_s: float = Field(default=5.0, gt=0, le=30, description="1177 waits for the answer: keep it short.")
 
@@ -240,8 +291,15 @@ class RestTarget(_TargetBase):
 
     kind: Literal["rest"]
     base_url: str
-    paths: dict[Literal["deliver_case", "deliver_message"], str] = Field(
+    paths: dict[RestAction, DeliveryPath] = Field(
         default_factory=lambda: {"deliver_case": "/cases", "deliver_message": "/cases/{provider_case_id}/messages"}
+    )
+    methods: dict[RestAction, DeliveryMethod] = Field(
+        default_factory=dict, description="The HTTP method per action: POST (the default), PUT or PATCH."
+    )
+    success_statuses: list[SuccessStatus] | None = Field(
+        default=None, min_length=1,
+        description="The 2xx statuses that mean the target took the delivery; null: any 2xx.",
     )
     auth: AuthSection = AuthSection()
     idempotency_header: str = "Idempotency-Key"
@@ -252,6 +310,10 @@ class RestTarget(_TargetBase):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
+
+    def method(self, action: str) -> str:
+        """The HTTP method of ``action`` (POST unless ``methods`` says otherwise)."""
+        return self.methods.get(action, "POST")  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _client_cert(self) -> "RestTarget":
@@ -603,7 +665,7 @@ def _as_config_error(exc: ValidationError, origins: dict[str, str] | None = None
     lines = []
     first_path = None
     for err in exc.errors(include_url=False, include_input=False):
-        loc = list(err["loc"])
+        loc = [p for p in err["loc"] if p != "[key]"]  # pydantic marks a dict key it refused
         if len(loc) > 2 and loc[0] == "targets" and loc[2] in ("rest", "soap"):
             del loc[2]  # the discriminator pydantic adds for the kind of target
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):

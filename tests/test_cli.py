@@ -37,6 +37,15 @@ def test_check_reports_mapping_problems(runner, tmp_path):
     assert result.exit_code == 1 and "target 'unknown_target'" in result.output
 
 
+def test_check_refuses_a_rest_path_that_is_not_a_path(runner, tmp_path):
+    data = example_data(tmp_path)
+    data["targets"]["demo_rest"]["paths"]["deliver_case"] = "PUT /v2/cases"
+    result = runner.invoke(gateway.cli, ["check", "--config", str(write_config(tmp_path, data))])
+    assert result.exit_code == 1
+    assert ("FAIL config: GW001 config key 'targets.demo_rest.paths.deliver_case': 'PUT /v2/cases' is not a path: "
+            "the HTTP method goes under 'methods'") in result.output
+
+
 def test_config_from_environment_and_migrate(runner, tmp_path):
     path = _config(tmp_path)
     result = runner.invoke(gateway.cli, ["migrate"], env={"GATEWAY_CONFIG": path})

@@ -128,6 +128,14 @@ def test_missing_secret_names_the_key(tmp_path, example):
         (lambda d: d["targets"]["demo_rest"].update(kind="ftp"), "targets.demo_rest.kind"),
         (lambda d: d.pop("gateway"), "gateway"),
         (lambda d: d["intake"].update(max_attachments=6), "intake.max_attachments"),
+        (lambda d: d["targets"]["demo_rest"]["paths"].update(deliver_case="PUT /v2/x"), "targets.demo_rest.paths.deliver_case"),
+        (lambda d: d["targets"]["demo_rest"]["paths"].update(deliver_message="https://j.example.se/m"),
+         "targets.demo_rest.paths.deliver_message"),
+        (lambda d: d["targets"]["demo_rest"]["paths"].update(deliver_case="/cases/{caseid}"), "targets.demo_rest.paths.deliver_case"),
+        (lambda d: d["targets"]["demo_rest"].update(methods={"deliver_case": "GET"}), "targets.demo_rest.methods.deliver_case"),
+        (lambda d: d["targets"]["demo_rest"].update(methods={"deliver_cases": "PUT"}), "targets.demo_rest.methods.deliver_cases"),
+        (lambda d: d["targets"]["demo_rest"].update(success_statuses=[200, 404]), "targets.demo_rest.success_statuses.1"),
+        (lambda d: d["targets"]["demo_rest"]["medications"].update(path="GET /meds"), "targets.demo_rest.medications.path"),
     ],
 )
 def test_wrong_config_names_the_dotted_key(tmp_path, example, change, key):
