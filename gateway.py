@@ -722,6 +722,33 @@ def mappings_check(config_path: Path) -> None:
     )
 
 
+@mappings.command("fields")
+@json_option
+def mappings_fields(as_json: bool) -> None:
+    """The fields a field map can use: path, type, an example, and when it is present.
+
+    Derived from the gateway's own model of a case (never a list kept by hand). The items
+    of a list are written ``case.attachments[].file_name``: inside ``each: case.attachments``
+    a field map reads them as ``item.file_name``."""
+    import json
+
+    rows = [{"path": f.path, "type": f.type, "example": _example(f.example), "when": f.when,
+             **({"values": list(f.values)} if f.values else {})} for f in mapping.vocabulary()]
+    shown = [(r["path"], r["type"], "" if r["example"] is None else
+              (r["example"] if isinstance(r["example"], str) else json.dumps(r["example"])),
+              (r["when"] or "always") + (f" (one of {', '.join(r['values'])})" if r.get("values") else "")) for r in rows]
+    shown = [(p, t, e if len(e) <= 40 else e[:39] + "…", w) for p, t, e, w in shown]
+    widths = [max(len(row[i]) for row in [("path", "type", "example", ""), *shown]) for i in range(3)]
+    lines = [f"{'path':<{widths[0]}}  {'type':<{widths[1]}}  {'example':<{widths[2]}}  when present"]
+    lines += [f"{p:<{widths[0]}}  {t:<{widths[1]}}  {e:<{widths[2]}}  {w}" for p, t, e, w in shown]
+    lines.append("Inside 'each: case.attachments' (any list), a field map reads the items' fields as item.file_name, …")
+    _emit(as_json, rows, "\n".join(lines))
+
+
+def _example(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
 @mappings.command("try")
 @config_option
 @click.argument("case_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))

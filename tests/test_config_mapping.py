@@ -226,3 +226,67 @@ def test_bad_mapping_file_names_file_and_key(tmp_path):
         _units(tmp_path, {"units": [{"hsa_id": KLIN1, "code": "A", "target": "t", "colour": "red"}]})
     with pytest.raises(MappingError, match="does not exist"):
         mapping.load(tmp_path / "missing")
+
+
+# -- the fields a field map can use -----------------------------------------------------------------
+
+
+def _paths(node, prefix=""):
+    """Every path into plain data, ``[]`` for the items of a list (as the vocabulary writes them)."""
+    if prefix and not prefix.endswith("[]"):
+        yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(node, list):
+        for value in node[:1]:
+            yield from _paths(value, f"{prefix}[]")
+
+
+def _everything_case():
+    from model import (PERSONNUMMER_OID, Attachment, Case, CaseType, ChosenMedication, Complaint, Contact, Message,
+                       PersonId, Receiver, ReplyChannel, ReplyPreference, Representative, SubjectOfCare)
+
+    when = dt.datetime(2026, 11, 26, 10, 15, tzinfo=dt.timezone.utc)
+    person = PersonId.parse("191212121212", PERSONNUMMER_OID)
+    files = (Attachment("a.pdf", "application/pdf", b"%PDF-1.4"),)
+    case = Case("C-1", CaseType.COMPLAINT, Receiver(KLIN1), SubjectOfCare(person, "T", Contact("+4670", "t@x.se", True)),
+                when, "text", "subject", Representative(person, "R", True), ReplyPreference(True, ReplyChannel.INKORG),
+                Complaint(dt.date(2026, 11, 1), False, "place", KLIN1), files, (ChosenMedication("RX-1", "med"),))
+    message = Message("C-1", "M-1", when, "text", subject="s", attachments=files, sender_hsa_id=KLIN1, sender_name="n")
+    return case, message
+
+
+def test_the_vocabulary_is_exactly_what_a_field_map_is_given():
+    case, message = _everything_case()
+    source = mapping.delivery_source(case=case, message=message, route={"unit_code": "K", "target": "t", "hsa_id": KLIN1},
+                                     provider_case_id="P-1", idempotency_key="key", gateway_hsa_id="SE5566778899-GW01")
+    assert set(_paths(source)) == set(mapping.VOCABULARY)
+    assert not [p for p in mapping.VOCABULARY if p.startswith("case.subject_of_care.contact")]  # only as contact.…
+    leaves = [f for f in mapping.vocabulary() if f.type not in ("object", "list")]
+    assert [f.path for f in leaves if f.example is None] == []  # every field shows an example
+    assert mapping.VOCABULARY["case.case_type"].values == ("COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER")
+    assert mapping.VOCABULARY["contact.mobile"].type == "text" and "consented" in mapping.VOCABULARY["contact"].when
+
+
+def test_mappings_fields_prints_the_vocabulary(runner):
+    import json
+
+    import gateway
+
+    result = runner.invoke(gateway.cli, ["mappings", "fields"])
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if line.startswith("case.text "))
+    assert line.split()[1] == "text" and "always" in line
+    assert any(line.startswith("case.complaint.event_date ") and "COMPLAINT cases only" in line for line in result.output.splitlines())
+    rows = json.loads(runner.invoke(gateway.cli, ["mappings", "fields", "--json"]).output)
+    assert [r["path"] for r in rows] == list(mapping.VOCABULARY)
+    assert {"path": "case.attachments[].file_name", "type": "text", "example": "intyg.pdf",
+            "when": "when the citizen attached files (at most 5)"} in rows
+
+
+def test_the_readme_lists_every_field_a_field_map_can_use():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The fields a field map can use"):]
+    missing = [path for path in mapping.VOCABULARY if f"`{path}`" not in section]
+    assert missing == []
