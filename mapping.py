@@ -36,13 +36,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from errors import InvalidHsaId, MappingError
-from model import Case, Contact, FieldDoc, Message, about, describe, hsa_id, to_data
+from model import Case, CaseStatus, CaseType, Contact, FieldDoc, Message, about, describe, hsa_id, to_data
 
 UNITS_FILE = "units.yaml"
 CODES_FILE = "codes.yaml"
 FIELDMAPS_DIR = "fieldmaps"
-CASE_TYPE_CODES = ("COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER")
-STATUS_CODES = ("RECEIVED", "IN_PROGRESS", "CLOSED")
+#: The case types intake accepts and the statuses 1177 knows, from the model's own codes.
+CASE_TYPE_CODES = tuple(code.value for code in CaseType)
+STATUS_CODES = tuple(status.value for status in CaseStatus)
 ACTIONS = ("deliver_case", "deliver_message")
 
 
@@ -561,6 +562,42 @@ class Mappings:
     codes: Codes
     fieldmaps: dict[str, FieldMap]
 
+    def receiving_targets(self) -> dict[str, list[str]]:
+        """Every target that can receive a case → the HSA-ids of its units in ``units.yaml``."""
+        found: dict[str, list[str]] = {}
+        for row in self.units.rows:
+            if row.hsa_id not in found.setdefault(row.target, []):
+                found[row.target].append(row.hsa_id)
+        return found
+
+    def incomplete_codes(self) -> list[str]:
+        """A target that can receive a case needs a code for each case type intake accepts
+        (when its field map looks them up, or it has a case_types table at all); a target
+        with a statuses table needs a code for each of 1177's statuses. Otherwise the first
+        such case, or the first such status, would be a dead row instead of a check error."""
+        found: list[str] = []
+        source = self.codes.source
+        for target, units in sorted(self.receiving_targets().items()):
+            fieldmap = self.fieldmaps.get(target)
+            table = self.codes.case_types.get(target)
+            looked_up = fieldmap is not None and fieldmap.uses_lookup("case_types")
+            serves = f"serves {', '.join(units[:3])}{' …' if len(units) > 3 else ''} (units.yaml)"
+            if table is None and looked_up:
+                found.append(f"{source}: case_types has no section for target '{target}', which {serves} and whose "
+                             f"{fieldmap.source} looks case types up (lookup: case_types); give it a code for each of "  # type: ignore[union-attr]
+                             f"{', '.join(CASE_TYPE_CODES)}.")
+                continue
+            for code in CASE_TYPE_CODES if table is not None else ():
+                if code not in table:
+                    found.append(f"{source}: case_types.{target} has no code for {code}: target '{target}' {serves} and "
+                                 f"intake accepts {code} cases, so the first would be a dead row; add '{code}: <your code>'.")
+        for target, table in sorted(self.codes.statuses.items()):
+            for status in STATUS_CODES:
+                if status not in table.values():
+                    found.append(f"{source}: statuses.{target} has no code for {status}: target '{target}' sends its "
+                                 f"own status codes, and none of them would mean {status}; add '<your code>: {status}'.")
+        return found
+
     def fieldmap(self, target: str) -> FieldMap:
         found = self.fieldmaps.get(target)
         if found is None:
@@ -579,7 +616,7 @@ class Mappings:
             for target in targets:
                 if target not in self.fieldmaps:
                     found.append(f"{FIELDMAPS_DIR}/{target}.yaml is missing: target '{target}' has no field map.")
-        return found
+        return found + self.incomplete_codes()
 
 
 def _read_yaml(path: Path) -> Any:
