@@ -749,23 +749,86 @@ def _example(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+#: The built-in sample cases of ``gateway mappings try --sample``: name → what it is.
+SAMPLES = {
+    "complaint": "a complaint to a clinic",
+    "board": "a complaint to the patient board naming only a free-text place",
+    "question": "a question with a picture attached",
+    "renewal": "a prescription renewal naming two medications",
+}
+SAMPLES_DIR = "samples"
+
+
+def sample_file(cfg: Config, name: str) -> Path:
+    """The sample case ``name``: ``samples/<name>.xml`` in the config's mappings folder if it
+    has one, else the one shipped in the gateway's own ``mappings/samples``."""
+    from errors import MappingError
+
+    for folder in (cfg.mappings.dir / SAMPLES_DIR, Path(__file__).resolve().parent / "mappings" / SAMPLES_DIR):
+        if (folder / f"{name}.xml").is_file():
+            return folder / f"{name}.xml"
+    raise MappingError(f"the sample case '{name}' is not in {cfg.mappings.dir / SAMPLES_DIR} nor shipped with the gateway.",
+                       hint="Give your own with --file CASE.xml.")
+
+
+def _readdressed(case: Case, maps: mapping.Mappings, target_name: str, today: dt.date) -> tuple[Case, str | None]:
+    """A sample case sent to a unit that routes to ``target_name`` (a patient board one for
+    a case to the board), and a note when none fits as well as the sample wants."""
+    import dataclasses
+
+    from errors import MappingError
+
+    units = [u for u in maps.units.rows if u.target == target_name and u.valid_on(today)]
+    if not units:
+        raise MappingError(f"no unit in {mapping.UNITS_FILE} routes to '{target_name}' today, so no case can reach it.",
+                           hint=f"Route a unit to '{target_name}' in {mapping.UNITS_FILE}, or give --file.")
+    fitting = [u for u in units if u.patient_board == case.receiver.is_patient_board]
+    unit = (fitting or units)[0]
+    note = None
+    if not fitting:
+        kind = "patient board" if case.receiver.is_patient_board else "clinic (not a patient board)"
+        note = f"no {kind} unit routes to '{target_name}'; the sample goes to {unit.hsa_id} ({unit.code})."
+    return dataclasses.replace(case, receiver=Receiver(unit.hsa_id, unit.patient_board)), note
+
+
 @mappings.command("try")
 @config_option
-@click.argument("case_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("case_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", "target_name", required=True, help="The target (under 'targets:') to build the call for.")
+@click.option("--sample", type=click.Choice(list(SAMPLES)), default=None,
+              help="A built-in sample case: " + "; ".join(f"{k}: {v}" for k, v in SAMPLES.items())
+              + " (default: complaint). It is sent to a unit of the target.")
+@click.option("--file", "file_option", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Your own case: a ProcessCase request (a whole SOAP envelope or just the element).")
 @click.option("--full", is_flag=True, help="Print long values (attachments) in full.")
-def mappings_try(config_path: Path, case_file: Path, target_name: str, full: bool) -> None:
-    """Print exactly what delivering CASE_FILE (a ProcessCase request) to a target would send."""
+def mappings_try(config_path: Path, case_file: Path | None, target_name: str, sample: str | None,
+                 file_option: Path | None, full: bool) -> None:
+    """Print exactly what delivering a case to a target would send, without sending it.
+
+    The case is a built-in sample (--sample, default complaint) or your own file (--file
+    CASE.xml, or CASE_FILE)."""
     import adapters
     from mapping import delivery_source
 
     cfg = _load_or_exit(config_path)
+    given = [x for x in (case_file, file_option, sample) if x is not None]
+    if len(given) > 1:
+        click.echo("error: give one case: --sample NAME, --file CASE.xml or CASE_FILE.", err=True)
+        sys.exit(2)
     try:
         maps = mapping.load(cfg.mappings.dir)
         if target_name not in cfg.targets:
             raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
-        case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
         today = SYSTEM.day()
+        own = case_file or file_option
+        path = own or sample_file(cfg, sample or "complaint")
+        case = inbound.case_from_xml(path.read_bytes(), rivta.Schemas())
+        if own is None:
+            case, note = _readdressed(case, maps, target_name, today)
+            click.echo(f"sample '{sample or 'complaint'}' ({path}): {SAMPLES[sample or 'complaint']}, "
+                       f"{case.case_type.value} to {case.receiver.hsa_id}", err=True)
+            if note:
+                click.echo(f"note: {note}", err=True)
         route = maps.units.route(case.receiver.hsa_id, today)
         if route is None:
             raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id} on {today}.")
