@@ -2,7 +2,9 @@
 
 Role: the one vocabulary every other module speaks, independent of any wire contract
 (RIV-TA names stay in ``rivta``/``inbound``; provider names stay in ``mapping``). Also
-the identifier checks: HSA-ids and personnummer/samordningsnummer.
+the identifier checks: HSA-ids and personnummer/samordningsnummer, and the one
+description of the case's fields: each field gives an example and when it is present
+(``about``), ``describe`` reads them with the types (what a field map may read).
 
 May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
