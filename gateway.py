@@ -35,7 +35,7 @@ import rivta
 import rules
 from clock import SYSTEM, Clock, start_of_swedish_day, swedish_date, years_before
 from config import Config
-from errors import ConfigError, GatewayError
+from errors import ConfigError, GatewayError, MappingError
 from model import (
     PERSONNUMMER_OID,
     Attachment,
@@ -379,7 +379,7 @@ def check(config_path: Path) -> None:
         maps = mapping.load(cfg.mappings.dir)
         problems = maps.problems(cfg.targets)
         for problem in problems:
-            report(False, f"mappings: {problem}")
+            report(False, f"mappings: {MappingError.code} {problem}")
         if not problems:
             report(True, f"mappings {cfg.mappings.dir}: {len(maps.units)} unit(s)")
     except GatewayError as exc:
@@ -712,7 +712,7 @@ def mappings_check(config_path: Path) -> None:
         sys.exit(1)
     problems = maps.problems(cfg.targets)
     for problem in problems:
-        click.echo(f"FAIL {problem}")
+        click.echo(f"FAIL {MappingError.code} {problem}")
     if problems:
         click.echo(f"{len(problems)} problem(s) in {cfg.mappings.dir}.", err=True)
         sys.exit(1)
@@ -762,8 +762,6 @@ SAMPLES_DIR = "samples"
 def sample_file(cfg: Config, name: str) -> Path:
     """The sample case ``name``: ``samples/<name>.xml`` in the config's mappings folder if it
     has one, else the one shipped in the gateway's own ``mappings/samples``."""
-    from errors import MappingError
-
     for folder in (cfg.mappings.dir / SAMPLES_DIR, Path(__file__).resolve().parent / "mappings" / SAMPLES_DIR):
         if (folder / f"{name}.xml").is_file():
             return folder / f"{name}.xml"
@@ -775,8 +773,6 @@ def _readdressed(case: Case, maps: mapping.Mappings, target_name: str, today: dt
     """A sample case sent to a unit that routes to ``target_name`` (a patient board one for
     a case to the board), and a note when none fits as well as the sample wants."""
     import dataclasses
-
-    from errors import MappingError
 
     units = [u for u in maps.units.rows if u.target == target_name and u.valid_on(today)]
     if not units:

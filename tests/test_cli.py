@@ -115,7 +115,7 @@ def test_check_refuses_a_target_without_a_code_for_a_case_type_it_can_receive(ru
     path = _codes_config(tmp_path, lambda codes: codes["case_types"]["demo_rest"].pop("BOOKING"))
     result = runner.invoke(gateway.cli, ["check", "--config", path])
     assert result.exit_code == 1
-    assert ("FAIL mappings: codes.yaml: case_types.demo_rest has no code for BOOKING: target 'demo_rest' serves "
+    assert ("FAIL mappings: GW002 codes.yaml: case_types.demo_rest has no code for BOOKING: target 'demo_rest' serves "
             "SE5566778899-KLIN1, SE2321000016-PN01 (units.yaml)") in result.output
     assert "add 'BOOKING: <your code>'" in result.output and result.output.count("FAIL") == 1
     assert runner.invoke(gateway.cli, ["mappings", "check", "--config", path]).exit_code == 1
