@@ -1,9 +1,10 @@
 """Configuration: one YAML file, environment overrides, secrets, validation.
 
-Role: turn ``config.yaml`` (plus ``GATEWAY__SECTION__KEY`` environment variables) into a
-validated, immutable ``Config``. Relative paths resolve against the config file's
-folder; secrets are written ``{$env: NAME}`` or ``{$file: PATH}`` and held as
-``SecretStr`` so they never print. A wrong file fails here, at start, with the dotted
+Role: turn ``config.yaml`` (plus ``GATEWAY__SECTION__KEY`` environment variables, each
+text converted by its key's own type in the models below) into a validated, immutable
+``Config``. Relative paths resolve against the config file's folder; secrets are
+written ``{$env: NAME}`` or ``{$file: PATH}`` and held as ``SecretStr`` so they never
+print. A wrong file fails here, at start, with the dotted
 key path and what to do (``ConfigError``, GW001).
 
 May import: ``errors``, ``model``.
@@ -14,14 +15,18 @@ no secret value appears in a ``ConfigError`` or in ``repr(config)``.
 
 from __future__ import annotations
 
+import json
 import os
+import string
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -204,11 +209,60 @@ class ApiAccessSection(_Section):
     )
 
 
+#: What a delivery path may name; the worker fills them in.
+PATH_PLACEHOLDERS = ("provider_case_id", "case_id", "unit_code")
+#: The HTTP methods a delivery may use: each carries the body the field map built.
+DELIVERY_METHODS = ("POST", "PUT", "PATCH")
+RestAction = Literal["deliver_case", "deliver_message"]
+
+
+def _url_path(value: str, placeholders: tuple[str, ...] | None = None) -> str:
+    """``value`` if it is the path part of a URL (``/…``, no spaces), naming only ``placeholders``."""
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        shown = value if isinstance(value, str) else type(value).__name__
+        delivery = placeholders is not None
+        if isinstance(value, str) and value.split(" ", 1)[0].upper() in ("GET", *DELIVERY_METHODS, "DELETE"):
+            why = ("the HTTP method goes under 'methods', the path alone here" if delivery
+                   else "this one is always a GET, give the path alone")
+        elif isinstance(value, str) and value.startswith(("http://", "https://")):
+            why = "the address goes in base_url, the path alone here"
+        else:
+            why = "a path starts with '/' and has no spaces"
+        example = "/cases/{provider_case_id}/messages" if delivery else "/updates"
+        raise ValueError(f"'{shown}' is not a path: {why} (e.g. {example})")
+    if placeholders is not None:
+        try:
+            named = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError:
+            raise ValueError(f"'{value}' is not a path: unbalanced {{ or }}") from None
+        unknown = [name for name in named if name not in placeholders]
+        if unknown:
+            raise ValueError(f"'{value}' names {{{unknown[0]}}}; a path may name "
+                             + ", ".join(f"{{{p}}}" for p in placeholders))
+    return value
+
+
+#: A delivery path under base_url, e.g. /cases/{provider_case_id}/messages.
+DeliveryPath = Annotated[str, AfterValidator(lambda v: _url_path(v, PATH_PLACEHOLDERS))]
+#: Any other path under base_url (polls, medication lists).
+UrlPath = Annotated[str, AfterValidator(_url_path)]
+DeliveryMethod = Annotated[
+    Literal["POST", "PUT", "PATCH"], BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)
+]
+def _success_status(value: int) -> int:
+    if not 200 <= value <= 299:
+        raise ValueError(f"{value} is not a 2xx status; list the 2xx statuses that mean the target took it")
+    return value
+
+
+SuccessStatus = Annotated[int, AfterValidator(_success_status)]
+
+
 class PollSection(_Section):
     """Ask the target for updates (messages, status changes) on a schedule, for systems that cannot call out."""
 
     interval_s: float = Field(default=60.0, ge=1)
-    path: str | None = Field(default=None, description="REST: GET base_url + path?since=<cursor>.")
+    path: UrlPath | None = Field(default=None, description="REST: GET base_url + path?since=<cursor>.")
     operation: str | None = Field(default=None, description="SOAP: the operation called with 'since'.")
     cursor_param: str = "since"
 
@@ -216,7 +270,7 @@ class PollSection(_Section):
 class MedicationsSection(_Section):
     """Where a target lists a patient's medications, for 1177's prescription renewal form."""
 
-    path: str | None = Field(default=None, description="REST: GET base_url + path; {person_id} and {unit_code} are filled in.")
+    path: UrlPath | None = Field(default=None, description="REST: GET base_url + path; {person_id} and {unit_code} are filled in.")
     operation: str | None = Field(default=None, description="SOAP: the operation called with personId and unitCode.")
     timeout_s: float = Field(default=5.0, gt=0, le=30, description="1177 waits for the answer: keep it short.")
 
@@ -237,8 +291,15 @@ class RestTarget(_TargetBase):
 
     kind: Literal["rest"]
     base_url: str
-    paths: dict[Literal["deliver_case", "deliver_message"], str] = Field(
+    paths: dict[RestAction, DeliveryPath] = Field(
         default_factory=lambda: {"deliver_case": "/cases", "deliver_message": "/cases/{provider_case_id}/messages"}
+    )
+    methods: dict[RestAction, DeliveryMethod] = Field(
+        default_factory=dict, description="The HTTP method per action: POST (the default), PUT or PATCH."
+    )
+    success_statuses: list[SuccessStatus] | None = Field(
+        default=None, min_length=1,
+        description="The 2xx statuses that mean the target took the delivery; null: any 2xx.",
     )
     auth: AuthSection = AuthSection()
     idempotency_header: str = "Idempotency-Key"
@@ -249,6 +310,10 @@ class RestTarget(_TargetBase):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
+
+    def method(self, action: str) -> str:
+        """The HTTP method of ``action`` (POST unless ``methods`` says otherwise)."""
+        return self.methods.get(action, "POST")  # type: ignore[call-overload]
 
     @model_validator(mode="after")
     def _client_cert(self) -> "RestTarget":
@@ -466,17 +531,97 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """``annotation`` without ``Annotated`` and ``None``: (what is left, whether None is allowed).
+    A union of several types (the kinds of target) comes back as a tuple of them."""
+    nullable = False
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            members = tuple(a for a in get_args(annotation) if a is not type(None))
+            nullable = nullable or len(members) < len(get_args(annotation))
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+            return members, nullable
+        return annotation, nullable
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+#: What ``_key_type`` answers for a key the models do not have.
+_UNKNOWN = object()
+
+
+def _key_type(keys: list[str], data: dict[str, Any]) -> Any:
+    """The annotation of the config key at ``keys`` (``_UNKNOWN`` when the models have no
+    such key). A target's kind is read from ``data`` to choose between the kinds' models."""
+    annotation: Any = Config
+    node: Any = data
+    for key in keys:
+        annotation, _ = _unwrap(annotation)
+        if isinstance(annotation, tuple):  # the kinds of target: the one the data names
+            kind = node.get("kind") if isinstance(node, dict) else None
+            chosen = [m for m in annotation if _is_model(m) and "kind" in m.model_fields
+                      and kind in get_args(m.model_fields["kind"].annotation)]
+            candidates = chosen or [m for m in annotation if _is_model(m) and key in m.model_fields]
+            if not candidates:
+                return _UNKNOWN
+            annotation = candidates[0]
+        if _is_model(annotation):
+            field_info = annotation.model_fields.get(key)
+            if field_info is None:
+                return _UNKNOWN
+            annotation = field_info.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return _UNKNOWN  # inside a list or a plain value: not addressable by name
+        node = node.get(key) if isinstance(node, dict) else None
+    return annotation
+
+
+
+def _env_value(name: str, dotted: str, raw: str, annotation: Any) -> Any:
+    """An override's text as the key's own type takes it: plain text for a scalar (the
+    model converts it, so a name stays text and ``no`` is false only for a boolean), JSON
+    for a list or a section, ``null`` for a key that may be null."""
+    if annotation is _UNKNOWN:
+        return raw  # the model reports the unknown key with its dotted path
+    inner, nullable = _unwrap(annotation)
+    if nullable and raw.strip() == "null":
+        return None
+    members = inner if isinstance(inner, tuple) else (inner,)
+    if any(_is_model(m) or get_origin(m) in (dict, list, tuple, set) or m in (dict, list) for m in members):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(
+                f"environment variable {name}: config key '{dotted}' is a list or a section, "
+                f"and '{raw[:60]}' is not JSON.",
+                hint='Write it as JSON, e.g. ["a", "b"] or {"key": "value"}, or set its keys one by one.',
+                field=dotted,
+            ) from None
+    return raw
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
+    """Put every ``GATEWAY__SECTION__KEY`` variable into ``data``, converted by the key's
+    own type. Returns dotted key → variable name, to name the variable in errors."""
+    origins: dict[str, str] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         if not all(keys):
             raise ConfigError(f"environment variable {name} has an empty key between '__'.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
+        dotted = ".".join(keys)
+        value = _env_value(name, dotted, raw, _key_type(keys, data))
         node = data
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
@@ -487,6 +632,8 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
                 raise ConfigError(f"environment variable {name}: config key '{path}' is not a section.", field=path)
             node = child
         node[keys[-1]] = value
+        origins[dotted] = name
+    return origins
 
 
 def _resolve_secrets(node: Any, base_dir: Path, environ: dict[str, str], path: str = "") -> Any:
@@ -517,11 +664,11 @@ def _resolve_secrets(node: Any, base_dir: Path, environ: dict[str, str], path: s
     return node
 
 
-def _as_config_error(exc: ValidationError) -> ConfigError:
+def _as_config_error(exc: ValidationError, origins: dict[str, str] | None = None) -> ConfigError:
     lines = []
     first_path = None
     for err in exc.errors(include_url=False, include_input=False):
-        loc = list(err["loc"])
+        loc = [p for p in err["loc"] if p != "[key]"]  # pydantic marks a dict key it refused
         if len(loc) > 2 and loc[0] == "targets" and loc[2] in ("rest", "soap"):
             del loc[2]  # the discriminator pydantic adds for the kind of target
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
@@ -534,6 +681,9 @@ def _as_config_error(exc: ValidationError) -> ConfigError:
             msg = "unknown key (a typo?); config.example.yaml lists every key"
         elif err["type"] == "missing":
             msg = "is required"
+        variable = next((v for k, v in (origins or {}).items() if path == k or path.startswith(k + ".")), None)
+        if variable:
+            msg += f" (from environment variable {variable})"
         lines.append(f"'{path}': {msg}")
     return ConfigError("config key " + "; ".join(lines) + ".", field=first_path)
 
@@ -573,14 +723,14 @@ def from_dict(
     """Validate already-parsed config data (used by ``load`` and by tests)."""
     environ = dict(os.environ if environ is None else environ)
     data = _resolve_secrets(data, base_dir, environ)
-    _apply_env_overrides(data, environ)
+    origins = _apply_env_overrides(data, environ)
     data = _resolve_secrets(data, base_dir, environ)
     if source is not None:
         data["source"] = source
     try:
         return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise _as_config_error(exc) from None
+        raise _as_config_error(exc, origins) from None
 
 
 __all__ = ["Config", "ConfigError", "SecretStr", "load", "from_dict", "CONFIG_ENV"]

@@ -16,7 +16,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
     │   ├── TargetFailed     GW061  HTTP 408/429/5xx or a SOAP Server fault (transient)
     │   ├── TargetRefused    GW062  another HTTP 4xx or a SOAP Client fault (permanent)
-    │   ├── BadTargetAnswer  GW063  a 2xx whose body is not what the field map expects (permanent)
+    │   ├── BadTargetAnswer  GW063  a 2xx not in success_statuses, or whose body is not what the field map expects (permanent)
     │   ├── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
     │   ├── NationalRefused  GW065  1177 answered resultCode ERROR (permanent; its message kept)
     │   └── Undeliverable    GW066  the delivery cannot be built: content purged or gone (permanent)
@@ -155,7 +155,8 @@ class TargetRefused(DeliveryError):
 
 
 class BadTargetAnswer(DeliveryError):
-    """Raised when a 2xx answer lacks what the field map says it holds (e.g. the provider's case id)."""
+    """Raised when a 2xx answer is not one of the target's ``success_statuses``, or lacks what
+    the field map says it holds (e.g. the provider's case id)."""
 
     code = "GW063"
     permanent = True

@@ -35,7 +35,7 @@ import rivta
 import rules
 from clock import SYSTEM, Clock, start_of_swedish_day, swedish_date, years_before
 from config import Config
-from errors import ConfigError, GatewayError
+from errors import ConfigError, GatewayError, MappingError
 from model import (
     PERSONNUMMER_OID,
     Attachment,
@@ -389,7 +389,7 @@ def check(config_path: Path) -> None:
         maps = mapping.load(cfg.mappings.dir)
         problems = maps.problems(cfg.targets)
         for problem in problems:
-            report(False, f"mappings: {problem}")
+            report(False, f"mappings: {MappingError.code} {problem}")
         if not problems:
             report(True, f"mappings {cfg.mappings.dir}: {len(maps.units)} unit(s)")
     except GatewayError as exc:
@@ -726,7 +726,7 @@ def mappings_check(config_path: Path) -> None:
         sys.exit(1)
     problems = maps.problems(cfg.targets)
     for problem in problems:
-        click.echo(f"FAIL {problem}")
+        click.echo(f"FAIL {MappingError.code} {problem}")
     if problems:
         click.echo(f"{len(problems)} problem(s) in {cfg.mappings.dir}.", err=True)
         sys.exit(1)
@@ -736,23 +736,109 @@ def mappings_check(config_path: Path) -> None:
     )
 
 
+@mappings.command("fields")
+@json_option
+def mappings_fields(as_json: bool) -> None:
+    """The fields a field map can use: path, type, an example, and when it is present.
+
+    Derived from the gateway's own model of a case (never a list kept by hand). The items
+    of a list are written ``case.attachments[].file_name``: inside ``each: case.attachments``
+    a field map reads them as ``item.file_name``."""
+    import json
+
+    rows = [{"path": f.path, "type": f.type, "example": _example(f.example), "when": f.when,
+             **({"values": list(f.values)} if f.values else {})} for f in mapping.vocabulary()]
+    shown = [(r["path"], r["type"], "" if r["example"] is None else
+              (r["example"] if isinstance(r["example"], str) else json.dumps(r["example"])),
+              (r["when"] or "always") + (f" (one of {', '.join(r['values'])})" if r.get("values") else "")) for r in rows]
+    shown = [(p, t, e if len(e) <= 40 else e[:39] + "…", w) for p, t, e, w in shown]
+    widths = [max(len(row[i]) for row in [("path", "type", "example", ""), *shown]) for i in range(3)]
+    lines = [f"{'path':<{widths[0]}}  {'type':<{widths[1]}}  {'example':<{widths[2]}}  when present"]
+    lines += [f"{p:<{widths[0]}}  {t:<{widths[1]}}  {e:<{widths[2]}}  {w}" for p, t, e, w in shown]
+    lines.append("Inside 'each: case.attachments' (any list), a field map reads the items' fields as item.file_name, …")
+    _emit(as_json, rows, "\n".join(lines))
+
+
+def _example(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+#: The built-in sample cases of ``gateway mappings try --sample``: name → what it is.
+SAMPLES = {
+    "complaint": "a complaint to a clinic",
+    "board": "a complaint to the patient board naming only a free-text place",
+    "question": "a question with a picture attached",
+    "renewal": "a prescription renewal naming two medications",
+}
+SAMPLES_DIR = "samples"
+
+
+def sample_file(cfg: Config, name: str) -> Path:
+    """The sample case ``name``: ``samples/<name>.xml`` in the config's mappings folder if it
+    has one, else the one shipped in the gateway's own ``mappings/samples``."""
+    for folder in (cfg.mappings.dir / SAMPLES_DIR, Path(__file__).resolve().parent / "mappings" / SAMPLES_DIR):
+        if (folder / f"{name}.xml").is_file():
+            return folder / f"{name}.xml"
+    raise MappingError(f"the sample case '{name}' is not in {cfg.mappings.dir / SAMPLES_DIR} nor shipped with the gateway.",
+                       hint="Give your own with --file CASE.xml.")
+
+
+def _readdressed(case: Case, maps: mapping.Mappings, target_name: str, today: dt.date) -> tuple[Case, str | None]:
+    """A sample case sent to a unit that routes to ``target_name`` (a patient board one for
+    a case to the board), and a note when none fits as well as the sample wants."""
+    import dataclasses
+
+    units = [u for u in maps.units.rows if u.target == target_name and u.valid_on(today)]
+    if not units:
+        raise MappingError(f"no unit in {mapping.UNITS_FILE} routes to '{target_name}' today, so no case can reach it.",
+                           hint=f"Route a unit to '{target_name}' in {mapping.UNITS_FILE}, or give --file.")
+    fitting = [u for u in units if u.patient_board == case.receiver.is_patient_board]
+    unit = (fitting or units)[0]
+    note = None
+    if not fitting:
+        kind = "patient board" if case.receiver.is_patient_board else "clinic (not a patient board)"
+        note = f"no {kind} unit routes to '{target_name}'; the sample goes to {unit.hsa_id} ({unit.code})."
+    return dataclasses.replace(case, receiver=Receiver(unit.hsa_id, unit.patient_board)), note
+
+
 @mappings.command("try")
 @config_option
-@click.argument("case_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("case_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", "target_name", required=True, help="The target (under 'targets:') to build the call for.")
+@click.option("--sample", type=click.Choice(list(SAMPLES)), default=None,
+              help="A built-in sample case: " + "; ".join(f"{k}: {v}" for k, v in SAMPLES.items())
+              + " (default: complaint). It is sent to a unit of the target.")
+@click.option("--file", "file_option", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Your own case: a ProcessCase request (a whole SOAP envelope or just the element).")
 @click.option("--full", is_flag=True, help="Print long values (attachments) in full.")
-def mappings_try(config_path: Path, case_file: Path, target_name: str, full: bool) -> None:
-    """Print exactly what delivering CASE_FILE (a ProcessCase request) to a target would send."""
+def mappings_try(config_path: Path, case_file: Path | None, target_name: str, sample: str | None,
+                 file_option: Path | None, full: bool) -> None:
+    """Print exactly what delivering a case to a target would send, without sending it.
+
+    The case is a built-in sample (--sample, default complaint) or your own file (--file
+    CASE.xml, or CASE_FILE)."""
     import adapters
     from mapping import delivery_source
 
     cfg = _load_or_exit(config_path)
+    given = [x for x in (case_file, file_option, sample) if x is not None]
+    if len(given) > 1:
+        click.echo("error: give one case: --sample NAME, --file CASE.xml or CASE_FILE.", err=True)
+        sys.exit(2)
     try:
         maps = mapping.load(cfg.mappings.dir)
         if target_name not in cfg.targets:
             raise ConfigError(f"there is no target '{target_name}' under 'targets'.", field=f"targets.{target_name}")
-        case = inbound.case_from_xml(case_file.read_bytes(), rivta.Schemas())
         today = SYSTEM.day()
+        own = case_file or file_option
+        path = own or sample_file(cfg, sample or "complaint")
+        case = inbound.case_from_xml(path.read_bytes(), rivta.Schemas())
+        if own is None:
+            case, note = _readdressed(case, maps, target_name, today)
+            click.echo(f"sample '{sample or 'complaint'}' ({path}): {SAMPLES[sample or 'complaint']}, "
+                       f"{case.case_type.value} to {case.receiver.hsa_id}", err=True)
+            if note:
+                click.echo(f"note: {note}", err=True)
         route = maps.units.route(case.receiver.hsa_id, today)
         if route is None:
             raise GatewayError(f"no unit in {mapping.UNITS_FILE} routes {case.receiver.hsa_id} on {today}.")

@@ -10,21 +10,25 @@ look-ups on them. Pure: no I/O after ``load``.
   provider's status codes → 1177's statuses.
 - ``fieldmaps/<target>.yaml``: per target and action, how the body sent to the target is
   built from the canonical case: target field ← source path, with named transforms,
-  code look-ups and constants. Declarative; nothing is evaluated as code.
+  code look-ups and constants. Declarative; nothing is evaluated as code. Every source
+  path is checked against ``VOCABULARY``: what ``delivery_source`` gives a field map,
+  described by ``DeliverySource`` from the model's own dataclasses (``model.describe``).
 
 May import: ``model``, ``errors``.
 
 Invariants: a loaded ``Mappings`` has no overlapping validity periods for one HSA-id
 and no unit code that maps back to two HSA-ids at once; every look-up that falls
 through returns ``None`` or raises ``MappingError`` naming the file, key and value,
-never a silent default.
+never a silent default. ``VOCABULARY`` is derived, never written by hand: a field map
+path it does not hold is a problem (file, line, the nearest known path).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from errors import InvalidHsaId, MappingError
-from model import hsa_id, to_data
+from model import Case, CaseStatus, CaseType, FieldDoc, Message, about, describe, hsa_id, to_data
 
 UNITS_FILE = "units.yaml"
 CODES_FILE = "codes.yaml"
 FIELDMAPS_DIR = "fieldmaps"
-CASE_TYPE_CODES = ("COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER")
-STATUS_CODES = ("RECEIVED", "IN_PROGRESS", "CLOSED")
+#: The case types intake accepts and the statuses 1177 knows, from the model's own codes.
+CASE_TYPE_CODES = tuple(code.value for code in CaseType)
+STATUS_CODES = tuple(status.value for status in CaseStatus)
 ACTIONS = ("deliver_case", "deliver_message")
 
 
@@ -265,14 +270,86 @@ class Codes:
         return found
 
 
-# -- field maps ---------------------------------------------------------------------------------------
+# -- field maps: what they may read ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRoute:
+    """``route.…``: where the gateway sends the case (from ``units.yaml``)."""
+
+    unit_code: str = about("KLIN1")  # the unit's code in the provider's system
+    target: str = about("journal")
+    hsa_id: str = about("SE5566778899-KLIN1")  # the unit that took the case (the default route's, if it did)
+
+
+@dataclass(frozen=True)
+class SourceProvider:
+    """``provider.…``: what the provider's own system said about the case."""
+
+    case_id: str | None = about("P-000123", "once the target's answer to deliver_case gave it (response.provider_case_id)")
+
 
 #: What a provider is told it may use the citizen's contact details for (``contact.usage``).
 CONTACT_USAGE = "messages_only"
 
-#: Where a source path may start. ``contact`` is only present when the citizen consented
-#: to sharing it (DESIGN.md rule 8); ``case.subject_of_care.contact`` is never available.
-SOURCE_ROOTS = ("case", "message", "route", "provider", "contact", "delivery", "gateway", "item")
+
+@dataclass(frozen=True)
+class SourceContact:
+    """``contact.…``: the citizen's contact details, only with consent and only to send the
+    citizen messages (DESIGN.md rule 8); the gateway erases them once the case is delivered."""
+
+    mobile: str | None = about("+46701234567", "when the citizen gave it")
+    email: str | None = about("tolvan@example.org", "when the citizen gave it")
+    usage: str = about(CONTACT_USAGE)  # what the details may be used for: messages to the citizen only
+
+
+@dataclass(frozen=True)
+class SourceDelivery:
+    """``delivery.…``: this delivery."""
+
+    idempotency_key: str = about("6f1c2a9e-0b7d-4c51-9a3e-2f8d7c6b5a41")  # the same on every attempt
+
+
+@dataclass(frozen=True)
+class SourceGateway:
+    """``gateway.…``: the gateway itself."""
+
+    hsa_id: str | None = about("SE5566778899-GW01")  # gateway.hsa_id of the config
+
+
+@dataclass(frozen=True)
+class DeliverySource:
+    """The shape of what ``delivery_source`` returns, i.e. what a field map may read. The
+    citizen's contact details are only under ``contact``, and only with consent."""
+
+    case: Case = about(None)
+    message: Message | None = about(None, "deliver_message only")
+    route: SourceRoute = about(None)
+    provider: SourceProvider = about(None)
+    contact: SourceContact | None = about(None, "only when the citizen consented to sharing them")  # DESIGN.md rule 8
+    delivery: SourceDelivery = about(None)
+    gateway: SourceGateway = about(None)
+
+
+#: Never readable: ``delivery_source`` takes it out (``contact.…`` holds it, with consent).
+WITHHELD = "case.subject_of_care.contact"
+#: Every path a field map may read, ``case.attachments[].file_name`` for the items of a list
+#: (``item.file_name`` inside ``each: case.attachments``). Derived from the dataclasses.
+VOCABULARY: dict[str, FieldDoc] = {
+    doc.path: doc for doc in describe(DeliverySource, "")
+    if doc.path != WITHHELD and not doc.path.startswith(WITHHELD + ".")
+}
+#: Where a source path may start; ``item`` only inside ``each``.
+SOURCE_ROOTS = (*(f.name for f in fields(DeliverySource)), "item")
+
+
+def vocabulary() -> list[FieldDoc]:
+    """The fields a field map can use, in the order of the model (``gateway mappings fields``)."""
+    return list(VOCABULARY.values())
+
+
+# -- field maps ---------------------------------------------------------------------------------------
+
 _SPEC_KEYS = {"from", "transform", "lookup", "required", "const", "each", "fields", "format"}
 
 
@@ -322,66 +399,113 @@ def _get(source: dict[str, Any], path: str) -> Any:
 class FieldMap:
     """One target's field map: for each action, the body to send and what to read back."""
 
-    def __init__(self, target: str, data: dict[str, Any], source: str, codes: Codes):
+    def __init__(self, target: str, data: dict[str, Any], source: str, codes: Codes, lines: dict[str, int] | None = None):
         self.target = target
         self.source = source
         self.codes = codes
         self.actions: dict[str, dict[str, Any]] = data
+        self.lines = lines or {}  # dotted key → line in the file, for the problems
+
+    def _at(self, where: str) -> str:
+        """``file:line: where`` (the line of the key, or of the nearest enclosing one)."""
+        key = where
+        while key and key not in self.lines:
+            key = key.rpartition(".")[0]
+        return f"{self.source}:{self.lines[key]}: {where}" if key else f"{self.source}: {where}"
+
+    def uses_lookup(self, table: str) -> bool:
+        """Whether any action looks a value up in code table ``table`` (``lookup: …``)."""
+        def walk(node: Any) -> bool:
+            if isinstance(node, dict):
+                return node.get("lookup") == table or any(walk(v) for v in node.values())
+            return isinstance(node, list) and any(walk(v) for v in node)
+        return walk(self.actions)
 
     def problems(self) -> list[str]:
         found: list[str] = []
         for action, spec in self.actions.items():
             if action not in ACTIONS:
-                found.append(f"{self.source}: '{action}' is not an action ({', '.join(ACTIONS)}).")
+                found.append(f"{self._at(action)}: not an action ({', '.join(ACTIONS)}).")
                 continue
             if not isinstance(spec, dict) or "body" not in spec:
-                found.append(f"{self.source}: {action} needs a 'body'.")
+                found.append(f"{self._at(action)}: needs a 'body'.")
                 continue
             unknown = set(spec) - {"body", "response"}
             if unknown:
-                found.append(f"{self.source}: {action}: unknown key(s) {', '.join(sorted(unknown))}.")
-            self._check(spec["body"], f"{action}.body", found, in_each=False)
+                found.append(f"{self._at(action)}: unknown key(s) {', '.join(sorted(unknown))}.")
+            self._check(spec["body"], f"{action}.body", found, item=None)
             for key, path in (spec.get("response") or {}).items():
                 if key != "provider_case_id" or not isinstance(path, str):
-                    found.append(f"{self.source}: {action}.response.{key}: only 'provider_case_id: <field path>' is known.")
+                    found.append(f"{self._at(f'{action}.response.{key}')}: only 'provider_case_id: <field path>' is known.")
         for action in ACTIONS:
             if action not in self.actions:
                 found.append(f"{self.source}: no '{action}' section; the target could not receive that.")
         return found
 
-    def _check(self, spec: Any, where: str, found: list[str], in_each: bool) -> None:
+    def _check(self, spec: Any, where: str, found: list[str], item: str | None) -> None:
+        """Check ``spec`` at ``where``; ``item`` is the vocabulary path of ``item.`` inside an
+        ``each`` (``case.attachments[]``), None outside one."""
         if isinstance(spec, str):
-            root = spec.split(".", 1)[0]
-            if root not in SOURCE_ROOTS or (root == "item" and not in_each):
-                found.append(f"{self.source}: {where}: source '{spec}' must start with one of {', '.join(SOURCE_ROOTS[:-1])}.")
-            if spec.startswith("case.subject_of_care.contact"):
-                found.append(f"{self.source}: {where}: use 'contact.…' (only present with the citizen's consent).")
+            self._check_path(spec, where, found, item)
             return
         if not isinstance(spec, dict):
-            found.append(f"{self.source}: {where}: expected a source path or a mapping, got {type(spec).__name__}.")
+            found.append(f"{self._at(where)}: expected a source path or a mapping, got {type(spec).__name__}.")
             return
         if "const" in spec:
             return
         if "each" in spec:
-            self._check(spec["each"], f"{where}.each", found, in_each)
+            self._check(spec["each"], f"{where}.each", found, item)
+            each = self._absolute(spec["each"], item) if isinstance(spec["each"], str) else None
             if not isinstance(spec.get("fields"), dict):
-                found.append(f"{self.source}: {where}: 'each' needs 'fields'.")
+                found.append(f"{self._at(where)}: 'each' needs 'fields'.")
             else:
                 for key, sub in spec["fields"].items():
-                    self._check(sub, f"{where}.fields.{key}", found, in_each=True)
+                    self._check(sub, f"{where}.fields.{key}", found, item=f"{each}[]" if each in VOCABULARY else "")
             return
         if "from" in spec:
             unknown = set(spec) - _SPEC_KEYS
             if unknown:
-                found.append(f"{self.source}: {where}: unknown key(s) {', '.join(sorted(unknown))}.")
-            self._check(spec["from"], f"{where}.from", found, in_each)
+                found.append(f"{self._at(where)}: unknown key(s) {', '.join(sorted(unknown))}.")
+            self._check(spec["from"], f"{where}.from", found, item)
             if spec.get("transform") and spec["transform"] not in TRANSFORMS:
-                found.append(f"{self.source}: {where}: unknown transform '{spec['transform']}' ({', '.join(TRANSFORMS)}).")
+                found.append(f"{self._at(where)}: unknown transform '{spec['transform']}' ({', '.join(TRANSFORMS)}).")
             if spec.get("lookup") and spec["lookup"] not in ("case_types", "statuses"):
-                found.append(f"{self.source}: {where}: unknown lookup '{spec['lookup']}' (case_types, statuses).")
+                found.append(f"{self._at(where)}: unknown lookup '{spec['lookup']}' (case_types, statuses).")
             return
         for key, sub in spec.items():
-            self._check(sub, f"{where}.{key}", found, in_each)
+            self._check(sub, f"{where}.{key}", found, item)
+
+    @staticmethod
+    def _absolute(path: str, item: str | None) -> str:
+        """``item.file_name`` inside ``each: case.attachments`` is ``case.attachments[].file_name``."""
+        if item is not None and (path == "item" or path.startswith("item.")):
+            return item + path[len("item"):]
+        return path
+
+    def _check_path(self, path: str, where: str, found: list[str], item: str | None) -> None:
+        root = path.split(".", 1)[0]
+        if root not in SOURCE_ROOTS or (root == "item" and item is None):
+            nearest = self._nearest(path, item)
+            found.append(f"{self._at(where)}: source '{path}' must start with one of {', '.join(SOURCE_ROOTS[:-1])}"
+                         + (f" (did you mean '{nearest}'?)." if nearest else "."))
+            return
+        if path == WITHHELD or path.startswith(WITHHELD + "."):
+            found.append(f"{self._at(where)}: use 'contact.…' (only present with the citizen's consent).")
+            return
+        if item == "" and root == "item":
+            return  # inside an 'each' whose own path is wrong: that one is reported
+        if self._absolute(path, item) not in VOCABULARY:
+            nearest = self._nearest(path, item)
+            found.append(f"{self._at(where)}: unknown source '{path}'" + (f": did you mean '{nearest}'?" if nearest else "")
+                         + " ('gateway mappings fields' lists every field a field map can read).")
+
+    @staticmethod
+    def _nearest(path: str, item: str | None) -> str | None:
+        """The known path closest to ``path`` (``item.…`` ones inside an ``each``), if any is close."""
+        known = ["item" + p[len(item):] for p in VOCABULARY if p.startswith(item + ".")] if item else []
+        known += [p for p in VOCABULARY if "[]" not in p]
+        match = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+        return match[0] if match else None
 
     def build(self, action: str, source: dict[str, Any]) -> dict[str, Any]:
         """The body for ``action`` from ``source`` (see ``delivery_source``)."""
@@ -479,6 +603,42 @@ class Mappings:
     codes: Codes
     fieldmaps: dict[str, FieldMap]
 
+    def receiving_targets(self) -> dict[str, list[str]]:
+        """Every target that can receive a case → the HSA-ids of its units in ``units.yaml``."""
+        found: dict[str, list[str]] = {}
+        for row in self.units.rows:
+            if row.hsa_id not in found.setdefault(row.target, []):
+                found[row.target].append(row.hsa_id)
+        return found
+
+    def incomplete_codes(self) -> list[str]:
+        """A target that can receive a case needs a code for each case type intake accepts
+        (when its field map looks them up, or it has a case_types table at all); a target
+        with a statuses table needs a code for each of 1177's statuses. Otherwise the first
+        such case, or the first such status, would be a dead row instead of a check error."""
+        found: list[str] = []
+        source = self.codes.source
+        for target, units in sorted(self.receiving_targets().items()):
+            fieldmap = self.fieldmaps.get(target)
+            table = self.codes.case_types.get(target)
+            looked_up = fieldmap is not None and fieldmap.uses_lookup("case_types")
+            serves = f"serves {', '.join(units[:3])}{' …' if len(units) > 3 else ''} (units.yaml)"
+            if table is None and looked_up:
+                found.append(f"{source}: case_types has no section for target '{target}', which {serves} and whose "
+                             f"{fieldmap.source} looks case types up (lookup: case_types); give it a code for each of "  # type: ignore[union-attr]
+                             f"{', '.join(CASE_TYPE_CODES)}.")
+                continue
+            for code in CASE_TYPE_CODES if table is not None else ():
+                if code not in table:
+                    found.append(f"{source}: case_types.{target} has no code for {code}: target '{target}' {serves} and "
+                                 f"intake accepts {code} cases, so the first would be a dead row; add '{code}: <your code>'.")
+        for target, table in sorted(self.codes.statuses.items()):
+            for status in STATUS_CODES:
+                if status not in table.values():
+                    found.append(f"{source}: statuses.{target} has no code for {status}: target '{target}' sends its "
+                                 f"own status codes, and none of them would mean {status}; add '<your code>: {status}'.")
+        return found
+
     def fieldmap(self, target: str) -> FieldMap:
         found = self.fieldmaps.get(target)
         if found is None:
@@ -497,7 +657,7 @@ class Mappings:
             for target in targets:
                 if target not in self.fieldmaps:
                     found.append(f"{FIELDMAPS_DIR}/{target}.yaml is missing: target '{target}' has no field map.")
-        return found
+        return found + self.incomplete_codes()
 
 
 def _read_yaml(path: Path) -> Any:
@@ -509,6 +669,25 @@ def _read_yaml(path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise MappingError(f"mapping file {path.name} is not valid YAML{where}.") from None
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """Dotted key (``deliver_case.body.text``) → its line (1-based) in the YAML file."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+                lines.setdefault(dotted, key.start_mark.line + 1)
+                walk(value, dotted)
+
+    walk(root, "")
+    return lines
 
 
 def _validation_message(name: str, exc: ValidationError) -> str:
@@ -557,5 +736,5 @@ def load(directory: str | Path) -> Mappings:
         name = f"{FIELDMAPS_DIR}/{path.name}"
         if not isinstance(content, dict):
             raise MappingError(f"{name}: expected a mapping of actions at the top level.")
-        fieldmaps[path.stem] = FieldMap(path.stem, content, name, codes)
+        fieldmaps[path.stem] = FieldMap(path.stem, content, name, codes, _key_lines(path))
     return Mappings(directory, units, codes, fieldmaps)

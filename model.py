@@ -2,7 +2,9 @@
 
 Role: the one vocabulary every other module speaks, independent of any wire contract
 (RIV-TA names stay in ``rivta``/``inbound``; provider names stay in ``mapping``). Also
-the identifier checks: HSA-ids and personnummer/samordningsnummer.
+the identifier checks: HSA-ids and personnummer/samordningsnummer, and the one
+description of the case's fields: each field gives an example and when it is present
+(``about``), ``describe`` reads them with the types (what a field map may read).
 
 May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
@@ -15,8 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from typing import Any, ClassVar
 
 from stdnum import luhn
 from stdnum.se import orgnr
@@ -45,6 +49,13 @@ class ReplyChannel(str, Enum):
     INKORG = "INKORG"
     TELEFON = "TELEFON"
     BREV = "BREV"
+
+
+def about(example: object, when: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that describes itself: an ``example`` of its value (as ``to_data``
+    writes it) and ``when`` it is present, if not always. ``describe`` reads them; they are
+    the one description of the case's fields (``gateway mappings fields`` prints it)."""
+    return field(metadata={"example": example, "when": when}, **kwargs)
 
 
 _HSA_RE = re.compile(r"^SE(\d{10})-[A-Za-z0-9]+$")
@@ -92,8 +103,8 @@ def redact_person_ids(text: str) -> str:
 class PersonId:
     """A checked personnummer or samordningsnummer (12 digits, ``YYYYMMDDNNNC``)."""
 
-    id: str = field(repr=False)
-    type: str = PERSONNUMMER_OID
+    id: str = about("191212121212", repr=False)
+    type: str = about(PERSONNUMMER_OID, default=PERSONNUMMER_OID)  # or SAMORDNINGSNUMMER_OID
 
     @classmethod
     def parse(cls, number: str, type_oid: str, *, field: str = "personId") -> PersonId:
@@ -150,9 +161,15 @@ class PersonId:
 class Attachment:
     """A file attached to a case or message. ``data`` is held once, stored by hash."""
 
-    file_name: str
-    mime_type: str
-    data: bytes = field(repr=False)
+    file_name: str = about("intyg.pdf")
+    mime_type: str = about("application/pdf")  # or image/gif, image/jpeg, image/png
+    data: bytes = about("(the file's bytes; transform: base64 for a JSON body)", repr=False)
+
+    #: Read from the content, not sent by 1177: written by ``to_data`` beside the fields.
+    computed: ClassVar[tuple[tuple[str, type, object], ...]] = (
+        ("sha256", str, "9f2b5c1e…(64 hex digits)"),
+        ("size", int, 48213),
+    )
 
     @property
     def sha256(self) -> str:
@@ -165,47 +182,47 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Contact:
-    mobile: str | None = None
-    email: str | None = None
-    consent_to_share: bool = False
+    mobile: str | None = about("+46701234567", "when the citizen gave it", default=None)
+    email: str | None = about("tolvan@example.org", "when the citizen gave it", default=None)
+    consent_to_share: bool = about(True, default=False)
 
 
 @dataclass(frozen=True)
 class SubjectOfCare:
-    person_id: PersonId
-    name: str | None = None
-    contact: Contact | None = None
+    person_id: PersonId = about(None)
+    name: str | None = about("Tolvan Tolvansson", "when 1177 sends it", default=None)
+    contact: Contact | None = about(None, "when the citizen gave any", default=None)
 
 
 @dataclass(frozen=True)
 class Representative:
-    person_id: PersonId
-    name: str | None = None
-    is_proxy: bool = False
+    person_id: PersonId = about(None)
+    name: str | None = about("Tolva Tolvansson", "when 1177 sends it", default=None)
+    is_proxy: bool = about(True, default=False)
 
 
 @dataclass(frozen=True)
 class ReplyPreference:
-    wants_reply: bool
-    channel: ReplyChannel
+    wants_reply: bool = about(True)
+    channel: ReplyChannel = about("INKORG")
 
 
 @dataclass(frozen=True)
 class Complaint:
     """Complaint details. For a whole care process, ``event_date`` is its start date."""
 
-    event_date: dt.date | None
-    is_care_process: bool
-    event_location_text: str | None = None
-    care_unit_hsa_id: str | None = None
+    event_date: dt.date | None = about("2026-11-16")  # for a whole care process: its start date
+    is_care_process: bool = about(False)
+    event_location_text: str | None = about("Mottagningen, plan 2", "when the citizen named a place", default=None)
+    care_unit_hsa_id: str | None = about("SE5566778899-KLIN1", "when the citizen (or a patient board) named the unit", default=None)
 
 
 @dataclass(frozen=True)
 class ChosenMedication:
     """A medication a citizen asks to renew (from the list GetMedicationList gave)."""
 
-    prescription_id: str
-    name: str | None = None
+    prescription_id: str = about("RX-1001")
+    name: str | None = about("Enalapril 10 mg", "when 1177 sends it", default=None)
 
 
 @dataclass(frozen=True)
@@ -220,26 +237,27 @@ class Medication:
 
 @dataclass(frozen=True)
 class Receiver:
-    hsa_id: str
-    is_patient_board: bool = False
+    hsa_id: str = about("SE5566778899-KLIN1")
+    is_patient_board: bool = about(False, default=False)
 
 
 @dataclass(frozen=True)
 class Case:
     """A citizen's case as 1177 sent it (or as registered from outside 1177)."""
 
-    case_id: str
-    case_type: CaseType
-    receiver: Receiver
-    subject_of_care: SubjectOfCare
-    created_time: dt.datetime
-    text: str
-    subject: str | None = None
-    representative: Representative | None = None
-    reply_preference: ReplyPreference | None = None
-    complaint: Complaint | None = None
-    attachments: tuple[Attachment, ...] = ()
-    medications: tuple[ChosenMedication, ...] = ()
+    case_id: str = about("1177-C-0001")
+    case_type: CaseType = about("COMPLAINT")
+    receiver: Receiver = about(None)
+    subject_of_care: SubjectOfCare = about(None)
+    created_time: dt.datetime = about("2026-11-26T10:15:00+01:00")
+    text: str = about("Jag vill lämna synpunkter på mitt besök den 16 november.")
+    subject: str | None = about("Bemötande vid besök", "when the citizen gave one", default=None)
+    representative: Representative | None = about(
+        None, "when someone acts for the citizen (a guardian, a proxy)", default=None)
+    reply_preference: ReplyPreference | None = about(None, "when 1177 sends it", default=None)
+    complaint: Complaint | None = about(None, "COMPLAINT cases only", default=None)
+    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=())
+    medications: tuple[ChosenMedication, ...] = about(None, "PRESCRIPTION_RENEWAL cases only", default=())
 
 
 class MessageKind(str, Enum):
@@ -276,19 +294,20 @@ class Message:
     """A message in a case's dialog. ``direction`` is ``in`` (from the citizen, kind
     FOLLOW_UP) or ``out`` (from the care side, a ``MessageKind``, naming its sending unit)."""
 
-    case_id: str
-    message_id: str
-    created_time: dt.datetime
-    text: str
-    direction: str = "in"
-    kind: str = "FOLLOW_UP"
-    subject: str | None = None
-    attachments: tuple[Attachment, ...] = ()
-    sender_hsa_id: str | None = None
-    sender_name: str | None = None
+    case_id: str = about("1177-C-0001")
+    message_id: str = about("1177-M-0001")
+    created_time: dt.datetime = about("2026-11-28T08:30:00+01:00")
+    text: str = about("Här kommer svaret på er fråga.")
+    direction: str = about("in", default="in")  # 'in': from the citizen; 'out': from the care side
+    kind: str = about("FOLLOW_UP", default="FOLLOW_UP")  # a citizen's message; MessageKind for the care side's
+    subject: str | None = about("Svar på fråga", "when the citizen gave one", default=None)
+    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=())
+    sender_hsa_id: str | None = about("SE5566778899-KLIN1", "never from a citizen (the care side's messages only)", default=None)
+    sender_name: str | None = about("Demokliniken", "never from a citizen (the care side's messages only)", default=None)
     #: the id the provider's system chose for its message (its ``messageId``); the gateway's
     #: own ``message_id`` is then derived from it, scoped to the target and the case
-    provider_message_id: str | None = None
+    provider_message_id: str | None = about("svar-2026-0042", "the care side's messages, when its system chose the id",
+                                            default=None)
 
 
 @dataclass(frozen=True)
@@ -329,11 +348,11 @@ def _plain(value: object) -> object:
 def to_data(obj: Case | Message | StatusUpdate) -> dict:
     """The object as JSON-ready data. Attachments are described (name, type, hash, size),
     never carried: their bytes are stored once, by hash."""
-    from dataclasses import fields, is_dataclass
 
     def convert(value: object) -> object:
         if isinstance(value, Attachment):
-            return {"file_name": value.file_name, "mime_type": value.mime_type, "sha256": value.sha256, "size": value.size}
+            return {"file_name": value.file_name, "mime_type": value.mime_type,
+                    **{name: getattr(value, name) for name, _, _ in Attachment.computed}}
         if isinstance(value, PersonId):
             return {"id": value.id, "type": value.type}
         if is_dataclass(value) and not isinstance(value, type):
@@ -413,3 +432,62 @@ def status_from_data(data: dict) -> StatusUpdate:
         problems=tuple(Code(p["code"], p["code_system"], p.get("display_name")) for p in data.get("problems") or ()),
         business_area=Code(area["code"], area["code_system"], area.get("display_name")) if area else None,
     )
+
+
+# -- the description of the fields: what a field map can read -----------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One path into the data ``to_data`` writes: ``case.complaint.event_date``. Items of a
+    list are ``case.attachments[].file_name``."""
+
+    path: str
+    type: str
+    example: object = None
+    when: str | None = None
+    values: tuple[str, ...] = ()  # the codes a ``code`` may be
+
+
+_TYPE_NAMES: dict[object, str] = {
+    str: "text", bool: "true/false", int: "number", float: "number", bytes: "bytes",
+    dt.date: "date (ISO)", dt.datetime: "date-time (ISO, with offset)",
+}
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "code"
+    return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _optional(annotation: object) -> object:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 and len(typing.get_args(annotation)) == 2 else annotation
+
+
+def describe(cls: type, prefix: str, when: str | None = None) -> list[FieldDoc]:
+    """Every path under ``prefix`` into a dataclass of this module as ``to_data`` writes it,
+    from the fields themselves (their types, and the examples ``about`` gave them): an
+    object or a list first, then what is inside it. A field says when it is present, or
+    has its parent's condition (``when``)."""
+    hints = typing.get_type_hints(cls)
+    found: list[FieldDoc] = []
+    for item in fields(cls):
+        annotation = _optional(hints[item.name])
+        path = f"{prefix}.{item.name}" if prefix else item.name
+        note = item.metadata.get("when") or when
+        if typing.get_origin(annotation) is tuple:
+            inner = typing.get_args(annotation)[0]
+            found.append(FieldDoc(path, "list", None, note))
+            if is_dataclass(inner):
+                found += describe(inner, f"{path}[]", note)
+        elif is_dataclass(annotation):
+            found.append(FieldDoc(path, "object", None, note))
+            found += describe(annotation, path, note)  # type: ignore[arg-type]
+        else:
+            values = tuple(m.value for m in annotation) if isinstance(annotation, type) and issubclass(annotation, Enum) else ()
+            found.append(FieldDoc(path, _type_name(annotation), item.metadata.get("example"), note, values))
+    for name, kind, example in getattr(cls, "computed", ()):
+        found.append(FieldDoc(f"{prefix}.{name}", _type_name(kind), example, when))
+    return found

@@ -1,16 +1,18 @@
 """REST target adapter: JSON over HTTP with requests.
 
-Role: POST the body the field map built to ``base_url`` + the action's path (which may
-name ``{provider_case_id}``, ``{case_id}`` or ``{unit_code}``), with the idempotency key
-header on every call and the configured authentication: none, basic, bearer, OAuth2
-client credentials (token cached until shortly before it expires, fetched again once
-on a 401) or a client certificate.
+Role: send the body the field map built to ``base_url`` + the action's path (which may
+name ``{provider_case_id}``, ``{case_id}`` or ``{unit_code}``) with the action's method
+(``methods``: POST unless it says PUT or PATCH), with the idempotency key header on every
+call and the configured authentication: none, basic, bearer, OAuth2 client credentials
+(token cached until shortly before it expires, fetched again once on a 401) or a client
+certificate.
 
 May import: ``adapters.base``, ``errors``.
 
-Invariants: success is a 2xx only; other statuses and transport errors become
-``DeliveryError``s classified by ``adapters.base``; tokens and passwords never appear in
-an error.
+Invariants: success is a 2xx only, and only one of ``success_statuses`` when the target
+lists them (another 2xx is a ``BadTargetAnswer``); other statuses and transport errors
+become ``DeliveryError``s classified by ``adapters.base``; tokens and passwords never
+appear in an error.
 """
 
 from __future__ import annotations
@@ -101,10 +103,12 @@ class RestAdapter(Adapter):
 
     def send(self, action: str, request: Request) -> Answer:
         url = self.url(action, request.params)
-        what = f"{action} (POST {self.settings.paths[action]})"
+        method = self.settings.method(action)
+        what = f"{action} ({method} {self.settings.paths[action]})"
         for round_ in (1, 2):
             try:
-                response = self.session.post(url, json=request.body, headers=self._headers(request), timeout=self.timeout)
+                response = self.session.request(method, url, json=request.body, headers=self._headers(request),
+                                                timeout=self.timeout)
             except requests.RequestException as exc:
                 raise classify_exception(self.name, exc, what) from None
             if response.status_code == 401 and self._oauth is not None and round_ == 1:
@@ -113,6 +117,15 @@ class RestAdapter(Adapter):
             break
         if not 200 <= response.status_code < 300:
             raise classify_status(self.name, response.status_code, what, response.headers.get("Retry-After"))
+        expected = self.settings.success_statuses
+        if expected and response.status_code not in expected:
+            raise BadTargetAnswer(
+                f"target '{self.name}' answered {what} with HTTP {response.status_code}, which is not one of its "
+                f"success_statuses ({', '.join(map(str, expected))}); the delivery is not counted as taken.",
+                status_code=response.status_code,
+                hint=f"Ask the provider what HTTP {response.status_code} means, or add it to "
+                     f"targets.{self.name}.success_statuses, then replay the dead row.",
+            )
         data = None
         if response.content:
             try:
@@ -198,7 +211,7 @@ class RestAdapter(Adapter):
             headers["Authorization"] = "Bearer ***"
         elif auth == "basic":
             headers["Authorization"] = "Basic ***"
-        lines = [f"POST {self.url(action, request.params)}"] + [f"{k}: {v}" for k, v in headers.items()]
+        lines = [f"{self.settings.method(action)} {self.url(action, request.params)}"] + [f"{k}: {v}" for k, v in headers.items()]
         return "\n".join(lines) + "\n\n" + json.dumps(request.body, ensure_ascii=False, indent=2)
 
     def close(self) -> None:

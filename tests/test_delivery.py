@@ -14,7 +14,7 @@ import pytest
 import time_machine
 import requests
 import responses
-from conftest import PDF, PNG, PNR, result_of
+from conftest import PDF, PNG, PNR, ROOT, result_of
 
 import config as config_mod
 import gateway
@@ -180,6 +180,67 @@ def test_answer_without_the_providers_case_id_is_a_dead_letter(send, worker, dst
     worker.run_until_idle()
     row = outbox(dstore)[0]
     assert row["status"] == "dead" and row["last_error_code"] == "GW063"
+
+
+# -- the method and the success statuses of each action ------------------------------------------------
+
+
+@pytest.fixture
+def put_target(fast_retry):
+    """demo_rest as a system that takes a case by PUT at its own address and answers 200 or 201."""
+    rest = fast_retry["targets"]["demo_rest"]
+    rest["paths"] = {"deliver_case": "/v2/cases/{case_id}", "deliver_message": "/v2/cases/{provider_case_id}/messages"}
+    rest["methods"] = {"deliver_case": "PUT", "deliver_message": "post"}
+    rest["success_statuses"] = [200, 201]
+    return fast_retry
+
+
+@responses.activate
+def test_a_put_target_takes_the_case_at_its_own_address(put_target, send, worker, dstore):
+    responses.put(f"{API}/v2/cases/1177-C-0001", status=200, json={"id": "P-9"})
+    responses.post(f"{API}/v2/cases/P-9/messages", status=201, json={})
+    send()
+    send("message")
+    worker.run_until_idle()
+    assert [(c.request.method, c.request.url) for c in responses.calls] == [
+        ("PUT", f"{API}/v2/cases/1177-C-0001"), ("POST", f"{API}/v2/cases/P-9/messages")]
+    rows = outbox(dstore)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert responses.calls[0].request.headers["Idempotency-Key"] == rows[0]["idempotency_key"]
+    assert json.loads(responses.calls[0].request.body)["type"] == "SYNPUNKT"
+    assert dstore.case_row("1177-C-0001")["provider_case_id"] == "P-9"
+    assert [(a["outcome"], a["status_code"]) for a in dstore.attempts_of(rows[0]["id"])] == [("delivered", 200)]
+
+
+@responses.activate
+def test_a_2xx_the_target_does_not_list_as_success_is_a_dead_letter(put_target, send, worker, dstore):
+    responses.put(f"{API}/v2/cases/1177-C-0001", status=202, json={"id": "P-9"})
+    send()
+    worker.run_until_idle()
+    row = outbox(dstore)[0]
+    assert len(responses.calls) == 1  # not retried: the target said something else than "taken"
+    assert row["status"] == "dead" and row["last_error_code"] == "GW063"
+    assert "HTTP 202" in row["last_error"] and "success_statuses (200, 201)" in row["last_error"]
+    assert dstore.case_row("1177-C-0001")["provider_case_id"] is None
+
+
+def test_any_2xx_is_success_when_the_target_lists_none():
+    import adapters
+
+    data = config_mod.from_dict(_rest_target(methods={"deliver_case": "PATCH"}), base_dir=ROOT, environ={})
+    adapter = adapters.build("demo_rest", data.targets["demo_rest"])
+    with responses.RequestsMock() as mock:
+        mock.patch(f"{API}/cases", status=202, json={"id": "P-1"})
+        assert adapter.deliver_case(adapters.Request({"a": 1}, "key-1")).status_code == 202
+    assert adapter.preview("deliver_case", adapters.Request({"a": 1}, "key-1")).startswith(f"PATCH {API}/cases\n")
+
+
+def _rest_target(**changes) -> dict:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["targets"] = {"demo_rest": {**data["targets"]["demo_rest"], **changes}}
+    return data
 
 
 @responses.activate

@@ -12,6 +12,7 @@ from lxml import etree
 
 import config as config_mod
 import gateway
+from errors import ConfigError
 from sandbox.providers import create_rest_provider, create_soap_provider, serve_in_thread
 
 
@@ -164,9 +165,60 @@ def test_mappings_check_names_file_key_and_value(runner, tmp_path):
     data["mappings"]["dir"] = str(maps)
     result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(write_config(tmp_path, data))])
     assert result.exit_code == 1
-    assert "fieldmaps/demo_rest.yaml: deliver_case.body.createdAt: unknown transform 'yyyymmdd'" in result.output
-    assert "fieldmaps/demo_rest.yaml: deliver_case.body.text: source 'citizen.text'" in result.output
+    line = _line_of(text, "    createdAt:")
+    assert f"fieldmaps/demo_rest.yaml:{line}: deliver_case.body.createdAt: unknown transform 'yyyymmdd'" in result.output
+    line = _line_of(text, "    text: case.text")
+    assert f"fieldmaps/demo_rest.yaml:{line}: deliver_case.body.text: source 'citizen.text' must start with" in result.output
     assert "codes.yaml: statuses.demo_rest.AVSLUTAD: 'DONE' is not a 1177 status" in result.output
+
+
+def _line_of(text: str, start: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), start=1) if line.startswith(start))
+
+
+def _edited_mappings(tmp_path, fieldmap: str, old: str, new: str) -> str:
+    """A config whose mappings are the shipped ones with ``old`` replaced by ``new`` in a field map."""
+    import shutil
+
+    maps = tmp_path / "maps"
+    shutil.copytree(ROOT / "mappings", maps)
+    path = maps / "fieldmaps" / f"{fieldmap}.yaml"
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    data = example_data(tmp_path)
+    data["mappings"]["dir"] = str(maps)
+    return str(write_config(tmp_path, data))
+
+
+def test_a_typo_in_a_source_path_fails_check_with_file_line_and_the_nearest_field(runner, tmp_path):
+    config = _edited_mappings(tmp_path, "demo_rest", "    text: case.text", "    text: case.txt")
+    line = _line_of((ROOT / "mappings/fieldmaps/demo_rest.yaml").read_text(), "    text: case.text")
+    expected = f"fieldmaps/demo_rest.yaml:{line}: deliver_case.body.text: unknown source 'case.txt': did you mean 'case.text'?"
+    for command in (["check"], ["mappings", "check"]):
+        result = runner.invoke(gateway.cli, [*command, "--config", config])
+        assert result.exit_code == 1, result.output
+        assert expected in result.output
+    served = runner.invoke(gateway.cli, ["serve", "--config", config])
+    assert served.exit_code == 2 and "case.txt" in served.output  # the start refuses it too
+    cfg = config_mod.load(config, environ={})
+    with pytest.raises(ConfigError, match="did you mean 'case.text'"):
+        gateway.create_app(cfg)
+
+
+@pytest.mark.parametrize("fieldmap, old, new, says", [
+    ("demo_rest", "fileName: item.file_name", "fileName: item.filename", "unknown source 'item.filename': did you mean 'item.file_name'?"),
+    ("demo_rest", "each: case.attachments", "each: case.attachment", "unknown source 'case.attachment': did you mean 'case.attachments'?"),
+    ("demo_soap", "careUnit: case.complaint.care_unit_hsa_id", "careUnit: case.complaint.unit",
+     "deliver_case.body.complaint.careUnit: unknown source 'case.complaint.unit'"),
+    ("demo_soap", "unitCode: {from: route.unit_code", "unitCode: {from: route.unitcode",
+     "deliver_case.body.unitCode.from: unknown source 'route.unitcode': did you mean 'route.unit_code'?"),
+    ("demo_rest", "mobile: contact.mobile", "mobile: case.subject_of_care.contact.mobile", "use 'contact.…'"),
+    ("demo_rest", "externalCaseId: case.case_id", "externalCaseId: item.case_id", "source 'item.case_id' must start with"),
+])
+def test_every_source_path_is_checked_against_the_case_vocabulary(runner, tmp_path, fieldmap, old, new, says):
+    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", _edited_mappings(tmp_path, fieldmap, old, new)])
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert result.output.count("FAIL") == 1  # the items of a wrong 'each' are not reported again
 
 
 def test_ws_security_username_token_is_sent_and_the_password_never_shown(providers, config_data):
