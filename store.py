@@ -311,6 +311,23 @@ def m010_provider_message_ids(db: Database) -> None:
     db["messages"].create_index(["case_id", "provider_message_id"])
 
 
+@migrations()
+def m011_job_leases(db: Database) -> None:
+    # scheduled jobs (polls, alerts, retention) run once across every process and instance
+    db["job_leases"].create(
+        {"name": str, "owner": str, "due_at": str, "running_until": str, "last_run_at": str}, pk="name",
+    )
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a scheduled job claimed by this process; ``previous``: when it last ran anywhere."""
+
+    name: str
+    owner: str
+    previous: dt.datetime | None
+
+
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
 
@@ -1449,6 +1466,38 @@ class Store:
         with self.write() as db:
             db.execute("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [name, default()])
             return db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
+
+    # -- scheduled jobs, claimed once across processes ------------------------------------
+
+    def claim_job(self, name: str, owner: str, *, every_s: float, run_for_s: float,
+                  now: dt.datetime | None = None) -> JobRun | None:
+        """Claim the next run of scheduled job ``name`` for ``owner``, or None when it is not
+        due yet or another process runs it. Every process asks on its own timer; the one that
+        finds it due wins (a conditional update in one write transaction), and the next run
+        falls due ``every_s`` later. ``run_for_s``: how long the run may hold the job before
+        another process may take it over (a process that died mid-run)."""
+        now = now or instant()
+        with self.write() as db:
+            db.execute("INSERT OR IGNORE INTO job_leases (name, due_at) VALUES (?, ?)", [name, ts(now)])
+            claimed = db.execute(
+                """UPDATE job_leases SET owner = ?, due_at = ?, running_until = ?
+                   WHERE name = ? AND due_at <= ? AND (running_until IS NULL OR running_until < ?)""",
+                [owner, ts(now + dt.timedelta(seconds=every_s)), ts(now + dt.timedelta(seconds=run_for_s)),
+                 name, ts(now), ts(now)],
+            ).rowcount
+            if not claimed:
+                return None
+            previous = db.execute("SELECT last_run_at FROM job_leases WHERE name = ?", [name]).fetchone()[0]
+            db.execute("UPDATE job_leases SET last_run_at = ? WHERE name = ?", [ts(now), name])
+        return JobRun(name, owner, _parse_ts(previous) if previous else None)
+
+    def finish_job(self, run: JobRun) -> None:
+        """The run is over: the job may be claimed again once it is due."""
+        with self.write() as db:
+            db.execute("UPDATE job_leases SET running_until = NULL WHERE name = ? AND owner = ?", [run.name, run.owner])
+
+    def job_leases(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM job_leases ORDER BY name"))
 
     # -- worker heartbeat -----------------------------------------------------------------
 

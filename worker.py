@@ -136,13 +136,20 @@ class Worker:
         self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
         # a worker without a heartbeat for 3 beats is dead: its rows come back within a beat more
         self._scheduler.add_job(self.recover_leases, "interval", seconds=self.heartbeat_s, id="leases")
+        # the jobs below run once across every process and instance: each run is claimed in the store
         if self.alerts is not None and self.alert_channels:
-            self._scheduler.add_job(self.check_alerts, "interval", seconds=self.alerts.check_s, id="alerts")
+            every = self.alerts.check_s
+            self._scheduler.add_job(self.once, "interval", args=["alerts", every, self._alerts_run],
+                                    seconds=every, id="alerts")
         if self.retention is not None:
-            self._scheduler.add_job(self.run_retention, "cron", hour=self.retention_hour, minute=17, id="retention")
+            self._scheduler.add_job(self.once, "cron", args=["retention", 20 * 3600, lambda _run: self.run_retention()],
+                                    hour=self.retention_hour, minute=17, id="retention")
         for name, settings in self.targets.items():
             if getattr(settings, "poll", None) is not None:
-                self._scheduler.add_job(self.poll, "interval", args=[name], seconds=settings.poll.interval_s, id=f"poll:{name}")
+                every = settings.poll.interval_s
+                self._scheduler.add_job(self.once, "interval", args=[f"poll:{name}", every,
+                                                                    lambda _run, target=name: self.poll(target)],
+                                        seconds=every, id=f"poll:{name}")
         self._scheduler.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         self._dispatcher.start()
@@ -183,6 +190,29 @@ class Worker:
             self.store.beat(self.name, detail=f"in flight {self._in_flight}")
         except GatewayError as exc:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
+
+    def once(self, job: str, every_s: float, run: Callable[[Any], object]) -> bool:
+        """Run scheduled ``job`` here if this process claims its run (``Store.claim_job``); every
+        process's timer asks, one runs it per interval. True when it ran here."""
+        try:
+            # due again a little before the next tick, so that the timers' drift never skips a run
+            claimed = self.store.claim_job(job, self.name, every_s=every_s * 0.9, run_for_s=max(every_s, 300.0))
+        except GatewayError as exc:
+            log.warning("scheduled job not claimed", extra={"job": job, "error_code": exc.code})
+            return False
+        if claimed is None:
+            return False
+        try:
+            run(claimed)
+        finally:
+            try:
+                self.store.finish_job(claimed)
+            except GatewayError as exc:
+                log.warning("scheduled job not released", extra={"job": job, "error_code": exc.code})
+        return True
+
+    def _alerts_run(self, run: Any) -> None:
+        self.check_alerts(since=run.previous)
 
     def recover_leases(self) -> int:
         """Requeue the rows of dead workers (no heartbeat for 3 beats), and those whose lease ran out."""
@@ -431,8 +461,9 @@ class Worker:
         log.info("retention ran", extra={k: v for k, v in removed.items()})
         return removed
 
-    def check_alerts(self, now: dt.datetime | None = None) -> list[Any]:
+    def check_alerts(self, now: dt.datetime | None = None, since: dt.datetime | None = None) -> list[Any]:
         """Compare every target with the thresholds; alert (throttled) and send recovery notices.
+        ``since``: when the check last ran in any process (rows dead since then are new).
         Returns the alerts sent."""
         from adapters.alerts import Alert
 
@@ -443,7 +474,7 @@ class Worker:
         sent: list[Any] = []
         try:
             queue = self.store.queue_depth()
-            dead_new = self.store.dead_since(self._last_alert_check)
+            dead_new = self.store.dead_since(since or self._last_alert_check)
         except GatewayError as exc:
             log.warning("alert check failed", extra={"error_code": exc.code})
             return []
