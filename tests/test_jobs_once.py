@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from conftest import example_data, free_port, write_config
-from test_server import gateway_command
+from test_server import gateway_command, wait_until_serving
 
 from store import Store
 
@@ -74,15 +74,7 @@ def test_two_processes_poll_once_per_interval_and_alert_once(tmp_path, peer, mak
         [*gateway_command(), "serve", "--config", str(tmp_path / "config.yaml"), "--bind", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/rivta", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
+        wait_until_serving(f"http://127.0.0.1:{port}", process, tmp_path / "server.log")
         store = Store(tmp_path / "gateway.db")
         deadline = time.monotonic() + 30  # both processes' workers beat
         while len([b for b in store.db.query("SELECT * FROM heartbeats")]) < 2:

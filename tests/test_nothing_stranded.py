@@ -19,6 +19,7 @@ from conftest import BOARD, JPEG, KLIN1, PDF, PNG, PNR, ROOT, result_of, write_c
 from lxml import etree
 from test_way_back import (  # noqa: F401 - fixtures
     GW_HSA,
+    app,
     attachment,
     auth,
     external,
@@ -43,14 +44,6 @@ QUESTION = {"caseType": "QUESTION", "complaint": None}
 def soap(app, body: bytes) -> dict:
     answer = app.test_client().post("/rivta", data=body, headers={"Content-Type": "text/xml"})
     return result_of(etree.fromstring(answer.data))
-
-
-@pytest.fixture
-def app(config_data, peers):
-    app = make_app(config_data, peers)
-    yield app
-    app.extensions["gateway.worker"].stop()
-    app.extensions["gateway.store"].close()
 
 
 def receipts_on(config_data: dict) -> dict:

@@ -33,6 +33,21 @@ def gateway_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "import gateway; gateway.main()"]
 
 
+def wait_until_serving(base: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Wait until a ``gateway serve`` process answers on ``base``; its log if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{base}/rivta", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(log.read_text())
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
@@ -50,17 +65,7 @@ def server(tmp_path_factory):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/rivta", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((folder / "server.log").read_text())
-        time.sleep(0.1)
+    wait_until_serving(base, process, folder / "server.log")
     yield {"base": base, "folder": folder, "process": process}
     os.killpg(process.pid, signal.SIGTERM)
     try:
