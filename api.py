@@ -230,7 +230,8 @@ def post_message(case_id: str) -> tuple[Response, int]:
     api = _api()
     data = _json()
     message = updates.reply(data, case_id=case_id, target=target, units=api.units, clock=api.clock,
-                            case_unit=row["receiver_hsa_id"], max_attachments=api.max_attachments,
+                            case_unit=row["receiver_hsa_id"], citizen_started=row["origin"] == "1177",
+                            max_attachments=api.max_attachments,
                             max_attachment_bytes=api.max_attachment_bytes)
     accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation(),
                                    reopen=updates.reopen(data))

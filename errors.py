@@ -53,7 +53,9 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── CaseClosed       GW041  the case is closed: no more messages until it is reopened
     │   ├── ExternalAttachments GW042  files on a case registered outside 1177 (RegisterCase carries none)
     │   ├── RenewalWithoutList GW043  chosen medications where rule 9 shows no list (under 16, proxy for a child)
-    │   └── SenderNotAllowed GW044  a message signed by a unit that may not answer for the case's unit
+    │   ├── SenderNotAllowed GW044  a message signed by a unit that may not answer for the case's unit
+    │   ├── CitizenFilesRefused GW045  a citizen's files in a case type where the clinic takes none
+    │   └── SenderMayNotAttach GW046  files or a counter-question the sender's role may not send (rule 13)
     └── InternalError        GW099  a bug: logged with a reference, never with details
 
 Technical errors (``RequestRefused``, ``StoreError``, ``InternalError``) become SOAP
@@ -431,6 +433,23 @@ class SenderNotAllowed(RuleViolation):
 
     code = "GW044"
     hint = "Sign with the case's own unit, or list the case's unit under answers_for of the sending unit in mappings/units.yaml."
+
+
+class CitizenFilesRefused(RuleViolation):
+    """Raised when a citizen's case or message carries files in a case type for which the
+    receiving clinic does not take them (``citizen_attachments`` in mappings/units.yaml, rule 12)."""
+
+    code = "GW045"
+    hint = "Send it without files; the clinic takes files from citizens only in the case types it lists."
+
+
+class SenderMayNotAttach(RuleViolation):
+    """Raised when a reply's ``sentBy`` role may not send what it carries (rule 13): a case
+    receiver attaches files only to a partial answer (the case handed on), a case handler to
+    an answer or a counter-question, and a counter-question only in a case a citizen started."""
+
+    code = "GW046"
+    hint = "Send it as the role 1177 allows for it (a case handler answers with files), or without the files."
 
 
 class InternalError(GatewayError):

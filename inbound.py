@@ -41,6 +41,7 @@ import rules
 import identity
 from errors import (
     CallerNotAllowed,
+    CitizenFilesRefused,
     GatewayError,
     InternalError,
     InvalidValue,
@@ -85,7 +86,7 @@ class UnitDirectory(Protocol):
 
     def knows(self, hsa: str, on: dt.date) -> bool: ...
 
-    def route(self, hsa: str, on: dt.date) -> object | None: ...
+    def route(self, hsa: str, on: dt.date) -> Any | None: ...
 
 
 @dataclass
@@ -417,6 +418,9 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
         raise InvalidValue(
             f"case/receiver/hsaId {case.receiver.hsa_id} is not a unit this gateway serves.", field="case/receiver/hsaId"
         )
+    if case.attachments and not route.unit.takes_citizen_files(case.case_type.value):
+        raise CitizenFilesRefused(f"case/attachment: {route.unit.hsa_id} takes no files from citizens in "
+                                  f"{case.case_type.value} cases.", field="case/attachment")
     accepted = intake.store.accept_case(
         case, target=route.target, provider_unit_code=route.unit.code, correlation_id=correlation,
         reserve_receipt=case.case_type.value in intake.receipt_types,
@@ -438,6 +442,12 @@ def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correl
     rules.check_citizen_message(
         message, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
     )
+    if message.attachments:  # rule 12: the clinic decides in which case types citizens attach files
+        case = intake.store.find_case(message.case_id)
+        route = intake.units.route(case["receiver_hsa_id"], intake.clock.day()) if case else None
+        if case and route is not None and not route.unit.takes_citizen_files(case["case_type"]):
+            raise CitizenFilesRefused(f"attachment: {route.unit.hsa_id} takes no files from citizens in "
+                                      f"{case['case_type']} cases.", field="attachment")
     accepted = intake.store.accept_message(message, correlation_id=correlation)
     if accepted.created:
         intake.on_stored()

@@ -30,7 +30,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,6 +60,8 @@ class _UnitRow(BaseModel):
     answers_for: list[str] = Field(default_factory=list, description=(
         "HSA-ids of other units in whose cases this unit may sign messages to the citizen "
         "(rule 11; e.g. a patient board for the clinics it handles complaints for)."))
+    citizen_attachments: list[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"]] | None = Field(
+        default=None, description="The case types in which citizens may attach files to this unit (rule 12); default all.")
 
     @field_validator("hsa_id")
     @classmethod
@@ -116,6 +118,11 @@ class Unit:
     valid_from: dt.date | None
     valid_to: dt.date | None
     answers_for: tuple[str, ...] = ()
+    citizen_attachments: frozenset[str] | None = None  # None: every case type
+
+    def takes_citizen_files(self, case_type: str) -> bool:
+        """Rule 12: whether citizens may attach files to this unit in ``case_type`` cases."""
+        return self.citizen_attachments is None or case_type in self.citizen_attachments
 
     def valid_on(self, day: dt.date) -> bool:
         return (self.valid_from is None or self.valid_from <= day) and (self.valid_to is None or day <= self.valid_to)
@@ -714,7 +721,8 @@ def load(directory: str | Path) -> Mappings:
     except ValidationError as exc:
         raise MappingError(_validation_message(UNITS_FILE, exc)) from None
     units = Units(
-        (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to, tuple(r.answers_for))
+        (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to, tuple(r.answers_for),
+              frozenset(r.citizen_attachments) if r.citizen_attachments is not None else None)
          for r in parsed.units),
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,

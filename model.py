@@ -308,6 +308,10 @@ class Message:
     #: own ``message_id`` is then derived from it, scoped to the target and the case
     provider_message_id: str | None = about("svar-2026-0042", "the care side's messages, when its system chose the id",
                                             default=None)
+    #: who at the care side sends it (rule 13): RECEIVER (ärendemottagare) or HANDLER (ärendehanterare)
+    sent_by_role: str | None = about("HANDLER", "the care side's messages, when its system says who sends it", default=None)
+    sent_by_name: str | None = about("Dr Anna Läkare", "the care side's messages, when its system names the sender",
+                                     default=None)
 
 
 @dataclass(frozen=True)
@@ -419,6 +423,8 @@ def message_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> M
         sender_hsa_id=data.get("sender_hsa_id"),
         sender_name=data.get("sender_name"),
         provider_message_id=data.get("provider_message_id"),
+        sent_by_role=data.get("sent_by_role"),
+        sent_by_name=data.get("sent_by_name"),
     )
 
 

@@ -25,6 +25,7 @@ from errors import (
     InvalidValue,
     LocationMissing,
     RenewalWithoutList,
+    SenderMayNotAttach,
     TooManyAttachments,
 )
 from model import (
@@ -201,6 +202,31 @@ def check_care_message(
     if message.subject is not None and len(message.subject) > 255:
         raise InvalidValue("subject is over 255 characters.", field="subject")
     check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes, field="attachments")
+
+
+#: Who at the care side may send a message to the citizen (rule 13).
+SENDER_ROLES = ("RECEIVER", "HANDLER")
+
+
+def check_sender_rights(message: Message, *, citizen_started: bool) -> None:
+    """Rule 13, for a message that says who sends it (``sent_by_role``): a case receiver
+    (ärendemottagare) attaches files only to a partial answer, when the case is handed on; a
+    case handler (ärendehanterare) attaches files when answering or asking a counter-question;
+    a counter-question goes only in a case a citizen started in 1177."""
+    role = message.sent_by_role
+    if role is None:
+        return
+    if role not in SENDER_ROLES:
+        raise InvalidValue(f"sentBy.role must be one of {', '.join(SENDER_ROLES)}.", field="sentBy.role")
+    if message.kind == "QUESTION" and not citizen_started:
+        raise SenderMayNotAttach("kind QUESTION: a counter-question goes only in a case a citizen started in 1177.",
+                                 field="kind")
+    if message.attachments:
+        allowed = ("PARTIAL_REPLY",) if role == "RECEIVER" else ("PARTIAL_REPLY", "FINAL_REPLY", "QUESTION")
+        if message.kind not in allowed:
+            who = "a case receiver" if role == "RECEIVER" else "a case handler"
+            raise SenderMayNotAttach(f"attachments: {who} may attach files only to {' or '.join(allowed)}, "
+                                     f"not to {message.kind}.", field="attachments")
 
 
 def check_status_update(update: StatusUpdate, case_type: CaseType) -> None:

@@ -138,6 +138,7 @@ def reply(
     units: UnitLookup,
     clock: Clock,
     case_unit: str | None = None,
+    citizen_started: bool = True,
     max_attachments: int = rules.MAX_CARE_ATTACHMENTS,
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES,
 ) -> Message:
@@ -152,6 +153,11 @@ def reply(
     if case_unit is not None and not units.may_sign(sender, case_unit, clock.day()):
         raise SenderNotAllowed(f"senderUnit {sender} may not answer in a case of unit {case_unit}.", field="senderUnit")
     reopen(data)
+    sent_by = _optional(data, "sentBy", dict) or {}
+    role = _optional(sent_by, "role")
+    role_name = _optional(sent_by, "name")
+    if role_name is not None and len(role_name) > 255:
+        raise InvalidValue("sentBy.name is over 255 characters.", field="sentBy.name")
     given = _optional(data, "messageId")
     if given is not None and not 0 < len(given) <= 64:
         raise InvalidValue("messageId must be 1 to 64 characters.", field="messageId")
@@ -159,6 +165,8 @@ def reply(
         case_id=case_id,
         message_id=scoped_message_id(target, case_id, given) if given else str(uuid.uuid4()),
         provider_message_id=given,
+        sent_by_role=role,
+        sent_by_name=role_name,
         created_time=now,
         text=_require(data, "body"),
         direction="out",
@@ -169,6 +177,7 @@ def reply(
         sender_name=_optional(data, "senderName") or sender_name,
     )
     rules.check_care_message(message, max_attachments=max_attachments, max_attachment_bytes=max_attachment_bytes)
+    rules.check_sender_rights(message, citizen_started=citizen_started)
     return message
 
 

@@ -605,7 +605,8 @@ class Worker:
         kind = item.get("type", "message")
         if kind == "message":
             message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units,  # type: ignore[union-attr]
-                                    clock=self.clock, case_unit=row["receiver_hsa_id"], max_attachments=self.max_attachments)
+                                    clock=self.clock, case_unit=row["receiver_hsa_id"],
+                                    citizen_started=row["origin"] == "1177", max_attachments=self.max_attachments)
             self.store.add_reply(message, hold_s=self.review_s, origin="poll", reopen=updates.reopen(item))
         elif kind == "status":
             update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
