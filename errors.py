@@ -65,6 +65,19 @@ ERROR``, ``errorCode`` and ``message``.
 
 from __future__ import annotations
 
+import re
+
+_PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
+_PNR10_IN_TEXT = re.compile(r"(?<!\d)(\d{2})(\d{4})[-+](\d{4})(?!\d)")  # YYMMDD-NNNC
+
+
+def redact_person_ids(text: str) -> str:
+    """Replace everything in ``text`` that looks like a personnummer (12 digits, or the
+    10-digit ``YYMMDD-NNNC`` form) by its mask. The last line of defence of every message a
+    user or a log sees (logs, faults, results), so it lives with the errors, in the leaf."""
+    text = _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
+    return _PNR10_IN_TEXT.sub(lambda m: m.group(1) + "****-****", text)
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose.

@@ -5,7 +5,7 @@ text), carry the current exchange's correlation id in a context variable so ever
 of that exchange has it, and scrub anything shaped like a personnummer from every line
 as a last line of defence (callers already log masked values).
 
-May import: ``model``.
+May import: ``errors`` (person-id redaction).
 
 Invariants: every record passes the redaction filter before it is formatted; payloads
 are never logged above DEBUG (by the callers' contract).
@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Any
 
-from model import redact_person_ids
+from errors import redact_person_ids
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 

@@ -26,7 +26,7 @@ from stdnum import luhn
 from stdnum.se import orgnr
 
 from clock import SWEDEN
-from errors import InvalidHsaId, InvalidPersonId
+from errors import InvalidHsaId, InvalidPersonId, redact_person_ids  # noqa: F401 - re-exported: the masking of ids
 
 #: 1177's timestamps on the wire (TimeStampType, DateType) are Swedish local time.
 WIRE_ZONE = SWEDEN
@@ -59,8 +59,6 @@ def about(example: object, when: str | None = None, **kwargs: Any) -> Any:
 
 
 _HSA_RE = re.compile(r"^SE(\d{10})-[A-Za-z0-9]+$")
-_PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
-_PNR10_IN_TEXT = re.compile(r"(?<!\d)(\d{2})(\d{4})[-+](\d{4})(?!\d)")  # YYMMDD-NNNC
 
 
 def hsa_id(value: str, *, field: str = "hsaId") -> str:
@@ -90,13 +88,6 @@ def mask_person_id(number: str) -> str:
     """A person id as it may appear in logs and messages: birth year only."""
     digits = re.sub(r"\D", "", number or "")
     return (digits[:4] if len(digits) >= 4 else "") + "********"
-
-
-def redact_person_ids(text: str) -> str:
-    """Replace everything in ``text`` that looks like a personnummer (12 digits, or the
-    10-digit ``YYMMDD-NNNC`` form) by its mask."""
-    text = _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
-    return _PNR10_IN_TEXT.sub(lambda m: m.group(1) + "****-****", text)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ contract namespace), validates it against the contract's XSD, and builds respons
 ``ResultType`` elements and SOAP faults. Knows which contracts exist (``CONTRACTS``)
 and where their WSDL/XSD files are in ``contracts/``.
 
-May import: ``errors``, ``model`` (person-id redaction).
+May import: ``errors`` (also its person-id redaction).
 
 Invariants:
 - Hostile input is refused *before* lxml sees it: a DOCTYPE (and so any entity
@@ -27,6 +27,7 @@ from pathlib import Path
 from lxml import etree
 
 from errors import (
+    redact_person_ids,
     ContractError,
     DeliveryError,
     GatewayError,
@@ -38,7 +39,6 @@ from errors import (
     StoreError,
     UnknownContract,
 )
-from model import redact_person_ids
 
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
