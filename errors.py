@@ -27,7 +27,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   └── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
-    │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick
+    │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick; too many namespaces or attributes
     │   ├── MalformedXml     GW012  not well-formed XML, or not UTF-8
     │   ├── NotSoap11        GW013  not a SOAP 1.1 envelope (e.g. SOAP 1.2)
     │   ├── UnknownContract  GW014  the Body's first child names no contract we serve
@@ -233,10 +233,12 @@ class PayloadTooLarge(RequestRefused):
 
 
 class HostileXml(RequestRefused):
-    """Raised when a request carries a DOCTYPE, an entity declaration or similar."""
+    """Raised when a request carries a DOCTYPE, an entity declaration or similar, or more
+    namespace declarations or SOAP-element attributes than any SOAP stack writes."""
 
     code = "GW011"
-    hint = "Send plain SOAP 1.1 XML without a DOCTYPE or entity declarations."
+    hint = ("Send plain SOAP 1.1 XML without a DOCTYPE or entity declarations, declaring only the "
+            "namespaces it uses.")
 
 
 class MalformedXml(RequestRefused):

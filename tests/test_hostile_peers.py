@@ -1,0 +1,109 @@
+"""Hostile peers (issue 18): requests built to make the gateway slow or to smuggle what
+can never be sent. Each test goes through the real path: the Flask app, or `gateway serve`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import example_data, free_port, result_of, write_config
+
+import rivta
+from test_server import gateway_command
+
+
+def _many_namespaces(body: bytes, count: int) -> bytes:
+    """The same request with ``count`` unused namespace declarations on the Envelope."""
+    declarations = b" ".join(b'xmlns:n%d="urn:x:%d"' % (i, i) for i in range(count))
+    start = body.index(b"<soap-env:Envelope ") + len(b"<soap-env:Envelope ")
+    return body[:start] + declarations + b" " + body[start:]
+
+
+# -- 1. namespace declarations and attributes -------------------------------------------------------
+
+
+def test_an_envelope_with_thousands_of_namespace_declarations_is_refused(post, make_case, store):
+    status, root, _ = post(_many_namespaces(make_case(caseId="NS-1"), 5000))
+    fault = result_of(root)
+    assert status == 500 and fault["faultstring"].startswith("GW011"), fault
+    assert "namespaces" in fault["faultstring"]
+    assert store.counts()["cases"] == 0
+
+
+def test_a_few_namespace_declarations_more_are_still_accepted(post, make_case, store):
+    status, root, _ = post(_many_namespaces(make_case(caseId="NS-2"), 50))
+    assert status == 200 and result_of(root)["resultCode"] == "OK"
+
+
+def test_text_that_mentions_xmlns_is_not_counted(post, make_case, store):
+    status, root, _ = post(make_case(caseId="NS-3", text="xmlns= " * 1000))
+    assert status == 200 and result_of(root)["resultCode"] == "OK"
+
+
+@pytest.mark.parametrize("where", [b"<soap-env:Envelope ", b"<soap-env:Body", b"<soap-env:Header", b"<ns0:LogicalAddress "])
+def test_a_soap_element_with_too_many_attributes_is_refused(post, make_case, store, where):
+    body = make_case(caseId="AT-1")
+    attributes = b" ".join(b'a%d="1"' % i for i in range(rivta.MAX_SOAP_ATTRIBUTES + 1))
+    start = body.index(where) + len(where)
+    status, root, _ = post(body[:start] + b" " + attributes + b" " + body[start:])
+    fault = result_of(root)
+    assert status == 500 and fault["faultstring"].startswith("GW011"), fault
+    assert store.counts()["cases"] == 0
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """`gateway serve` with one process and two threads: two slow requests would hold it."""
+    folder = tmp_path_factory.mktemp("hostile")
+    data = example_data(folder)
+    data["server"]["threads"] = 2
+    data["server"]["workers"] = 1
+    write_config(folder, data)
+    port = free_port()
+    log = open(folder / "server.log", "wb")
+    process = subprocess.Popen(
+        [*gateway_command(), "serve", "--config", str(folder / "config.yaml"), "--bind", f"127.0.0.1:{port}", "--no-worker"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
+        env={**os.environ, "GATEWAY__LOGGING__FORMAT": "json"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError((folder / "server.log").read_text())
+        time.sleep(0.1)
+    yield {"base": base, "folder": folder}
+    os.killpg(process.pid, signal.SIGKILL)  # a hostile request may still hold a thread on a broken build
+    process.wait(timeout=15)
+    log.close()
+
+
+@pytest.mark.slow
+def test_200000_namespace_declarations_do_not_freeze_the_gateway(small_server, make_case):
+    """A 5 MB ProcessCase with 200,000 xmlns declarations (validating it took minutes):
+    refused at once, and the health probe answers while such requests arrive."""
+    body = _many_namespaces(make_case(caseId="NS-BIG"), 200_000)
+    assert len(body) > 4_000_000
+    base = small_server["base"]
+
+    def hostile(_: int) -> requests.Response:
+        return requests.post(f"{base}/rivta", data=body, headers={"Content-Type": "text/xml; charset=UTF-8"}, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        sent = [pool.submit(hostile, i) for i in range(4)]
+        live = [requests.get(f"{base}/health/live", timeout=30) for _ in range(3)]
+        answers = [f.result() for f in sent]
+    assert [r.status_code for r in live] == [200, 200, 200]
+    for answer in answers:
+        assert answer.status_code == 500 and b"<faultstring>GW011 " in answer.content, answer.content[:300]
