@@ -24,7 +24,8 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── Forbidden        GW031  403: the case is not routed to the caller's target
     │   ├── NotFound         GW032  404: no such case or message
     │   ├── BadJson          GW033  400: the body is not the JSON object the API describes
-    │   └── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
+    │   ├── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
+│   └── MethodNotAllowed GW037  405: the path does not take this HTTP method
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
     │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick; too many namespaces or attributes
@@ -217,6 +218,14 @@ class NotCancellable(ApiError):
     code = "GW034"
     status = 409
     hint = "A message delivered to the citizen's inbox cannot be recalled; send a correction instead."
+
+
+class MethodNotAllowed(ApiError):
+    """Raised when an API path is called with a method it does not take (e.g. PUT, DELETE)."""
+
+    code = "GW037"
+    status = 405
+    hint = "See /api/openapi.json for the methods of each path."
 
 
 class RequestRefused(GatewayError):

@@ -107,3 +107,98 @@ def test_200000_namespace_declarations_do_not_freeze_the_gateway(small_server, m
     assert [r.status_code for r in live] == [200, 200, 200]
     for answer in answers:
         assert answer.status_code == 500 and b"<faultstring>GW011 " in answer.content, answer.content[:300]
+
+
+# -- the provider API: what can never be sent, and what is too long ----------------------------------
+
+API_TOKEN = "hostile-test-token-0123456789"
+H = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+def api_app(config_data):
+    import copy
+
+    import config as config_mod
+    import gateway
+    from conftest import ROOT
+
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["api"] = {"token": API_TOKEN}
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["gateway.worker"].stop()
+    app.extensions["gateway.store"].close()
+
+
+@pytest.fixture
+def api(api_app, make_case):
+    client = api_app.test_client()
+    answer = client.post("/rivta", data=make_case(caseId="API-1"), headers={"Content-Type": "text/xml"})
+    assert b"<ns0:resultCode>OK" in answer.data or b">OK<" in answer.data, answer.data
+    return client
+
+
+def _stored(app) -> tuple[int, int]:
+    store = app.extensions["gateway.store"]
+    return store.counts()["messages"], store.counts()["outbox"]
+
+
+def reply(**fields):
+    body = {"kind": "FINAL_REPLY", "subject": "Svar", "body": "Tack för dina synpunkter.", "senderUnit": "KLIN1"}
+    body.update(fields)
+    return body
+
+
+def attachment(name: str) -> dict:
+    import base64
+
+    from conftest import PDF
+
+    return {"fileName": name, "mimeType": "application/pdf", "data": base64.b64encode(PDF).decode()}
+
+
+# -- the provider API: malformed calls get JSON with a code, never a 500 or HTML ----------------------
+
+
+def test_deeply_nested_json_is_a_400(api):
+    body = b'{"kind": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = api.post("/api/v1/cases/API-1/messages", data=body, headers={**H, "Content-Type": "application/json"})
+    assert response.status_code == 400 and response.get_json()["code"] == "GW033", response.data[:200]
+    body = b'{"kind": ' + b"[" * 50 + b"]" * 50 + b"}"
+    response = api.post("/api/v1/cases/API-1/messages", data=body, headers={**H, "Content-Type": "application/json"})
+    assert response.status_code == 400 and "nested" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"kind": "FINAL_REPLY", "body": "x\\ud800", "senderUnit": "KLIN1"}',
+    b'{"kind": "FINAL_REPLY", "body": "ok", "senderUnit": "KLIN1\\udfff"}',
+    b'{"kind": "FINAL_REPLY", "body": "ok", "senderUnit": "KLIN1", "\\udc00": 1}',
+])
+def test_lone_surrogates_are_a_400(api, api_app, raw):
+    before = _stored(api_app)
+    response = api.post("/api/v1/cases/API-1/messages", data=raw, headers={**H, "Content-Type": "application/json"})
+    assert response.status_code == 400 and response.get_json()["code"] == "GW033", response.data[:300]
+    assert "surrogate" in response.get_json()["message"]
+    assert _stored(api_app) == before
+
+
+def test_an_escaped_surrogate_pair_is_a_character(api):
+    raw = b'{"kind": "FINAL_REPLY", "body": "tumme \\ud83d\\udc4d", "senderUnit": "KLIN1"}'
+    response = api.post("/api/v1/cases/API-1/messages", data=raw, headers={**H, "Content-Type": "application/json"})
+    assert response.status_code == 202, response.get_json()
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("PUT", "/api/v1/cases/API-1/messages", 405, "GW037"),
+    ("DELETE", "/api/v1/cases/API-1", 405, "GW037"),
+    ("PUT", "/api/v1/cases", 405, "GW037"),
+    ("GET", "/api/v1/cases/API-1/x/y", 404, "GW032"),
+    ("POST", "/api/v1/cases/a/b/messages", 404, "GW032"),
+    ("GET", "/api/nothing", 404, "GW032"),
+])
+def test_unknown_methods_and_paths_under_api_answer_json(api, method, path, status, code):
+    response = api.open(path, method=method, headers=H, json={})
+    assert response.status_code == status and response.mimetype == "application/json", response.data[:200]
+    assert response.get_json()["code"] == code
