@@ -159,6 +159,63 @@ def attachment(name: str) -> dict:
     return {"fileName": name, "mimeType": "application/pdf", "data": base64.b64encode(PDF).decode()}
 
 
+@pytest.mark.parametrize("field, value, named", [
+    ("body", "Tack\x00 för dina synpunkter.", "body"),
+    ("body", "bell \x07", "body"),
+    ("subject", "Svar\x1b[31m", "subject"),
+    ("senderName", "Kliniken\x00", "senderName"),
+    ("body", "a \ufffe b", "body"),
+    ("attachments", [attachment("beslut\x00.pdf")], "attachments[1]/fileName"),
+    ("attachments", [attachment("beslut\x0b.pdf")], "attachments[1]/fileName"),
+])
+def test_api_refuses_characters_xml_cannot_carry(api, api_app, field, value, named):
+    before = _stored(api_app)
+    response = api.post("/api/v1/cases/API-1/messages", json=reply(**{field: value}), headers=H)
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()
+    assert error["code"] == "GW029" and error["field"] == named and "XML" in error["message"], error
+    assert _stored(api_app) == before
+
+
+def test_api_accepts_tabs_newlines_and_any_language(api):
+    response = api.post("/api/v1/cases/API-1/messages",
+                        json=reply(body="Hej!\r\n\tRad två: 日本語, العربية, 👍", subject="Svar – åäö"), headers=H)
+    assert response.status_code == 202, response.get_json()
+
+
+@pytest.mark.parametrize("field, length, limit", [
+    ("senderName", 10 * 1024 * 1024, 255), ("senderName", 256, 255), ("subject", 256, 255), ("body", 20001, 20000),
+])
+def test_api_refuses_texts_over_their_maximum(api, api_app, field, length, limit):
+    before = _stored(api_app)
+    response = api.post("/api/v1/cases/API-1/messages", json=reply(**{field: "x" * length}), headers=H)
+    error = response.get_json()
+    assert response.status_code == 422 and error["code"] == "GW029" and error["field"] == field, error
+    assert f"at most {limit}" in error["message"]
+    assert _stored(api_app) == before
+
+
+def test_api_takes_texts_at_their_maximum(api):
+    response = api.post("/api/v1/cases/API-1/messages",
+                        json=reply(senderName="n" * 255, subject="s" * 255, body="b" * 20000), headers=H)
+    assert response.status_code == 202, response.get_json()
+
+
+def external(**subject) -> dict:
+    from conftest import PNR
+
+    return {"externalCaseId": "J-1", "channel": "TELEFON", "receiverUnit": "KLIN1", "caseType": "QUESTION",
+            "subjectOfCare": {"personId": {"id": PNR}, **subject}, "text": "Ett samtal."}
+
+
+def test_api_refuses_an_external_case_whose_name_is_too_long(api, api_app):
+    cases = api_app.extensions["gateway.store"].counts()["cases"]
+    response = api.post("/api/v1/cases", json=external(name="N" * 256), headers=H)
+    error = response.get_json()
+    assert response.status_code == 422 and error["field"] == "case/subjectOfCare/name", error
+    assert api_app.extensions["gateway.store"].counts()["cases"] == cases
+
+
 # -- the provider API: malformed calls get JSON with a code, never a 500 or HTML ----------------------
 
 
@@ -202,3 +259,50 @@ def test_unknown_methods_and_paths_under_api_answer_json(api, method, path, stat
     response = api.open(path, method=method, headers=H, json={})
     assert response.status_code == status and response.mimetype == "application/json", response.data[:200]
     assert response.get_json()["code"] == code
+
+
+# -- RIV-TA intake: every string has a maximum; file names are made plain ------------------------------
+
+
+def _subject(**fields) -> dict:
+    from conftest import PNR
+
+    return {"personId": {"id": PNR, "type": "1.2.752.129.2.1.3.1"}, "name": "Tolvan Tolvansson",
+            "contact": {"mobile": "+46701234567", "email": "tolvan@example.org", "consentToShare": True}, **fields}
+
+
+@pytest.mark.parametrize("overrides, where", [
+    ({"subjectOfCare": _subject(name="N" * 256)}, "subjectOfCare/name"),
+    ({"subjectOfCare": _subject(contact={"mobile": "7" * 33, "consentToShare": True})}, "mobile"),
+    ({"subjectOfCare": _subject(contact={"email": "e" * 255, "consentToShare": True})}, "email"),
+    ({"caseType": "PRESCRIPTION_RENEWAL", "complaint": None,
+      "chosenMedication": [{"prescriptionId": "RX-1", "name": "M" * 256}]}, "chosenMedication/name"),
+])
+def test_intake_refuses_strings_over_their_maximum(post, make_case, store, overrides, where):
+    status, root, _ = post(make_case(caseId="LONG-1", **overrides))
+    fault = result_of(root)
+    assert status == 500 and fault["faultstring"].startswith("GW015"), fault
+    assert where in fault["faultstring"]
+    assert store.counts()["cases"] == 0
+
+
+def test_intake_refuses_a_100_mb_name_without_storing_it(post, make_case, store):
+    status, root, _ = post(make_case(caseId="LONG-2", subjectOfCare=_subject(name="N" * 5_000_000, contact=None)))
+    assert status == 500 and result_of(root)["faultstring"].startswith(("GW015", "GW010"))
+    assert store.counts()["cases"] == 0
+
+
+def test_intake_takes_strings_at_their_maximum(post, make_case, store):
+    status, root, _ = post(make_case(caseId="LONG-3", subjectOfCare=_subject(
+        name="N" * 255, contact={"mobile": "7" * 32, "email": "e" * 254, "consentToShare": True})))
+    assert status == 200 and result_of(root)["resultCode"] == "OK", result_of(root)
+
+
+def test_the_served_wsdls_still_compile_with_their_maxima(client):
+    import zeep
+
+    rivta.check_contract_files()
+    for contract in rivta.CONTRACTS.values():
+        response = client.get(f"/rivta/contracts/{contract.wsdl_relpath}")
+        assert response.status_code == 200
+    zeep.Client(str(rivta.ADD_MESSAGE.wsdl_path))
