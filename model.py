@@ -8,6 +8,8 @@ May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
 Invariants: instances are immutable; a ``PersonId`` that exists has passed its check
 digit and date check; ``repr`` and ``masked`` never show a person id in clear.
+``safe_file_name`` and ``file_name_problem`` say what a plain file name is (no path, no
+control or invisible formatting characters), for intake and the rules alike.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -86,6 +89,32 @@ def redact_person_ids(text: str) -> str:
     10-digit ``YYMMDD-NNNC`` form) by its mask."""
     text = _PNR_IN_TEXT.sub(lambda m: m.group(1) + m.group(2)[:2] + "********", text)
     return _PNR10_IN_TEXT.sub(lambda m: m.group(1) + "****-****", text)
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain file name, or None: a path (``/``, ``\\``, ``..``), a
+    control character (CR, LF, NUL, …) or an invisible formatting character (such as the
+    right-to-left override U+202E, which makes ``gpj.exe`` look like ``exe.jpg``)."""
+    if "/" in name or "\\" in name or name.strip() in (".", ".."):
+        return "is a path, not a file name ('/', '\\' or '..')"
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"contains the control character U+{ord(char):04X}"
+        if category in ("Cf", "Zl", "Zp"):
+            return f"contains the invisible formatting character U+{ord(char):04X}"
+    return None
+
+
+def safe_file_name(name: str, *, default: str = "attachment") -> str:
+    """``name`` made a plain file name: its last path component, without control and
+    formatting characters, at most 255 characters (``default`` when nothing is left)."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs"))
+    name = name.strip()
+    if name in ("", ".", ".."):
+        return default
+    return name[:255]
 
 
 @dataclass(frozen=True)

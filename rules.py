@@ -41,6 +41,7 @@ from model import (
     CaseType,
     Message,
     StatusUpdate,
+    file_name_problem,
     hsa_id,
 )
 
@@ -112,6 +113,10 @@ def check_attachments(
         if not attachment.file_name:
             raise InvalidValue(f"{where}: a file name is 1 to {MAX_FILE_NAME} characters.", field=where)
         check_text(attachment.file_name, f"{where}/fileName", MAX_FILE_NAME)
+        problem = file_name_problem(attachment.file_name)
+        if problem is not None:
+            raise InvalidValue(f"{where}/fileName {problem}; send the file's name alone, in plain characters.",
+                               field=f"{where}/fileName")
         check_text(attachment.mime_type, f"{where}/mimeType", MAX_MIME_TYPE)
         if attachment.size > max_bytes:
             raise AttachmentTooLarge(

@@ -216,6 +216,19 @@ def test_api_refuses_an_external_case_whose_name_is_too_long(api, api_app):
     assert api_app.extensions["gateway.store"].counts()["cases"] == cases
 
 
+@pytest.mark.parametrize("name, why", [
+    ("\u202egpj.exe", "U+202E"), ("../../etc/passwd.pdf", "path"), ("..\\boot.pdf", "path"),
+    ("beslut\r\nX-Injected: 1.pdf", "U+000D"), ("beslut\u200b.pdf", "U+200B"), ("beslut\x85.pdf", "U+0085"),
+])
+def test_api_refuses_file_names_that_are_paths_or_hide_characters(api, api_app, name, why):
+    before = _stored(api_app)
+    response = api.post("/api/v1/cases/API-1/messages", json=reply(attachments=[attachment(name)]), headers=H)
+    error = response.get_json()
+    assert response.status_code == 422 and error["code"] == "GW029", error
+    assert error["field"] == "attachments[1]/fileName" and why in error["message"], error
+    assert _stored(api_app) == before
+
+
 # -- the provider API: malformed calls get JSON with a code, never a 500 or HTML ----------------------
 
 
@@ -306,3 +319,21 @@ def test_the_served_wsdls_still_compile_with_their_maxima(client):
         response = client.get(f"/rivta/contracts/{contract.wsdl_relpath}")
         assert response.status_code == 200
     zeep.Client(str(rivta.ADD_MESSAGE.wsdl_path))
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ("\u202egpj.exe", "gpj.exe"),
+    ("../../etc/intyg.pdf", "intyg.pdf"),
+    ("C:\\Users\\tolvan\\intyg.pdf", "intyg.pdf"),
+    ("intyg\r\nX-Injected: 1.pdf", "intygX-Injected: 1.pdf"),
+    ("\u200bintyg\u2066.pdf", "intyg.pdf"),
+    ("..", "attachment"),
+])
+def test_intake_makes_file_names_plain_before_storing(post, make_case, store, sent, kept):
+    from conftest import PDF
+
+    status, root, _ = post(make_case(caseId="FN-1", attachment=[{"fileName": sent, "mimeType": "application/pdf", "data": PDF}]))
+    assert status == 200 and result_of(root)["resultCode"] == "OK", result_of(root)
+    (attachment,) = store.attachments_of("FN-1")
+    assert attachment.file_name == kept
+    assert kept in store.load_case("FN-1").attachments[0].file_name
