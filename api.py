@@ -259,7 +259,15 @@ def _stored(target: str, what: str, **extra: Any) -> None:
 def _correlate() -> None:
     correlation = (request.headers.get("x-correlation-id") or "").strip()[:128] or str(uuid.uuid4())
     request.environ["gateway.correlation_id"] = correlation
-    logs.correlation_id.set(correlation)
+    request.environ["gateway.correlation_token"] = logs.correlation_id.set(correlation)
+
+
+@bp.teardown_request
+def _uncorrelate(_: BaseException | None) -> None:
+    # the server's threads serve request after request: the next one must not carry this id
+    token = request.environ.pop("gateway.correlation_token", None)
+    if token is not None:
+        logs.correlation_id.reset(token)
 
 
 def _correlation() -> str:

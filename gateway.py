@@ -159,6 +159,9 @@ def create_app(
             clock=clock,
         ),
     )
+    # each request starts without a correlation id (a thread serves many); /rivta and /api
+    # set their own and reset it when they are done
+    app.before_request(_forget_correlation_id)
     worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
     app.extensions["gateway.intake"].on_stored = worker.wake
@@ -167,6 +170,10 @@ def create_app(
     if start_worker:
         worker.start()
     return app
+
+
+def _forget_correlation_id() -> None:
+    logs.correlation_id.set(None)
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:

@@ -337,3 +337,27 @@ def test_intake_makes_file_names_plain_before_storing(post, make_case, store, se
     (attachment,) = store.attachments_of("FN-1")
     assert attachment.file_name == kept
     assert kept in store.load_case("FN-1").attachments[0].file_name
+
+
+# -- 16. the correlation id is per request ------------------------------------------------------------
+
+
+def test_a_later_ops_log_line_does_not_carry_an_api_calls_correlation_id(api, caplog):
+    import logging
+
+    import logs
+
+    response = api.post("/api/v1/cases/API-1/messages", json=reply(), headers={**H, "x-correlation-id": "corr-api-77"})
+    assert response.status_code == 202
+    with caplog.at_level(logging.INFO):
+        caplog.clear()
+        api.post("/ops/login", data={"username": "nobody", "password": "x"})  # logs a line (CSRF refusal)
+        api.get("/health/live")
+    assert caplog.records
+    assert logs.correlation_id.get() is None
+    assert all(getattr(r, "correlation_id", None) != "corr-api-77" for r in caplog.records)
+    filt = logs.RedactFilter()
+    for record in caplog.records:
+        record.__dict__.pop("correlation_id", None)
+        filt.filter(record)
+        assert record.correlation_id != "corr-api-77"
