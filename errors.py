@@ -36,6 +36,9 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── UnknownLogicalAddress GW016  LogicalAddress missing or not a unit we know
     │   ├── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
     │   └── CallerNotAllowed GW018  no verified client certificate, or one not on the allow-list
+    ├── OpsRefused                  the ops view refuses a request (an error page with the code)
+    │   ├── BadOpsRequest    GW040  400: a page cursor, row id or return path that is not valid
+    │   └── SignInLocked     GW041  429: too many failed sign-ins for the user or from the address
     ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
     │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
     │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
@@ -300,6 +303,29 @@ class CallerNotAllowed(RequestRefused):
     hint = "Call with a function certificate whose HSA-id the gateway's operators have allowed."
 
 
+class OpsRefused(GatewayError):
+    """The ops view refuses a request; ``status`` is the HTTP status of its error page."""
+
+    code = "GW040"
+    status = 400
+
+
+class BadOpsRequest(OpsRefused):
+    """Raised when a page cursor, a row id or a return path in an ops request is not valid."""
+
+    code = "GW040"
+    status = 400
+    hint = "Use the links and forms of the ops view; they only make valid requests."
+
+
+class SignInLocked(OpsRefused):
+    """Raised when a sign-in comes after too many failed ones for the user or from the address."""
+
+    code = "GW041"
+    status = 429
+    hint = "Wait until the lock ends, or ask an admin to lift it ('gateway ops unlock USER')."
+
+
 class RuleViolation(GatewayError):
     """Content that breaks one of 1177's rules; answered with ``resultCode ERROR``."""
 
@@ -400,5 +426,5 @@ class InternalError(GatewayError):
 #: Every user-visible code, for documentation and for tests that check codes stay unique.
 ALL_CODES: dict[str, type[GatewayError]] = {}
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError, ApiError):
+    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError, ApiError, OpsRefused):
         ALL_CODES.setdefault(_cls.code, _cls)

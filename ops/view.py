@@ -47,8 +47,8 @@ from flask import (
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from errors import NotFound
-from model import redact_person_ids
+from errors import BadOpsRequest, NotFound, OpsRefused
+from model import redact_person_ids, safe_file_name
 from ops import auth
 from store import NATIONAL_TARGET
 
@@ -139,12 +139,34 @@ def _not_found(error: HTTPException) -> tuple[str, int]:
     return render_template("error.html", code=404, title="Not found", message=error.description), 404
 
 
+@bp.errorhandler(OpsRefused)
+def _refused(error: OpsRefused) -> tuple[str, int]:
+    log.warning("ops: request refused", extra={"error_code": error.code, "path": request.path,
+                                               "remote_addr": request.remote_addr, "detail": error.message})
+    return render_template("error.html", code=error.status, title="Request refused",
+                           message=f"{error.code} {error.message} {error.hint}".strip()), error.status
+
+
+#: A row id as the ops view writes it (SQLite's integers have at most 19 digits).
+_ROW_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def _row_id(value: str, what: str) -> int:
+    """A row id from a form or query, or ``BadOpsRequest``."""
+    text = value.strip()
+    if not _ROW_ID.fullmatch(text):
+        raise BadOpsRequest(f"{what} {text[:20]!r} is not a row id.")
+    return int(text)
+
+
 def _safe_next(target: str | None) -> str | None:
     """Only a path inside /ops is a place to go back to after sign-in or an action."""
     if not target:
         return None
     target = target.rstrip("?")
-    if target.startswith("/ops") and not target.startswith("//") and "\\" not in target and "\n" not in target:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        raise BadOpsRequest("the return path holds a control character.")
+    if target.startswith("/ops") and not target.startswith("//") and "\\" not in target:
         return target
     return None
 
@@ -352,11 +374,15 @@ def _form_time(value: str, field: str, problems: list[str]) -> str | None:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _cursor(value: str) -> tuple[str, int] | None:
-    at, sep, row_id = value.rpartition("|")
-    if not sep or not at or not row_id.isdigit():
-        return None
-    return at, int(row_id)
+_CURSOR = re.compile(r"([0-9T:.Z-]{1,40})\|([0-9]{1,18})", re.ASCII)
+
+
+def _cursor(value: str) -> tuple[str, int]:
+    """A sync-log page cursor (``at|id`` of the previous page's last row), or ``BadOpsRequest``."""
+    found = _CURSOR.fullmatch(value)
+    if found is None:
+        raise BadOpsRequest("the page cursor is not valid; open the sync log afresh.")
+    return found.group(1), int(found.group(2))
 
 
 @bp.get("/log")
@@ -372,9 +398,13 @@ def log_search() -> Any:
     if form["direction"] not in ("", "in", "out"):
         problems.append("Direction: 'in' or 'out'.")
         form["direction"] = ""
-    before = _cursor(args.get("before", "")) if args.get("before") else None
-    if args.get("before") and before is None:
-        problems.append("The page cursor is not valid; showing the newest rows.")
+    before, status = None, 200
+    if args.get("before"):
+        try:
+            before = _cursor(args.get("before", ""))
+        except BadOpsRequest as exc:  # the page still shows the newest rows, with the code
+            problems.append(f"{exc.code} {exc.message} Showing the newest rows.")
+            status = 400
     rows = ops.store.search_log(
         case_id=form["case_id"] or None, hsa_id=form["hsa_id"] or None, target=form["target"] or None,
         direction=form["direction"] or None, status=form["status"] or None, error_code=form["error_code"] or None,
@@ -391,7 +421,7 @@ def log_search() -> Any:
     targets = list(dict.fromkeys([*ops.targets, NATIONAL_TARGET]))
     return render_template("log.html", rows=rows, form=form, problems=problems, next_url=next_url,
                            first_url=first_url, paged=before is not None, targets=targets, events=SYNC_EVENTS, statuses=SYNC_STATUSES,
-                           page_size=PAGE_SIZE)
+                           page_size=PAGE_SIZE), status
 
 
 # -- case page -------------------------------------------------------------------------------------
@@ -467,7 +497,7 @@ def attachment(case_id: str, sha256: str) -> Any:
     name, mime, data = found
     ops.store.audit(operator.name, operator.role, "download", f"case {case_id}", f"file {sha256[:16]} ({mime})")
     response = send_file(io.BytesIO(data), mimetype=mime or "application/octet-stream", as_attachment=True,
-                         download_name=name or "attachment", max_age=0, etag=False, conditional=False)
+                         download_name=safe_file_name(name or ""), max_age=0, etag=False, conditional=False)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
@@ -481,7 +511,7 @@ def dead() -> Any:
     ops = _ops()
     target = request.args.get("target", "").strip() or None
     before = request.args.get("before", "")
-    before_id = int(before) if before.isdigit() else None
+    before_id = _row_id(before, "the page cursor") if before else None
     rows = ops.store.outbox_list(status="dead", target=target, limit=DEAD_PAGE_SIZE, before_id=before_id)
     for row in rows:
         row["last_error"] = _redact(row.get("last_error"))
@@ -495,10 +525,7 @@ def dead() -> Any:
 
 
 def _selected_ids() -> list[int]:
-    ids = []
-    for value in request.form.getlist("id"):
-        if value.strip().isdigit():
-            ids.append(int(value))
+    ids = [_row_id(value, "the selected row") for value in request.form.getlist("id")]
     return list(dict.fromkeys(ids))[:MAX_SELECTED]
 
 

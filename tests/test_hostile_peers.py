@@ -361,3 +361,76 @@ def test_a_later_ops_log_line_does_not_carry_an_api_calls_correlation_id(api, ca
         record.__dict__.pop("correlation_id", None)
         filt.filter(record)
         assert record.correlation_id != "corr-api-77"
+
+
+# -- 14. the ops view: malformed requests are a 4xx with a code, never a 500 ---------------------------
+
+
+@pytest.fixture
+def oapp(config_data):
+    from test_ops import build_app, ops_config
+
+    app = build_app(ops_config(config_data))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["gateway.worker"].stop()
+    app.extensions["gateway.store"].close()
+
+
+def signed_in(app, name: str = "ada"):
+    from test_ops import sign_in
+
+    return sign_in(app, name)
+
+
+@pytest.mark.parametrize("path", [
+    "/ops/log?before=x|99999999999999999999999",
+    "/ops/log?before=x|%C2%B2",
+    "/ops/log?before=2026-01-01T00:00:00.000000Z|%D9%A3",
+    "/ops/log?before=nonsense",
+    "/ops/dead?before=%C2%B2",
+    "/ops/dead?before=99999999999999999999999",
+])
+def test_bad_page_cursors_are_a_400_with_a_code(oapp, path):
+    response = signed_in(oapp).get(path)
+    assert response.status_code == 400, response.status_code
+    assert "GW040" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "99999999999999999999999", "\u0663"])
+def test_a_bad_row_id_in_a_dead_letter_form_is_a_400(oapp, value):
+    from test_ops import csrf
+
+    client = signed_in(oapp)
+    response = client.post("/ops/dead/confirm", data={"action": "replay", "id": value, "csrf_token": csrf(client)})
+    assert response.status_code == 400 and "GW040" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("next_path", ["/ops/\rSet-Cookie: x=1", "/ops/log\n", "/ops/\x00"])
+def test_a_control_character_in_the_return_path_is_a_400(oapp, next_path):
+    from test_ops import PASSWORDS, token_of
+
+    client = oapp.test_client()
+    token = token_of(client.get("/ops/login").get_data(as_text=True))
+    response = client.post("/ops/login", data={"username": "ada", "password": PASSWORDS["ada"], "csrf_token": token,
+                                               "next": next_path})
+    assert response.status_code == 400 and "GW040" in response.get_data(as_text=True)
+    assert "Set-Cookie: x" not in str(response.headers)
+
+
+def test_a_stored_file_name_with_cr_lf_downloads_under_a_plain_name(oapp, make_case):
+    import hashlib
+
+    from conftest import PDF
+
+    client = signed_in(oapp, "rita")
+    answer = oapp.test_client().post("/rivta", data=make_case(caseId="DL-1", attachment=[
+        {"fileName": "intyg.pdf", "mimeType": "application/pdf", "data": PDF}]), headers={"Content-Type": "text/xml"})
+    assert b"OK" in answer.data
+    store = oapp.extensions["gateway.store"]
+    with store.write() as db:  # as a row stored before names were made plain
+        db.execute("UPDATE attachments SET file_name = ? WHERE case_id = 'DL-1'", ["in\r\ntyg\u202e.pdf"])
+    response = client.get(f"/ops/cases/DL-1/files/{hashlib.sha256(PDF).hexdigest()}")
+    assert response.status_code == 200 and response.data == PDF
+    disposition = response.headers["Content-Disposition"]
+    assert "\r" not in disposition and "\n" not in disposition and "intyg.pdf" in disposition, disposition
