@@ -47,7 +47,7 @@ from flask import (
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from errors import BadOpsRequest, NotFound, OpsRefused
+from errors import BadOpsRequest, NotFound, OpsRefused, SignInLocked
 from model import redact_person_ids, safe_file_name
 from ops import auth
 from store import NATIONAL_TARGET
@@ -300,12 +300,23 @@ def login() -> Any:
     if request.method == "POST":
         name = request.form.get("username", "").strip()
         password = request.form.get("password", "")
+        until = auth.locked_until(ops, name, request.remote_addr) if name else None
+        if until is not None:  # not even the right password: the lock is the throttle
+            locked = SignInLocked(f"too many failed sign-ins for this user or from this address; "
+                                  f"sign-in is locked until {_when(until)} UTC.")
+            log.warning("ops: sign-in refused, locked", extra={"user": name[:64], "remote_addr": request.remote_addr,
+                                                              "error_code": locked.code})
+            return render_template("login.html", error=f"{locked.code} {locked.message} {locked.hint}",
+                                   next=_safe_next(request.values.get("next")), proxy=bool(ops.proxy_header)), 429
         user = auth.check_login(ops.users, name, password) if name and password else None
         if user is not None:
-            auth.sign_in(user)
+            auth.record_success(ops, user.name)
+            auth.sign_in(ops, user)
             log.info("ops: signed in", extra={"user": user.name, "role": user.role, "remote_addr": request.remote_addr})
             return redirect(next_path)
         log.warning("ops: sign-in failed", extra={"user": name[:64], "remote_addr": request.remote_addr})
+        if name:
+            auth.record_failure(ops, name, request.remote_addr)
         error = "Wrong user name or password."
         status = 401
     return render_template("login.html", error=error, next=_safe_next(request.values.get("next")),
@@ -315,7 +326,7 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     operator = auth.current()
-    auth.sign_out()
+    auth.sign_out(_ops())
     if operator is not None:
         log.info("ops: signed out", extra={"user": operator.name})
     flash("You are signed out.", "info")

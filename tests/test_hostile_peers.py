@@ -434,3 +434,157 @@ def test_a_stored_file_name_with_cr_lf_downloads_under_a_plain_name(oapp, make_c
     assert response.status_code == 200 and response.data == PDF
     disposition = response.headers["Content-Disposition"]
     assert "\r" not in disposition and "\n" not in disposition and "intyg.pdf" in disposition, disposition
+
+
+# -- 11. sign-in throttling ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def throttled(config_data, tmp_path):
+    """Two gateway apps (two processes' worth) on one store, on a clock the test moves."""
+    import copy
+    import datetime as dt
+
+    import config as config_mod
+    import gateway
+    from clock import FixedClock
+    from conftest import ROOT
+    from test_ops import ops_config
+
+    data = ops_config(config_data)
+    data["ops"]["sign_in"] = {"max_failures_per_user": 5, "max_failures_per_address": 20, "window_s": 900,
+                              "lockout_s": 900}
+    config_path = write_config(tmp_path, data)
+    clock = FixedClock(dt.datetime(2026, 12, 15, 10, 0, tzinfo=dt.timezone.utc))
+    apps = [gateway.create_app(config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ={}), clock=clock)
+            for _ in range(2)]
+    for app in apps:
+        app.config["TESTING"] = True
+    yield {"apps": apps, "clock": clock, "config": config_path, "store": apps[0].extensions["gateway.store"]}
+    for app in apps:
+        app.extensions["gateway.worker"].stop()
+        app.extensions["gateway.store"].close()
+
+
+def try_sign_in(app, name: str, password: str, address: str = "127.0.0.1"):
+    from test_ops import token_of
+
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    token = token_of(client.get("/ops/login").get_data(as_text=True))
+    response = client.post("/ops/login", data={"username": name, "password": password, "csrf_token": token})
+    return client, response
+
+
+def test_300_wrong_passwords_lock_the_user_and_the_right_one_is_then_refused(throttled):
+    from test_ops import PASSWORDS
+
+    app = throttled["apps"][0]
+    statuses = [try_sign_in(app, "ada", f"guess-{n}", address=f"10.0.{n // 250}.{n % 250}")[1].status_code
+                for n in range(300)]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+    client, response = try_sign_in(app, "ada", PASSWORDS["ada"], address="10.9.9.9")
+    assert response.status_code == 429 and "GW041" in response.get_data(as_text=True)
+    assert client.get("/ops/").status_code == 302  # not signed in
+
+
+def test_the_lock_is_shared_by_every_process_and_ends_after_lockout_s(throttled):
+    from test_ops import PASSWORDS
+
+    first, second = throttled["apps"]
+    for n in range(5):
+        assert try_sign_in(first, "ada", f"guess-{n}")[1].status_code == 401
+    assert try_sign_in(second, "ada", PASSWORDS["ada"])[1].status_code == 429  # the other process knows
+    assert try_sign_in(second, "rita", PASSWORDS["rita"])[1].status_code == 302  # another user is not locked
+    throttled["clock"].move(seconds=899)
+    assert try_sign_in(second, "ada", PASSWORDS["ada"])[1].status_code == 429
+    throttled["clock"].move(seconds=2)
+    client, response = try_sign_in(second, "ada", PASSWORDS["ada"])
+    assert response.status_code == 302 and client.get("/ops/").status_code == 200
+
+
+def test_failures_spread_over_many_names_lock_the_address(throttled):
+    from test_ops import PASSWORDS
+
+    app = throttled["apps"][0]
+    for n in range(20):
+        assert try_sign_in(app, f"user{n}", "guess", address="192.0.2.7")[1].status_code == 401
+    assert try_sign_in(app, "ada", PASSWORDS["ada"], address="192.0.2.7")[1].status_code == 429
+    assert try_sign_in(app, "ada", PASSWORDS["ada"], address="192.0.2.8")[1].status_code == 302
+
+
+def test_an_admin_lifts_a_lock_and_the_audit_log_records_both(throttled, runner):
+    import gateway
+    from test_ops import PASSWORDS
+
+    app = throttled["apps"][0]
+    for n in range(5):
+        try_sign_in(app, "ada", f"guess-{n}")
+    assert try_sign_in(app, "ada", PASSWORDS["ada"])[1].status_code == 429
+    result = runner.invoke(gateway.cli, ["ops", "unlock", "ada", "--config", str(throttled["config"])])
+    assert result.exit_code == 0 and "lock lifted" in result.output, result.output
+    assert try_sign_in(app, "ada", PASSWORDS["ada"])[1].status_code == 302
+    actions = [(e["action"], e["object"]) for e in throttled["store"].audit_entries()]
+    assert ("sign_in_locked", "user:ada") in actions and ("sign_in_unlocked", "user:ada") in actions
+
+
+def test_a_right_password_forgets_the_earlier_failures(throttled):
+    from test_ops import PASSWORDS
+
+    app = throttled["apps"][0]
+    for _ in range(3):
+        for n in range(4):
+            assert try_sign_in(app, "ada", f"guess-{n}", address=f"10.1.0.{n}")[1].status_code == 401
+        assert try_sign_in(app, "ada", PASSWORDS["ada"])[1].status_code == 302
+
+
+# -- 13. sessions end on the server -------------------------------------------------------------------
+
+
+def test_a_cookie_copied_before_sign_out_no_longer_works(oapp):
+    from test_ops import csrf
+
+    client = signed_in(oapp, "mona")
+    copied = client.get_cookie("session").value
+    assert client.get("/ops/").status_code == 200
+    thief = oapp.test_client()
+    thief.set_cookie("session", copied)
+    assert thief.get("/ops/").status_code == 200  # the same session, before sign-out
+    assert client.post("/ops/logout", data={"csrf_token": csrf(client, "/ops/")}).status_code == 302
+    thief = oapp.test_client()
+    thief.set_cookie("session", copied)
+    assert thief.get("/ops/").status_code == 302  # sent back to sign in
+
+
+@pytest.mark.parametrize("change, secure", [
+    ({}, False),
+    ({"ops": {"secure_cookie": True}}, True),
+    ({"gateway": {"public_url": "https://gateway.example.se"}}, True),
+    ({"gateway": {"public_url": "https://gateway.example.se"}, "ops": {"secure_cookie": False}}, False),
+    ({"server": "tls"}, True),
+])
+def test_the_session_cookie_is_secure_whenever_the_gateway_is_reached_over_tls(config_data, tmp_path, change, secure):
+    import copy
+
+    import config as config_mod
+    import devcerts
+    import gateway
+    from conftest import ROOT
+    from test_ops import ops_config
+
+    data = ops_config(config_data)
+    for section, values in change.items():
+        if values == "tls":
+            issued = devcerts.create(tmp_path / "certs", [])["server"]
+            data["server"]["tls"] = {"cert": str(issued.cert), "key": str(issued.key)}
+        else:
+            data[section].update(values)
+    app = gateway.create_app(config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ={}))
+    app.config["TESTING"] = True
+    try:
+        _, response = try_sign_in(app, "mona", "monitor-pw")
+        assert response.status_code == 302
+        assert ("; Secure" in response.headers["Set-Cookie"]) is secure, response.headers["Set-Cookie"]
+    finally:
+        app.extensions["gateway.worker"].stop()
+        app.extensions["gateway.store"].close()
