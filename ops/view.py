@@ -13,6 +13,8 @@ Invariants:
 - Every page needs a signed-in user; roles are checked by ``auth.requires`` alone:
   ``monitor`` sees metadata only (never a case's text, subject, message bodies, names,
   person ids or files), ``reader`` also the content and files, ``admin`` also acts.
+  A monitor sees ids masked as the logs mask them (``ops_id``), and a link to a case
+  whose id holds a personnummer names it by an encrypted reference (``case_url``).
 - Every POST under ``/ops`` carries a CSRF token (Flask-WTF), checked in this
   blueprint's ``before_request``; the app-wide default check is off, so the RIV-TA
   endpoint and the provider API (not browser forms) are never asked for one.
@@ -24,7 +26,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import io
 import logging
 import re
@@ -44,6 +48,7 @@ from flask import (
     send_file,
     url_for,
 )
+from cryptography.fernet import Fernet, InvalidToken
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -80,6 +85,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.after_request(_security_headers)
     app.jinja_env.filters["ops_when"] = _when
+    app.jinja_env.filters["ops_id"] = _shown_id
+    app.jinja_env.globals["case_url"] = case_url
 
 
 def _ops() -> Any:
@@ -219,6 +226,45 @@ def _age(value: str | None, now: dt.datetime) -> str:
 
 def _redact(value: Any) -> str:
     return redact_person_ids(str(value)) if value else ""
+
+
+def _sees_person_ids() -> bool:
+    operator = auth.current()
+    return operator is not None and operator.can("reader")
+
+
+def _shown_id(value: Any) -> str:
+    """An id as this operator may see it: a monitor sees personnummer in it masked."""
+    if not value:
+        return ""
+    return str(value) if _sees_person_ids() else redact_person_ids(str(value))
+
+
+def _fernet() -> Fernet:
+    secret = str(current_app.secret_key or "").encode()
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"ops case reference|" + secret).digest()))
+
+
+#: A case reference in a link: ``~`` and an encrypted case id.
+_REF_PREFIX = "~"
+
+
+def case_url(case_id: str) -> str:
+    """The link to a case page; for a monitor, an id that holds a personnummer is sent
+    encrypted (with the session's key), so it is not in clear in the page or the address bar."""
+    if _sees_person_ids() or redact_person_ids(case_id) == case_id:
+        return url_for("ops.case", case_id=case_id)
+    token = _fernet().encrypt(case_id.encode("utf-8")).decode("ascii")
+    return url_for("ops.case", case_id=_REF_PREFIX + token)
+
+
+def _case_id_of(value: str) -> str:
+    if not value.startswith(_REF_PREFIX):
+        return value
+    try:
+        return _fernet().decrypt(value[len(_REF_PREFIX):].encode("ascii")).decode("utf-8")
+    except (InvalidToken, ValueError, UnicodeError):
+        raise BadOpsRequest("the case reference is not valid (it may be from before a key change); search the sync log.") from None
 
 
 def hour_chart(hours: dict[str, dict[str, int]], now: dt.datetime, series: tuple[tuple[str, tuple[str, ...], str], ...],
@@ -365,7 +411,7 @@ def find_case() -> Any:
     case_id = request.args.get("case_id", "").strip()
     if not case_id:
         return redirect(url_for("ops.log_search"))
-    return redirect(url_for("ops.case", case_id=case_id))
+    return redirect(case_url(case_id))
 
 
 # -- sync log --------------------------------------------------------------------------------------
@@ -467,11 +513,12 @@ def case(case_id: str) -> Any:
     ops = _ops()
     operator = _operator()
     with_content = operator.can("reader")
+    case_id = _case_id_of(case_id)
     try:
         detail = ops.store.case_detail(case_id, with_content=with_content)
     except NotFound:
         return render_template("error.html", code=404, title="No such case",
-                               message=f"There is no case '{case_id}'."), 404
+                               message=f"There is no case '{_shown_id(case_id)}'."), 404
     row = detail["case"]
     unit = None
     try:

@@ -588,3 +588,32 @@ def test_the_session_cookie_is_secure_whenever_the_gateway_is_reached_over_tls(c
     finally:
         app.extensions["gateway.worker"].stop()
         app.extensions["gateway.store"].close()
+
+
+# -- 17. a personnummer inside an id is masked for a monitor --------------------------------------------
+
+
+def test_a_monitor_never_sees_a_personnummer_inside_a_case_id(oapp, make_case):
+    from conftest import PNR
+
+    case_id = f"C{PNR}"  # 1177's id that happens to hold 12 digits forming a valid personnummer
+    answer = oapp.test_client().post("/rivta", data=make_case(caseId=case_id), headers={"Content-Type": "text/xml"})
+    assert b"OK" in answer.data, answer.data
+    mona = signed_in(oapp, "mona")
+    pages = {path: mona.get(path) for path in ("/ops/", "/ops/log", "/ops/log?case_id=" + case_id)}
+    log_page = pages["/ops/log"].get_data(as_text=True)
+    assert "C1912********" in log_page
+    from lxml import html
+
+    link = next(a.get("href") for a in html.fromstring(log_page).iter("a") if a.text == "C1912********")
+    pages[link] = mona.get(link)
+    pages["find"] = mona.get(f"/ops/case?case_id={case_id}", follow_redirects=True)
+    for path, response in pages.items():
+        assert response.status_code == 200, path
+        text = response.get_data(as_text=True)
+        if path != "/ops/log?case_id=" + case_id:  # (the search form shows what the monitor typed)
+            assert PNR not in text, path
+    assert PNR not in link and "C1912********" in pages[link].get_data(as_text=True)
+    rita = signed_in(oapp, "rita")  # a reader sees content, and the id as it is
+    assert case_id in rita.get(f"/ops/cases/{case_id}").get_data(as_text=True)
+    assert mona.get("/ops/cases/~not-a-token").status_code == 400
