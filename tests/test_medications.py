@@ -135,7 +135,9 @@ def test_a_child_gets_no_list_and_the_provider_is_not_asked(ask):
 
 
 def test_guardian_proxy_for_a_child_gets_no_list_but_an_adults_proxy_does(ask):
-    teen = person(dt.date(2009, 1, 1))
+    import clock
+
+    teen = person(clock.years_before(clock.SYSTEM.day(), 17))  # 17 today, whatever day the test runs
     proxy = {"personId": {"id": PNR, "type": PERSONNUMMER_OID}, "isProxy": True}
     _, root = ask(teen.id, representative=proxy)
     assert result_of(root)["resultCode"] == "INFO" and "proxy" in result_of(root)["message"]
