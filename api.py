@@ -22,12 +22,14 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 import identity
 import logs
@@ -42,6 +44,7 @@ from errors import (
     GatewayError,
     IdConflict,
     InternalError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RuleViolation,
@@ -92,6 +95,9 @@ def token_digest(token: str) -> str:
 def init_app(app, api: Api) -> None:
     app.extensions["gateway.api"] = api
     app.register_blueprint(bp)
+    # a path no route matches (an id with '/'), or a method a route does not take, fails
+    # before the blueprint is known: under /api it is answered in JSON all the same
+    app.register_error_handler(HTTPException, _http_error)
 
 
 def _api() -> Api:
@@ -130,12 +136,33 @@ def _gateway_error(exc: GatewayError) -> Response:
     return _error(exc, status)
 
 
+def _http_refusal(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    if status == 404:
+        error: GatewayError = NotFound(f"there is no API path {request.path[:100]!r}; ids never contain '/'.")
+    elif status == 405:
+        allowed = ", ".join(sorted(m for m in (exc.valid_methods or ()) if m not in ("HEAD", "OPTIONS")))
+        error = MethodNotAllowed(f"{request.method[:10]} is not a method of {request.path[:100]!r}"
+                                 + (f" (it takes {allowed})." if allowed else "."))
+    elif status == 413:
+        error = PayloadTooLarge("the body is over the limit.")
+    elif status == 400:
+        error = BadJson(f"{exc.name}.")
+    else:
+        error = ApiError(f"{exc.name}.")
+    return _error(error, status)
+
+
+def _http_error(exc: HTTPException) -> Any:
+    if request.path == "/api" or request.path.startswith("/api/"):
+        return _http_refusal(exc)
+    return exc  # elsewhere, Flask's own answer (the ops view has its own pages)
+
+
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
-    from werkzeug.exceptions import HTTPException
-
     if isinstance(exc, HTTPException):
-        return _error(BadJson(f"{exc.name}.") if exc.code == 400 else ApiError(exc.name + "."), exc.code or 500)
+        return _http_refusal(exc)
     reference = str(uuid.uuid4())
     log.error("api internal error", exc_info=True, extra={"log_id": reference, "path": request.path})
     return _error(InternalError(f"an unexpected error occurred (reference {reference})."), 500)
@@ -193,9 +220,44 @@ def _json() -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadJson("the body is not valid JSON.") from None
+    except RecursionError:
+        raise BadJson(f"the body is nested deeper than {MAX_JSON_DEPTH} levels.") from None
     if not isinstance(data, dict):
         raise BadJson("the body must be a JSON object.")
+    _check_shape(data, surrogates=_ESCAPED_SURROGATE.search(raw) is not None)
     return data
+
+
+#: No body this API describes is nested deeper than this.
+MAX_JSON_DEPTH = 16
+# a lone surrogate can only come from a \uD800-\uDFFF escape (raw UTF-8 cannot carry one)
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_shape(data: Any, *, surrogates: bool) -> None:
+    """Refuse a body nested deeper than ``MAX_JSON_DEPTH`` or, when its raw text escapes a
+    surrogate, one whose strings hold a lone surrogate (no text can carry it)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, list):
+            items = ((f"[{i}]", v) for i, v in enumerate(value))
+        else:
+            if surrogates and isinstance(value, str) and _SURROGATE.search(value):
+                raise BadJson(f"'{where or 'body'}' holds a lone UTF-16 surrogate, which is not a character.",
+                              field=where or None)
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise BadJson(f"the body is nested deeper than {MAX_JSON_DEPTH} levels.", field=where or None)
+        for key, item in items:
+            if surrogates and isinstance(key, str) and _SURROGATE.search(key):
+                raise BadJson("a key of the body holds a lone UTF-16 surrogate, which is not a character.",
+                              field=where or None)
+            path = f"{where}{key}" if key.startswith("[") else (f"{where}.{key}" if where else key)
+            stack.append((item, path, depth + 1))
 
 
 def _stored(target: str, what: str, **extra: Any) -> None:
@@ -207,7 +269,15 @@ def _stored(target: str, what: str, **extra: Any) -> None:
 def _correlate() -> None:
     correlation = (request.headers.get("x-correlation-id") or "").strip()[:128] or str(uuid.uuid4())
     request.environ["gateway.correlation_id"] = correlation
-    logs.correlation_id.set(correlation)
+    request.environ["gateway.correlation_token"] = logs.correlation_id.set(correlation)
+
+
+@bp.teardown_request
+def _uncorrelate(_: BaseException | None) -> None:
+    # the server's threads serve request after request: the next one must not carry this id
+    token = request.environ.pop("gateway.correlation_token", None)
+    if token is not None:
+        logs.correlation_id.reset(token)
 
 
 def _correlation() -> str:

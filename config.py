@@ -444,6 +444,15 @@ class OpsUser(_Section):
     )
 
 
+class SignInSection(_Section):
+    """Throttling of the ops view's password sign-in, shared by every process (in the store)."""
+
+    max_failures_per_user: int = Field(default=5, ge=1, le=1000, description="Failed sign-ins for one user name within window_s that lock it.")
+    max_failures_per_address: int = Field(default=20, ge=1, le=100000, description="Failed sign-ins from one address within window_s that lock it.")
+    window_s: int = Field(default=900, ge=1, description="The time over which failures are counted.")
+    lockout_s: int = Field(default=900, ge=1, description="How long a lock lasts ('gateway ops unlock' lifts it sooner).")
+
+
 class OpsSection(_Section):
     """The operations view (/ops): who may use it and how they sign in."""
 
@@ -452,6 +461,10 @@ class OpsSection(_Section):
     proxy_header: str | None = Field(default=None, description="A header an authenticating reverse proxy puts the user's name in.")
     proxy_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"], description="Where that header is trusted from.")
     session_minutes: int = Field(default=480, ge=5, le=7 * 24 * 60)
+    sign_in: SignInSection = SignInSection()
+    secure_cookie: bool | None = Field(
+        default=None, description="Mark the session cookie Secure. null: whenever server.tls is set or gateway.public_url is https "
+                                  "(set true behind a TLS-terminating proxy).")
 
 
 class AlertsSection(_Section):

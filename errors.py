@@ -25,10 +25,11 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── Forbidden        GW031  403: the case is not routed to the caller's target
     │   ├── NotFound         GW032  404: no such case or message
     │   ├── BadJson          GW033  400: the body is not the JSON object the API describes
-    │   └── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
+    │   ├── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
+│   └── MethodNotAllowed GW037  405: the path does not take this HTTP method
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
-    │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick
+    │   ├── HostileXml       GW011  a DOCTYPE, entity or processing trick; too many namespaces or attributes
     │   ├── MalformedXml     GW012  not well-formed XML, or not UTF-8
     │   ├── NotSoap11        GW013  not a SOAP 1.1 envelope (e.g. SOAP 1.2)
     │   ├── UnknownContract  GW014  the Body's first child names no contract we serve
@@ -36,6 +37,9 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── UnknownLogicalAddress GW016  LogicalAddress missing or not a unit we know
     │   ├── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
     │   └── CallerNotAllowed GW018  no verified client certificate, or one not on the allow-list
+    ├── OpsRefused                  the ops view refuses a request (an error page with the code)
+    │   ├── BadOpsRequest    GW038  400: a page cursor, row id or return path that is not valid
+    │   └── SignInLocked     GW039  429: too many failed sign-ins for the user or from the address
     ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
     │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
     │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
@@ -250,6 +254,14 @@ class NotCancellable(ApiError):
     hint = "A message delivered to the citizen's inbox cannot be recalled; send a correction instead."
 
 
+class MethodNotAllowed(ApiError):
+    """Raised when an API path is called with a method it does not take (e.g. PUT, DELETE)."""
+
+    code = "GW037"
+    status = 405
+    hint = "See /api/openapi.json for the methods of each path."
+
+
 class RequestRefused(GatewayError):
     """A request that is refused as a whole before its content is looked at (SOAP Client fault)."""
 
@@ -264,10 +276,12 @@ class PayloadTooLarge(RequestRefused):
 
 
 class HostileXml(RequestRefused):
-    """Raised when a request carries a DOCTYPE, an entity declaration or similar."""
+    """Raised when a request carries a DOCTYPE, an entity declaration or similar, or more
+    namespace declarations or SOAP-element attributes than any SOAP stack writes."""
 
     code = "GW011"
-    hint = "Send plain SOAP 1.1 XML without a DOCTYPE or entity declarations."
+    hint = ("Send plain SOAP 1.1 XML without a DOCTYPE or entity declarations, declaring only the "
+            "namespaces it uses.")
 
 
 class MalformedXml(RequestRefused):
@@ -318,6 +332,29 @@ class CallerNotAllowed(RequestRefused):
 
     code = "GW018"
     hint = "Call with a function certificate whose HSA-id the gateway's operators have allowed."
+
+
+class OpsRefused(GatewayError):
+    """The ops view refuses a request; ``status`` is the HTTP status of its error page."""
+
+    code = "GW038"
+    status = 400
+
+
+class BadOpsRequest(OpsRefused):
+    """Raised when a page cursor, a row id or a return path in an ops request is not valid."""
+
+    code = "GW038"
+    status = 400
+    hint = "Use the links and forms of the ops view; they only make valid requests."
+
+
+class SignInLocked(OpsRefused):
+    """Raised when a sign-in comes after too many failed ones for the user or from the address."""
+
+    code = "GW039"
+    status = 429
+    hint = "Wait until the lock ends, or ask an admin to lift it ('gateway ops unlock USER')."
 
 
 class RuleViolation(GatewayError):
@@ -475,5 +512,5 @@ class InternalError(GatewayError):
 #: Every user-visible code, for documentation and for tests that check codes stay unique.
 ALL_CODES: dict[str, type[GatewayError]] = {}
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError, ApiError):
+    if isinstance(_cls, type) and issubclass(_cls, GatewayError) and _cls not in (GatewayError, RequestRefused, RuleViolation, DeliveryError, ApiError, OpsRefused):
         ALL_CODES.setdefault(_cls.code, _cls)

@@ -146,6 +146,7 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=dt.timedelta(minutes=cfg.ops.session_minutes),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookie(cfg),
         GATEWAY_EXPECT_WORKER=start_worker,
     )
     ops.init_app(
@@ -160,8 +161,12 @@ def create_app(
             heartbeat_max_age_s=max(30.0, cfg.worker.heartbeat_s * 3),
             version=version(),
             clock=clock,
+            sign_in=cfg.ops.sign_in,
         ),
     )
+    # each request starts without a correlation id (a thread serves many); /rivta and /api
+    # set their own and reset it when they are done
+    app.before_request(_forget_correlation_id)
     worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
     app.extensions["gateway.intake"].on_stored = worker.wake
@@ -176,6 +181,18 @@ def receipt_types(cfg: Config) -> frozenset[str]:
     """The case types that get the automatic receipt (outbound.confirmations)."""
     conf = cfg.outbound.confirmations
     return frozenset(kind for kind, text in conf.texts.items() if text) if conf.enabled else frozenset()
+
+
+def secure_cookie(cfg: Config) -> bool:
+    """Whether the ops session cookie is ``Secure``: as configured, else whenever the
+    gateway serves TLS itself or its public address is https."""
+    if cfg.ops.secure_cookie is not None:
+        return cfg.ops.secure_cookie
+    return cfg.server.tls is not None or (cfg.gateway.public_url or "").lower().startswith("https://")
+
+
+def _forget_correlation_id() -> None:
+    logs.correlation_id.set(None)
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
@@ -661,6 +678,22 @@ def ops_hash_password(password: str) -> None:
     from werkzeug.security import generate_password_hash
 
     click.echo(generate_password_hash(password))
+
+
+@ops_group.command("unlock")
+@config_option
+@click.argument("user")
+@click.option("--address", help="Lift the lock on this address instead (an address that failed too often).")
+def ops_unlock(config_path: Path, user: str, address: str | None) -> None:
+    """Lift the sign-in lock of USER (after too many failed sign-ins); audited."""
+    import ops.auth
+
+    _, store = _open_store(config_path)
+    user_key, address_key = ops.auth.sign_in_keys(user, address)
+    key = address_key if address else user_key
+    lifted = store.clear_sign_in_failures(key)
+    store.audit(_who(), "cli", "sign_in_unlocked", key, "lock lifted" if lifted else "nothing to lift")
+    click.echo(f"{key}: {'lock lifted, failures forgotten' if lifted else 'was not locked (no failed sign-ins)'}.")
 
 
 @cli.command("retention")

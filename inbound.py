@@ -68,6 +68,7 @@ from model import (
     Representative,
     SubjectOfCare,
     hsa_id,
+    safe_file_name,
 )
 from store import Store
 
@@ -309,7 +310,9 @@ def _attachments(readers: list[_Reader]) -> tuple[Attachment, ...]:
             data = base64.b64decode(reader.required("data"), validate=False)
         except (binascii.Error, ValueError):
             raise InvalidValue(f"{reader.path}/data is not valid base64.", field=f"{reader.path}/data") from None
-        found.append(Attachment(reader.required("fileName").strip(), reader.required("mimeType").strip(), data))
+        # 1177 has accepted the citizen's file: a path, CR/LF or a right-to-left override in its
+        # name is dropped here (never refused), so that no provider and no inbox ever sees it
+        found.append(Attachment(safe_file_name(reader.required("fileName")), reader.required("mimeType").strip(), data))
         # the tree's base64 text is no longer needed: free it now rather than with the tree
         data_element = reader.element.find(f"{{{reader.ns}}}data")
         if data_element is not None:

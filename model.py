@@ -10,6 +10,8 @@ May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
 Invariants: instances are immutable; a ``PersonId`` that exists has passed its check
 digit and date check; ``repr`` and ``masked`` never show a person id in clear.
+``safe_file_name`` and ``file_name_problem`` say what a plain file name is (no path, no
+control or invisible formatting characters), for intake and the rules alike.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import datetime as dt
 import hashlib
 import re
 import typing
+import unicodedata
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -88,6 +91,32 @@ def mask_person_id(number: str) -> str:
     """A person id as it may appear in logs and messages: birth year only."""
     digits = re.sub(r"\D", "", number or "")
     return (digits[:4] if len(digits) >= 4 else "") + "********"
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain file name, or None: a path (``/``, ``\\``, ``..``), a
+    control character (CR, LF, NUL, …) or an invisible formatting character (such as the
+    right-to-left override U+202E, which makes ``gpj.exe`` look like ``exe.jpg``)."""
+    if "/" in name or "\\" in name or name.strip() in (".", ".."):
+        return "is a path, not a file name ('/', '\\' or '..')"
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"contains the control character U+{ord(char):04X}"
+        if category in ("Cf", "Zl", "Zp"):
+            return f"contains the invisible formatting character U+{ord(char):04X}"
+    return None
+
+
+def safe_file_name(name: str, *, default: str = "attachment") -> str:
+    """``name`` made a plain file name: its last path component, without control and
+    formatting characters, at most 255 characters (``default`` when nothing is left)."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs"))
+    name = name.strip()
+    if name in ("", ".", ".."):
+        return default
+    return name[:255]
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,12 @@ May import: ``errors`` (also its person-id redaction).
 
 Invariants:
 - Hostile input is refused *before* lxml sees it: a DOCTYPE (and so any entity
-  declaration) in the prolog, a non-UTF-8 encoding. The parser itself never resolves
-  entities, never loads a DTD and never touches the network.
+  declaration) in the prolog, a non-UTF-8 encoding, more namespace declarations than
+  any SOAP stack writes (``MAX_NAMESPACE_DECLARATIONS``: XSD validation is quadratic in
+  the namespaces in scope). The parser itself never resolves entities, never loads a
+  DTD and never touches the network.
+- Before the Body is validated, the SOAP elements (Envelope, Header and its entries,
+  Body) carry at most ``MAX_SOAP_ATTRIBUTES`` attributes each.
 - The size limit is the caller's (``inbound`` reads at most ``max_body_bytes``).
 - A fault's text is a stable code and a sentence; never a stack trace, file content or
   a person id.
@@ -114,6 +118,15 @@ _PARSER = etree.XMLParser(
     huge_tree=True,  # base64 text of a 20 MB file is over libxml2's 10 MB text limit;
     # the body size is bounded before parsing and DTDs are refused, so no expansion bomb.
 )
+#: Namespace declarations a request may carry in all (zeep writes 5, a stack that declares
+#: them on every element of a full ProcessCase about 60). Validating the Body costs time
+#: quadratic in the namespaces in scope: 20,000 of them take over a second.
+MAX_NAMESPACE_DECLARATIONS = 500
+#: Attributes on each SOAP element (Envelope, Header, a header entry, Body).
+MAX_SOAP_ATTRIBUTES = 64
+# every declaration is written 'xmlns' or 'xmlns:prefix' then '=' (entities are refused,
+# so nothing else can produce one); a mention of 'xmlns' in text rarely counts
+_NS_DECLARATION = re.compile(rb"\sxmlns(?::[^\s=<>/]{1,1000})?\s*=\s*[\"']")
 _XML_DECL = re.compile(rb"^<\?xml\s[^>]*?encoding\s*=\s*['\"]([A-Za-z0-9._-]+)['\"]")
 _PROLOG_SKIP = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->)", re.S)
 _WHITESPACE = re.compile(rb"\s*")
@@ -140,11 +153,24 @@ def check_prolog(body: bytes) -> None:
         raise HostileXml("the request carries a DOCTYPE or other declaration, which is never accepted.")
 
 
+def check_declarations(body: bytes) -> None:
+    """Refuse a request with more namespace declarations than ``MAX_NAMESPACE_DECLARATIONS``
+    (linear in the body; the cheap count decides for all but hostile or odd requests)."""
+    if body.count(b"xmlns") <= MAX_NAMESPACE_DECLARATIONS:
+        return
+    found = 0
+    for _ in _NS_DECLARATION.finditer(body):
+        found += 1
+        if found > MAX_NAMESPACE_DECLARATIONS:
+            raise HostileXml(f"the request declares more than {MAX_NAMESPACE_DECLARATIONS} XML namespaces.")
+
+
 def parse(body: bytes) -> etree._Element:
     """Parse a request body into its root element, or raise a ``RequestRefused``."""
     if not body.strip():
         raise MalformedXml("the request body is empty.")
     check_prolog(body)
+    check_declarations(body)
     try:
         root = etree.fromstring(body, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
@@ -190,6 +216,11 @@ def read_envelope(root: etree._Element) -> Envelope:
     children = [c for c in body if isinstance(c.tag, str)]
     if not children:
         raise NotSoap11("the SOAP Body is empty.")
+    soap_elements = [root, body] + ([header, *header] if header is not None else [])
+    for element in soap_elements:
+        if isinstance(element.tag, str) and len(element.attrib) > MAX_SOAP_ATTRIBUTES:
+            raise HostileXml(f"the SOAP element {etree.QName(element).localname[:60]} carries more than "
+                             f"{MAX_SOAP_ATTRIBUTES} attributes.")
     address = None
     if header is not None:
         element = header.find(f"{{{REGISTRY_NS}}}LogicalAddress")

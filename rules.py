@@ -8,12 +8,16 @@ testable on their boundaries and agree whichever door a case came in by.
 May import: ``model``, ``errors``, ``clock`` (calendar arithmetic, never the time).
 
 Invariants: a function either returns normally or raises a ``RuleViolation`` subclass
-whose message names the field and never contains a person id in clear.
+whose message names the field and never contains a person id in clear. Every text that
+reaches the store is checked by ``check_text``: at most its field's length (the same
+maxima as the XSDs in ``contracts/``), and only characters XML 1.0 can carry (so that it
+can always be sent to 1177 and to a provider).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 
 import clock
@@ -39,12 +43,41 @@ from model import (
     CaseType,
     Message,
     StatusUpdate,
+    file_name_problem,
     hsa_id,
 )
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 MAX_CITIZEN_ATTACHMENTS = 5
 MAX_CARE_ATTACHMENTS = 10
+
+#: The longest text of each kind (characters): the same in contracts/ and in the API.
+MAX_TEXT = 20000  # a case's or a message's text
+MAX_SUBJECT = 255
+MAX_NAME = 255  # a person's, unit's or medication's name
+MAX_MOBILE = 32
+MAX_EMAIL = 254  # RFC 5321
+MAX_ID = 64  # caseId, messageId, prescriptionId, externalCaseId
+MAX_LOCATION = 1000  # a complaint's eventLocationText
+MAX_FILE_NAME = 255
+MAX_MIME_TYPE = 100
+
+# anything XML 1.0 cannot carry: C0 controls but tab, LF and CR; lone surrogates; U+FFFE/U+FFFF
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def check_text(value: str | None, field: str, max_length: int) -> None:
+    """A text that can be stored and sent: at most ``max_length`` characters, and only
+    characters XML 1.0 can carry (no NUL or other control characters, no lone surrogates)."""
+    if value is None:
+        return
+    if len(value) > max_length:
+        raise InvalidValue(f"{field} is {len(value)} characters; at most {max_length} are allowed.", field=field)
+    bad = _NOT_XML.search(value)
+    if bad is not None:
+        raise InvalidValue(
+            f"{field} contains the character U+{ord(bad.group()):04X} (at position {bad.start() + 1}), which XML "
+            "cannot carry to 1177 or to a provider; remove it.", field=field)
 
 # Content signatures of the four file types 1177 accepts (rule 1): checked by content.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -79,8 +112,14 @@ def check_attachments(
         )
     for index, attachment in enumerate(attachments, start=1):
         where = f"{field}[{index}]"
-        if not 0 < len(attachment.file_name) <= 255:
-            raise InvalidValue(f"{where}: a file name is 1 to 255 characters.", field=where)
+        if not attachment.file_name:
+            raise InvalidValue(f"{where}: a file name is 1 to {MAX_FILE_NAME} characters.", field=where)
+        check_text(attachment.file_name, f"{where}/fileName", MAX_FILE_NAME)
+        problem = file_name_problem(attachment.file_name)
+        if problem is not None:
+            raise InvalidValue(f"{where}/fileName {problem}; send the file's name alone, in plain characters.",
+                               field=f"{where}/fileName")
+        check_text(attachment.mime_type, f"{where}/mimeType", MAX_MIME_TYPE)
         if attachment.size > max_bytes:
             raise AttachmentTooLarge(
                 f"{where} '{attachment.file_name}' is {attachment.size} bytes, the limit is {max_bytes}.",
@@ -114,12 +153,23 @@ def check_case(
     hsa_id(case.receiver.hsa_id, field="case/receiver/hsaId")
     if not case.case_id.strip():
         raise InvalidValue("case/caseId is empty.", field="case/caseId")
+    check_text(case.case_id, "case/caseId", MAX_ID)
     if not case.text.strip():
         raise InvalidValue("case/text is empty: a case needs the citizen's text.", field="case/text")
-    if len(case.text) > 20000:
-        raise InvalidValue(f"case/text is {len(case.text)} characters; 1177 takes at most 20000.", field="case/text")
-    if case.subject is not None and len(case.subject) > 255:
-        raise InvalidValue("case/subject is over 255 characters.", field="case/subject")
+    check_text(case.text, "case/text", MAX_TEXT)
+    check_text(case.subject, "case/subject", MAX_SUBJECT)
+    subject = case.subject_of_care
+    check_text(subject.name, "case/subjectOfCare/name", MAX_NAME)
+    if subject.contact is not None:
+        check_text(subject.contact.mobile, "case/subjectOfCare/contact/mobile", MAX_MOBILE)
+        check_text(subject.contact.email, "case/subjectOfCare/contact/email", MAX_EMAIL)
+    if case.representative is not None:
+        check_text(case.representative.name, "case/representative/name", MAX_NAME)
+    if case.complaint is not None:
+        check_text(case.complaint.event_location_text, "case/complaint/eventLocationText", MAX_LOCATION)
+    for index, medication in enumerate(case.medications, start=1):
+        check_text(medication.prescription_id, f"case/chosenMedication[{index}]/prescriptionId", MAX_ID)
+        check_text(medication.name, f"case/chosenMedication[{index}]/name", MAX_NAME)
     if not 1900 <= case.created_time.year <= 2099:
         raise InvalidValue("case/createdTime is not a date 1177 can take (1900-2099).", field="case/createdTime")
     if case.case_type is CaseType.PRESCRIPTION_RENEWAL:
@@ -180,8 +230,10 @@ def check_citizen_message(
     """Rules for a citizen's follow-up message."""
     if not message.message_id.strip():
         raise InvalidValue("messageId is empty.", field="messageId")
+    check_text(message.message_id, "messageId", MAX_ID)
     if not message.text.strip() and not message.attachments:
         raise InvalidValue("text is empty and there is no attachment.", field="text")
+    check_text(message.text, "text", MAX_TEXT)
     check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes)
 
 
@@ -195,12 +247,12 @@ def check_care_message(
     if not message.sender_hsa_id:
         raise InvalidValue("senderUnit: every message to a citizen names its sending unit.", field="senderUnit")
     hsa_id(message.sender_hsa_id, field="senderUnit")
+    check_text(message.message_id, "messageId", MAX_ID)
     if not message.text.strip():
         raise InvalidValue("body is empty: a message to the citizen needs a text.", field="body")
-    if len(message.text) > 20000:
-        raise InvalidValue(f"body is {len(message.text)} characters; 1177 takes at most 20000.", field="body")
-    if message.subject is not None and len(message.subject) > 255:
-        raise InvalidValue("subject is over 255 characters.", field="subject")
+    check_text(message.text, "body", MAX_TEXT)
+    check_text(message.subject, "subject", MAX_SUBJECT)
+    check_text(message.sender_name, "senderName", MAX_NAME)
     check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes, field="attachments")
 
 

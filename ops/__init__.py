@@ -7,8 +7,9 @@ actions); ``/health/*`` and ``/metrics`` are for probes and Prometheus.
 May import: ``store`` (reads, and the operator actions it offers: replay, cancel, pause),
 ``errors``, ``model`` (masking). Never an adapter: ops does not send anything itself.
 
-Invariants: only the store is read; a ``monitor`` never sees citizen text, files or a
-personnummer; every POST carries a CSRF token; every admin action is audited.
+Invariants: only the store is read (and written for the audit log, sign-in failures and
+sessions); a ``monitor`` never sees citizen text, files or a personnummer; every POST
+carries a CSRF token; every admin action, and every lock of a sign-in, is audited.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Ops:
     version: str = "0"
     #: the gateway's clock (``clock.SYSTEM``): UTC instants, the Swedish date of unit validity
     clock: "Clock | None" = None
+    #: config ``ops.sign_in``: failures that lock a user name or an address, and for how long
+    sign_in: Any = None
 
     def instant(self) -> dt.datetime:
         """The current UTC instant, from the injected clock."""

@@ -3,15 +3,18 @@
 Role: authentication and authorisation for ``/ops``. Users come from the config
 (``ops.users``, werkzeug password hashes) or, when ``ops.proxy_header`` is set, from an
 authenticating reverse proxy's header, trusted only from ``ops.proxy_addresses``. The
-session is Flask's signed cookie; it holds the user's name and a fingerprint of their
-password hash, never the role: the role is read from the config on every request, so a
-changed role or a removed user takes effect at once.
+session is Flask's signed cookie; it holds the user's name, a fingerprint of their
+password hash and a session id that the store knows, never the role: the role is read
+from the config on every request, so a changed role or a removed user takes effect at
+once, and signing out ends the session in the store, so a copied cookie stops working.
+Failed password sign-ins are counted in the store per user name and per address
+(``ops.sign_in``): past the limit the name or address is locked for a while.
 
 May import: flask, werkzeug. Nothing of ours beyond the ``Ops`` context it is given.
 
 Invariants: roles are ordered ``monitor`` < ``reader`` < ``admin`` and checked in one
 place (``requires``); a password is never logged; an unknown user name costs the same
-password check as a known one.
+password check as a known one, and counts against its name like a known one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from flask import abort, g, redirect, request, session, url_for
@@ -85,16 +89,56 @@ def check_login(users: dict[str, Any], name: str, password: str) -> Any | None:
     return user if ok and stored is not None else None
 
 
-def sign_in(user: Any) -> None:
-    """Start a fresh session for ``user`` (a new cookie: no session fixation)."""
+def sign_in(ops: Any, user: Any) -> None:
+    """Start a fresh session for ``user`` (a new cookie: no session fixation), known to the store."""
     session.clear()
     session.permanent = True
     session["ops_user"] = user.name
     session["ops_key"] = fingerprint(user)
+    session["ops_sid"] = ops.store.start_session(user.name, ops.instant())
 
 
-def sign_out() -> None:
+def sign_out(ops: Any) -> None:
+    """End the session here and in the store: the same cookie, copied, no longer signs in."""
+    sid = session.get("ops_sid")
+    if isinstance(sid, str) and sid:
+        ops.store.end_sessions(sid=sid, now=ops.instant())
     session.clear()
+
+
+def sign_in_keys(name: str, address: str | None) -> tuple[str, str]:
+    """The throttling keys of a sign-in: its user name and its address."""
+    return f"user:{name[:64]}", f"address:{(address or 'unknown')[:64]}"
+
+
+def locked_until(ops: Any, name: str, address: str | None) -> str | None:
+    """When the lock on this user name or address ends, if one is in force now."""
+    return ops.store.sign_in_locked_until(list(sign_in_keys(name, address)), ops.instant())
+
+
+#: ``config.SignInSection``'s defaults, for an ``Ops`` built without the config's
+DEFAULT_LIMITS = SimpleNamespace(max_failures_per_user=5, max_failures_per_address=20, window_s=900, lockout_s=900)
+
+
+def record_failure(ops: Any, name: str, address: str | None) -> list[str]:
+    """Count a failed sign-in against the name and the address; audit and return the keys it locked."""
+    limits = ops.sign_in or DEFAULT_LIMITS
+    user_key, address_key = sign_in_keys(name, address)
+    locked = ops.store.record_sign_in_failure(
+        {user_key: limits.max_failures_per_user, address_key: limits.max_failures_per_address},
+        window_s=limits.window_s, lockout_s=limits.lockout_s, now=ops.instant())
+    for key in locked:
+        kind, _, value = key.partition(":")
+        allowed = limits.max_failures_per_user if kind == "user" else limits.max_failures_per_address
+        ops.store.audit(value if kind == "user" else "-", "-", "sign_in_locked", key,
+                        f"{allowed} failed sign-ins within {limits.window_s} s (the last from {address}); "
+                        f"locked for {limits.lockout_s} s")
+        log.warning("ops: sign-in locked", extra={"key": key, "remote_addr": address, "lockout_s": limits.lockout_s})
+    return locked
+
+
+def record_success(ops: Any, name: str) -> None:
+    ops.store.clear_sign_in_failures(sign_in_keys(name, None)[0])
 
 
 def identify(ops: Any) -> Operator | None:
@@ -125,6 +169,10 @@ def identify(ops: Any) -> Operator | None:
     user = ops.users.get(name)
     if user is None or not hmac.compare_digest(str(session.get("ops_key", "")), fingerprint(user)):
         session.clear()  # the user was removed or their password changed
+        return None
+    sid = session.get("ops_sid")
+    if not isinstance(sid, str) or ops.store.session_user(sid) != user.name:
+        session.clear()  # signed out (perhaps in another copy of this cookie), or from before sessions were kept
         return None
     return Operator(user.name, user.role, "password")
 

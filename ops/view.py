@@ -13,6 +13,8 @@ Invariants:
 - Every page needs a signed-in user; roles are checked by ``auth.requires`` alone:
   ``monitor`` sees metadata only (never a case's text, subject, message bodies, names,
   person ids or files), ``reader`` also the content and files, ``admin`` also acts.
+  A monitor sees ids masked as the logs mask them (``ops_id``), and a link to a case
+  whose id holds a personnummer names it by an encrypted reference (``case_url``).
 - Every POST under ``/ops`` carries a CSRF token (Flask-WTF), checked in this
   blueprint's ``before_request``; the app-wide default check is off, so the RIV-TA
   endpoint and the provider API (not browser forms) are never asked for one.
@@ -24,7 +26,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import io
 import logging
 import re
@@ -44,11 +48,12 @@ from flask import (
     send_file,
     url_for,
 )
+from cryptography.fernet import Fernet, InvalidToken
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from errors import NotFound
-from model import redact_person_ids
+from errors import BadOpsRequest, NotFound, OpsRefused, SignInLocked
+from model import redact_person_ids, safe_file_name
 from ops import auth
 from store import NATIONAL_TARGET
 
@@ -80,6 +85,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.after_request(_security_headers)
     app.jinja_env.filters["ops_when"] = _when
+    app.jinja_env.filters["ops_id"] = _shown_id
+    app.jinja_env.globals["case_url"] = case_url
 
 
 def _ops() -> Any:
@@ -139,12 +146,34 @@ def _not_found(error: HTTPException) -> tuple[str, int]:
     return render_template("error.html", code=404, title="Not found", message=error.description), 404
 
 
+@bp.errorhandler(OpsRefused)
+def _refused(error: OpsRefused) -> tuple[str, int]:
+    log.warning("ops: request refused", extra={"error_code": error.code, "path": request.path,
+                                               "remote_addr": request.remote_addr, "detail": error.message})
+    return render_template("error.html", code=error.status, title="Request refused",
+                           message=f"{error.code} {error.message} {error.hint}".strip()), error.status
+
+
+#: A row id as the ops view writes it (SQLite's integers have at most 19 digits).
+_ROW_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def _row_id(value: str, what: str) -> int:
+    """A row id from a form or query, or ``BadOpsRequest``."""
+    text = value.strip()
+    if not _ROW_ID.fullmatch(text):
+        raise BadOpsRequest(f"{what} {text[:20]!r} is not a row id.")
+    return int(text)
+
+
 def _safe_next(target: str | None) -> str | None:
     """Only a path inside /ops is a place to go back to after sign-in or an action."""
     if not target:
         return None
     target = target.rstrip("?")
-    if target.startswith("/ops") and not target.startswith("//") and "\\" not in target and "\n" not in target:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        raise BadOpsRequest("the return path holds a control character.")
+    if target.startswith("/ops") and not target.startswith("//") and "\\" not in target:
         return target
     return None
 
@@ -197,6 +226,45 @@ def _age(value: str | None, now: dt.datetime) -> str:
 
 def _redact(value: Any) -> str:
     return redact_person_ids(str(value)) if value else ""
+
+
+def _sees_person_ids() -> bool:
+    operator = auth.current()
+    return operator is not None and operator.can("reader")
+
+
+def _shown_id(value: Any) -> str:
+    """An id as this operator may see it: a monitor sees personnummer in it masked."""
+    if not value:
+        return ""
+    return str(value) if _sees_person_ids() else redact_person_ids(str(value))
+
+
+def _fernet() -> Fernet:
+    secret = str(current_app.secret_key or "").encode()
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"ops case reference|" + secret).digest()))
+
+
+#: A case reference in a link: ``~`` and an encrypted case id.
+_REF_PREFIX = "~"
+
+
+def case_url(case_id: str) -> str:
+    """The link to a case page; for a monitor, an id that holds a personnummer is sent
+    encrypted (with the session's key), so it is not in clear in the page or the address bar."""
+    if _sees_person_ids() or redact_person_ids(case_id) == case_id:
+        return url_for("ops.case", case_id=case_id)
+    token = _fernet().encrypt(case_id.encode("utf-8")).decode("ascii")
+    return url_for("ops.case", case_id=_REF_PREFIX + token)
+
+
+def _case_id_of(value: str) -> str:
+    if not value.startswith(_REF_PREFIX):
+        return value
+    try:
+        return _fernet().decrypt(value[len(_REF_PREFIX):].encode("ascii")).decode("utf-8")
+    except (InvalidToken, ValueError, UnicodeError):
+        raise BadOpsRequest("the case reference is not valid (it may be from before a key change); search the sync log.") from None
 
 
 def hour_chart(hours: dict[str, dict[str, int]], now: dt.datetime, series: tuple[tuple[str, tuple[str, ...], str], ...],
@@ -278,12 +346,23 @@ def login() -> Any:
     if request.method == "POST":
         name = request.form.get("username", "").strip()
         password = request.form.get("password", "")
+        until = auth.locked_until(ops, name, request.remote_addr) if name else None
+        if until is not None:  # not even the right password: the lock is the throttle
+            locked = SignInLocked(f"too many failed sign-ins for this user or from this address; "
+                                  f"sign-in is locked until {_when(until)} UTC.")
+            log.warning("ops: sign-in refused, locked", extra={"user": name[:64], "remote_addr": request.remote_addr,
+                                                              "error_code": locked.code})
+            return render_template("login.html", error=f"{locked.code} {locked.message} {locked.hint}",
+                                   next=_safe_next(request.values.get("next")), proxy=bool(ops.proxy_header)), 429
         user = auth.check_login(ops.users, name, password) if name and password else None
         if user is not None:
-            auth.sign_in(user)
+            auth.record_success(ops, user.name)
+            auth.sign_in(ops, user)
             log.info("ops: signed in", extra={"user": user.name, "role": user.role, "remote_addr": request.remote_addr})
             return redirect(next_path)
         log.warning("ops: sign-in failed", extra={"user": name[:64], "remote_addr": request.remote_addr})
+        if name:
+            auth.record_failure(ops, name, request.remote_addr)
         error = "Wrong user name or password."
         status = 401
     return render_template("login.html", error=error, next=_safe_next(request.values.get("next")),
@@ -293,7 +372,7 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     operator = auth.current()
-    auth.sign_out()
+    auth.sign_out(_ops())
     if operator is not None:
         log.info("ops: signed out", extra={"user": operator.name})
     flash("You are signed out.", "info")
@@ -332,7 +411,7 @@ def find_case() -> Any:
     case_id = request.args.get("case_id", "").strip()
     if not case_id:
         return redirect(url_for("ops.log_search"))
-    return redirect(url_for("ops.case", case_id=case_id))
+    return redirect(case_url(case_id))
 
 
 # -- sync log --------------------------------------------------------------------------------------
@@ -352,11 +431,15 @@ def _form_time(value: str, field: str, problems: list[str]) -> str | None:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _cursor(value: str) -> tuple[str, int] | None:
-    at, sep, row_id = value.rpartition("|")
-    if not sep or not at or not row_id.isdigit():
-        return None
-    return at, int(row_id)
+_CURSOR = re.compile(r"([0-9T:.Z-]{1,40})\|([0-9]{1,18})", re.ASCII)
+
+
+def _cursor(value: str) -> tuple[str, int]:
+    """A sync-log page cursor (``at|id`` of the previous page's last row), or ``BadOpsRequest``."""
+    found = _CURSOR.fullmatch(value)
+    if found is None:
+        raise BadOpsRequest("the page cursor is not valid; open the sync log afresh.")
+    return found.group(1), int(found.group(2))
 
 
 @bp.get("/log")
@@ -372,9 +455,13 @@ def log_search() -> Any:
     if form["direction"] not in ("", "in", "out"):
         problems.append("Direction: 'in' or 'out'.")
         form["direction"] = ""
-    before = _cursor(args.get("before", "")) if args.get("before") else None
-    if args.get("before") and before is None:
-        problems.append("The page cursor is not valid; showing the newest rows.")
+    before, status = None, 200
+    if args.get("before"):
+        try:
+            before = _cursor(args.get("before", ""))
+        except BadOpsRequest as exc:  # the page still shows the newest rows, with the code
+            problems.append(f"{exc.code} {exc.message} Showing the newest rows.")
+            status = 400
     rows = ops.store.search_log(
         case_id=form["case_id"] or None, hsa_id=form["hsa_id"] or None, target=form["target"] or None,
         direction=form["direction"] or None, status=form["status"] or None, error_code=form["error_code"] or None,
@@ -391,7 +478,7 @@ def log_search() -> Any:
     targets = list(dict.fromkeys([*ops.targets, NATIONAL_TARGET]))
     return render_template("log.html", rows=rows, form=form, problems=problems, next_url=next_url,
                            first_url=first_url, paged=before is not None, targets=targets, events=SYNC_EVENTS, statuses=SYNC_STATUSES,
-                           page_size=PAGE_SIZE)
+                           page_size=PAGE_SIZE), status
 
 
 # -- case page -------------------------------------------------------------------------------------
@@ -426,11 +513,12 @@ def case(case_id: str) -> Any:
     ops = _ops()
     operator = _operator()
     with_content = operator.can("reader")
+    case_id = _case_id_of(case_id)
     try:
         detail = ops.store.case_detail(case_id, with_content=with_content)
     except NotFound:
         return render_template("error.html", code=404, title="No such case",
-                               message=f"There is no case '{case_id}'."), 404
+                               message=f"There is no case '{_shown_id(case_id)}'."), 404
     row = detail["case"]
     unit = None
     try:
@@ -467,7 +555,7 @@ def attachment(case_id: str, sha256: str) -> Any:
     name, mime, data = found
     ops.store.audit(operator.name, operator.role, "download", f"case {case_id}", f"file {sha256[:16]} ({mime})")
     response = send_file(io.BytesIO(data), mimetype=mime or "application/octet-stream", as_attachment=True,
-                         download_name=name or "attachment", max_age=0, etag=False, conditional=False)
+                         download_name=safe_file_name(name or ""), max_age=0, etag=False, conditional=False)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
@@ -481,7 +569,7 @@ def dead() -> Any:
     ops = _ops()
     target = request.args.get("target", "").strip() or None
     before = request.args.get("before", "")
-    before_id = int(before) if before.isdigit() else None
+    before_id = _row_id(before, "the page cursor") if before else None
     rows = ops.store.outbox_list(status="dead", target=target, limit=DEAD_PAGE_SIZE, before_id=before_id)
     for row in rows:
         row["last_error"] = _redact(row.get("last_error"))
@@ -495,10 +583,7 @@ def dead() -> Any:
 
 
 def _selected_ids() -> list[int]:
-    ids = []
-    for value in request.form.getlist("id"):
-        if value.strip().isdigit():
-            ids.append(int(value))
+    ids = [_row_id(value, "the selected row") for value in request.form.getlist("id")]
     return list(dict.fromkeys(ids))[:MAX_SELECTED]
 
 

@@ -589,4 +589,5 @@ def test_the_sync_log_pages_newest_first_with_a_keyset_cursor(oapp, as_, ostore)
     second = client.get(next_link)
     assert [r[9] for r in table_rows(second, "log")] == [f"row {n}" for n in range(9, -1, -1)]
     assert html.fromstring(second.get_data(as_text=True)).xpath("//a[@id='next-page']") == []
-    assert client.get("/ops/log", query_string={"before": "garbage"}).status_code == 200
+    garbage = client.get("/ops/log", query_string={"before": "garbage"})  # the newest rows, and the code
+    assert garbage.status_code == 400 and "GW038" in garbage.get_data(as_text=True) and table_rows(garbage, "log")
