@@ -209,6 +209,8 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
         confirmations=cfg.outbound.confirmations,
         review_s=cfg.outbound.review_s,
         max_attachments=cfg.outbound.max_attachments,
+        # synchronous medication lookups may hold at most a quarter of the HTTP threads
+        medication_slots=max(1, cfg.server.threads // 4),
         alerts=cfg.alerts,
         alert_channels=channels_from(cfg.alerts),
         retention=lambda: run_retention(cfg, store, clock),

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -52,6 +53,8 @@ from errors import (
     MappingError,
     NotFound,
     StoreError,
+    TargetFailed,
+    TargetUnavailable,
 )
 from mapping import Mappings, delivery_source
 from model import CaseType, Medication, Message, MessageKind, PersonId
@@ -61,6 +64,32 @@ if TYPE_CHECKING:  # handed in by the composition root
     from clock import Clock
 
 log = logging.getLogger("gateway.worker")
+
+
+class SyncCalls:
+    """Calls a caller waits for (1177's GetMedicationList): at most ``slots`` at once, each
+    given up after its total deadline. A call past its deadline keeps its slot until the
+    provider lets go, so a hanging provider can hold at most ``slots`` threads; the next
+    caller is told at once (GW061) instead of waiting."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, slots)
+        self._free = threading.BoundedSemaphore(self.slots)
+        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="sync-call")
+
+    def call(self, fn: Callable[[], Any], deadline_s: float, *, what: str) -> Any:
+        if not self._free.acquire(blocking=False):
+            raise TargetFailed(f"{what} is busy: {self.slots} call(s) to it are still waiting for an answer.",
+                               hint="1177 may ask again in a moment; check that the provider system answers.")
+        future = self._pool.submit(fn)
+        future.add_done_callback(lambda _f: self._free.release())
+        try:
+            return future.result(timeout=deadline_s)
+        except FutureTimeout:
+            raise TargetUnavailable(f"{what} did not answer in time (within {deadline_s:g} s).") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Worker:
@@ -84,6 +113,7 @@ class Worker:
         rand: Callable[[], float] = random.random,
         review_s: float = 0.0,
         max_attachments: int = 10,
+        medication_slots: int = 2,
         alerts: Any = None,
         alert_channels: list[Any] | None = None,
         retention: Callable[[], dict[str, int]] | None = None,
@@ -106,6 +136,7 @@ class Worker:
         self.rand = rand
         self.review_s = review_s
         self.max_attachments = max_attachments  # outbound.max_attachments, for polled replies
+        self._sync_calls = SyncCalls(medication_slots)
         self.alerts = alerts  # config.AlertsSection
         self.alert_channels = list(alert_channels or [])
         self.retention = retention
@@ -546,7 +577,15 @@ class Worker:
 
     def fetch_medications(self, target: str, unit_code: str, person: PersonId) -> list[Medication]:
         """The patient's medications from ``target`` (raises ``DeliveryError``: no answer is
-        never turned into an empty list)."""
+        never turned into an empty list), for 1177, which waits: the call has a total deadline
+        (``targets.<name>.medications.timeout_s``), and at most ``medication_slots`` such calls
+        run at once, so a slow provider never holds the HTTP side's threads."""
+        settings = getattr(self.targets.get(target), "medications", None)
+        deadline = float(getattr(settings, "timeout_s", 5.0) or 5.0)
+        return self._sync_calls.call(lambda: self._fetch_medications(target, unit_code, person), deadline,
+                                     what=f"target '{target}' (medications)")
+
+    def _fetch_medications(self, target: str, unit_code: str, person: PersonId) -> list[Medication]:
         adapter = self.adapter(target)
         started = time.perf_counter()
         items = adapter.medications(person.id, unit_code)

@@ -294,3 +294,48 @@ def test_renewal_through_the_soap_target_names_the_medications(demo_app, demo_sy
     demo_app.extensions["gateway.worker"].run_until_idle()
     got = requests.get(f"{demo_systems['soap']}/_received", timeout=5).json()["received"][0]
     assert got["body"]["caseType"] == "30" and got["body"]["medication"] == [{"prescriptionId": "RX-1001", "name": "Alvedon"}]
+
+
+def test_a_hanging_provider_holds_at_most_a_share_of_the_threads_and_each_call_has_a_deadline(
+        config_data, medication_client):
+    """Eight GetMedicationList calls to a provider that never answers in time: the first
+    ones get GW060 at the deadline, the rest GW061 at once, and Ping answers throughout."""
+    import concurrent.futures
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            release.wait(20)
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = copy.deepcopy(config_data)
+    data["server"]["threads"] = 8  # a quarter: 2 medication calls at once
+    data["targets"]["demo_rest"]["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/api"
+    data["targets"]["demo_rest"]["medications"] = {"path": "/patients/{person_id}/medications", "timeout_s": 1}
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    envelope = etree.tostring(medication_client.create_message(
+        medication_client.service, "GetMedicationList", _soapheaders={"LogicalAddress": KLIN1},
+        receiver={"hsaId": KLIN1}, subjectOfCare={"personId": {"id": PNR, "type": PERSONNUMMER_OID}}))
+
+    def ask(_):
+        answer = app.test_client().post("/rivta", data=envelope, headers={"Content-Type": "text/xml"})
+        return result_of(etree.fromstring(answer.data))["faultstring"][:5]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(ask, range(8)))
+            assert app.test_client().get("/health/live").status_code == 200
+        assert sorted(codes) == ["GW060"] * 2 + ["GW061"] * 6, codes
+    finally:
+        release.set()
+        server.shutdown()
+        app.extensions["gateway.store"].close()
