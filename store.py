@@ -1094,7 +1094,10 @@ class Store:
                           direction=_direction(job.action),
                           event="dead" if dead else "retry_scheduled", status="dead" if dead else "retry",
                           target=job.target, hsa_id=job.receiver_hsa_id, error_code=error_code,
-                          detail=f"{job.action}, attempt {job.attempt}: {reason[:500]}"
+                          # the reason may quote the target's answer (content): it stays on the
+                          # attempt and the row, for readers; the sync log (metadata) has the code
+                          detail=f"{job.action}, attempt {job.attempt}: {error_code}"
+                          + (f" (HTTP {status_code})" if status_code else "")
                           + ("" if dead else f"; next attempt {ts(retry_at)}"))  # type: ignore[arg-type]
         return bool(updated)
 

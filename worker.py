@@ -677,11 +677,12 @@ class Worker:
         except StoreError as store_exc:
             log.warning("failure not recorded", extra={"outbox_id": job.id, "error_code": store_exc.code})
             return
-        log.warning(
+        log.warning(  # the reason may quote the provider's answer (content): only at DEBUG
             "delivery failed" + ("; will retry" if retry_at else "; row is dead"),
             extra={"case_id": job.case_id, "action": job.action, "target": job.target, "attempt": job.attempt,
-                   "error_code": code, "status_code": status_code, "detail": reason},
+                   "error_code": code, "status_code": status_code},
         )
+        log.debug("delivery failed: the reason", extra={"case_id": job.case_id, "outbox_id": job.id, "detail": reason})
 
 
 def _case_ref(item: Any) -> str | None:

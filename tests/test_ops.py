@@ -591,3 +591,25 @@ def test_the_sync_log_pages_newest_first_with_a_keyset_cursor(oapp, as_, ostore)
     assert html.fromstring(second.get_data(as_text=True)).xpath("//a[@id='next-page']") == []
     garbage = client.get("/ops/log", query_string={"before": "garbage"})  # the newest rows, and the code
     assert garbage.status_code == 400 and "GW038" in garbage.get_data(as_text=True) and table_rows(garbage, "log")
+
+
+def test_a_providers_answer_text_is_content_readers_see_it_monitors_and_logs_do_not(oapp, as_, send, worker, caplog):
+    """A SOAP provider's fault that quotes the citizen's name: kept on the attempt and the row
+    for readers and admins; monitors see the code; above DEBUG it is not logged."""
+    from conftest import KLIN2
+
+    fault = ("<soap:Envelope xmlns:soap='http://schemas.xmlsoap.org/soap/envelope/'><soap:Body><soap:Fault>"
+             "<faultcode>soap:Client</faultcode><faultstring>Patient Anna Andersson finns inte i journalen"
+             "</faultstring></soap:Fault></soap:Body></soap:Envelope>")
+    caplog.set_level(logging.INFO)
+    with responses.RequestsMock() as mock:
+        mock.post("http://127.0.0.1:8082/soap", status=500, body=fault, content_type="text/xml")
+        send(address=KLIN2, caseId="SOAP-1", receiver={"hsaId": KLIN2, "isPatientBoard": False}, attachment=None)
+        worker.run_until_idle()
+    monitor, reader = as_("mona"), as_("rita")
+    for path in ("/ops/log", "/ops/dead", "/ops/cases/SOAP-1"):
+        page = monitor.get(path).get_data(as_text=True)
+        assert "Anna Andersson" not in page, path
+    assert "GW062" in monitor.get("/ops/dead").get_data(as_text=True)
+    assert "Anna Andersson" in reader.get("/ops/cases/SOAP-1").get_data(as_text=True)
+    assert "Anna Andersson" not in caplog.text
