@@ -362,6 +362,12 @@ class WorkerSection(_Section):
     concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries in flight at once per process.")
     poll_s: float = Field(default=2.0, gt=0, description="How often due retries are looked for.")
     lease_s: float = Field(default=300.0, ge=5, description="A claimed row returns to the queue after this.")
+    per_target: int | None = Field(default=None, ge=1, le=64, description=(
+        "Calls to one target in flight at once (default: half of concurrency, at least 1), so a "
+        "slow target never holds every delivery slot."))
+    deadline_s: float = Field(default=60.0, gt=0, le=3600, description=(
+        "The total deadline of one delivery call (connect, send and the whole answer); a call "
+        "past it is given up and retried later with the same idempotency key."))
 
 
 class RivtaSection(_Section):

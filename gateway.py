@@ -211,6 +211,8 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
         max_attachments=cfg.outbound.max_attachments,
         # synchronous medication lookups may hold at most a quarter of the HTTP threads
         medication_slots=max(1, cfg.server.threads // 4),
+        per_target=cfg.worker.per_target,
+        deadline_s=cfg.worker.deadline_s,
         alerts=cfg.alerts,
         alert_channels=channels_from(cfg.alerts),
         retention=lambda: run_retention(cfg, store, clock),

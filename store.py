@@ -917,7 +917,9 @@ class Store:
 
     # -- delivery (the worker's side of the outbox) ----------------------------------------
 
-    def claim(self, worker: str, *, limit: int, lease_s: float, now: dt.datetime | None = None) -> list[Job]:
+    def claim(self, worker: str, *, limit: int, lease_s: float, now: dt.datetime | None = None,
+              skip_ids: frozenset[int] = frozenset(), room: dict[str, int] | None = None,
+              room_per_target: int | None = None) -> list[Job]:
         """Claim up to ``limit`` due rows for ``worker`` with a conditional update.
 
         A row is due when it is pending, its ``not_before`` has passed, its target is not
@@ -930,11 +932,24 @@ class Store:
         lease = ts(now + dt.timedelta(seconds=lease_s))
         jobs: list[Job] = []
         with self.write() as db:
+            # ``room``: how many more calls each target may take now (``room_per_target`` for the rest)
+            left = dict(room or {})
+            full = sorted(t for t, n in left.items() if n <= 0)
+            skip = "".join(
+                [f" AND o.target NOT IN ({', '.join('?' for _ in full)})" if full else "",
+                 f" AND o.id NOT IN ({', '.join('?' for _ in skip_ids)})" if skip_ids else ""])
             candidates = db.execute(
-                f"SELECT o.id FROM outbox o WHERE {_CLAIMABLE} AND o.not_before <= ? ORDER BY o.not_before, o.id LIMIT ?",
-                [ts(now), limit],
+                f"SELECT o.id, o.target FROM outbox o WHERE {_CLAIMABLE}{skip} AND o.not_before <= ? "
+                "ORDER BY o.not_before, o.id LIMIT ?",
+                [*full, *sorted(skip_ids), ts(now), limit if room_per_target is None else limit * 8],
             ).fetchall()
-            for (row_id,) in candidates:
+            for row_id, target in candidates:
+                if len(jobs) >= limit:
+                    break
+                if room_per_target is not None:
+                    if left.setdefault(target, room_per_target) <= 0:
+                        continue
+                    left[target] -= 1
                 claimed = db.execute(
                     """UPDATE outbox SET status = 'in_flight', claimed_by = ?, lease_until = ?,
                            attempts = attempts + 1, updated_at = ?

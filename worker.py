@@ -58,7 +58,7 @@ from errors import (
 )
 from mapping import Mappings, delivery_source
 from model import CaseType, Medication, Message, MessageKind, PersonId
-from store import OUTBOUND_ACTIONS, Job, Store, receipt_id
+from store import NATIONAL_TARGET, OUTBOUND_ACTIONS, Job, Store, receipt_id
 
 if TYPE_CHECKING:  # handed in by the composition root
     from clock import Clock
@@ -92,6 +92,71 @@ class SyncCalls:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class TargetCalls:
+    """The delivery calls of the worker, per target: at most ``per_target`` at once for one
+    target (a slow target never holds every slot; the dispatcher claims nothing more for a
+    target at its limit), each given up after a total deadline (connect, send, the whole
+    answer), whatever the socket timeouts let a dripping peer do. A call past its deadline
+    keeps its place until the peer lets go, and its row is not claimed again meanwhile."""
+
+    def __init__(self, per_target: int, deadline_s: float):
+        self.per_target = max(1, per_target)
+        self.deadline_s = deadline_s
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[str, float]] = {}  # outbox id → (target, deadline on the monotonic clock)
+        self._pool = ThreadPoolExecutor(64, thread_name_prefix="call")
+
+    def hold(self, target: str, row_id: int) -> None:
+        """A row of ``target`` is claimed: it counts against the target's share until done."""
+        with self._lock:
+            self._running[row_id] = (target, float("inf"))
+
+    def release(self, row_id: int) -> None:
+        """The row's delivery is over; unless its call still runs past the deadline, its place is free."""
+        with self._lock:
+            entry = self._running.get(row_id)
+            if entry is not None and entry[1] == float("inf"):
+                del self._running[row_id]
+
+    def call(self, target: str, row_id: int, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            self._running[row_id] = (target, time.monotonic() + self.deadline_s)
+        future = self._pool.submit(fn)
+        future.add_done_callback(lambda _f: self._done(row_id))
+        try:
+            return future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            raise TargetUnavailable(
+                f"target '{target}' did not answer within the total deadline of {self.deadline_s:g} s "
+                "(worker.deadline_s); the call is given up and the row retried with the same key.") from None
+
+    def _done(self, row_id: int) -> None:
+        with self._lock:
+            self._running.pop(row_id, None)
+
+    def busy(self) -> tuple[dict[str, int], frozenset[int]]:
+        """How many more calls each target with calls running may take, and the rows whose call
+        still runs (not to be claimed again meanwhile)."""
+        with self._lock:
+            room: dict[str, int] = {}
+            for target, _ in self._running.values():
+                room[target] = room.get(target, self.per_target) - 1
+            return room, frozenset(self._running)
+
+    def stuck(self) -> dict[str, int]:
+        """Per target, the calls still running past their deadline (a peer that does not let go)."""
+        now = time.monotonic()
+        with self._lock:
+            found: dict[str, int] = {}
+            for target, deadline in self._running.values():
+                if deadline < now:
+                    found[target] = found.get(target, 0) + 1
+            return found
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Worker:
     """Background delivery and jobs of one gateway process."""
 
@@ -114,6 +179,8 @@ class Worker:
         review_s: float = 0.0,
         max_attachments: int = 10,
         medication_slots: int = 2,
+        per_target: int | None = None,
+        deadline_s: float = 60.0,
         alerts: Any = None,
         alert_channels: list[Any] | None = None,
         retention: Callable[[], dict[str, int]] | None = None,
@@ -137,6 +204,7 @@ class Worker:
         self.review_s = review_s
         self.max_attachments = max_attachments  # outbound.max_attachments, for polled replies
         self._sync_calls = SyncCalls(medication_slots)
+        self.calls = TargetCalls(per_target or max(1, concurrency // 2), deadline_s)
         self.alerts = alerts  # config.AlertsSection
         self.alert_channels = list(alert_channels or [])
         self.retention = retention
@@ -273,14 +341,17 @@ class Worker:
             free = self.concurrency - self._in_flight
         if free <= 0 or self._pool is None:
             return 0
+        room, busy_rows = self.calls.busy()
         try:
-            jobs = self.store.claim(self.name, limit=free, lease_s=self.lease_s)
+            jobs = self.store.claim(self.name, limit=free, lease_s=self.lease_s, skip_ids=busy_rows, room=room,
+                                    room_per_target=self.calls.per_target)
         except GatewayError as exc:
             log.warning("claim failed", extra={"error_code": exc.code, "detail": exc.message})
             return 0
         for job in jobs:
             with self._in_flight_lock:
                 self._in_flight += 1
+            self.calls.hold(job.target, job.id)
             self._pool.submit(self._run, job)
         return len(jobs)
 
@@ -290,6 +361,7 @@ class Worker:
         except Exception:  # the outcome could not even be recorded: the lease brings the row back
             log.error("delivery outcome not recorded", exc_info=True, extra={"outbox_id": job.id, "case_id": job.case_id})
         finally:
+            self.calls.release(job.id)
             with self._in_flight_lock:
                 self._in_flight -= 1
             self._wake.set()
@@ -304,9 +376,15 @@ class Worker:
             if time.monotonic() - beaten >= self.heartbeat_s:  # a worker that claims, beats
                 self.heartbeat()
                 beaten = time.monotonic()
-            jobs = self.store.claim(self.name, limit=self.concurrency, lease_s=self.lease_s)
+            room, busy_rows = self.calls.busy()
+            jobs = self.store.claim(self.name, limit=self.concurrency, lease_s=self.lease_s, skip_ids=busy_rows,
+                                    room=room, room_per_target=self.calls.per_target)
             for job in jobs:
-                self.deliver(job)
+                self.calls.hold(job.target, job.id)
+                try:
+                    self.deliver(job)
+                finally:
+                    self.calls.release(job.id)
             attempts += len(jobs)
             if jobs:
                 continue
@@ -379,7 +457,8 @@ class Worker:
         try:
             request = self.build_request(job)
             adapter = self.adapter(job.target)
-            answer = adapter.deliver_case(request) if job.action == DELIVER_CASE else adapter.deliver_message(request)
+            answer = self.calls.call(job.target, job.id, lambda: adapter.deliver_case(request) if job.action == DELIVER_CASE
+                                     else adapter.deliver_message(request))
             expected, provider_case_id = self.mappings.fieldmap(job.target).provider_case_id(job.action, answer.data)  # type: ignore[union-attr]
             if expected and not provider_case_id:
                 raise BadTargetAnswer(f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map reads it.")
@@ -447,22 +526,25 @@ class Worker:
         try:
             if self.national is None:
                 raise ConfigError("no national platform is configured (the 'national' section).")
+            national = self.national
             case = self.store.load_case(job.case_id)
             if job.action == "register_case":
                 row = self.store.case_row(job.case_id) or {}
-                answer = self.national.register_case(case=case, external_case_id=row.get("provider_case_id") or job.case_id,
-                                                     channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id)
+                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.register_case(
+                    case=case, external_case_id=row.get("provider_case_id") or job.case_id,
+                    channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id))
                 national_case_id = str(answer.data["caseId"])  # type: ignore[index]
             elif not job.national_case_id:
                 raise MappingError(f"case {job.case_id} has no 1177 case id: it was never registered with 1177.")
             elif job.action == "add_message":
-                answer = self.national.add_message(
+                message = self.store.load_message(job.ref_id)
+                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.add_message(
                     subject_of_care_id=case.subject_of_care.person_id.id, national_case_id=job.national_case_id,
-                    message=self.store.load_message(job.ref_id), correlation_id=job.correlation_id)
+                    message=message, correlation_id=job.correlation_id))
             else:
-                answer = self.national.update_status(national_case_id=job.national_case_id,
-                                                     update=self.store.load_status(int(job.ref_id)),
-                                                     correlation_id=job.correlation_id)
+                update = self.store.load_status(int(job.ref_id))
+                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.update_status(
+                    national_case_id=job.national_case_id, update=update, correlation_id=job.correlation_id))
         except DeliveryError as exc:
             self._failed(job, exc, started, clock, self.national_settings)
             return

@@ -55,6 +55,9 @@ def ready() -> tuple[Response, int]:
         age = (ops.instant() - _parse(beat)).total_seconds() if beat else None
         if age is None or age > ops.heartbeat_max_age_s:
             problems.append("worker heartbeat is stale" + (f" ({age:.0f} s old)" if age is not None else " (none yet)"))
+        for target, count in sorted(worker.calls.stuck().items()):
+            problems.append(f"{count} call(s) to {target} still running past the deadline (worker.deadline_s): "
+                            "the target holds its connections without answering")
     elif worker is not None and current_app.config.get("GATEWAY_EXPECT_WORKER"):
         problems.append("the worker is not running")
     if ops.mappings is None or not len(ops.mappings.units):

@@ -450,3 +450,79 @@ def test_errors_never_carry_secrets():
             adapter.deliver_case(adapters.Request({}, "k"))
     assert info.value.permanent and "s3cret" not in str(info.value)
     assert "s3cret-token" not in repr(config_mod.AuthSection(type="bearer", token="s3cret-token"))
+
+
+def test_a_dripping_provider_gets_a_total_deadline_and_cannot_hold_up_other_targets(config_data, make_case):
+    """A provider that answers one byte at a time, slower than nothing: each call ends at the
+    total deadline, the target never holds more than its share of the slots, the other
+    target's cases go on, and /health/ready says which target holds the calls."""
+    import socket
+
+    from conftest import KLIN2
+    from sandbox.providers import create_soap_provider, serve_in_thread
+
+    stop, lock = threading.Event(), threading.Lock()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    open_calls = {"now": 0, "most": 0, "all": 0}
+
+    def drip(conn):
+        with lock:
+            open_calls["now"] += 1
+            open_calls["all"] += 1
+            open_calls["most"] = max(open_calls["most"], open_calls["now"])
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        while not stop.is_set():  # one byte every 0.2 s: every socket read succeeds, the answer never ends
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            stop.wait(0.2)
+        conn.close()
+        with lock:
+            open_calls["now"] -= 1
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    soap_url, stop_soap = serve_in_thread(create_soap_provider(answer_delay_s=0, question_every=0))
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["base_url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    data["targets"]["demo_rest"]["timeout_s"] = 1  # per read: the drip never trips it
+    data["targets"]["demo_soap"]["endpoint"] = f"{soap_url}/soap"
+    data["worker"].update(concurrency=4, deadline_s=1)  # per_target: half of 4
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}), start_worker=True)
+    client, store = app.test_client(), app.extensions["gateway.store"]
+    try:
+        for n in range(4):  # to the dripping target
+            client.post("/rivta", data=make_case(caseId=f"DRIP-{n}", attachment=None), headers={"Content-Type": "text/xml"})
+        for n in range(3):  # to the healthy one
+            client.post("/rivta", data=make_case(KLIN2, caseId=f"OK-{n}", attachment=None,
+                                                 receiver={"hsaId": KLIN2, "isPatientBoard": False}),
+                        headers={"Content-Type": "text/xml"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+                store.outbox_rows(f"OK-{n}")[0]["status"] == "done" for n in range(3)):
+            time.sleep(0.05)
+        assert all(store.outbox_rows(f"OK-{n}")[0]["status"] == "done" for n in range(3))
+        while time.monotonic() < deadline and not store.attempts_of(store.outbox_rows("DRIP-0")[0]["id"]):
+            time.sleep(0.05)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and any("demo_rest" in p and "deadline" in p for p in ready.json["problems"])
+        attempts = [a for n in range(4) for a in store.attempts_of(store.outbox_rows(f"DRIP-{n}")[0]["id"])]
+        assert attempts and all(a["error_code"] == "GW060" for a in attempts)
+        assert open_calls["most"] <= 2  # the dripping target never held more than its share
+    finally:
+        stop.set()
+        listener.close()
+        app.extensions["gateway.worker"].stop(timeout=5)
+        stop_soap()
+        store.close()
