@@ -491,7 +491,7 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
     if why is None:
         fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
         listed, why = rules.recent_medications(fetched, today=today)
-    result = rivta.Result("INFO", log_id, None, why) if why else rivta.Result.ok(log_id)
+    result = rivta.Result.info(why, log_id) if why else rivta.Result.ok(log_id)
     response = _response(contract, result)
     core = rivta.CORE_NS
     for item in listed:

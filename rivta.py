@@ -15,6 +15,8 @@ Invariants:
 - The size limit is the caller's (``inbound`` reads at most ``max_body_bytes``).
 - A fault's text is a stable code and a sentence; never a stack trace, file content or
   a person id.
+- A ``result``'s ``errorCode`` is one of RIV-TA's ``ErrorCodeEnum`` values; the gateway's
+  own ``GW0xx`` is its ``subCode``; the one table between them is ``RESULT_ERROR_CODES``.
 """
 
 from __future__ import annotations
@@ -272,24 +274,66 @@ def _clean_schema_message(message: str) -> str:
 # -- responses and faults -------------------------------------------------------------------------
 
 
+#: RIV-TA's ``ErrorCodeEnum``: the kind of a logical error, carried in ``result/errorCode``.
+INVALID_REQUEST = "INVALID_REQUEST"
+TRANSFORMATION_ERROR = "TRANSFORMATION_ERROR"
+APPLICATION_ERROR = "APPLICATION_ERROR"
+TECHNICAL_ERROR = "TECHNICAL_ERROR"
+ERROR_CODE_ENUM = (INVALID_REQUEST, TRANSFORMATION_ERROR, APPLICATION_ERROR, TECHNICAL_ERROR)
+
+#: The one table from a gateway code (in ``result/subCode``) to the ``errorCode`` beside
+#: it: every code a ``result`` can carry (the rule refusals, ``RuleViolation``). README's
+#: table "ResultType: errorCode and subCode" reproduces it (a test compares them).
+RESULT_ERROR_CODES: dict[str, str] = {
+    "GW020": INVALID_REQUEST,  # person id missing or invalid
+    "GW021": INVALID_REQUEST,  # HSA-id syntax
+    "GW022": INVALID_REQUEST,  # attachment type
+    "GW023": INVALID_REQUEST,  # attachment size
+    "GW024": INVALID_REQUEST,  # too many attachments
+    "GW025": INVALID_REQUEST,  # event date
+    "GW026": INVALID_REQUEST,  # patient board complaint without a place
+    "GW027": APPLICATION_ERROR,  # follow-up for a case never received
+    "GW028": APPLICATION_ERROR,  # a known id with other content
+    "GW029": INVALID_REQUEST,  # another field breaks a rule
+    "GW035": TRANSFORMATION_ERROR,  # a unit code that maps to no HSA-id
+    "GW036": INVALID_REQUEST,  # closing codes missing
+    "GW040": APPLICATION_ERROR,  # the case's content was purged
+    "GW041": APPLICATION_ERROR,  # the case is closed
+    "GW042": INVALID_REQUEST,  # files on a case registered outside 1177
+    "GW043": INVALID_REQUEST,  # chosen medications where rule 9 shows no list
+    "GW044": INVALID_REQUEST,  # a sending unit that may not answer for the case's unit
+}
+
+
+def error_code_for(code: str) -> str:
+    """The ``ErrorCodeEnum`` value for a gateway code (``TECHNICAL_ERROR`` for any other)."""
+    return RESULT_ERROR_CODES.get(code, TECHNICAL_ERROR)
+
+
 @dataclass(frozen=True)
 class Result:
-    """The RIV-TA ``result``: resultCode OK|INFO|ERROR, errorCode, logId, message."""
+    """The RIV-TA ``result``: resultCode OK|INFO|ERROR, errorCode (``ErrorCodeEnum``),
+    subCode (the gateway's ``GW0xx``), logId (any string), message."""
 
     code: str
     log_id: str
     error_code: str | None = None
     message: str | None = None
+    sub_code: str | None = None
 
     @classmethod
     def ok(cls, log_id: str | None = None, message: str | None = None) -> Result:
         return cls("OK", log_id or str(uuid.uuid4()), None, message)
 
     @classmethod
+    def info(cls, message: str, log_id: str | None = None) -> Result:
+        return cls("INFO", log_id or str(uuid.uuid4()), None, message)
+
+    @classmethod
     def error(cls, exc: GatewayError, log_id: str | None = None) -> Result:
         text = exc.message if not exc.hint else f"{exc.message} {exc.hint}"
         # a message may quote what the caller sent (a file name, an id): never a person id
-        return cls("ERROR", log_id or str(uuid.uuid4()), exc.code, redact_person_ids(text))
+        return cls("ERROR", log_id or str(uuid.uuid4()), error_code_for(exc.code), redact_person_ids(text), exc.code)
 
 
 def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) -> etree._Element:
@@ -299,6 +343,8 @@ def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) 
     etree.SubElement(element, f"{{{namespace}}}resultCode").text = result.code
     if result.error_code:
         etree.SubElement(element, f"{{{namespace}}}errorCode").text = result.error_code
+    if result.sub_code:
+        etree.SubElement(element, f"{{{namespace}}}subCode").text = result.sub_code
     etree.SubElement(element, f"{{{namespace}}}logId").text = result.log_id
     if result.message:
         etree.SubElement(element, f"{{{namespace}}}message").text = result.message

@@ -11,7 +11,7 @@ level (Content-Type, Content-Length, headers). A seeded ``random.Random`` makes 
 the same; ``FUZZ_SEED`` and ``FUZZ_INPUTS`` change the seed and the number of inputs.
 
 For every input the gateway must answer HTTP 200 with a result (resultCode OK/INFO/ERROR,
-an ``errorCode`` GW0xx with ERROR) or HTTP 500 with a SOAP Fault whose faultstring starts
+with ERROR an ``errorCode`` of RIV-TA's ``ErrorCodeEnum`` and a ``subCode`` GW0xx) or HTTP 500 with a SOAP Fault whose faultstring starts
 with a GW0xx code; never a traceback; never a test person id in the response or the log;
 nothing stored unless the answer was OK (then exactly one more case or one more message);
 and afterwards it still accepts a valid request. The Flask test client runs the bulk; a
@@ -839,11 +839,13 @@ def outcome_of(status: int, body: bytes) -> tuple[str, list[str]]:
     if values.get("resultCode") not in ("OK", "INFO", "ERROR"):
         problems.append(f"resultCode {values.get('resultCode')!r}")
     if values.get("resultCode") == "ERROR":
-        if not GW_CODE.match(values.get("errorCode") or ""):
-            problems.append(f"ERROR without a GW0xx errorCode: {values.get('errorCode')!r}")
+        if not GW_CODE.match(values.get("subCode") or ""):
+            problems.append(f"ERROR without a GW0xx subCode: {values.get('subCode')!r}")
+        elif values.get("errorCode") != rivta.error_code_for(values["subCode"]):
+            problems.append(f"ERROR {values.get('subCode')} with errorCode {values.get('errorCode')!r}")
         if not values.get("message"):
             problems.append("ERROR without a message")
-        return f"ERROR {values.get('errorCode')}", problems
+        return f"ERROR {values.get('subCode')}", problems
     return str(values.get("resultCode")), problems
 
 

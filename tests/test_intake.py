@@ -104,7 +104,7 @@ def test_same_case_id_with_other_content_is_refused(post, make_case, store):
     before = stored(store)
     _, root, _ = post(make_case(text="Ändrad text"))
     result = result_of(root)
-    assert result["resultCode"] == "ERROR" and result["errorCode"] == "GW028"
+    assert result["resultCode"] == "ERROR" and result["subCode"] == "GW028"
     assert stored(store) == before
 
 
@@ -129,7 +129,7 @@ def test_follow_up_message(post, make_case, make_message, store):
 def test_follow_up_for_unknown_case_is_refused_and_stores_nothing(post, make_message, store):
     _, root, _ = post(make_message(caseId="NEVER-SEEN"))
     result = result_of(root)
-    assert result["resultCode"] == "ERROR" and result["errorCode"] == "GW027" and "NEVER-SEEN" in result["message"]
+    assert result["resultCode"] == "ERROR" and result["subCode"] == "GW027" and "NEVER-SEEN" in result["message"]
     assert stored(store) == EMPTY
 
 
@@ -165,7 +165,7 @@ def test_rule_refusals_answer_error_and_store_nothing(post, make_case, store, ca
         overrides = {"complaint": {"eventDate": _tomorrow(), "isCareProcess": False}}
     status, root, text = post(make_case(**overrides))
     result = result_of(root)
-    assert status == 200 and result["resultCode"] == "ERROR" and result["errorCode"] == code, result
+    assert status == 200 and result["resultCode"] == "ERROR" and result["subCode"] == code, result
     assert result["message"] and len(result["logId"]) == 36
     assert stored(store) == EMPTY
     logged = capsys.readouterr().err
@@ -176,7 +176,7 @@ def test_rule_refusals_answer_error_and_store_nothing(post, make_case, store, ca
 def test_too_large_attachment(app, post, make_case, store):
     app.extensions["gateway.intake"].max_attachment_bytes = 1000
     _, root, _ = post(make_case(attachment=[{"fileName": "a.pdf", "mimeType": "application/pdf", "data": PDF.ljust(1001)}]))
-    assert result_of(root)["errorCode"] == "GW023"
+    assert result_of(root)["subCode"] == "GW023"
     assert stored(store) == EMPTY
 
 
@@ -184,7 +184,7 @@ def test_message_with_disguised_file_is_refused(post, make_case, make_message, s
     post(make_case())
     before = stored(store)
     _, root, _ = post(make_message(attachment=[{"fileName": "x.jpg", "mimeType": "image/jpeg", "data": EXE}]))
-    assert result_of(root)["errorCode"] == "GW022"
+    assert result_of(root)["subCode"] == "GW022"
     assert stored(store) == before
 
 
