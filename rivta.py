@@ -32,11 +32,13 @@ from errors import (
     ContractError,
     DeliveryError,
     GatewayError,
+    HeaderNotUnderstood,
     HostileXml,
     InternalError,
     MalformedXml,
     NotSoap11,
     SchemaViolation,
+    SoapActionMismatch,
     StoreError,
     UnknownContract,
 )
@@ -194,11 +196,53 @@ def read_envelope(root: etree._Element) -> Envelope:
         raise NotSoap11("the SOAP Body is empty.")
     address = None
     if header is not None:
+        check_must_understand(header)
         element = header.find(f"{{{REGISTRY_NS}}}LogicalAddress")
         if element is not None:
             address = (element.text or "").strip()
     first = etree.QName(children[0])
     return Envelope(address, children[0], first.namespace or "", first.localname)
+
+
+WSA_NS = "http://www.w3.org/2005/08/addressing"
+#: The Header elements the gateway processes, so may carry ``mustUnderstand="1"``:
+#: LogicalAddress, and WS-Addressing's message headers (informational: the contract is
+#: chosen by the Body, the answer goes back on the same connection). WS-Security's
+#: ``Security`` is *not* here: the gateway verifies no signature or token in it (TLS
+#: client certificates say who calls), so one that must be understood is refused.
+UNDERSTOOD_HEADERS = frozenset(
+    {f"{{{REGISTRY_NS}}}LogicalAddress"}
+    | {f"{{{WSA_NS}}}{name}" for name in ("To", "Action", "MessageID", "RelatesTo", "ReplyTo", "From", "FaultTo")}
+)
+_ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
+
+
+def check_must_understand(header: etree._Element) -> None:
+    """SOAP 1.1 section 4.2.3: a header for this node (no ``actor``, or ``actor`` next) with
+    ``mustUnderstand="1"`` that the gateway does not process is refused (soap:MustUnderstand)."""
+    for element in header:
+        if not isinstance(element.tag, str):
+            continue
+        flag = (element.get(f"{{{SOAP11_NS}}}mustUnderstand") or "").strip()
+        actor = (element.get(f"{{{SOAP11_NS}}}actor") or "").strip()
+        if flag in ("1", "true") and actor in ("", _ACTOR_NEXT) and element.tag not in UNDERSTOOD_HEADERS:
+            name = etree.QName(element)
+            raise HeaderNotUnderstood(
+                f"the header {{{(name.namespace or '')[:200]}}}{name.localname[:100]} must be understood, "
+                "and the gateway does not process it."
+            )
+
+
+def check_soap_action(value: str | None, contract: Contract) -> None:
+    """A ``SOAPAction`` HTTP header, when not empty, names the Body's operation
+    (``<ResponderNamespace>:<Operation>``, quoted or not); a missing one is accepted."""
+    action = (value or "").strip()
+    if len(action) >= 2 and action[0] == action[-1] == '"':
+        action = action[1:-1].strip()
+    if action and action != contract.soap_action:
+        raise SoapActionMismatch(
+            f"the SOAPAction '{action[:200]}' does not name the operation in the Body, {contract.soap_action}."
+        )
 
 
 # -- schemas ------------------------------------------------------------------------------------
@@ -359,12 +403,14 @@ def envelope(payload: etree._Element) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool = False, log_id: str | None = None) -> bytes:
+def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool = False, log_id: str | None = None,
+          must_understand: bool = False) -> bytes:
     """A SOAP 1.1 Fault whose ``faultstring`` starts with the gateway's stable code."""
     root = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
     body = etree.SubElement(root, f"{{{SOAP11_NS}}}Body")
     element = etree.SubElement(body, f"{{{SOAP11_NS}}}Fault")
-    kind = "VersionMismatch" if version_mismatch else ("Server" if server else "Client")
+    kind = ("VersionMismatch" if version_mismatch else "MustUnderstand" if must_understand
+            else "Server" if server else "Client")
     etree.SubElement(element, "faultcode").text = f"soap:{kind}"
     etree.SubElement(element, "faultstring").text = f"{code} {text}"
     if log_id:
@@ -380,5 +426,6 @@ def fault_for(exc: GatewayError, *, log_id: str | None = None) -> bytes:
         text,
         server=isinstance(exc, (StoreError, InternalError, DeliveryError)),
         version_mismatch=isinstance(exc, NotSoap11) and "SOAP 1.2" in exc.message,
+        must_understand=isinstance(exc, HeaderNotUnderstood),
         log_id=log_id,
     )

@@ -2,7 +2,8 @@
 RegisterCase, with zeep and the project's own contracts.
 
 Role: turn a message to the citizen, a status change or a case registered outside 1177
-into the contract's request, with the ``LogicalAddress`` header, the configured
+into the contract's request, with the ``LogicalAddress`` header (``national.logical_addresses``
+per contract, else ``national.logical_address``), the configured
 ``sourceSystem`` and the RIV-TA HTTP headers (original consumer HSA-id, correlation id),
 on a ``requests.Session`` ready for client certificates; and read 1177's ``result``.
 
@@ -81,7 +82,7 @@ class NationalAdapter:
         what = contract.name
         def call() -> Any:
             with client.settings(extra_http_headers=headers):
-                return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.logical_address}, **body)
+                return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.address_for(contract.name)}, **body)
 
         result = call_classified(NAME, what, call)
         data = zeep.helpers.serialize_object(result, target_cls=dict)

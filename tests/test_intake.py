@@ -373,9 +373,9 @@ def test_database_locked_is_a_server_fault_and_nothing_is_stored(app, post, make
 def test_ping_for_configuration(post):
     body = b"""<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
         xmlns:r="urn:riv:itintegration:registry:1" xmlns:p="urn:riv:itintegration:monitoring:PingForConfigurationResponder:1">
-      <soap:Header><r:LogicalAddress>SE165565594230-1000</r:LogicalAddress></soap:Header>
+      <soap:Header><r:LogicalAddress>SE5566778899-GW01</r:LogicalAddress></soap:Header>
       <soap:Body><p:PingForConfiguration><p:serviceContractNamespace>urn:x</p:serviceContractNamespace>
-      <p:logicalAddress>SE165565594230-1000</p:logicalAddress></p:PingForConfiguration></soap:Body></soap:Envelope>"""
+      <p:logicalAddress>SE5566778899-GW01</p:logicalAddress></p:PingForConfiguration></soap:Body></soap:Envelope>"""
     status, root, text = post(body)
     assert status == 200
     ns = {"p": "urn:riv:itintegration:monitoring:PingForConfigurationResponder:1"}
@@ -385,10 +385,11 @@ def test_ping_for_configuration(post):
     assert "secret" not in text.lower()
 
 
-def test_wsdls_are_served_with_the_gateways_address(client):
+def test_wsdls_are_served_with_the_gateways_address(app, client):
     index = client.get("/rivta").get_data(as_text=True)
     assert "ProcessCaseInteraction_1.0_RIVTABP21.wsdl" in index
-    wsdl = client.get("/rivta/ProcessCase?wsdl", base_url="https://gw.example.se")
+    app.extensions["gateway.intake"].public_url = "https://gw.example.se"
+    wsdl = client.get("/rivta/ProcessCase?wsdl", base_url="https://other.example.se")
     tree = etree.fromstring(wsdl.data)
     locations = tree.xpath("//soap:address/@location", namespaces={"soap": "http://schemas.xmlsoap.org/wsdl/soap/"})
     assert locations == ["https://gw.example.se/rivta"]
