@@ -132,8 +132,8 @@ def build_seeds() -> list[Seed]:
             attachment=[{"fileName": "svar.pdf", "mimeType": "application/pdf", "data": PDF}],
         )),
         Seed("ping", "PingForConfiguration", message(
-            "PingForConfiguration", "SE165565594230-1000",
-            serviceContractNamespace=rivta.PROCESS_CASE.responder_ns, logicalAddress="SE165565594230-1000",
+            "PingForConfiguration", "SE5566778899-GW01",
+            serviceContractNamespace=rivta.PROCESS_CASE.responder_ns, logicalAddress="SE5566778899-GW01",
         )),
         Seed("medications", "GetMedicationList", message(
             "GetMedicationList", KLIN1, receiver={"hsaId": KLIN1}, subjectOfCare={"personId": pid(PNR)},
@@ -818,7 +818,7 @@ def outcome_of(status: int, body: bytes) -> tuple[str, list[str]]:
         faultstring = fault.findtext("faultstring") or ""
         if not GW_FAULT.match(faultstring):
             problems.append(f"a fault without a GW0xx code: {faultstring[:200]!r}")
-        if fault.findtext("faultcode") not in ("soap:Client", "soap:Server", "soap:VersionMismatch"):
+        if fault.findtext("faultcode") not in ("soap:Client", "soap:Server", "soap:VersionMismatch", "soap:MustUnderstand"):
             problems.append(f"odd faultcode {fault.findtext('faultcode')!r}")
         if faultstring.startswith(("GW099", "GW050")):
             problems.append(f"an internal error, i.e. a crash behind the safety net: {faultstring[:200]!r}")
