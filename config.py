@@ -381,6 +381,10 @@ class RivtaSection(_Section):
         default=None, description="A TLS-terminating proxy's header with the client certificate (URL-encoded PEM)."
     )
     proxy_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    ping_details: bool = Field(
+        default=False,
+        description="PingForConfiguration also lists the gateway's name, contracts, unit count, targets, start time and Python version.",
+    )
 
     @field_validator("allowed_consumers")
     @classmethod
@@ -405,6 +409,10 @@ class NationalSection(_Section):
 
     endpoint: str = Field(description="URL of the platform's RIV-TA endpoint for AddMessage, UpdateCaseStatus, RegisterCase.")
     logical_address: str = Field(description="LogicalAddress header of calls to 1177 (the inbox's HSA-id).")
+    logical_addresses: dict[Literal["AddMessage", "UpdateCaseStatus", "RegisterCase"], str] = Field(
+        default_factory=dict,
+        description="A LogicalAddress per contract where it is not logical_address (AddMessage, UpdateCaseStatus, RegisterCase).",
+    )
     notify: bool = Field(default=True, description="Ask 1177 to notify the citizen (SMS/e-mail) of a new message.")
     timeout_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -417,6 +425,18 @@ class NationalSection(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value
+
+    @field_validator("logical_addresses")
+    @classmethod
+    def _addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = [name for name, address in value.items() if not address.strip()]
+        if empty:
+            raise ValueError(f"the LogicalAddress of {', '.join(empty)} is empty (leave the key out to use logical_address)")
+        return {name: address.strip() for name, address in value.items()}
+
+    def address_for(self, contract: str) -> str:
+        """The LogicalAddress of calls to ``contract``: its own, or the shared ``logical_address``."""
+        return self.logical_addresses.get(contract, self.logical_address)
 
 
 class ConfirmationsSection(_Section):

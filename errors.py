@@ -36,7 +36,10 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── SchemaViolation  GW015  the Body does not match the contract's XSD
     │   ├── UnknownLogicalAddress GW016  LogicalAddress missing or not a unit we know
     │   ├── UnsupportedMediaType GW017  wrong Content-Type for SOAP 1.1
-    │   └── CallerNotAllowed GW018  no verified client certificate, or one not on the allow-list
+    │   ├── CallerNotAllowed GW018  no verified client certificate, or one not on the allow-list
+    │   ├── HeaderNotUnderstood GW070  a mustUnderstand="1" header the gateway does not process (soap:MustUnderstand)
+    │   ├── SoapActionMismatch GW071  the SOAPAction HTTP header names another operation than the Body
+    │   └── NoPublicAddress  GW072  a WSDL asked for through a non-loopback Host while gateway.public_url is unset
     ├── OpsRefused                  the ops view refuses a request (an error page with the code)
     │   ├── BadOpsRequest    GW038  400: a page cursor, row id or return path that is not valid
     │   └── SignInLocked     GW039  429: too many failed sign-ins for the user or from the address
@@ -355,6 +358,30 @@ class SignInLocked(OpsRefused):
     code = "GW039"
     status = 429
     hint = "Wait until the lock ends, or ask an admin to lift it ('gateway ops unlock USER')."
+
+
+class HeaderNotUnderstood(RequestRefused):
+    """A SOAP Header child carries ``mustUnderstand="1"`` (for the gateway, or for no actor in
+    particular) and is not one the gateway processes; SOAP 1.1 answers ``soap:MustUnderstand``."""
+
+    code = "GW070"
+    hint = "Send only LogicalAddress and WS-Addressing headers with mustUnderstand=\"1\", or set it to \"0\"."
+
+
+class SoapActionMismatch(RequestRefused):
+    """The ``SOAPAction`` HTTP header is not empty and is not ``<ResponderNamespace>:<Operation>``
+    of the Body's first child (a missing or empty SOAPAction is accepted, as the platform does)."""
+
+    code = "GW071"
+    hint = "Send the SOAPAction of the operation in the Body (or none)."
+
+
+class NoPublicAddress(RequestRefused):
+    """A WSDL was asked for through a Host that is not a loopback address while
+    ``gateway.public_url`` is unset: the gateway never writes a caller's Host into a WSDL."""
+
+    code = "GW072"
+    hint = "Set gateway.public_url to the address the national platform reaches the gateway at."
 
 
 class RuleViolation(GatewayError):

@@ -65,6 +65,22 @@ def _as_config(value: Config | str | os.PathLike[str] | None) -> Config:
     return value if isinstance(value, Config) else config_mod.load(value)
 
 
+def ping_configuration(cfg: Config, maps: mapping.Mappings, clock: Any) -> dict[str, str]:
+    """PingForConfiguration's list: what the platform asks (who answers; the database's
+    state is added per call), and the internals only with ``rivta.ping_details: true``."""
+    found = {"hsaId": cfg.gateway.hsa_id}
+    if cfg.rivta.ping_details:
+        found.update({
+            "name": cfg.gateway.name,
+            "contracts": ", ".join(c.name for c in rivta.CONTRACTS.values()),
+            "units": str(len(maps.units)),
+            "targets": ", ".join(sorted(cfg.targets)) or "none",
+            "started": clock.instant().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "python": sys.version.split()[0],
+        })
+    return found
+
+
 def create_app(
     config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False, clock: Clock = SYSTEM
 ) -> Flask:
@@ -104,15 +120,8 @@ def create_app(
             access=cfg.rivta,
             authority=authority,
             clock=clock,
-            ping_configuration={
-                "name": cfg.gateway.name,
-                "hsaId": cfg.gateway.hsa_id,
-                "contracts": ", ".join(c.name for c in rivta.CONTRACTS.values()),
-                "units": str(len(maps.units)),
-                "targets": ", ".join(sorted(cfg.targets)) or "none",
-                "started": clock.instant().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "python": sys.version.split()[0],
-            },
+            hsa_id=cfg.gateway.hsa_id,
+            ping_configuration=ping_configuration(cfg, maps, clock),
         ),
     )
     api.init_app(
@@ -406,6 +415,10 @@ def check(config_path: Path) -> None:
         sys.exit(1)
     for warning in cfg.warnings():
         click.echo(f"WARN {warning}")
+    if not cfg.gateway.public_url and not identity.is_loopback_host(identity.host_of(cfg.server.bind)):
+        report(False, f"config: {ConfigError.code} config key 'gateway.public_url': server.bind {cfg.server.bind} is not "
+                      "a loopback address, so the served WSDLs need the address the platform reaches the gateway at "
+                      "(a caller's Host header is never written into them). Set gateway.public_url.")
     try:
         maps = mapping.load(cfg.mappings.dir)
         problems = maps.problems(cfg.targets)

@@ -17,6 +17,7 @@ certificate that was not verified.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,27 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 log = logging.getLogger("gateway.identity")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a host name or address (as in a Host header or ``server.bind``, without the
+    port) is this machine's loopback: ``localhost``, 127.0.0.0/8 or ::1."""
+    name = (host or "").strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(authority: str | None) -> str | None:
+    """The host of ``HOST[:PORT]`` (a Host header, ``server.bind``), IPv6 brackets removed."""
+    value = (authority or "").strip()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else None
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else (value or None)
 
 
 @dataclass(frozen=True)

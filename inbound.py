@@ -3,7 +3,8 @@
 Role: a Flask blueprint. ``POST /rivta`` answers every 1177-side contract, dispatching on
 the namespace of the Body's first child as the platform does (ProcessCase,
 ProcessCaseMessage, PingForConfiguration). ``GET /rivta`` lists the WSDLs, served with
-the gateway's own address filled in, and their XSDs.
+the gateway's own address filled in (``gateway.public_url``, or a loopback request's own;
+never a caller's Host otherwise), and their XSDs.
 
 May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. The unit
 directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
@@ -11,6 +12,9 @@ directory (``mapping.Units``) is handed in by the composition root as a ``UnitDi
 Invariants:
 - The body is read with a hard size limit before anything parses it.
 - A case or message is answered ``OK`` only after it and its outbox row are committed.
+- The checks run in one order: transport (Content-Type, size, caller), envelope (SOAP 1.1,
+  mustUnderstand headers, contract, SOAPAction), address (LogicalAddress), schema; so an
+  unknown LogicalAddress is GW016 even when the body also breaks the schema.
 - A refused request has written nothing; its answer says why with a ``GW0xx`` code:
   a SOAP fault (HTTP 500) for technical refusals, ``resultCode ERROR`` for rule ones.
 - No response or log line carries a stack trace, file content or a person id in clear.
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, current_app, request
 from lxml import etree
 from werkzeug.exceptions import NotFound
 from werkzeug.security import safe_join
@@ -45,6 +49,7 @@ from errors import (
     GatewayError,
     InternalError,
     InvalidValue,
+    NoPublicAddress,
     NotSoap11,
     PayloadTooLarge,
     RuleViolation,
@@ -102,6 +107,9 @@ class Intake:
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
     max_attachments: int = rules.MAX_CITIZEN_ATTACHMENTS
     version: str = "0"
+    #: the gateway's own system HSA-id: PingForConfiguration answers for it and for the units
+    hsa_id: str | None = None
+    #: PingForConfiguration's configuration list (the composition root decides what is in it)
     ping_configuration: dict[str, str] = field(default_factory=dict)
     public_url: str | None = None
     #: the case types whose automatic receipt (outbound.confirmations) follows the delivery;
@@ -143,6 +151,9 @@ def rivta_endpoint() -> Response:
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
         envelope = rivta.read_envelope(rivta.parse(_read_body(intake.max_body_bytes)))
         contract = envelope.contract
+        rivta.check_soap_action(request.headers.get("SOAPAction"), contract)
+        # the order of the checks: transport, envelope, address, schema
+        _require_address(intake, envelope, contract, intake.clock.day())
         intake.schemas.validate(envelope.body, contract)
         payload = HANDLERS[contract.name](intake, envelope, correlation, log_id)
         outcome, status = "ok", 200
@@ -399,10 +410,14 @@ def case_from_xml(body: bytes, schemas: rivta.Schemas) -> Case:
 # -- handlers ------------------------------------------------------------------------------------
 
 
-def _require_address(intake: Intake, envelope: rivta.Envelope, today: dt.date) -> str:
+def _require_address(intake: Intake, envelope: rivta.Envelope, contract: rivta.Contract, today: dt.date) -> str:
+    """The LogicalAddress must be a unit the gateway serves; PingForConfiguration may also
+    ask for the gateway's own system HSA-id (``gateway.hsa_id``). Nothing else is answered."""
     address = envelope.logical_address
     if not address:
         raise UnknownLogicalAddress("the LogicalAddress header is missing.")
+    if contract is rivta.PING and intake.hsa_id and address.upper() == intake.hsa_id.upper():
+        return address
     if not intake.units.knows(address, today):
         raise UnknownLogicalAddress(f"LogicalAddress '{address[:64]}' is not a unit this gateway serves.")
     return address
@@ -411,7 +426,6 @@ def _require_address(intake: Intake, envelope: rivta.Envelope, today: dt.date) -
 def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
     contract = rivta.PROCESS_CASE
     today = intake.clock.day()
-    _require_address(intake, envelope, today)
     case = _case_from(envelope.body, contract.responder_ns)
     rules.check_case(
         case, today=today, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
@@ -440,7 +454,6 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
 
 def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
     contract = rivta.PROCESS_CASE_MESSAGE
-    _require_address(intake, envelope, intake.clock.day())
     message = _message_from(envelope.body, contract.responder_ns)
     rules.check_citizen_message(
         message, max_attachments=intake.max_attachments, max_attachment_bytes=intake.max_attachment_bytes
@@ -483,7 +496,6 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
     """The citizen's medications for 1177's renewal form, from the provider, under rule 9."""
     contract = rivta.GET_MEDICATION_LIST
     today = intake.clock.day()
-    _require_address(intake, envelope, today)
     request_ = _Reader(envelope.body, contract.responder_ns, "GetMedicationList")
     receiver = request_.child("receiver", contract.responder_ns)
     subject = request_.child("subjectOfCare", contract.responder_ns)
@@ -504,7 +516,7 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
     if why is None:
         fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
         listed, why = rules.recent_medications(fetched, today=today)
-    result = rivta.Result("INFO", log_id, None, why) if why else rivta.Result.ok(log_id)
+    result = rivta.Result.info(why, log_id) if why else rivta.Result.ok(log_id)
     response = _response(contract, result)
     core = rivta.CORE_NS
     for item in listed:
@@ -530,22 +542,34 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 # -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
 
 
-def _base_url(intake: Intake) -> str:
-    return (intake.public_url or request.host_url).rstrip("/")
+_CONSUMER_FOLDERS = frozenset(c.folder for c in (rivta.ADD_MESSAGE, rivta.UPDATE_CASE_STATUS, rivta.REGISTER_CASE))
+
+
+def _base_url(intake: Intake) -> str | None:
+    """The gateway's address for served files: ``gateway.public_url``, or the request's own
+    only when it came to a loopback Host; ``None`` otherwise (a Host header is the caller's
+    to choose, so it is never written into a WSDL)."""
+    if intake.public_url:
+        return intake.public_url.rstrip("/")
+    if identity.is_loopback_host(identity.host_of(request.host)):
+        return request.host_url.rstrip("/")
+    return None
 
 
 @bp.get("/rivta")
 def contracts_index() -> Response:
-    intake = _intake()
-    lines = [f"{c.name}: {url_for('inbound.contract_file', path=c.wsdl_relpath, _external=True)}" for c in rivta.CONTRACTS.values()]
-    lines.insert(0, f"RIV-TA endpoint: POST {_base_url(intake)}/rivta (SOAP 1.1). WSDLs:")
+    base = _base_url(_intake()) or ""  # without an address: paths, which a client resolves itself
+    lines = [f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}" for c in rivta.CONTRACTS.values()]
+    lines.insert(0, f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:")
     return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/rivta/contracts/<path:path>")
 def contract_file(path: str) -> Response:
-    """A contract file as served to consumers: imports become absolute URLs of this
-    gateway, and a WSDL's ``soap:address`` becomes the gateway's own endpoint."""
+    """A contract file as served to consumers: imports become URLs of this gateway (paths
+    when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
+    gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
+    RegisterCase: 1177 answers those, not the gateway) is served without its service."""
     file = safe_join(str(rivta.CONTRACTS_DIR), path)
     if file is None or not file.endswith((".wsdl", ".xsd")):
         raise NotFound()
@@ -558,10 +582,22 @@ def contract_file(path: str) -> Response:
     for element in tree.iter("{http://www.w3.org/2001/XMLSchema}import", "{http://www.w3.org/2001/XMLSchema}include"):
         location = element.get("schemaLocation")
         if location and "://" not in location:
-            element.set("schemaLocation", f"{base}/rivta/contracts/{posixpath.normpath(posixpath.join(folder, location))}")
-    for address in tree.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address"):
-        address.set("location", f"{base}/rivta")
+            element.set("schemaLocation", f"{base or ''}/rivta/contracts/{posixpath.normpath(posixpath.join(folder, location))}")
+    if posixpath.basename(folder) in _CONSUMER_FOLDERS:
+        for service in tree.getroot().findall("{http://schemas.xmlsoap.org/wsdl/}service"):
+            tree.getroot().remove(service)
+    else:
+        for address in tree.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address"):
+            if base is None:
+                return _no_public_address()
+            address.set("location", f"{base}/rivta")
     return Response(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"), content_type="text/xml; charset=utf-8")
+
+
+def _no_public_address() -> Response:
+    exc = NoPublicAddress("the WSDL's address cannot be taken from this request's Host, which is not loopback.")
+    log.warning("wsdl refused: no public_url", extra={"error_code": exc.code, "remote_addr": request.remote_addr})
+    return Response(f"{exc.code} {exc.message} {exc.hint}\n", status=503, content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/rivta/<name>")

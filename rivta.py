@@ -19,6 +19,8 @@ Invariants:
 - The size limit is the caller's (``inbound`` reads at most ``max_body_bytes``).
 - A fault's text is a stable code and a sentence; never a stack trace, file content or
   a person id.
+- A ``result``'s ``errorCode`` is one of RIV-TA's ``ErrorCodeEnum`` values; the gateway's
+  own ``GW0xx`` is its ``subCode``; the one table between them is ``RESULT_ERROR_CODES``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from errors import (
     ContractError,
     DeliveryError,
     GatewayError,
+    HeaderNotUnderstood,
     HostileXml,
     InternalError,
     MalformedXml,
     NotSoap11,
     SchemaViolation,
+    SoapActionMismatch,
     StoreError,
     UnknownContract,
 )
@@ -223,11 +227,53 @@ def read_envelope(root: etree._Element) -> Envelope:
                              f"{MAX_SOAP_ATTRIBUTES} attributes.")
     address = None
     if header is not None:
+        check_must_understand(header)
         element = header.find(f"{{{REGISTRY_NS}}}LogicalAddress")
         if element is not None:
             address = (element.text or "").strip()
     first = etree.QName(children[0])
     return Envelope(address, children[0], first.namespace or "", first.localname)
+
+
+WSA_NS = "http://www.w3.org/2005/08/addressing"
+#: The Header elements the gateway processes, so may carry ``mustUnderstand="1"``:
+#: LogicalAddress, and WS-Addressing's message headers (informational: the contract is
+#: chosen by the Body, the answer goes back on the same connection). WS-Security's
+#: ``Security`` is *not* here: the gateway verifies no signature or token in it (TLS
+#: client certificates say who calls), so one that must be understood is refused.
+UNDERSTOOD_HEADERS = frozenset(
+    {f"{{{REGISTRY_NS}}}LogicalAddress"}
+    | {f"{{{WSA_NS}}}{name}" for name in ("To", "Action", "MessageID", "RelatesTo", "ReplyTo", "From", "FaultTo")}
+)
+_ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
+
+
+def check_must_understand(header: etree._Element) -> None:
+    """SOAP 1.1 section 4.2.3: a header for this node (no ``actor``, or ``actor`` next) with
+    ``mustUnderstand="1"`` that the gateway does not process is refused (soap:MustUnderstand)."""
+    for element in header:
+        if not isinstance(element.tag, str):
+            continue
+        flag = (element.get(f"{{{SOAP11_NS}}}mustUnderstand") or "").strip()
+        actor = (element.get(f"{{{SOAP11_NS}}}actor") or "").strip()
+        if flag in ("1", "true") and actor in ("", _ACTOR_NEXT) and element.tag not in UNDERSTOOD_HEADERS:
+            name = etree.QName(element)
+            raise HeaderNotUnderstood(
+                f"the header {{{(name.namespace or '')[:200]}}}{name.localname[:100]} must be understood, "
+                "and the gateway does not process it."
+            )
+
+
+def check_soap_action(value: str | None, contract: Contract) -> None:
+    """A ``SOAPAction`` HTTP header, when not empty, names the Body's operation
+    (``<ResponderNamespace>:<Operation>``, quoted or not); a missing one is accepted."""
+    action = (value or "").strip()
+    if len(action) >= 2 and action[0] == action[-1] == '"':
+        action = action[1:-1].strip()
+    if action and action != contract.soap_action:
+        raise SoapActionMismatch(
+            f"the SOAPAction '{action[:200]}' does not name the operation in the Body, {contract.soap_action}."
+        )
 
 
 # -- schemas ------------------------------------------------------------------------------------
@@ -303,24 +349,68 @@ def _clean_schema_message(message: str) -> str:
 # -- responses and faults -------------------------------------------------------------------------
 
 
+#: RIV-TA's ``ErrorCodeEnum``: the kind of a logical error, carried in ``result/errorCode``.
+INVALID_REQUEST = "INVALID_REQUEST"
+TRANSFORMATION_ERROR = "TRANSFORMATION_ERROR"
+APPLICATION_ERROR = "APPLICATION_ERROR"
+TECHNICAL_ERROR = "TECHNICAL_ERROR"
+ERROR_CODE_ENUM = (INVALID_REQUEST, TRANSFORMATION_ERROR, APPLICATION_ERROR, TECHNICAL_ERROR)
+
+#: The one table from a gateway code (in ``result/subCode``) to the ``errorCode`` beside
+#: it: every code a ``result`` can carry (the rule refusals, ``RuleViolation``). README's
+#: table "ResultType: errorCode and subCode" reproduces it (a test compares them).
+RESULT_ERROR_CODES: dict[str, str] = {
+    "GW020": INVALID_REQUEST,  # person id missing or invalid
+    "GW021": INVALID_REQUEST,  # HSA-id syntax
+    "GW022": INVALID_REQUEST,  # attachment type
+    "GW023": INVALID_REQUEST,  # attachment size
+    "GW024": INVALID_REQUEST,  # too many attachments
+    "GW025": INVALID_REQUEST,  # event date
+    "GW026": INVALID_REQUEST,  # patient board complaint without a place
+    "GW027": APPLICATION_ERROR,  # follow-up for a case never received
+    "GW028": APPLICATION_ERROR,  # a known id with other content
+    "GW029": INVALID_REQUEST,  # another field breaks a rule
+    "GW035": TRANSFORMATION_ERROR,  # a unit code that maps to no HSA-id
+    "GW036": INVALID_REQUEST,  # closing codes missing
+    "GW040": APPLICATION_ERROR,  # the case's content was purged
+    "GW041": APPLICATION_ERROR,  # the case is closed
+    "GW042": INVALID_REQUEST,  # files on a case registered outside 1177
+    "GW043": INVALID_REQUEST,  # chosen medications where rule 9 shows no list
+    "GW044": INVALID_REQUEST,  # a sending unit that may not answer for the case's unit
+    "GW045": INVALID_REQUEST,  # a citizen's files in a case type where the clinic takes none
+    "GW046": INVALID_REQUEST,  # files or a counter-question the sender's role may not send
+}
+
+
+def error_code_for(code: str) -> str:
+    """The ``ErrorCodeEnum`` value for a gateway code (``TECHNICAL_ERROR`` for any other)."""
+    return RESULT_ERROR_CODES.get(code, TECHNICAL_ERROR)
+
+
 @dataclass(frozen=True)
 class Result:
-    """The RIV-TA ``result``: resultCode OK|INFO|ERROR, errorCode, logId, message."""
+    """The RIV-TA ``result``: resultCode OK|INFO|ERROR, errorCode (``ErrorCodeEnum``),
+    subCode (the gateway's ``GW0xx``), logId (any string), message."""
 
     code: str
     log_id: str
     error_code: str | None = None
     message: str | None = None
+    sub_code: str | None = None
 
     @classmethod
     def ok(cls, log_id: str | None = None, message: str | None = None) -> Result:
         return cls("OK", log_id or str(uuid.uuid4()), None, message)
 
     @classmethod
+    def info(cls, message: str, log_id: str | None = None) -> Result:
+        return cls("INFO", log_id or str(uuid.uuid4()), None, message)
+
+    @classmethod
     def error(cls, exc: GatewayError, log_id: str | None = None) -> Result:
         text = exc.message if not exc.hint else f"{exc.message} {exc.hint}"
         # a message may quote what the caller sent (a file name, an id): never a person id
-        return cls("ERROR", log_id or str(uuid.uuid4()), exc.code, redact_person_ids(text))
+        return cls("ERROR", log_id or str(uuid.uuid4()), error_code_for(exc.code), redact_person_ids(text), exc.code)
 
 
 def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) -> etree._Element:
@@ -330,6 +420,8 @@ def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) 
     etree.SubElement(element, f"{{{namespace}}}resultCode").text = result.code
     if result.error_code:
         etree.SubElement(element, f"{{{namespace}}}errorCode").text = result.error_code
+    if result.sub_code:
+        etree.SubElement(element, f"{{{namespace}}}subCode").text = result.sub_code
     etree.SubElement(element, f"{{{namespace}}}logId").text = result.log_id
     if result.message:
         etree.SubElement(element, f"{{{namespace}}}message").text = result.message
@@ -344,12 +436,14 @@ def envelope(payload: etree._Element) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool = False, log_id: str | None = None) -> bytes:
+def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool = False, log_id: str | None = None,
+          must_understand: bool = False) -> bytes:
     """A SOAP 1.1 Fault whose ``faultstring`` starts with the gateway's stable code."""
     root = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
     body = etree.SubElement(root, f"{{{SOAP11_NS}}}Body")
     element = etree.SubElement(body, f"{{{SOAP11_NS}}}Fault")
-    kind = "VersionMismatch" if version_mismatch else ("Server" if server else "Client")
+    kind = ("VersionMismatch" if version_mismatch else "MustUnderstand" if must_understand
+            else "Server" if server else "Client")
     etree.SubElement(element, "faultcode").text = f"soap:{kind}"
     etree.SubElement(element, "faultstring").text = f"{code} {text}"
     if log_id:
@@ -365,5 +459,6 @@ def fault_for(exc: GatewayError, *, log_id: str | None = None) -> bytes:
         text,
         server=isinstance(exc, (StoreError, InternalError, DeliveryError)),
         version_mismatch=isinstance(exc, NotSoap11) and "SOAP 1.2" in exc.message,
+        must_understand=isinstance(exc, HeaderNotUnderstood),
         log_id=log_id,
     )

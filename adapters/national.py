@@ -2,13 +2,15 @@
 RegisterCase, with zeep and the project's own contracts.
 
 Role: turn a message to the citizen, a status change or a case registered outside 1177
-into the contract's request, with the ``LogicalAddress`` header, the configured
+into the contract's request, with the ``LogicalAddress`` header (``national.logical_addresses``
+per contract, else ``national.logical_address``), the configured
 ``sourceSystem`` and the RIV-TA HTTP headers (original consumer HSA-id, correlation id),
 on a ``requests.Session`` ready for client certificates; and read 1177's ``result``.
 
 May import: ``adapters.base``, ``adapters.soap``, ``rivta``, ``model``, ``errors``.
 
-Invariants: ``resultCode ERROR`` raises ``NationalRefused`` (permanent) with 1177's text;
+Invariants: ``resultCode ERROR`` raises ``NationalRefused`` (permanent) with 1177's text,
+its ``errorCode`` (RIV-TA's ``ErrorCodeEnum``) and ``subCode`` (1177's own code);
 ``INFO`` is success, its text returned in ``Answer.detail``; faults and transport errors
 are classified like any SOAP target (``soap:Server``, 5xx, timeouts transient). Every
 message carries its sending unit's HSA-id (the schema requires it, and so do we).
@@ -80,7 +82,7 @@ class NationalAdapter:
         what = contract.name
         def call() -> Any:
             with client.settings(extra_http_headers=headers):
-                return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.logical_address}, **body)
+                return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.address_for(contract.name)}, **body)
 
         result = call_classified(NAME, what, call)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
@@ -91,10 +93,14 @@ class NationalAdapter:
             raise BadTargetAnswer(f"1177's answer to {what} has no result.")
         code, text = outcome.get("resultCode"), outcome.get("message") or ""
         log_id = outcome.get("logId") or ""
+        # ResultType as RIV-TA domains use it: errorCode is the ErrorCodeEnum kind,
+        # subCode 1177's own code; logId any string
+        kind, sub = outcome.get("errorCode"), outcome.get("subCode")
         if code == "ERROR":
-            error = outcome.get("errorCode") or "?"
-            raise NationalRefused(f"1177 answered {what} with ERROR {error}: {_short(text)} (logId {log_id}).")
-        detail = f"1177 INFO: {_short(text)} (logId {log_id})" if code == "INFO" else None
+            error = "/".join(str(c) for c in (kind, sub) if c) or "?"
+            raise NationalRefused(f"1177 answered {what} with ERROR {error}: {_short(text)} (logId {_short(str(log_id))}).")
+        remark = f" {sub}" if sub else ""
+        detail = f"1177 INFO{remark}: {_short(text)} (logId {_short(str(log_id))})" if code == "INFO" else None
         return Answer(200, data, detail)
 
     def add_message(self, *, subject_of_care_id: str, national_case_id: str, message: Message,

@@ -29,7 +29,8 @@ Body; the ``{urn:riv:itintegration:registry:1}LogicalAddress`` header is present
 error); the Body's first child is one of the three contracts (``VP004``); a non-empty
 ``SOAPAction`` is ``<ResponderNamespace>:<Operation>`` (``SOAPACTION``); the element is
 valid against the project's own responder XSD in ``contracts/`` (``SCHEMA_INVALID``).
-Then the 1177 logic answers ``resultCode`` OK or ERROR (``errorCode`` + ``message``):
+Then the 1177 logic answers ``resultCode`` OK or ERROR (``errorCode`` from RIV-TA's
+``ErrorCodeEnum``, the simulator's own code in ``subCode``, and ``message``):
 
 - AddMessage: ERROR ``INVALID_PERSON_ID`` if ``subjectOfCareId`` is not a valid
   personnummer/samordningsnummer (Luhn over digits 3-12, a real date, day - 60 for a
@@ -45,7 +46,7 @@ Then the 1177 logic answers ``resultCode`` OK or ERROR (``errorCode`` + ``messag
   caseId ``1177-EXT-000001`` (sequential), the same externalCaseId again answering the
   same caseId; the case is known from then on.
 
-Every answer carries a fresh ``logId`` (uuid4) and is validated against the response
+Every answer carries a fresh ``logId`` (not a UUID, as 1177's are not always) and is validated against the response
 element's XSD before it is sent. Injected failures (``/_control``) are consumed one per
 POST /rivta: ``status`` 500/503 → ``soap:Server`` fault, any other status → a plain
 HTTP error of that status (as a proxy would answer), ``fault`` → a fault of that kind;
@@ -245,9 +246,25 @@ class Answer:
     """What the 1177 logic decided for one call."""
 
     code: str  # OK | INFO | ERROR
-    error_code: str | None = None
+    sub_code: str | None = None  # the simulator's own code (subCode), e.g. UNKNOWN_CASE
     message: str | None = None
     case_id: str | None = None  # RegisterCase only
+
+    @property
+    def error_code(self) -> str | None:
+        """RIV-TA's ``ErrorCodeEnum`` value beside ``subCode`` (an ERROR only)."""
+        return ERROR_KINDS.get(self.sub_code or "", "APPLICATION_ERROR") if self.code == "ERROR" else None
+
+
+#: the simulator's own codes (``subCode``) → RIV-TA's ``ErrorCodeEnum`` (``errorCode``)
+ERROR_KINDS = {
+    "INVALID_PERSON_ID": "INVALID_REQUEST",
+    "INVALID_CODE_SYSTEM": "INVALID_REQUEST",
+    "MISSING_CLASSIFICATION": "INVALID_REQUEST",
+    "UNKNOWN_CASE": "APPLICATION_ERROR",
+    "WRONG_CITIZEN": "APPLICATION_ERROR",
+    "INJECTED": "APPLICATION_ERROR",
+}
 
 
 def response_element(op: Operation, answer: Answer) -> etree._Element:
@@ -259,7 +276,10 @@ def response_element(op: Operation, answer: Answer) -> etree._Element:
     etree.SubElement(result, f"{{{op.core_ns}}}resultCode").text = answer.code
     if answer.error_code:
         etree.SubElement(result, f"{{{op.core_ns}}}errorCode").text = answer.error_code
-    etree.SubElement(result, f"{{{op.core_ns}}}logId").text = str(uuid.uuid4())
+    if answer.sub_code:
+        etree.SubElement(result, f"{{{op.core_ns}}}subCode").text = answer.sub_code
+    # 1177's logIds are not always UUIDs: the simulator's are not either
+    etree.SubElement(result, f"{{{op.core_ns}}}logId").text = f"1177-{uuid.uuid4().hex[:16]}"
     if answer.message:
         etree.SubElement(result, f"{{{op.core_ns}}}message").text = answer.message
     if answer.case_id is not None:
@@ -586,7 +606,7 @@ def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, stri
             result = _apply(state, op, fields, strict=strict_cases)
             if injection is not None and result.code != "ERROR":  # INFO: done, with a remark
                 result = Answer("INFO", "INJECTED", injection.message, result.case_id)
-        record["outcome"] = result.code if not result.error_code else f"{result.code}:{result.error_code}"
+        record["outcome"] = result.code if not result.sub_code else f"{result.code}:{result.sub_code}"
         return answer(op, result)
 
     @app.get("/rivta")

@@ -11,7 +11,7 @@ level (Content-Type, Content-Length, headers). A seeded ``random.Random`` makes 
 the same; ``FUZZ_SEED`` and ``FUZZ_INPUTS`` change the seed and the number of inputs.
 
 For every input the gateway must answer HTTP 200 with a result (resultCode OK/INFO/ERROR,
-an ``errorCode`` GW0xx with ERROR) or HTTP 500 with a SOAP Fault whose faultstring starts
+with ERROR an ``errorCode`` of RIV-TA's ``ErrorCodeEnum`` and a ``subCode`` GW0xx) or HTTP 500 with a SOAP Fault whose faultstring starts
 with a GW0xx code; never a traceback; never a test person id in the response or the log;
 nothing stored unless the answer was OK (then exactly one more case or one more message);
 and afterwards it still accepts a valid request. The Flask test client runs the bulk; a
@@ -132,8 +132,8 @@ def build_seeds() -> list[Seed]:
             attachment=[{"fileName": "svar.pdf", "mimeType": "application/pdf", "data": PDF}],
         )),
         Seed("ping", "PingForConfiguration", message(
-            "PingForConfiguration", "SE165565594230-1000",
-            serviceContractNamespace=rivta.PROCESS_CASE.responder_ns, logicalAddress="SE165565594230-1000",
+            "PingForConfiguration", "SE5566778899-GW01",
+            serviceContractNamespace=rivta.PROCESS_CASE.responder_ns, logicalAddress="SE5566778899-GW01",
         )),
         Seed("medications", "GetMedicationList", message(
             "GetMedicationList", KLIN1, receiver={"hsaId": KLIN1}, subjectOfCare={"personId": pid(PNR)},
@@ -818,7 +818,7 @@ def outcome_of(status: int, body: bytes) -> tuple[str, list[str]]:
         faultstring = fault.findtext("faultstring") or ""
         if not GW_FAULT.match(faultstring):
             problems.append(f"a fault without a GW0xx code: {faultstring[:200]!r}")
-        if fault.findtext("faultcode") not in ("soap:Client", "soap:Server", "soap:VersionMismatch"):
+        if fault.findtext("faultcode") not in ("soap:Client", "soap:Server", "soap:VersionMismatch", "soap:MustUnderstand"):
             problems.append(f"odd faultcode {fault.findtext('faultcode')!r}")
         if faultstring.startswith(("GW099", "GW050")):
             problems.append(f"an internal error, i.e. a crash behind the safety net: {faultstring[:200]!r}")
@@ -839,11 +839,13 @@ def outcome_of(status: int, body: bytes) -> tuple[str, list[str]]:
     if values.get("resultCode") not in ("OK", "INFO", "ERROR"):
         problems.append(f"resultCode {values.get('resultCode')!r}")
     if values.get("resultCode") == "ERROR":
-        if not GW_CODE.match(values.get("errorCode") or ""):
-            problems.append(f"ERROR without a GW0xx errorCode: {values.get('errorCode')!r}")
+        if not GW_CODE.match(values.get("subCode") or ""):
+            problems.append(f"ERROR without a GW0xx subCode: {values.get('subCode')!r}")
+        elif values.get("errorCode") != rivta.error_code_for(values["subCode"]):
+            problems.append(f"ERROR {values.get('subCode')} with errorCode {values.get('errorCode')!r}")
         if not values.get("message"):
             problems.append("ERROR without a message")
-        return f"ERROR {values.get('errorCode')}", problems
+        return f"ERROR {values.get('subCode')}", problems
     return str(values.get("resultCode")), problems
 
 

@@ -104,7 +104,7 @@ def test_same_case_id_with_other_content_is_refused(post, make_case, store):
     before = stored(store)
     _, root, _ = post(make_case(text="Ändrad text"))
     result = result_of(root)
-    assert result["resultCode"] == "ERROR" and result["errorCode"] == "GW028"
+    assert result["resultCode"] == "ERROR" and result["subCode"] == "GW028"
     assert stored(store) == before
 
 
@@ -129,7 +129,7 @@ def test_follow_up_message(post, make_case, make_message, store):
 def test_follow_up_for_unknown_case_is_refused_and_stores_nothing(post, make_message, store):
     _, root, _ = post(make_message(caseId="NEVER-SEEN"))
     result = result_of(root)
-    assert result["resultCode"] == "ERROR" and result["errorCode"] == "GW027" and "NEVER-SEEN" in result["message"]
+    assert result["resultCode"] == "ERROR" and result["subCode"] == "GW027" and "NEVER-SEEN" in result["message"]
     assert stored(store) == EMPTY
 
 
@@ -165,7 +165,7 @@ def test_rule_refusals_answer_error_and_store_nothing(post, make_case, store, ca
         overrides = {"complaint": {"eventDate": _tomorrow(), "isCareProcess": False}}
     status, root, text = post(make_case(**overrides))
     result = result_of(root)
-    assert status == 200 and result["resultCode"] == "ERROR" and result["errorCode"] == code, result
+    assert status == 200 and result["resultCode"] == "ERROR" and result["subCode"] == code, result
     assert result["message"] and len(result["logId"]) == 36
     assert stored(store) == EMPTY
     logged = capsys.readouterr().err
@@ -176,7 +176,7 @@ def test_rule_refusals_answer_error_and_store_nothing(post, make_case, store, ca
 def test_too_large_attachment(app, post, make_case, store):
     app.extensions["gateway.intake"].max_attachment_bytes = 1000
     _, root, _ = post(make_case(attachment=[{"fileName": "a.pdf", "mimeType": "application/pdf", "data": PDF.ljust(1001)}]))
-    assert result_of(root)["errorCode"] == "GW023"
+    assert result_of(root)["subCode"] == "GW023"
     assert stored(store) == EMPTY
 
 
@@ -184,7 +184,7 @@ def test_message_with_disguised_file_is_refused(post, make_case, make_message, s
     post(make_case())
     before = stored(store)
     _, root, _ = post(make_message(attachment=[{"fileName": "x.jpg", "mimeType": "image/jpeg", "data": EXE}]))
-    assert result_of(root)["errorCode"] == "GW022"
+    assert result_of(root)["subCode"] == "GW022"
     assert stored(store) == before
 
 
@@ -373,9 +373,9 @@ def test_database_locked_is_a_server_fault_and_nothing_is_stored(app, post, make
 def test_ping_for_configuration(post):
     body = b"""<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"
         xmlns:r="urn:riv:itintegration:registry:1" xmlns:p="urn:riv:itintegration:monitoring:PingForConfigurationResponder:1">
-      <soap:Header><r:LogicalAddress>SE165565594230-1000</r:LogicalAddress></soap:Header>
+      <soap:Header><r:LogicalAddress>SE5566778899-GW01</r:LogicalAddress></soap:Header>
       <soap:Body><p:PingForConfiguration><p:serviceContractNamespace>urn:x</p:serviceContractNamespace>
-      <p:logicalAddress>SE165565594230-1000</p:logicalAddress></p:PingForConfiguration></soap:Body></soap:Envelope>"""
+      <p:logicalAddress>SE5566778899-GW01</p:logicalAddress></p:PingForConfiguration></soap:Body></soap:Envelope>"""
     status, root, text = post(body)
     assert status == 200
     ns = {"p": "urn:riv:itintegration:monitoring:PingForConfigurationResponder:1"}
@@ -385,10 +385,11 @@ def test_ping_for_configuration(post):
     assert "secret" not in text.lower()
 
 
-def test_wsdls_are_served_with_the_gateways_address(client):
+def test_wsdls_are_served_with_the_gateways_address(app, client):
     index = client.get("/rivta").get_data(as_text=True)
     assert "ProcessCaseInteraction_1.0_RIVTABP21.wsdl" in index
-    wsdl = client.get("/rivta/ProcessCase?wsdl", base_url="https://gw.example.se")
+    app.extensions["gateway.intake"].public_url = "https://gw.example.se"
+    wsdl = client.get("/rivta/ProcessCase?wsdl", base_url="https://other.example.se")
     tree = etree.fromstring(wsdl.data)
     locations = tree.xpath("//soap:address/@location", namespaces={"soap": "http://schemas.xmlsoap.org/wsdl/soap/"})
     assert locations == ["https://gw.example.se/rivta"]

@@ -179,7 +179,7 @@ def test_a_provider_that_does_not_answer_properly_is_a_technical_fault_never_an_
 
 def test_refusals(ask):
     status, root = ask("191212121213")
-    assert status == 200 and result_of(root)["errorCode"] == "GW020"
+    assert status == 200 and result_of(root)["subCode"] == "GW020"
     status, root = ask(unit="SE5566778899-NOPE")
     assert status == 500 and result_of(root)["faultstring"].startswith("GW016")
 
@@ -216,9 +216,9 @@ def test_a_renewal_case_carries_the_chosen_medications(post, make_case, app, sto
 
 def test_a_renewal_without_medications_or_medications_elsewhere_are_refused(post, make_case, store):
     _, root, _ = post(make_case(caseType="PRESCRIPTION_RENEWAL", complaint=None))
-    assert result_of(root)["errorCode"] == "GW029" and "chosenMedication" in result_of(root)["message"]
+    assert result_of(root)["subCode"] == "GW029" and "chosenMedication" in result_of(root)["message"]
     _, root, _ = post(make_case(chosenMedication=[{"prescriptionId": "RX-1"}]))
-    assert result_of(root)["errorCode"] == "GW029"
+    assert result_of(root)["subCode"] == "GW029"
     assert store.counts()["cases"] == 0
 
 

@@ -114,7 +114,7 @@ def test_retention_counts_from_the_last_activity_and_a_purged_case_refuses_more(
     assert store.case_row("OLD-QUIET")["purged_at"] and store.case_row("OLD-TALKING")["content"] is not None
     # afterwards, nothing more is taken for the purged case, with a code that says why
     late = soap(app, make_message(caseId="OLD-QUIET", messageId="M-LATE"))
-    assert late["resultCode"] == "ERROR" and late["errorCode"] == "GW040" and "purged" in late["message"]
+    assert late["resultCode"] == "ERROR" and late["subCode"] == "GW040" and "purged" in late["message"]
     refused = client.post("/api/v1/cases/OLD-QUIET/messages", json=reply(), headers=auth())
     assert refused.status_code == 410 and refused.json["code"] == "GW040"
     status = client.post("/api/v1/cases/OLD-QUIET/status", json={"status": "IN_PROGRESS"}, headers=auth())
@@ -152,7 +152,7 @@ def test_a_closed_case_takes_no_messages_until_it_is_reopened(app, make_case, ma
     assert client.post("/api/v1/cases/1177-C-0001/status", json={"status": "CLOSED"}, headers=auth()).status_code == 202
     worker.run_until_idle()
     late = soap(app, make_message(messageId="M-AFTER-CLOSE"))
-    assert late["resultCode"] == "ERROR" and late["errorCode"] == "GW041"
+    assert late["resultCode"] == "ERROR" and late["subCode"] == "GW041"
     refused = client.post("/api/v1/cases/1177-C-0001/messages", json=reply(), headers=auth())
     assert refused.status_code == 409 and refused.json["code"] == "GW041"
     # the same request may reopen it: the status IN_PROGRESS goes to 1177 before the message
@@ -288,7 +288,7 @@ def test_a_renewal_for_a_child_or_by_a_guardian_for_a_child_names_no_medications
                                                   "isProxy": True}})):
         answer = soap(app, make_case(caseId=case_id, chosenMedication=chosen, **renewal, **extra,
                                      subjectOfCare={"personId": {"id": person, "type": "1.2.752.129.2.1.3.1"}}))
-        assert answer["resultCode"] == "ERROR" and answer["errorCode"] == "GW043", (case_id, answer)
+        assert answer["resultCode"] == "ERROR" and answer["subCode"] == "GW043", (case_id, answer)
         assert PNR not in answer["message"] and person not in answer["message"]
     # without chosen medications (described in the text) the child's renewal is taken
     taken = soap(app, make_case(caseId="R-CHILD-TEXT", **renewal,

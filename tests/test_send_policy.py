@@ -36,14 +36,14 @@ def strict_app(config_data, peers, tmp_path):
 def test_a_clinic_that_takes_files_only_in_complaints_refuses_a_question_with_a_png(strict_app, make_case, make_message):
     store = strict_app.extensions["gateway.store"]
     refused = soap(strict_app, make_case(caseId="Q-FILES", attachment=PNG_FILE, **QUESTION))
-    assert refused["resultCode"] == "ERROR" and refused["errorCode"] == "GW045"
+    assert refused["resultCode"] == "ERROR" and refused["subCode"] == "GW045"
     assert KLIN1 in refused["message"] and "QUESTION" in refused["message"]
     assert store.case_row("Q-FILES") is None
     assert soap(strict_app, make_case(caseId="Q-PLAIN", attachment=None, **QUESTION))["resultCode"] == "OK"
     assert soap(strict_app, make_case(caseId="C-FILES", attachment=PNG_FILE))["resultCode"] == "OK"  # a complaint
     # a follow-up with a file in the question: refused; in the complaint: taken
     late = soap(strict_app, make_message(caseId="Q-PLAIN", messageId="M-Q"))
-    assert late["resultCode"] == "ERROR" and late["errorCode"] == "GW045"
+    assert late["resultCode"] == "ERROR" and late["subCode"] == "GW045"
     assert soap(strict_app, make_message(caseId="C-FILES", messageId="M-C"))["resultCode"] == "OK"
 
 

@@ -83,8 +83,8 @@ def test_real_ping_for_configuration_wsdl_calls_the_running_gateway(server):
     )
     answer = service.PingForConfiguration(
         serviceContractNamespace="urn:riv-application:supportprocess:logistics:complaintsandfeedback:ProcessCaseResponder:1",
-        logicalAddress="SE165565594230-1000",
-        _soapheaders={"LogicalAddress": "SE165565594230-1000"},
+        logicalAddress="SE5566778899-GW01",
+        _soapheaders={"LogicalAddress": "SE5566778899-GW01"},  # the gateway's own system HSA-id
     )
     assert answer.version and len(answer.pingDateTime) == 14
     settings = {c.name: c.value for c in answer.configuration}

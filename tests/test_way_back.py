@@ -323,6 +323,8 @@ def test_1177_error_is_permanent_and_keeps_its_message_info_is_success(app, clie
     run()
     row = [o for o in store.outbox_rows("1177-C-0001") if o["ref_id"] == ours("E-1")][0]
     assert row["status"] == "dead" and row["last_error_code"] == "GW065" and "Inkorgen är stängd" in row["last_error"]
+    # ResultType as RIV-TA domains use it: the enum kind and 1177's own code; a logId that is no UUID
+    assert "ERROR APPLICATION_ERROR/INJECTED" in row["last_error"] and "(logId 1177-" in row["last_error"]
     store.cancel(row["id"], by="test")
     requests.post(f"{peers['national']}/_control", json={"fail_next": 1, "result": "INFO", "message": "Levererat med anmärkning"}, timeout=5)
     client.post("/api/v1/cases/1177-C-0001/messages", json=reply(messageId="I-1"), headers=auth())
