@@ -1404,6 +1404,38 @@ class Store:
                WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
         return (row[0], row[1], bytes(row[2])) if row else None
 
+    def case_attachments(self, case_id: str) -> list[dict[str, Any]]:
+        """The case's own attachments (not its messages'), by position: position, file_name,
+        mime_type, sha256, size."""
+        return list(self.db.query(
+            "SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a "
+            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.case_id = ? AND a.message_id IS NULL "
+            "ORDER BY a.position", [case_id]))
+
+    def case_attachment(self, case_id: str, ref: str) -> dict[str, Any] | None:
+        """One of the case's own attachments by its position (1-based) or its SHA-256, with
+        its bytes (``data``); None when the case has no such file. A purged case's files are
+        gone: ``CasePurged``."""
+        case = self.db.execute("SELECT purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        if case is not None and case[0]:
+            raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
+                             field="caseId")
+        if ref.isdigit() and len(ref) <= 3:
+            where, value = "a.position = ?", int(ref)
+        elif len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
+            where, value = "a.sha256 = ?", ref.lower()
+        else:
+            return None
+        row = self.db.execute(
+            f"""SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size, b.data FROM attachments a
+                JOIN attachment_blobs b ON b.sha256 = a.sha256
+                WHERE a.case_id = ? AND a.message_id IS NULL AND {where} ORDER BY a.position LIMIT 1""",
+            [case_id, value]).fetchone()
+        if row is None:
+            return None
+        return {"position": row[0], "file_name": row[1], "mime_type": row[2], "sha256": row[3], "size": row[4],
+                "data": bytes(row[5])}
+
     def audit(self, who: str, role: str, action: str, obj: str, detail: str = "", now: dt.datetime | None = None) -> None:
         """Record an operator's action (who, what, when)."""
         with self.write() as db:
