@@ -3,8 +3,8 @@
 Role: a Flask blueprint under ``/api``, described by the OpenAPI 3 document it serves at
 ``/api/openapi.json``. A provider system posts messages to the citizen (confirmations,
 partial answers, counter-questions, final answers), status changes, and cases that
-started outside 1177; it reads a case's status and timeline; it cancels a message during
-its review window. Every call authenticates with the bearer token configured for its
+started outside 1177; it reads a case's status and timeline and fetches the case's own
+attachments (audited); it cancels a message during its review window. Every call authenticates with the bearer token configured for its
 target (``targets.<name>.api.token``) and may only touch the cases routed to that target.
 
 May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. Units and
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import io
 import json
 import logging
 import re
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
 import identity
@@ -51,7 +52,7 @@ from errors import (
     StoreError,
     Unauthenticated,
 )
-from model import CaseType
+from model import CaseType, safe_file_name
 from store import Store
 
 if TYPE_CHECKING:  # handed in by the composition root
@@ -367,6 +368,11 @@ def get_case(case_id: str) -> Response:
         "deliveryStatus": case["status"],
         "status": case["citizen_status"],
         "receivedAt": case["received_at"],
+        "attachments": [
+            {"position": a["position"], "fileName": a["file_name"], "mimeType": a["mime_type"], "size": a["size"],
+             "sha256": a["sha256"]}
+            for a in _api().store.case_attachments(case_id)
+        ],
         "messages": [
             {"messageId": m["provider_message_id"] or m["message_id"], "direction": m["direction"], "kind": m["kind"], "status": m["status"],
              "createdTime": m["created_time"], "sentAt": m["sent_at"]}
@@ -385,13 +391,37 @@ def get_case(case_id: str) -> Response:
     })
 
 
+@bp.get("/v1/cases/<case_id>/attachments/<ref>")
+def get_attachment(case_id: str, ref: str) -> Response:
+    """One of the case's own attachments, by position (1-based) or SHA-256: only the caller's
+    own cases; another target's case is answered as an unknown one (404 GW032). Audited."""
+    target = _target()
+    api = _api()
+    row = api.store.find_case(case_id, target=target)
+    if row is None or row["target"] != target:
+        raise NotFound(f"there is no case '{case_id[:64]}'.", field="caseId")
+    found = api.store.case_attachment(row["case_id"], ref)
+    if found is None:
+        raise NotFound(f"case '{case_id[:64]}' has no attachment '{ref[:64]}'.", field="n")
+    api.store.audit(target, "api", "download", f"case {row['case_id']}",
+                    f"attachment {found['position']} {found['sha256'][:16]} ({found['mime_type']})")
+    log.info("attachment fetched", extra={"target": target, "case_id": row["case_id"], "position": found["position"]})
+    response = send_file(io.BytesIO(found["data"]), mimetype=found["mime_type"] or "application/octet-stream",
+                         as_attachment=True, download_name=safe_file_name(found["file_name"] or ""),
+                         max_age=0, etag=False, conditional=False)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 # -- the OpenAPI document -----------------------------------------------------------------------------
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed body (GW033)", 401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
             404: "No such case (GW032)", 409: "Conflict: id reused or message already sent (GW028, GW034)",
-            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)"}
+            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)",
+            410: "The case's content and files were purged after the retention period (GW040)"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
 
@@ -430,6 +460,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "operationId": "getCase", "parameters": [case_id],
                 "responses": {"200": {"description": "The case", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaseView"}}}},
                               **_error_responses(401, 403, 404)}}},
+            "/v1/cases/{caseId}/attachments/{n}": {"get": {
+                "summary": "One of the case's own attachments (the bytes), by position or SHA-256; each fetch is audited",
+                "operationId": "getAttachment",
+                "parameters": [case_id, {"name": "n", "in": "path", "required": True,
+                                         "description": "The attachment's position in the case (1-based, as listed by getCase), "
+                                                        "or its sha256 (64 hex digits)",
+                                         "schema": {"type": "string", "maxLength": 64}}],
+                "responses": {"200": {"description": "The file, with its stored MIME type and a safe file name "
+                                                     "in Content-Disposition",
+                                      "content": {mime: {"schema": {"type": "string", "format": "binary"}}
+                                                  for mime in ("application/pdf", "image/gif", "image/jpeg", "image/png")}},
+                              **_error_responses(401, 404, 410)}}},
             "/v1/cases/{caseId}/messages": {"post": {
                 "summary": "Send a message to the citizen's 1177 inbox",
                 "operationId": "postMessage", "parameters": [case_id],
@@ -496,6 +538,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "status": {"type": "string", "nullable": True}, "deliveryStatus": {"type": "string"},
                     "nationalCaseId": {"type": "string", "nullable": True},
                     "providerCaseId": {"type": "string", "nullable": True},
+                    "attachments": {"type": "array", "description": "The case's own attachments (getAttachment fetches one)",
+                                    "items": {"type": "object", "required": ["position", "fileName", "mimeType", "size", "sha256"],
+                                              "properties": {"position": {"type": "integer", "minimum": 1},
+                                                             "fileName": {"type": "string"}, "mimeType": {"type": "string"},
+                                                             "size": {"type": "integer"}, "sha256": {"type": "string"}}}},
                     "messages": {"type": "array", "items": {"type": "object"}},
                     "statuses": {"type": "array", "items": {"type": "object"}},
                     "timeline": {"type": "array", "items": {"type": "object"}}}},

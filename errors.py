@@ -142,16 +142,20 @@ class DeliveryError(GatewayError):
     """A delivery to a target failed. ``permanent`` is True when retrying cannot help.
 
     Raised by adapters (never the store); the worker turns it into a retry or a dead row.
-    ``status_code`` is the HTTP status where there was one.
+    ``status_code`` is the HTTP status where there was one; ``response`` what came back
+    where something did (``{status, headers, body, truncated}``: a few headers and the first
+    kilobytes of the body, person ids masked), kept on the attempt for readers.
     """
 
     code = "GW060"
     permanent = False
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None, **kwargs):
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None,
+                 response: dict | None = None, **kwargs):
         super().__init__(message, **kwargs)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+        self.response = response
 
 
 class TargetUnavailable(DeliveryError):

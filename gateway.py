@@ -597,6 +597,18 @@ def case_show(config_path: Path, case_id: str, content: bool, as_json: bool) -> 
         for a in row["attempts"]:
             lines.append(f"    attempt {a['attempt']} {a['started_at']} {a['duration_ms']} ms {a['outcome']}"
                          f" {a['status_code'] or ''} {a['error_code'] or ''} {a['detail'] or ''}".rstrip())
+            came_back = a.get("response")
+            if came_back:  # what the target answered (person ids masked); its body is content
+                lines.append(f"      came back: HTTP {came_back.get('status') or '?'}"
+                             + "".join(f"; {k}: {v}" for k, v in (came_back.get("headers") or {}).items()))
+                body = (came_back.get("body") or "").strip()
+                if body and not content:
+                    came_back["body"] = None
+                    lines.append(f"      | ({len(body)} characters of body: --content shows them)")
+                elif body:
+                    lines.extend("      | " + line for line in body.splitlines()[:60])
+                    if came_back.get("truncated"):
+                        lines.append("      | … (only the first 4 KB are kept)")
     for e in detail["events"]:
         lines.append(f"  {e['at']} {e['direction']} {e['event']} {e['status']} {e['detail'] or ''}".rstrip())
     if content and detail.get("content"):

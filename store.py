@@ -334,6 +334,13 @@ def m012_ops_sign_in(db: Database) -> None:
     db["ops_sessions"].create_index(["user"])
 
 
+@migrations()
+def m013_attempt_responses(db: Database) -> None:
+    # what came back with a refused answer (status, a few headers, the first kilobytes of the
+    # body, person ids masked; JSON): content, for readers and admins, never monitors
+    db["attempts"].add_column("response", str)
+
+
 @dataclass(frozen=True)
 class JobRun:
     """One run of a scheduled job claimed by this process; ``previous``: when it last ran anywhere."""
@@ -979,13 +986,14 @@ class Store:
         status_code: int | None,
         error_code: str | None,
         detail: str | None,
+        response: dict[str, Any] | None = None,
     ) -> None:
         number = db.execute("SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?", [job.id]).fetchone()[0]
         db.execute(
             """INSERT INTO attempts (outbox_id, case_id, target, attempt, started_at, duration_ms, outcome,
-                   status_code, error_code, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   status_code, error_code, detail, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [job.id, job.case_id, job.target, number, ts(started), round(duration_ms, 1), outcome, status_code,
-             error_code, detail],
+             error_code, detail, _response_json(response)],
         )
 
     def complete(
@@ -1084,8 +1092,10 @@ class Store:
         status_code: int | None = None,
         retry_at: dt.datetime | None = None,
         now: dt.datetime | None = None,
+        response: dict[str, Any] | None = None,
     ) -> bool:
-        """Record a failed attempt: back to the queue at ``retry_at``, or dead when it is None."""
+        """Record a failed attempt: back to the queue at ``retry_at``, or dead when it is None.
+        ``response``: what came back (``adapters.base.excerpt``), kept on the attempt."""
         now = now or instant()
         dead = retry_at is None
         reason = redact_person_ids(reason)  # a target's fault text may quote what it was sent
@@ -1099,7 +1109,7 @@ class Store:
             ).rowcount
             self._finish(db, job, started=started, duration_ms=duration_ms,
                          outcome=("dead" if dead else "retry") if updated else "failed_late",
-                         status_code=status_code, error_code=error_code, detail=reason[:1000])
+                         status_code=status_code, error_code=error_code, detail=reason[:1000], response=response)
             if updated:
                 self._count(db, "failed", job.target, _direction(job.action))
                 if dead:
@@ -1226,7 +1236,14 @@ class Store:
         return True
 
     def attempts_of(self, outbox_id: int) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM attempts WHERE outbox_id = ? ORDER BY id", [outbox_id]))
+        """The attempts of a row, oldest first; ``response`` (what came back) as a dict or None."""
+        rows = list(self.db.query("SELECT * FROM attempts WHERE outbox_id = ? ORDER BY id", [outbox_id]))
+        for row in rows:
+            try:
+                row["response"] = json.loads(row["response"]) if row.get("response") else None
+            except ValueError:
+                row["response"] = None
+        return rows
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -1387,6 +1404,38 @@ class Store:
                WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
         return (row[0], row[1], bytes(row[2])) if row else None
 
+    def case_attachments(self, case_id: str) -> list[dict[str, Any]]:
+        """The case's own attachments (not its messages'), by position: position, file_name,
+        mime_type, sha256, size."""
+        return list(self.db.query(
+            "SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a "
+            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.case_id = ? AND a.message_id IS NULL "
+            "ORDER BY a.position", [case_id]))
+
+    def case_attachment(self, case_id: str, ref: str) -> dict[str, Any] | None:
+        """One of the case's own attachments by its position (1-based) or its SHA-256, with
+        its bytes (``data``); None when the case has no such file. A purged case's files are
+        gone: ``CasePurged``."""
+        case = self.db.execute("SELECT purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        if case is not None and case[0]:
+            raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
+                             field="caseId")
+        if ref.isdigit() and len(ref) <= 3:
+            where, value = "a.position = ?", int(ref)
+        elif len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
+            where, value = "a.sha256 = ?", ref.lower()
+        else:
+            return None
+        row = self.db.execute(
+            f"""SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size, b.data FROM attachments a
+                JOIN attachment_blobs b ON b.sha256 = a.sha256
+                WHERE a.case_id = ? AND a.message_id IS NULL AND {where} ORDER BY a.position LIMIT 1""",
+            [case_id, value]).fetchone()
+        if row is None:
+            return None
+        return {"position": row[0], "file_name": row[1], "mime_type": row[2], "sha256": row[3], "size": row[4],
+                "data": bytes(row[5])}
+
     def audit(self, who: str, role: str, action: str, obj: str, detail: str = "", now: dt.datetime | None = None) -> None:
         """Record an operator's action (who, what, when)."""
         with self.write() as db:
@@ -1530,6 +1579,8 @@ class Store:
                 removed["messages"] += db.execute(
                     f"UPDATE messages SET content = NULL WHERE case_id IN ({marks}) AND content IS NOT NULL", ids).rowcount
                 removed["attachments"] += db.execute(f"DELETE FROM attachments WHERE case_id IN ({marks})", ids).rowcount
+                # what a target answered may quote the case: content, purged with it
+                db.execute(f"UPDATE attempts SET response = NULL WHERE case_id IN ({marks}) AND response IS NOT NULL", ids)
                 removed["files"] += db.execute(
                     "DELETE FROM attachment_blobs WHERE NOT EXISTS "
                     "(SELECT 1 FROM attachments a WHERE a.sha256 = attachment_blobs.sha256)").rowcount
@@ -1618,3 +1669,20 @@ class Store:
         if failure:  # this probe stored nothing: only a real write (a case, a heartbeat) clears it
             self.last_write_failure = failure
             raise StoreError(f"{failure}; new cases are refused until a write succeeds.")
+
+
+#: The most of a response excerpt's body the store keeps, whatever the adapter sent.
+RESPONSE_BODY_LIMIT = 4096
+
+
+def _response_json(response: dict[str, Any] | None) -> str | None:
+    """An attempt's ``response`` as stored: JSON, person ids masked once more, the body bounded."""
+    if not response:
+        return None
+    kept = {
+        "status": response.get("status"),
+        "headers": {str(k)[:64]: str(v)[:200] for k, v in list((response.get("headers") or {}).items())[:20]},
+        "body": str(response.get("body") or "")[:RESPONSE_BODY_LIMIT],
+        "truncated": bool(response.get("truncated")),
+    }
+    return redact_person_ids(json.dumps(kept, ensure_ascii=False))

@@ -461,7 +461,10 @@ class Worker:
                                      else adapter.deliver_message(request))
             expected, provider_case_id = self.mappings.fieldmap(job.target).provider_case_id(job.action, answer.data)  # type: ignore[union-attr]
             if expected and not provider_case_id:
-                raise BadTargetAnswer(f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map reads it.")
+                raise BadTargetAnswer(
+                    f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map "
+                    f"reads it; {_keys_of(answer.data)}.",
+                    status_code=answer.status_code, response=answer.response)
         except DeliveryError as exc:
             self._failed(job, exc, started, clock, settings)
             return
@@ -755,7 +758,7 @@ class Worker:
                 retry_at = self.clock.instant() + dt.timedelta(seconds=delay)
         try:
             self.store.fail(job, started=started, duration_ms=duration, error_code=code, reason=reason,
-                            status_code=status_code, retry_at=retry_at)
+                            status_code=status_code, retry_at=retry_at, response=getattr(exc, "response", None))
         except StoreError as store_exc:
             log.warning("failure not recorded", extra={"outbox_id": job.id, "error_code": store_exc.code})
             return
@@ -765,6 +768,15 @@ class Worker:
                    "error_code": code, "status_code": status_code},
         )
         log.debug("delivery failed: the reason", extra={"case_id": job.case_id, "outbox_id": job.id, "detail": reason})
+
+
+def _keys_of(data: Any) -> str:
+    """The top-level keys of a target's JSON answer, for a message that says what did come back."""
+    keys = [str(k)[:40] for k in data] if isinstance(data, dict) else []
+    if not keys:
+        return "the answer had no fields"
+    shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+    return f"it had: {shown}"
 
 
 def _case_ref(item: Any) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from errors import DeliveryError, TargetFailed, TargetRefused, TargetUnavailable
+from errors import DeliveryError, TargetFailed, TargetRefused, TargetUnavailable, redact_person_ids
 
 DELIVER_CASE = "deliver_case"
 DELIVER_MESSAGE = "deliver_message"
@@ -39,6 +39,7 @@ class Answer:
     status_code: int | None
     data: dict[str, Any] | None = field(default=None, repr=False)
     detail: str | None = None  # what the target said besides OK (e.g. 1177's INFO text)
+    response: dict[str, Any] | None = field(default=None, repr=False)  # ``excerpt`` of what came back
 
 
 class Adapter(abc.ABC):
@@ -110,14 +111,47 @@ def session_for(settings: Any) -> requests.Session:
     return session
 
 
-def classify_status(target: str, status: int, what: str, retry_after: str | None = None) -> DeliveryError:
-    """The error for a non-2xx HTTP status: 408/429/5xx transient, other 4xx permanent."""
+#: The response headers kept with a refused answer (lower case): what says what came back
+#: and what lets the provider find the call in its own logs.
+KEPT_HEADERS = ("content-type", "content-length", "retry-after", "date", "server", "x-request-id", "request-id",
+                "x-correlation-id", "x-skltp-correlation-id", "traceparent", "www-authenticate")
+#: How much of a refused answer's body is kept.
+EXCERPT_BYTES = 4096
+
+
+def excerpt(status: int | None, headers: Any, content: bytes | str | None) -> dict[str, Any]:
+    """What came back, small enough to keep on an attempt: the HTTP status, the headers of
+    ``KEPT_HEADERS`` and the first ``EXCERPT_BYTES`` of the body as text, person ids masked
+    everywhere. Readers see it (it may quote the case), monitors never."""
+    kept: dict[str, str] = {}
+    for name, value in dict(headers or {}).items():
+        if str(name).lower() in KEPT_HEADERS:
+            kept[str(name)] = redact_person_ids(str(value)[:200])
+    raw = content.encode("utf-8", "replace") if isinstance(content, str) else (content or b"")
+    body = raw[:EXCERPT_BYTES].decode("utf-8", "replace")
+    if len(raw) > EXCERPT_BYTES and body.endswith("\ufffd"):
+        body = body[:-1]  # a character cut in two at the limit
+    return {"status": status, "headers": kept, "body": redact_person_ids(body), "truncated": len(raw) > EXCERPT_BYTES}
+
+
+def excerpt_of(response: requests.Response | None) -> dict[str, Any] | None:
+    """``excerpt`` of a requests response (None when there is none)."""
+    if response is None:
+        return None
+    return excerpt(response.status_code, response.headers, response.content)
+
+
+def classify_status(target: str, status: int, what: str, retry_after: str | None = None,
+                    response: dict[str, Any] | None = None) -> DeliveryError:
+    """The error for a non-2xx HTTP status: 408/429/5xx transient, other 4xx permanent;
+    ``response`` (an ``excerpt``) goes with it."""
     if status in (408, 429) or status >= 500:
         seconds = None
         if retry_after and retry_after.strip().isdigit():
             seconds = float(retry_after.strip())
-        return TargetFailed(f"target '{target}' answered HTTP {status} to {what}.", status_code=status, retry_after_s=seconds)
-    return TargetRefused(f"target '{target}' refused {what} with HTTP {status}.", status_code=status)
+        return TargetFailed(f"target '{target}' answered HTTP {status} to {what}.", status_code=status,
+                            retry_after_s=seconds, response=response)
+    return TargetRefused(f"target '{target}' refused {what} with HTTP {status}.", status_code=status, response=response)
 
 
 def classify_exception(target: str, exc: requests.RequestException, what: str) -> DeliveryError:

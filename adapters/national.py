@@ -84,7 +84,7 @@ class NationalAdapter:
             with client.settings(extra_http_headers=headers):
                 return getattr(service, contract.name)(_soapheaders={"LogicalAddress": self.settings.address_for(contract.name)}, **body)
 
-        result = call_classified(NAME, what, call)
+        result = call_classified(NAME, what, call, self._local.transport)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
             data = {"result": data} if isinstance(data, dict) and "resultCode" in data else data

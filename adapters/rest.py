@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import requests
 
-from adapters.base import Adapter, Answer, Request, classify_exception, classify_status, session_for
+from adapters.base import Adapter, Answer, Request, classify_exception, classify_status, excerpt_of, session_for
 from errors import BadTargetAnswer, TargetRefused
 
 
@@ -116,13 +116,14 @@ class RestAdapter(Adapter):
                 continue
             break
         if not 200 <= response.status_code < 300:
-            raise classify_status(self.name, response.status_code, what, response.headers.get("Retry-After"))
+            raise classify_status(self.name, response.status_code, what, response.headers.get("Retry-After"),
+                                  response=excerpt_of(response))
         expected = self.settings.success_statuses
         if expected and response.status_code not in expected:
             raise BadTargetAnswer(
                 f"target '{self.name}' answered {what} with HTTP {response.status_code}, which is not one of its "
                 f"success_statuses ({', '.join(map(str, expected))}); the delivery is not counted as taken.",
-                status_code=response.status_code,
+                status_code=response.status_code, response=excerpt_of(response),
                 hint=f"Ask the provider what HTTP {response.status_code} means, or add it to "
                      f"targets.{self.name}.success_statuses, then replay the dead row.",
             )
@@ -133,7 +134,7 @@ class RestAdapter(Adapter):
                 data = parsed if isinstance(parsed, dict) else {"value": parsed}
             except ValueError:
                 data = None
-        return Answer(response.status_code, data)
+        return Answer(response.status_code, data, response=excerpt_of(response))
 
     def poll(self, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         poll = self.settings.poll

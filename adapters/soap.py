@@ -23,33 +23,53 @@ import zeep.helpers
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from adapters.base import Adapter, Answer, Request, classify_exception, classify_status, session_for
+from adapters.base import Adapter, Answer, Request, classify_exception, classify_status, excerpt, excerpt_of, session_for
 from errors import BadTargetAnswer, ContractError, TargetFailed, TargetRefused
 
 
-def call_classified(name: str, what: str, call: Any) -> Any:
+def call_classified(name: str, what: str, call: Any, transport: LocalOnlyTransport | None = None) -> Any:
     """Run a zeep call and turn what can go wrong into a classified ``DeliveryError``:
     a Client fault or a body that does not fit the WSDL is permanent; a Server fault,
-    HTTP 408/429/5xx and transport errors are transient; unreadable XML is a bad answer."""
+    HTTP 408/429/5xx and transport errors are transient; unreadable XML is a bad answer.
+    With ``transport`` (the one the call goes through), the error carries an excerpt of
+    what came back (``DeliveryError.response``)."""
+    if transport is not None:
+        transport.last_response = None
+
+    def came_back() -> dict[str, Any] | None:
+        return excerpt_of(transport.last_response) if transport is not None else None
+
     try:
         return call()
     except zeep.exceptions.Fault as fault:
         code = str(fault.code or "")
         if code.endswith(("Client", "Sender")):
-            raise TargetRefused(f"target '{name}' refused {what}: SOAP Client fault '{_short(fault.message)}'.") from None
-        raise TargetFailed(f"target '{name}' failed {what}: SOAP Server fault '{_short(fault.message)}'.") from None
+            raise TargetRefused(f"target '{name}' refused {what}: SOAP Client fault '{_short(fault.message)}'.",
+                                response=came_back()) from None
+        raise TargetFailed(f"target '{name}' failed {what}: SOAP Server fault '{_short(fault.message)}'.",
+                           response=came_back()) from None
     except zeep.exceptions.TransportError as exc:
-        raise classify_status(name, exc.status_code or 500, what) from None
+        response = came_back() or excerpt(exc.status_code, {}, exc.content)
+        raise classify_status(name, exc.status_code or 500, what, response=response) from None
     except requests.RequestException as exc:
         raise classify_exception(name, exc, what) from None
     except (zeep.exceptions.ValidationError, TypeError) as exc:
         raise TargetRefused(f"target '{name}': the request for {what} does not fit the WSDL ({_short(str(exc))}).") from None
     except (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError):
-        raise BadTargetAnswer(f"target '{name}' answered {what} with XML that cannot be read.") from None
+        raise BadTargetAnswer(f"target '{name}' answered {what} with XML that cannot be read.", response=came_back()) from None
 
 
 class LocalOnlyTransport(Transport):
-    """A zeep transport that reads WSDL/XSD files from disk and refuses to fetch them."""
+    """A zeep transport that reads WSDL/XSD files from disk and refuses to fetch them, and
+    keeps the last HTTP response it received (one transport per thread), so a refusal can
+    say what came back."""
+
+    last_response: requests.Response | None = None
+
+    def post(self, address: str, message: Any, headers: Any) -> requests.Response:
+        response = super().post(address, message, headers)
+        self.last_response = response
+        return response
 
     def load(self, url: str) -> bytes:
         if "://" in url and not url.startswith("file://"):
@@ -118,13 +138,14 @@ class SoapAdapter(Adapter):
             with client.settings(extra_http_headers=headers):
                 return method(**body)
 
-        result = call_classified(self.name, what, call)
+        transport = client.transport
+        result = call_classified(self.name, what, call, transport)
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         if data is not None and not isinstance(data, dict):
             # zeep hands back a response's only child unwrapped: wrap it in its name again,
             # so a field map reads e.g. 'caseNumber' whatever the response's shape
             data = {_only_output_element(service, operation) or "value": data}
-        return Answer(200, data)
+        return Answer(200, data, response=excerpt_of(transport.last_response))
 
     def poll(self, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         poll = self.settings.poll

@@ -529,6 +529,8 @@ def case(case_id: str) -> Any:
         outbox_row["last_error"] = _redact(outbox_row.get("last_error"))
         for attempt in outbox_row["attempts"]:
             attempt["detail"] = _redact(attempt.get("detail"))
+            if not with_content:  # what the target answered is content: readers and admins only
+                attempt["response"] = None
     files = detail["attachments"]
     context: dict[str, Any] = {
         "case_id": case_id, "row": row, "unit": unit, "timeline": _timeline(detail), "outbox": detail["outbox"],

@@ -18,7 +18,9 @@ May import: anything (it is never imported by the product; ``gateway sandbox`` r
 
 Invariants: every child process runs in its own process group and is stopped (TERM, then
 KILL) on exit, Ctrl-C or SIGTERM, so no process is left behind and no port stays bound;
-everything listens on 127.0.0.1 only.
+everything listens on 127.0.0.1 only. The sandbox keeps to itself: its config uses its own
+mappings (``sandbox/mappings/``) and only the demo targets, never the user's ``mappings/``
+or the targets the user added to ``config.example.yaml``.
 """
 
 from __future__ import annotations
@@ -186,11 +188,27 @@ def wait_for(url: str, processes: Processes, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def write_config(folder: Path, ports: dict[str, int], certs: dict[str, Any] | None = None) -> Path:
-    data = yaml.safe_load((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+#: The sandbox's own mappings: the demo units, codes and field maps (a copy of what ships
+#: in mappings/, which the user edits for going live).
+MAPPINGS = ROOT / "sandbox" / "mappings"
+#: The targets the demo provider systems play; any other target of the template is left out.
+DEMO_TARGETS = ("demo_rest", "demo_soap")
+
+
+def write_config(folder: Path, ports: dict[str, int], certs: dict[str, Any] | None = None,
+                 template: Path = ROOT / "config.example.yaml") -> Path:
+    """Write the sandbox's config to ``folder``: ``template``'s settings with the sandbox's
+    database, ports, mappings (``sandbox/mappings``) and only the demo targets."""
+    data = yaml.safe_load(template.read_text(encoding="utf-8"))
     data["gateway"]["name"] = "1177 integration gateway (sandbox)"
     data["database"]["path"] = str(folder / "gateway.db")
-    data["mappings"]["dir"] = str(ROOT / "mappings")
+    data["mappings"] = {**(data.get("mappings") or {}), "dir": str(MAPPINGS)}
+    targets = data.get("targets") or {}
+    missing = [name for name in DEMO_TARGETS if name not in targets]
+    if missing:
+        raise SystemExit(f"sandbox: {template.name} has no target {', '.join(missing)}; the sandbox needs "
+                         f"the demo targets as shipped (targets.demo_rest, targets.demo_soap).")
+    data["targets"] = {name: targets[name] for name in DEMO_TARGETS}
     data["logging"]["level"] = "INFO"
     data["worker"]["poll_s"] = 0.5
     data["national"]["endpoint"] = f"http://{HOST}:{ports['national']}/rivta"

@@ -526,3 +526,56 @@ def test_a_dripping_provider_gets_a_total_deadline_and_cannot_hold_up_other_targ
         app.extensions["gateway.worker"].stop(timeout=5)
         stop_soap()
         store.close()
+
+
+# -- what came back is kept (issue 13, item 4) ------------------------------------------------------------
+
+
+@responses.activate
+def test_a_refused_answer_keeps_its_status_headers_and_the_first_kilobytes_masked(send, worker, dstore):
+    body = json.dumps({"error": f"patient {PNR} unknown", "padding": "x" * 6000})
+    responses.post(f"{API}/cases", status=422, body=body, content_type="application/problem+json",
+                   headers={"X-Request-Id": "req-77", "Set-Cookie": "secret=1"})
+    send()
+    worker.run_until_idle()
+    row = outbox(dstore)[0]
+    (attempt,) = dstore.attempts_of(row["id"])
+    kept = attempt["response"]
+    assert attempt["error_code"] == "GW062" and kept["status"] == 422
+    assert kept["headers"]["Content-Type"] == "application/problem+json" and kept["headers"]["X-Request-Id"] == "req-77"
+    assert "Set-Cookie" not in kept["headers"]
+    assert kept["truncated"] and len(kept["body"].encode()) <= 4096 and kept["body"].startswith('{"error": "patient 1912')
+    raw = dstore.db.execute("SELECT response FROM attempts").fetchone()[0]
+    assert PNR not in raw and "1912********" in raw
+
+
+@responses.activate
+def test_a_transient_answer_keeps_retry_after(send, worker, dstore):
+    responses.post(f"{API}/cases", status=503, body="down for maintenance", headers={"Retry-After": "0"})
+    send()
+    worker.run_until_idle()
+    attempts = dstore.attempts_of(outbox(dstore)[0]["id"])
+    assert attempts[0]["error_code"] == "GW061"
+    assert attempts[0]["response"]["headers"]["Retry-After"] == "0"
+    assert attempts[0]["response"]["body"] == "down for maintenance"
+
+
+@responses.activate
+def test_an_answer_without_the_case_id_names_the_keys_that_came_back_and_is_kept(send, worker, dstore):
+    responses.post(f"{API}/cases", status=201, json={"ok": True, "caseNumber": "P-1", "note": PNR})
+    send()
+    worker.run_until_idle()
+    row = outbox(dstore)[0]
+    assert row["last_error_code"] == "GW063" and "it had: ok, caseNumber, note" in row["last_error"]
+    (attempt,) = dstore.attempts_of(row["id"])
+    assert attempt["status_code"] == 201 and attempt["response"]["status"] == 201
+    assert '"caseNumber": "P-1"' in attempt["response"]["body"] and PNR not in attempt["response"]["body"]
+
+
+@responses.activate
+def test_a_delivered_attempt_keeps_no_response(send, worker, dstore):
+    responses.post(f"{API}/cases", status=201, json={"id": "P-1"})
+    send()
+    worker.run_until_idle()
+    (attempt,) = dstore.attempts_of(outbox(dstore)[0]["id"])
+    assert attempt["outcome"] == "delivered" and attempt["response"] is None

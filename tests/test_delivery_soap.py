@@ -90,6 +90,10 @@ def test_soap_client_fault_is_permanent(live, providers, make_case):
     live.extensions["gateway.worker"].run_until_idle()
     row = live.extensions["gateway.store"].outbox_rows("1177-C-0001")[0]
     assert row["status"] == "dead" and row["last_error_code"] == "GW062" and "Client fault" in row["last_error"]
+    (attempt,) = live.extensions["gateway.store"].attempts_of(row["id"])
+    kept = attempt["response"]  # what came back: the fault itself, kept for readers
+    assert kept["status"] == 500 and "xml" in kept["headers"]["Content-Type"]
+    assert "Fault" in kept["body"] and "Client" in kept["body"] and PNR not in kept["body"]
 
 
 def test_soap_server_fault_is_retried_and_then_delivered_once(live, providers, make_case):

@@ -106,7 +106,7 @@ def test_log_case_show_outbox_list_replay_cancel_with_json(config_data, make_cas
     path = str(write_config(tmp_path, data))
     app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
     try:
-        responses.post(f"{API}/cases", status=400)
+        responses.post(f"{API}/cases", status=400, json={"error": f"patient {PNR} unknown"}, headers={"X-Request-Id": "r-1"})
         post_case(app, make_case, caseId="CLI-1")
         post_case(app, make_case, caseId="CLI-2")
         app.extensions["gateway.worker"].run_until_idle()
@@ -120,8 +120,14 @@ def test_log_case_show_outbox_list_replay_cancel_with_json(config_data, make_cas
         shown = runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--config", path])
         assert "GW062" in shown.output and "attempt 1" in shown.output and PNR not in shown.output
         assert "Jag vill lämna" not in shown.output  # no text without --content
+        assert "came back: HTTP 400; Content-Type: application/json; X-Request-Id: r-1" in shown.output
+        assert "unknown" not in shown.output and "--content shows them" in shown.output  # the body is content
         with_content = runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--content", "--config", path])
         assert "Jag vill lämna" in with_content.output
+        assert "patient 1912******** unknown" in with_content.output and PNR not in with_content.output
+        as_json = json.loads(runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--config", path, "--json"]).output)
+        kept = as_json["outbox"][0]["attempts"][0]["response"]
+        assert kept["status"] == 400 and kept["headers"]["X-Request-Id"] == "r-1" and kept["body"] is None
         responses.replace(responses.POST, f"{API}/cases", status=201, json={"id": "P-1"})
         replayed = runner.invoke(gateway.cli, ["outbox", "replay", str(ids[0]), "--config", path, "--json"])
         assert replayed.exit_code == 0 and json.loads(replayed.output) == [{"id": ids[0], "replayed": True}]

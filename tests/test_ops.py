@@ -613,3 +613,17 @@ def test_a_providers_answer_text_is_content_readers_see_it_monitors_and_logs_do_
     assert "GW062" in monitor.get("/ops/dead").get_data(as_text=True)
     assert "Anna Andersson" in reader.get("/ops/cases/SOAP-1").get_data(as_text=True)
     assert "Anna Andersson" not in caplog.text
+
+
+def test_what_the_target_answered_is_shown_to_readers_and_admins_never_to_monitors(oapp, as_, dead_case):
+    """The dead row's provider answered HTTP 400 with a body naming the personnummer: a reader
+    and an admin see the status, the Content-Type and the body, masked; a monitor none of it."""
+    for name in ("rita", "ada"):
+        response = as_(name).get("/ops/cases/1177-C-0001")
+        raw = response.get_data(as_text=True)
+        doc = html.fromstring(raw)
+        (body,) = doc.find_class("response-body")
+        assert "patient 1912******** unknown" in body.text_content() and PNR not in body.text_content()
+        assert "What came back: HTTP 400" in text_of(response) and "application/json" in text_of(response)
+    raw = as_("mona").get("/ops/cases/1177-C-0001").get_data(as_text=True)
+    assert "response-body" not in raw and "What came back" not in raw and "unknown" not in raw

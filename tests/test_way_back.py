@@ -420,7 +420,7 @@ def test_openapi_document(client):
     doc = client.get("/api/openapi.json").json
     assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert {"/v1/cases", "/v1/cases/{caseId}", "/v1/cases/{caseId}/messages", "/v1/cases/{caseId}/status",
-            "/v1/cases/{caseId}/messages/{messageId}/cancel"} <= set(doc["paths"])
+            "/v1/cases/{caseId}/messages/{messageId}/cancel", "/v1/cases/{caseId}/attachments/{n}"} <= set(doc["paths"])
 
 
 def test_cancel_from_the_cli(config_data, peers, make_case, runner, tmp_path):
@@ -473,3 +473,46 @@ def test_polling_a_soap_target(config_data, peers, make_case):
         app.extensions["gateway.worker"].stop()
         app.extensions["gateway.store"].close()
         stop()
+
+
+# -- the case's attachments, fetched later by the provider (issue 13, item 8) ---------------------------------
+
+
+def test_a_provider_fetches_its_cases_attachments_by_position_or_sha256_under_its_own_id(
+        app, client, store, run, make_case, make_message):
+    import hashlib
+
+    intake(app, make_case)  # two files: intyg.pdf, bild.png
+    app.test_client().post("/rivta", data=make_message(), headers={"Content-Type": "text/xml"})  # one more, the message's
+    run()
+    provider_id = store.case_row("1177-C-0001")["provider_case_id"]
+    assert provider_id
+    view = client.get(f"/api/v1/cases/{provider_id}", headers=auth()).json
+    assert view["attachments"] == [
+        {"position": 1, "fileName": "intyg.pdf", "mimeType": "application/pdf", "size": len(PDF),
+         "sha256": hashlib.sha256(PDF).hexdigest()},
+        {"position": 2, "fileName": "bild.png", "mimeType": "image/png", "size": len(PNG),
+         "sha256": hashlib.sha256(PNG).hexdigest()},
+    ]
+    first = client.get(f"/api/v1/cases/{provider_id}/attachments/1", headers=auth())
+    assert first.status_code == 200 and first.data == PDF and first.mimetype == "application/pdf"
+    assert first.headers["Content-Disposition"] == "attachment; filename=intyg.pdf"
+    assert first.headers["X-Content-Type-Options"] == "nosniff"
+    by_hash = client.get(f"/api/v1/cases/1177-C-0001/attachments/{hashlib.sha256(PNG).hexdigest()}", headers=auth())
+    assert by_hash.status_code == 200 and by_hash.data == PNG and by_hash.mimetype == "image/png"
+    audited = [(e["who"], e["role"], e["action"], e["object"]) for e in store.audit_entries()]
+    assert audited.count(("demo_rest", "api", "download", "case 1177-C-0001")) == 2
+    # the third file is the message's, not the case's own: no position 3
+    assert client.get(f"/api/v1/cases/{provider_id}/attachments/3", headers=auth()).json["code"] == "GW032"
+    assert client.get(f"/api/v1/cases/{provider_id}/attachments/x", headers=auth()).status_code == 404
+
+
+def test_another_targets_case_attachments_are_answered_as_unknown(app, client, store, make_case):
+    intake(app, make_case)  # routed to demo_rest
+    foreign = client.get("/api/v1/cases/1177-C-0001/attachments/1", headers=auth(SOAP_TOKEN))
+    unknown = client.get("/api/v1/cases/NOPE/attachments/1", headers=auth(SOAP_TOKEN))
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json == unknown.json | {"message": foreign.json["message"]} and foreign.json["code"] == "GW032"
+    assert foreign.json["message"] == unknown.json["message"].replace("NOPE", "1177-C-0001")
+    assert client.get("/api/v1/cases/1177-C-0001/attachments/1").status_code == 401
+    assert not [e for e in store.audit_entries() if e["action"] == "download"]
