@@ -476,7 +476,9 @@ def get_case(case_id: str) -> Response:
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed body (GW033)", 401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
-            404: "No such case (GW032)", 409: "Conflict: id reused or message already sent (GW028, GW034)",
+            404: "No such case or message (GW032)",
+            409: "Conflict: id reused, message already sent, or not held (GW028, GW034, GW048)",
+            410: "The content was purged after the retention period (GW040)",
             413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
@@ -486,6 +488,8 @@ def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.0 description of this API."""
     case_id = {"name": "caseId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
                "description": "1177's caseId, or the caseId the gateway returned when the case was registered."}
+    message_id = {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
+                  "description": "Your messageId, or the one the gateway returned."}
     attachment = {
         "type": "object", "required": ["fileName", "mimeType", "data"],
         "properties": {"fileName": {"type": "string", "minLength": 1, "maxLength": 255},
@@ -526,8 +530,32 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/v1/cases/{caseId}/messages/{messageId}/cancel": {"post": {
                 "summary": "Cancel a message during its review window (a sent message cannot be recalled)",
                 "operationId": "cancelMessage",
-                "parameters": [case_id, {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [case_id, message_id],
                 "responses": {"200": {"description": "Cancelled", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_error_responses(401, 403, 404, 409)}}},
+            "/v1/cases/{caseId}/messages/{messageId}": {"get": {
+                "summary": "Preview a message to the citizen: what will be sent (kind, subject, body, sender, status, "
+                           "the wrong-patient guard's findings, attachments with sha256 and size)",
+                "operationId": "getMessage", "parameters": [case_id, message_id],
+                "responses": {"200": {"description": "The message as stored and as it will be sent",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageView"}}}},
+                              **_error_responses(401, 403, 404, 410)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/attachments/{n}": {"get": {
+                "summary": "The bytes of a message's attachment n (0-based): the same bytes that are sent",
+                "operationId": "getMessageAttachment",
+                "parameters": [case_id, message_id, {"name": "n", "in": "path", "required": True,
+                                                     "schema": {"type": "integer", "minimum": 0, "maximum": 9}}],
+                "responses": {"200": {"description": "The file", "content": {
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_error_responses(401, 403, 404, 410)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/release": {"post": {
+                "summary": "Confirm a message the wrong-patient guard holds (GW047): it is then sent, once",
+                "operationId": "releaseMessage", "parameters": [case_id, message_id],
+                "responses": {"200": {"description": "Released (a second release answers the same)",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
                               **_error_responses(401, 403, 404, 409)}}},
             "/v1/cases/{caseId}/status": {"post": {
                 "summary": "Change the case's status in 1177",
@@ -552,7 +580,36 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
                 "MessageQueued": {"type": "object", "properties": {
                     "messageId": {"type": "string"}, "status": {"type": "string", "enum": ["held", "queued"]},
-                    "sendAfter": {"type": "string", "format": "date-time"}, "created": {"type": "boolean"}}},
+                    "sendAfter": {"type": "string", "format": "date-time", "nullable": True,
+                                  "description": "null while the wrong-patient guard holds it"},
+                    "created": {"type": "boolean"},
+                    "code": {"type": "string", "enum": ["GW047"],
+                             "description": "Only when the wrong-patient guard holds it: release or cancel it"},
+                    "message": {"type": "string", "description": "Where the guard found another citizen's id (never the id)"},
+                    "hint": {"type": "string"},
+                    "guard": {"$ref": "#/components/schemas/Guard"}}},
+                "Guard": {"type": "object", "description": "The wrong-patient guard's outcome (rule 14): places, never ids",
+                          "properties": {
+                    "checked": {"type": "boolean"}, "held": {"type": "boolean"},
+                    "findings": {"type": "array", "items": {"type": "object", "properties": {
+                        "where": {"type": "string", "description": "'body', 'subject' or the attachment's file name"},
+                        "page": {"type": "integer", "nullable": True}, "attachment": {"type": "integer", "nullable": True},
+                        "kind": {"type": "string", "enum": ["foreign_id", "not_checked"]},
+                        "count": {"type": "integer"}}}}}},
+                "MessageView": {"type": "object", "properties": {
+                    "messageId": {"type": "string"}, "caseId": {"type": "string"}, "kind": {"type": "string"},
+                    "subject": {"type": "string", "nullable": True}, "body": {"type": "string"},
+                    "senderHsaId": {"type": "string", "nullable": True}, "senderName": {"type": "string", "nullable": True},
+                    "sentBy": {"type": "object", "nullable": True},
+                    "status": {"type": "string", "description": "held, queued, sent, cancelled"},
+                    "heldByGuard": {"type": "boolean"},
+                    "sendAfter": {"type": "string", "nullable": True},
+                    "released": {"type": "object", "nullable": True,
+                                 "properties": {"at": {"type": "string"}, "by": {"type": "string"}}},
+                    "guard": {"$ref": "#/components/schemas/Guard"},
+                    "attachments": {"type": "array", "items": {"type": "object", "properties": {
+                        "n": {"type": "integer"}, "fileName": {"type": "string"}, "mimeType": {"type": "string"},
+                        "sha256": {"type": "string"}, "size": {"type": "integer"}, "href": {"type": "string"}}}}}},
                 "Status": {"type": "object", "required": ["status"], "properties": {
                     "status": {"type": "string", "description": "RECEIVED, IN_PROGRESS, CLOSED, or your own code (codes.yaml)"},
                     "careUnitHsaId": {"type": "string", "description": "A patient board's correction of where the event happened"},
