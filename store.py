@@ -723,7 +723,8 @@ class Store:
                   + (f", held {hold_s:g} s for review" if hold_s > 0 else "")
                   + (f", not checked by the wrong-patient guard (no readable text): {unread}"[:600] if unread else ""))
         if guarded:
-            places = ", ".join(f.place for f in guard.findings if f.kind == "foreign_id" or f in guard.not_checked)
+            places = ", ".join(f"{f.place} ({'another citizen' if f.kind == 'foreign_id' else 'no readable text'})"
+                               for f in guard.findings)
             self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
                       direction="out", event="message_held", status="held", target=NATIONAL_TARGET,
                       hsa_id=message.sender_hsa_id, error_code="GW047",
