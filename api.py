@@ -4,7 +4,9 @@ Role: a Flask blueprint under ``/api``, described by the OpenAPI 3 document it s
 ``/api/openapi.json``. A provider system posts messages to the citizen (confirmations,
 partial answers, counter-questions, final answers), status changes, and cases that
 started outside 1177; it reads a case's status and timeline and fetches the case's own
-attachments (audited); it cancels a message during its review window. Every call authenticates with the bearer token configured for its
+attachments (audited); it previews a message to the citizen before it is sent (its content
+and the very bytes of its files), releases one the wrong-patient guard holds (rule 14), and
+cancels one during its review window. Every call authenticates with the bearer token configured for its
 target (``targets.<name>.api.token``) and may only touch the cases routed to that target.
 
 May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. Units and
@@ -26,6 +28,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +48,7 @@ from errors import (
     GatewayError,
     IdConflict,
     InternalError,
+    MessageHeld,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -52,7 +56,7 @@ from errors import (
     StoreError,
     Unauthenticated,
 )
-from model import CaseType, safe_file_name
+from model import CaseType, GuardOutcome, redact_person_ids, safe_file_name
 from store import Store
 
 if TYPE_CHECKING:  # handed in by the composition root
@@ -75,6 +79,7 @@ class Api:
     access: Any = None  # config ``rivta``: the proxy header settings for forwarded certificates
     authority: Any = None  # identity.CertificateAuthority
     review_s: float = 0.0
+    require_text: bool = False  # outbound.guard.require_text
     max_attachment_bytes: int = rules.MAX_ATTACHMENT_BYTES
     max_attachments: int = rules.MAX_CARE_ATTACHMENTS
     #: the case types whose automatic receipt (outbound.confirmations) is sent once 1177 has
@@ -304,14 +309,96 @@ def post_message(case_id: str) -> tuple[Response, int]:
                             case_unit=row["receiver_hsa_id"], citizen_started=row["origin"] == "1177",
                             max_attachments=api.max_attachments,
                             max_attachment_bytes=api.max_attachment_bytes)
+    guard = updates.guard(message, api.store.case_person_ids(case_id), require_text=api.require_text)
     accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation(),
-                                   reopen=updates.reopen(data))
-    _stored(target, "message to citizen queued", case_id=case_id, message_id=message.message_id, kind=message.kind,
-            sender_hsa_id=message.sender_hsa_id)
+                                   reopen=updates.reopen(data), guard=guard)
+    held = guard.held
+    if not accepted.created:  # the same message again: answer with what is stored (it may have been released)
+        stored = api.store.outgoing_message(case_id, message.message_id)
+        guard, held = stored["guard"], stored["outbox_status"] == "held"
+    _stored(target, "message to citizen held by the wrong-patient guard" if held else "message to citizen queued",
+            case_id=case_id, message_id=message.message_id, kind=message.kind, sender_hsa_id=message.sender_hsa_id)
     send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
-    return jsonify({"messageId": message.provider_message_id or accepted.ref_id,
-                    "status": "held" if api.review_s > 0 else "queued",
-                    "sendAfter": send_after.isoformat(), "created": accepted.created}), 202
+    answer: dict[str, Any] = {"messageId": message.provider_message_id or accepted.ref_id,
+                              "status": "held" if api.review_s > 0 or held else "queued",
+                              "sendAfter": None if held else send_after.isoformat(), "created": accepted.created,
+                              "guard": _guard_view(guard)}
+    if held:
+        answer.update(code=MessageHeld.code, message=_held_text(guard), hint=MessageHeld.hint)
+    return jsonify(answer), 202
+
+
+def _guard_view(guard: GuardOutcome) -> dict[str, Any]:
+    """The wrong-patient guard's outcome as the API shows it: places, never the ids."""
+    return {"checked": guard.checked, "held": guard.held,
+            "findings": [{"where": f.where, "page": f.page, "attachment": f.attachment, "kind": f.kind, "count": f.count}
+                         for f in guard.findings]}
+
+
+def _held_text(guard: GuardOutcome) -> str:
+    foreign = ", ".join(f.place for f in guard.foreign)
+    unread = ", ".join(f.place for f in guard.not_checked)
+    parts = []
+    if foreign:
+        parts.append(f"{foreign} names a personnummer or samordningsnummer that is neither the citizen's "
+                     "nor their representative's")
+    if unread and not foreign:
+        parts.append(f"{unread} has no readable text to check (outbound.guard.require_text)")
+    return redact_person_ids("held by the wrong-patient guard, not sent: " + "; ".join(parts) + ".")
+
+
+def _message_view(case_id: str, message_id: str) -> dict[str, Any]:
+    row = _api().store.outgoing_message(case_id, message_id)
+    content = row["content"]
+    guard_held = row["outbox_status"] == "held"
+    shown = row["provider_message_id"] or row["message_id"]
+    return {
+        "messageId": shown, "caseId": case_id, "kind": content.get("kind"), "subject": content.get("subject"),
+        "body": content.get("text"), "senderHsaId": content.get("sender_hsa_id"), "senderName": content.get("sender_name"),
+        "sentBy": {"role": content.get("sent_by_role"), "name": content.get("sent_by_name")}
+        if content.get("sent_by_role") or content.get("sent_by_name") else None,
+        "status": row["status"], "heldByGuard": guard_held,
+        "sendAfter": row["not_before"] if row["outbox_status"] == "pending" else None,
+        "released": {"at": row["released_at"], "by": row["released_by"]} if row["released_at"] else None,
+        "guard": _guard_view(row["guard"]),
+        "attachments": [{"n": i, "fileName": a["file_name"], "mimeType": a["mime_type"], "sha256": a["sha256"],
+                         "size": a["size"], "href": f"/api/v1/cases/{case_id}/messages/{shown}/attachments/{i}"}
+                        for i, a in enumerate(row["attachments"])],
+    }
+
+
+@bp.get("/v1/cases/<case_id>/messages/<message_id>")
+def get_message(case_id: str, message_id: str) -> Response:
+    """The preview of a message to the citizen (rule 14): what will be sent, as stored."""
+    target = _target()
+    case_id = _case(target, case_id)["case_id"]
+    return jsonify(_message_view(case_id, message_id))
+
+
+@bp.get("/v1/cases/<case_id>/messages/<message_id>/attachments/<n>")
+def get_message_attachment(case_id: str, message_id: str, n: str) -> Response:
+    """The bytes of a message's attachment ``n`` (0-based): the very bytes the worker sends."""
+    target = _target()
+    case_id = _case(target, case_id)["case_id"]
+    if not re.fullmatch(r"\d{1,3}", n):
+        raise NotFound(f"there is no attachment '{n[:8]}'.", field="n")
+    found = _api().store.outgoing_attachment(case_id, message_id, int(n))
+    response = Response(found.data, mimetype=found.mime_type)
+    response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(found.file_name)}"
+    response.headers["X-Content-SHA256"] = found.sha256
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.post("/v1/cases/<case_id>/messages/<message_id>/release")
+def release_message(case_id: str, message_id: str) -> Response:
+    """Confirm a message the wrong-patient guard holds: it is sent (once)."""
+    target = _target()
+    case_id = _case(target, case_id)["case_id"]
+    api = _api()
+    state = api.store.release_message(message_id, by=f"api:{target}", case_id=case_id)
+    _stored(target, "message to citizen released", case_id=case_id, message_id=message_id)
+    return jsonify({"messageId": message_id, "status": state, "released": True})
 
 
 @bp.post("/v1/cases/<case_id>/messages/<message_id>/cancel")
@@ -392,7 +479,7 @@ def get_case(case_id: str) -> Response:
 
 
 @bp.get("/v1/cases/<case_id>/attachments/<ref>")
-def get_attachment(case_id: str, ref: str) -> Response:
+def get_case_attachment(case_id: str, ref: str) -> Response:
     """One of the case's own attachments, by position (1-based) or SHA-256: only the caller's
     own cases; another target's case is answered as an unknown one (404 GW032). Audited."""
     target = _target()
@@ -419,9 +506,10 @@ def get_attachment(case_id: str, ref: str) -> Response:
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed body (GW033)", 401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
-            404: "No such case (GW032)", 409: "Conflict: id reused or message already sent (GW028, GW034)",
-            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)",
-            410: "The case's content and files were purged after the retention period (GW040)"}
+            404: "No such case or message (GW032)",
+            409: "Conflict: id reused, message already sent, or not held (GW028, GW034, GW048)",
+            410: "The content was purged after the retention period (GW040)",
+            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
 
@@ -430,6 +518,8 @@ def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.0 description of this API."""
     case_id = {"name": "caseId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
                "description": "1177's caseId, or the caseId the gateway returned when the case was registered."}
+    message_id = {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
+                  "description": "Your messageId, or the one the gateway returned."}
     attachment = {
         "type": "object", "required": ["fileName", "mimeType", "data"],
         "properties": {"fileName": {"type": "string", "minLength": 1, "maxLength": 255},
@@ -482,8 +572,32 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/v1/cases/{caseId}/messages/{messageId}/cancel": {"post": {
                 "summary": "Cancel a message during its review window (a sent message cannot be recalled)",
                 "operationId": "cancelMessage",
-                "parameters": [case_id, {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [case_id, message_id],
                 "responses": {"200": {"description": "Cancelled", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_error_responses(401, 403, 404, 409)}}},
+            "/v1/cases/{caseId}/messages/{messageId}": {"get": {
+                "summary": "Preview a message to the citizen: what will be sent (kind, subject, body, sender, status, "
+                           "the wrong-patient guard's findings, attachments with sha256 and size)",
+                "operationId": "getMessage", "parameters": [case_id, message_id],
+                "responses": {"200": {"description": "The message as stored and as it will be sent",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageView"}}}},
+                              **_error_responses(401, 403, 404, 410)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/attachments/{n}": {"get": {
+                "summary": "The bytes of a message's attachment n (0-based): the same bytes that are sent",
+                "operationId": "getMessageAttachment",
+                "parameters": [case_id, message_id, {"name": "n", "in": "path", "required": True,
+                                                     "schema": {"type": "integer", "minimum": 0, "maximum": 9}}],
+                "responses": {"200": {"description": "The file", "content": {
+                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                              **_error_responses(401, 403, 404, 410)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/release": {"post": {
+                "summary": "Confirm a message the wrong-patient guard holds (GW047): it is then sent, once",
+                "operationId": "releaseMessage", "parameters": [case_id, message_id],
+                "responses": {"200": {"description": "Released (a second release answers the same)",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
                               **_error_responses(401, 403, 404, 409)}}},
             "/v1/cases/{caseId}/status": {"post": {
                 "summary": "Change the case's status in 1177",
@@ -508,7 +622,36 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
                 "MessageQueued": {"type": "object", "properties": {
                     "messageId": {"type": "string"}, "status": {"type": "string", "enum": ["held", "queued"]},
-                    "sendAfter": {"type": "string", "format": "date-time"}, "created": {"type": "boolean"}}},
+                    "sendAfter": {"type": "string", "format": "date-time", "nullable": True,
+                                  "description": "null while the wrong-patient guard holds it"},
+                    "created": {"type": "boolean"},
+                    "code": {"type": "string", "enum": ["GW047"],
+                             "description": "Only when the wrong-patient guard holds it: release or cancel it"},
+                    "message": {"type": "string", "description": "Where the guard found another citizen's id (never the id)"},
+                    "hint": {"type": "string"},
+                    "guard": {"$ref": "#/components/schemas/Guard"}}},
+                "Guard": {"type": "object", "description": "The wrong-patient guard's outcome (rule 14): places, never ids",
+                          "properties": {
+                    "checked": {"type": "boolean"}, "held": {"type": "boolean"},
+                    "findings": {"type": "array", "items": {"type": "object", "properties": {
+                        "where": {"type": "string", "description": "'body', 'subject' or the attachment's file name"},
+                        "page": {"type": "integer", "nullable": True}, "attachment": {"type": "integer", "nullable": True},
+                        "kind": {"type": "string", "enum": ["foreign_id", "not_checked"]},
+                        "count": {"type": "integer"}}}}}},
+                "MessageView": {"type": "object", "properties": {
+                    "messageId": {"type": "string"}, "caseId": {"type": "string"}, "kind": {"type": "string"},
+                    "subject": {"type": "string", "nullable": True}, "body": {"type": "string"},
+                    "senderHsaId": {"type": "string", "nullable": True}, "senderName": {"type": "string", "nullable": True},
+                    "sentBy": {"type": "object", "nullable": True},
+                    "status": {"type": "string", "description": "held, queued, sent, cancelled"},
+                    "heldByGuard": {"type": "boolean"},
+                    "sendAfter": {"type": "string", "nullable": True},
+                    "released": {"type": "object", "nullable": True,
+                                 "properties": {"at": {"type": "string"}, "by": {"type": "string"}}},
+                    "guard": {"$ref": "#/components/schemas/Guard"},
+                    "attachments": {"type": "array", "items": {"type": "object", "properties": {
+                        "n": {"type": "integer"}, "fileName": {"type": "string"}, "mimeType": {"type": "string"},
+                        "sha256": {"type": "string"}, "size": {"type": "integer"}, "href": {"type": "string"}}}}}},
                 "Status": {"type": "object", "required": ["status"], "properties": {
                     "status": {"type": "string", "description": "RECEIVED, IN_PROGRESS, CLOSED, or your own code (codes.yaml)"},
                     "careUnitHsaId": {"type": "string", "description": "A patient board's correction of where the event happened"},

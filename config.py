@@ -449,6 +449,16 @@ class ConfirmationsSection(_Section):
     )
 
 
+class GuardSection(_Section):
+    """The wrong-patient guard (rule 14): a message whose PDFs or text name another
+    citizen's personnummer or samordningsnummer is held until someone confirms it."""
+
+    require_text: bool = Field(
+        default=False,
+        description="Hold a message with a PDF whose text cannot be read (a scan) too; otherwise it is sent, marked 'not checked'.",
+    )
+
+
 class OutboundSection(_Section):
     """Messages to citizens."""
 
@@ -456,6 +466,7 @@ class OutboundSection(_Section):
     max_attachments: int = Field(default=10, ge=0, le=10)
     max_attachment_bytes: int = Field(default=20 * MiB, ge=1, le=20 * MiB, description="At most 1177's own limit, 20 MB.")
     confirmations: ConfirmationsSection = ConfirmationsSection()
+    guard: GuardSection = GuardSection()
 
 
 class OpsUser(_Section):

@@ -26,6 +26,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── NotFound         GW032  404: no such case or message
     │   ├── BadJson          GW033  400: the body is not the JSON object the API describes
     │   ├── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
+    │   ├── NotHeld          GW048  409: a release of a message the wrong-patient guard does not hold
 │   └── MethodNotAllowed GW037  405: the path does not take this HTTP method
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
@@ -43,6 +44,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     ├── OpsRefused                  the ops view refuses a request (an error page with the code)
     │   ├── BadOpsRequest    GW038  400: a page cursor, row id or return path that is not valid
     │   └── SignInLocked     GW039  429: too many failed sign-ins for the user or from the address
+    ├── MessageHeld          GW047  202: the wrong-patient guard holds a message until it is released (not a refusal)
     ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
     │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
     │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
@@ -259,6 +261,28 @@ class NotCancellable(ApiError):
     code = "GW034"
     status = 409
     hint = "A message delivered to the citizen's inbox cannot be recalled; send a correction instead."
+
+
+class NotHeld(ApiError):
+    """Raised when releasing a message that the wrong-patient guard does not hold (it was
+    never held, or it was cancelled)."""
+
+    code = "GW048"
+    status = 409
+    hint = "Only a message answered with status 'held' (GW047) waits for a release; the others are sent without one."
+
+
+class MessageHeld(GatewayError):
+    """Not raised: the code and text of the answer (HTTP 202, status ``held``) to a message
+    that the wrong-patient guard (rule 14) holds, because its files or text name a
+    personnummer or samordningsnummer that is neither the citizen's nor the
+    representative's (or, with ``outbound.guard.require_text``, a PDF has no readable
+    text). The message names the places (file name and page, or 'body'), never the id."""
+
+    code = "GW047"
+    status = 202
+    hint = ("Preview it (GET …/messages/{messageId}); if it is right, confirm it with POST …/messages/{messageId}/release, "
+            "otherwise cancel it (POST …/cancel) and send a corrected one.")
 
 
 class MethodNotAllowed(ApiError):

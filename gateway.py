@@ -136,6 +136,7 @@ def create_app(
                 if t.api.token is not None
             },
             review_s=cfg.outbound.review_s,
+            require_text=cfg.outbound.guard.require_text,
             max_attachment_bytes=cfg.outbound.max_attachment_bytes,
             max_attachments=cfg.outbound.max_attachments,
             receipt_types=receipt_types(cfg),
@@ -218,6 +219,7 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
         confirmations=cfg.outbound.confirmations,
         review_s=cfg.outbound.review_s,
         max_attachments=cfg.outbound.max_attachments,
+        require_text=cfg.outbound.guard.require_text,
         # synchronous medication lookups may hold at most a quarter of the HTTP threads
         medication_slots=max(1, cfg.server.threads // 4),
         per_target=cfg.worker.per_target,

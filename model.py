@@ -10,7 +10,8 @@ May import: ``errors``, ``clock`` (the zone of 1177's timestamps).
 
 Invariants: instances are immutable; a ``PersonId`` that exists has passed its check
 digit and date check; ``repr`` and ``masked`` never show a person id in clear.
-``safe_file_name`` and ``file_name_problem`` say what a plain file name is (no path, no
+``person_ids_in`` returns ids found in a text as bare digits: for comparison only, never
+for a log or an answer. ``safe_file_name`` and ``file_name_problem`` say what a plain file name is (no path, no
 control or invisible formatting characters), for intake and the rules alike.
 """
 
@@ -175,6 +176,85 @@ class PersonId:
 
     def __repr__(self) -> str:
         return f"PersonId({self.masked}, {self.type})"
+
+
+#: A personnummer or samordningsnummer written in a text: 12 digits (``YYYYMMDDNNNC``) or
+#: 10 (``YYMMDDNNNC``), with or without ``-``/``+`` before the last four.
+_ID_IN_TEXT = re.compile(r"(?<!\d)(1[89]|20)?(\d{6})[-+]?(\d{4})(?!\d)")
+
+
+def _real_birth_date(year: int, month: int, day: int) -> bool:
+    try:
+        dt.date(year, month, day - 60 if day > 60 else day)
+    except ValueError:
+        return False
+    return True
+
+
+def person_ids_in(text: str) -> list[str]:
+    """Every valid personnummer or samordningsnummer written in ``text`` (a valid date,
+    day + 60 for a samordningsnummer, and a valid Luhn check digit), each as its last ten
+    digits ``YYMMDDNNNC`` (what identifies the person in both forms). A 10-digit form is
+    valid when its date is real in the 1900s or the 2000s. Never log what this returns."""
+    found = []
+    for match in _ID_IN_TEXT.finditer(text or ""):
+        century, date, tail = match.group(1), match.group(2), match.group(3)
+        core = date + tail
+        yy, month, day = int(date[0:2]), int(date[2:4]), int(date[4:6])
+        years = [int(century) * 100 + yy] if century else [1900 + yy, 2000 + yy]
+        if any(_real_birth_date(y, month, day) for y in years) and luhn.is_valid(core):
+            found.append(core)
+    return found
+
+
+@dataclass(frozen=True)
+class GuardFinding:
+    """What the wrong-patient guard (rule 14) found in one place of a message to the citizen:
+    ``where`` is ``body``, ``subject`` or an attachment's file name (``attachment`` its index,
+    ``page`` its 1-based PDF page); ``kind`` is ``foreign_id`` (a valid id that is not the
+    citizen's nor the representative's; ``count`` of them, never the ids) or ``not_checked``
+    (a PDF whose text cannot be read)."""
+
+    where: str
+    kind: str
+    page: int | None = None
+    attachment: int | None = None
+    count: int = 1
+
+    @property
+    def place(self) -> str:
+        """Where, as a person reads it: ``body``, or ``svar.pdf page 2``."""
+        return f"{self.where} page {self.page}" if self.page is not None else self.where
+
+    def to_data(self) -> dict[str, Any]:
+        return {"where": self.where, "kind": self.kind, "page": self.page, "attachment": self.attachment,
+                "count": self.count}
+
+
+@dataclass(frozen=True)
+class GuardOutcome:
+    """The wrong-patient guard's verdict on a message: ``held`` until someone confirms it."""
+
+    held: bool = False
+    findings: tuple[GuardFinding, ...] = ()
+    checked: bool = True  # False: the guard did not run (a message stored before it existed)
+
+    @property
+    def foreign(self) -> tuple[GuardFinding, ...]:
+        return tuple(f for f in self.findings if f.kind == "foreign_id")
+
+    @property
+    def not_checked(self) -> tuple[GuardFinding, ...]:
+        return tuple(f for f in self.findings if f.kind == "not_checked")
+
+    def to_data(self) -> dict[str, Any]:
+        return {"held": self.held, "findings": [f.to_data() for f in self.findings]}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any] | None) -> GuardOutcome:
+        if not data:
+            return cls(checked=False)
+        return cls(bool(data.get("held")), tuple(GuardFinding(**f) for f in data.get("findings", [])))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,12 @@ can always be sent to 1177 and to a provider).
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+import pypdf
 
 import clock
 from errors import (
@@ -41,10 +45,13 @@ from model import (
     Medication,
     PersonId,
     CaseType,
+    GuardFinding,
+    GuardOutcome,
     Message,
     StatusUpdate,
     file_name_problem,
     hsa_id,
+    person_ids_in,
 )
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
@@ -254,6 +261,52 @@ def check_care_message(
     check_text(message.subject, "subject", MAX_SUBJECT)
     check_text(message.sender_name, "senderName", MAX_NAME)
     check_attachments(message.attachments, max_count=max_attachments, max_bytes=max_attachment_bytes, field="attachments")
+
+
+def pdf_page_texts(data: bytes) -> list[str] | None:
+    """The text of each page of a PDF, or None when there is none to read: a scan (only
+    images), an encrypted file, or one pypdf cannot parse."""
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            return None
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception:  # noqa: BLE001 - any file pypdf cannot read is "not checked", never a crash
+        return None
+    return pages if any(text.strip() for text in pages) else None
+
+
+def wrong_patient_guard(message: Message, own_ids: Iterable[str], *, require_text: bool = False) -> GuardOutcome:
+    """Rule 14, the wrong-patient guard: search the subject, the body and the text of every
+    PDF attachment for personnummer and samordningsnummer (``model.person_ids_in``). A valid
+    id that is none of ``own_ids`` (the citizen's and their representative's) holds the
+    message until someone confirms it. A PDF whose text cannot be read is ``not_checked``;
+    with ``require_text`` that holds the message too. The outcome names places, never ids."""
+    own = {re.sub(r"\D", "", i)[-10:] for i in own_ids if i}
+    findings: list[GuardFinding] = []
+
+    def search(text: str | None, where: str, *, page: int | None = None, index: int | None = None) -> None:
+        foreign = [i for i in person_ids_in(text or "") if i not in own]
+        if foreign:
+            findings.append(GuardFinding(where, "foreign_id", page=page, attachment=index, count=len(foreign)))
+
+    search(message.subject, "subject")
+    search(message.text, "body")
+    for index, attachment in enumerate(message.attachments):
+        if not attachment.data.startswith(b"%PDF"):
+            continue  # pictures carry no text to search
+        pages = pdf_page_texts(attachment.data)
+        if pages is None:
+            findings.append(GuardFinding(attachment.file_name, "not_checked", attachment=index))
+            continue
+        for number, text in enumerate(pages, start=1):
+            search(text, attachment.file_name, page=number, index=index)
+    held = any(f.kind == "foreign_id" for f in findings) or (
+        require_text and any(f.kind == "not_checked" for f in findings))
+    return GuardOutcome(held, tuple(findings))
+
+
+logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about odd files would name nothing useful
 
 
 #: Who at the care side may send a message to the citizen (rule 13).

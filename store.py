@@ -44,6 +44,7 @@ from errors import (
     IdConflict,
     NotCancellable,
     NotFound,
+    NotHeld,
     StoreError,
     Undeliverable,
     UnknownCase,
@@ -52,6 +53,7 @@ from model import (
     Attachment,
     Case,
     CaseStatus,
+    GuardOutcome,
     Message,
     StatusUpdate,
     case_from_data,
@@ -341,6 +343,15 @@ def m013_attempt_responses(db: Database) -> None:
     db["attempts"].add_column("response", str)
 
 
+@migrations()
+def m014_wrong_patient_guard(db: Database) -> None:
+    # the guard's outcome (rule 14) kept with each message to the citizen: places, never ids;
+    # a held message waits in the outbox as 'held' until someone releases it
+    db["messages"].add_column("guard", str)
+    db["messages"].add_column("released_at", str)
+    db["messages"].add_column("released_by", str)
+
+
 @dataclass(frozen=True)
 class JobRun:
     """One run of a scheduled job claimed by this process; ``previous``: when it last ran anywhere."""
@@ -356,7 +367,8 @@ LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "6
 #: Outbox states in which a row still has work to do (retention never touches their cases).
 #: ``reserved``: the automatic receipt's place in its case's order, kept from intake until the
 #: provider has the case (then it becomes ``pending`` with the receipt, or ``cancelled``).
-UNFINISHED = ("pending", "in_flight", "dead", "reserved")
+#: ``held``: a message the wrong-patient guard holds until someone releases it (rule 14).
+UNFINISHED = ("pending", "in_flight", "dead", "reserved", "held")
 
 #: The outbox action and id of the automatic receipt of a case.
 RECEIPT = "add_message"
@@ -416,11 +428,12 @@ _BLOCKER = """(SELECT min(e.id) FROM outbox e WHERE e.case_id = o.case_id AND e.
 _BLOCKED_BY = f"{_BLOCKER} AS blocked_by"
 
 #: A row the worker may take once its not_before has passed: pending, its target not
-#: paused, and no earlier row of its case still pending, in flight or dead (order per case).
+#: paused, and no earlier row of its case still pending, in flight, dead or held (order per
+#: case: nothing overtakes a message the wrong-patient guard holds).
 _CLAIMABLE = """o.status = 'pending'
     AND o.target NOT IN (SELECT name FROM targets WHERE paused = 1)
     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id
-                    AND e.status IN ('pending', 'in_flight', 'dead', 'reserved'))"""
+                    AND e.status IN ('pending', 'in_flight', 'dead', 'reserved', 'held'))"""
 
 
 @dataclass(frozen=True)
@@ -654,22 +667,25 @@ class Store:
         origin: str = "api",
         correlation_id: str | None = None,
         reopen: bool = False,
+        guard: GuardOutcome | None = None,
         now: dt.datetime | None = None,
     ) -> Accepted:
         """Queue a message to the citizen (``AddMessage``), held ``hold_s`` seconds for review.
 
         The content kept here is the immutable record of what the citizen is sent. A closed
         case takes it only with ``reopen`` (the status IN_PROGRESS is queued first, in the
-        same transaction); a purged case never.
+        same transaction); a purged case never. ``guard``: the wrong-patient guard's outcome
+        (rule 14), kept with the message; a held one waits in the outbox as ``held``, which
+        the worker never claims, until ``release_message``.
         """
         now = now or instant()
         with self.write() as db:
             return self._insert_reply(db, message, hold_s=hold_s, origin=origin, correlation_id=correlation_id,
-                                      reopen=reopen, now=now)
+                                      reopen=reopen, now=now, guard=guard)
 
     def _insert_reply(
         self, db: Database, message: Message, *, hold_s: float, origin: str, correlation_id: str | None, now: dt.datetime,
-        reopen: bool = False, reserved: bool = False,
+        reopen: bool = False, reserved: bool = False, guard: GuardOutcome | None = None,
     ) -> Accepted:
         content, content_hash = _content(message, not_hashed=("created_time",))
         case = db.execute("SELECT receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?",
@@ -685,13 +701,15 @@ class Store:
         if case[2] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
             self._insert_status(db, StatusUpdate(message.case_id, CaseStatus.IN_PROGRESS), origin=origin,
                                 correlation_id=correlation_id, now=now, hsa_id=case[0])
-        state = "held" if hold_s > 0 else "queued"
+        guarded = guard is not None and guard.held
+        state = "held" if hold_s > 0 or guarded else "queued"
         db.execute(
             """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
-                   correlation_id, content_hash, content, origin, provider_message_id)
-               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   correlation_id, content_hash, content, origin, provider_message_id, guard)
+               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [message.message_id, message.case_id, message.kind, state, message.created_time.isoformat(), ts(now),
-             correlation_id, content_hash, content, origin, message.provider_message_id],
+             correlation_id, content_hash, content, origin, message.provider_message_id,
+             json.dumps(guard.to_data(), ensure_ascii=False) if guard is not None else None],
         )
         self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
         filled = reserved and db.execute(
@@ -701,15 +719,91 @@ class Store:
         ).rowcount
         if not filled:
             self._enqueue(db, message.case_id, "add_message", message.message_id, NATIONAL_TARGET,
-                          now + dt.timedelta(seconds=hold_s), created=now)
+                          now + dt.timedelta(seconds=hold_s), created=now, status="held" if guarded else "pending")
         db.execute("UPDATE cases SET last_activity_at = ? WHERE case_id = ?", [ts(now), message.case_id])
         self._count(db, "received", NATIONAL_TARGET, "out")
+        unread = ", ".join(f.where for f in guard.not_checked) if guard is not None else ""
         self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
                   direction="out", event="message_queued", status=state, target=NATIONAL_TARGET,
                   hsa_id=message.sender_hsa_id,
                   detail=f"{message.kind} from {origin}, {len(message.attachments)} attachment(s)"
-                  + (f", held {hold_s:g} s for review" if hold_s > 0 else ""))
+                  + (f", held {hold_s:g} s for review" if hold_s > 0 else "")
+                  + (f", not checked by the wrong-patient guard (no readable text): {unread}"[:600] if unread else ""))
+        if guarded:
+            places = ", ".join(f"{f.place} ({'another citizen' if f.kind == 'foreign_id' else 'no readable text'})"
+                               for f in guard.findings)
+            self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
+                      direction="out", event="message_held", status="held", target=NATIONAL_TARGET,
+                      hsa_id=message.sender_hsa_id, error_code="GW047",
+                      detail=redact_person_ids(f"held by the wrong-patient guard until released: {places}")[:1000])
         return Accepted(True, message.case_id, message.message_id)
+
+    def release_message(self, message_id: str, *, by: str, case_id: str, now: dt.datetime | None = None) -> str:
+        """Release a message the wrong-patient guard holds (rule 14): someone confirmed it.
+        Its outbox row becomes ``pending`` (after the review window, if one is still running),
+        so the worker sends it, once. ``case_id``: the message must belong to that case,
+        otherwise ``NotFound``. Returns the message's status; a second release of the same
+        message changes nothing. The release is audited (who, when)."""
+        now = now or instant()
+        with self.write() as db:
+            row = db.execute(
+                "SELECT case_id, status, message_id, released_at FROM messages WHERE direction = 'out' AND case_id = ? "
+                "AND (message_id = ? OR provider_message_id = ?)", [case_id, message_id, message_id]).fetchone()
+            if row is None:
+                raise NotFound(f"there is no message '{message_id[:64]}' to a citizen in this case.", field="messageId")
+            message_id = row[2]
+            outbox = db.execute("SELECT id, status, not_before FROM outbox WHERE action = 'add_message' AND ref_id = ?",
+                                [message_id]).fetchone()
+            if outbox is None or outbox[1] != "held":
+                if row[3]:  # released before: the same confirmation again
+                    return str(row[1])
+                raise NotHeld(f"message '{message_id[:64]}' is not held by the wrong-patient guard (it is {row[1]}).",
+                              field="messageId")
+            not_before = max(_parse_ts(outbox[2]), now)
+            db.execute("UPDATE outbox SET status = 'pending', not_before = ?, updated_at = ? WHERE id = ? AND status = 'held'",
+                       [ts(not_before), ts(now), outbox[0]])
+            state = "held" if not_before > now else "queued"
+            db.execute("UPDATE messages SET status = ?, released_at = ?, released_by = ? WHERE message_id = ?",
+                       [state, ts(now), by, message_id])
+            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_released",
+                      status="ok", target=NATIONAL_TARGET, detail=f"released by {by}: the wrong-patient guard's hold confirmed")
+            db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                       [ts(now), by, "provider", "release_message", f"message {message_id}",
+                        f"case {row[0]}: held by the wrong-patient guard (GW047), released for sending"[:1000]])
+            return state
+
+    def outgoing_message(self, case_id: str, message_id: str) -> dict[str, Any]:
+        """A message to the citizen as it will be sent (the preview of rule 14): its content,
+        status, the guard's outcome and its attachments' metadata (name, type, sha256, size).
+        ``case_id``: the message must belong to that case, otherwise ``NotFound``."""
+        rows = list(self.db.query(
+            """SELECT m.message_id, m.provider_message_id, m.status, m.content, m.guard, m.released_at, m.released_by,
+                      o.status AS outbox_status, o.not_before
+               FROM messages m LEFT JOIN outbox o ON o.action = 'add_message' AND o.ref_id = m.message_id
+               WHERE m.direction = 'out' AND m.case_id = ? AND (m.message_id = ? OR m.provider_message_id = ?)""",
+            [case_id, message_id, message_id]))
+        if not rows:
+            raise NotFound(f"there is no message '{message_id[:64]}' to a citizen in this case.", field="messageId")
+        row = rows[0]
+        if row["content"] is None:
+            raise CasePurged(f"message '{message_id[:64]}': its content has been purged after the retention period.",
+                             field="messageId")
+        row["content"] = json.loads(row["content"])
+        row["guard"] = GuardOutcome.from_data(json.loads(row["guard"]) if row["guard"] else None)
+        row["attachments"] = list(self.db.query(
+            """SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a
+               LEFT JOIN attachment_blobs b ON b.sha256 = a.sha256
+               WHERE a.case_id = ? AND a.message_id = ? ORDER BY a.position""", [case_id, row["message_id"]]))
+        return row
+
+    def outgoing_attachment(self, case_id: str, message_id: str, index: int) -> Attachment:
+        """The bytes of attachment ``index`` (0-based, as in the request) of a message to the
+        citizen: the same bytes the worker sends. ``NotFound`` for any other case or index."""
+        found = self.outgoing_message(case_id, message_id)
+        files = self.attachments_of(case_id, found["message_id"])
+        if not 0 <= index < len(files):
+            raise NotFound(f"message '{message_id[:64]}' has no attachment {index}.", field="n")
+        return files[index]
 
     def add_status(
         self, update: StatusUpdate, *, origin: str = "api", correlation_id: str | None = None, now: dt.datetime | None = None
@@ -813,7 +907,7 @@ class Store:
             ).fetchone()
             if row[1] == "cancelled":
                 return
-            if outbox is None or outbox[1] not in ("pending", "dead"):
+            if outbox is None or outbox[1] not in ("pending", "dead", "held"):
                 state = "sent" if row[1] == "sent" else "being sent"
                 raise NotCancellable(f"message '{message_id}' has been {state}; it cannot be recalled.", field="messageId")
             db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox[0]])
@@ -1179,6 +1273,16 @@ class Store:
             why = "was purged after the retention period" if row and row[1] else "is not stored"
             raise Undeliverable(f"the content of case '{case_id[:64]}' {why}; nothing can be delivered for it.")
         return case_from_data(json.loads(row[0]), tuple(self.attachments_of(case_id)))
+
+    def case_person_ids(self, case_id: str) -> list[str]:
+        """The person ids of a case's citizen and representative (the wrong-patient guard's
+        'own' ids, rule 14). For comparison only: never log or answer them."""
+        row = self.db.execute("SELECT content FROM cases WHERE case_id = ?", [case_id]).fetchone()
+        if row is None or row[0] is None:
+            return []
+        data = json.loads(row[0])
+        people = [data.get("subject_of_care"), data.get("representative")]
+        return [p["person_id"]["id"] for p in people if p and (p.get("person_id") or {}).get("id")]
 
     def load_message(self, message_id: str) -> Message:
         row = self.db.execute("SELECT case_id, content FROM messages WHERE message_id = ?", [message_id]).fetchone()

@@ -4,7 +4,7 @@ plain JSON-like data to checked model objects.
 Role: the one path shared by the provider REST API (``api``) and polling (``worker``), so
 that a reply is checked the same way however it arrives. Maps the provider's unit code to
 the HSA-id (every message names its sending unit), the provider's status codes to 1177's,
-and applies 1177's rules (attachments, closing codes). Pure: no I/O.
+and applies 1177's rules (attachments, closing codes, the wrong-patient guard). Pure: no I/O.
 
 May import: ``model``, ``rules``, ``errors``. The units and code tables are handed in
 (``mapping.Units`` and ``mapping.Codes`` provide them), and so is the clock: every date a
@@ -21,6 +21,7 @@ import base64
 import binascii
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import rules
@@ -43,6 +44,7 @@ from model import (
     Channel,
     Code,
     Complaint,
+    GuardOutcome,
     Message,
     MessageKind,
     PersonId,
@@ -179,6 +181,13 @@ def reply(
     rules.check_care_message(message, max_attachments=max_attachments, max_attachment_bytes=max_attachment_bytes)
     rules.check_sender_rights(message, citizen_started=citizen_started)
     return message
+
+
+def guard(message: Message, own_ids: Iterable[str], *, require_text: bool = False) -> GuardOutcome:
+    """The wrong-patient guard (rule 14) over a checked message to the citizen, the same
+    for the API and polling: ``own_ids`` are the case's citizen's and representative's
+    person ids (``Store.case_person_ids``). See ``rules.wrong_patient_guard``."""
+    return rules.wrong_patient_guard(message, own_ids, require_text=require_text)
 
 
 def scoped_message_id(target: str, case_id: str, given: str) -> str:

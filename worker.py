@@ -178,6 +178,7 @@ class Worker:
         rand: Callable[[], float] = random.random,
         review_s: float = 0.0,
         max_attachments: int = 10,
+        require_text: bool = False,
         medication_slots: int = 2,
         per_target: int | None = None,
         deadline_s: float = 60.0,
@@ -203,6 +204,7 @@ class Worker:
         self.rand = rand
         self.review_s = review_s
         self.max_attachments = max_attachments  # outbound.max_attachments, for polled replies
+        self.require_text = require_text  # outbound.guard.require_text: a PDF without text holds a polled reply
         self._sync_calls = SyncCalls(medication_slots)
         self.calls = TargetCalls(per_target or max(1, concurrency // 2), deadline_s)
         self.alerts = alerts  # config.AlertsSection
@@ -731,7 +733,8 @@ class Worker:
             message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units,  # type: ignore[union-attr]
                                     clock=self.clock, case_unit=row["receiver_hsa_id"],
                                     citizen_started=row["origin"] == "1177", max_attachments=self.max_attachments)
-            self.store.add_reply(message, hold_s=self.review_s, origin="poll", reopen=updates.reopen(item))
+            guard = updates.guard(message, self.store.case_person_ids(row["case_id"]), require_text=self.require_text)
+            self.store.add_reply(message, hold_s=self.review_s, origin="poll", reopen=updates.reopen(item), guard=guard)
         elif kind == "status":
             update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
                                     codes=self.mappings.codes)  # type: ignore[union-attr]

@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import hashlib
 import html
 import re
 import signal
@@ -192,8 +193,8 @@ _LIST_FIELDS = {"attachment", "problem"}
 
 def fields_of(element: etree._Element) -> dict[str, Any]:
     """The request's fields by local name, texts as sent. ``attachment`` and ``problem``
-    are always lists; an attachment is ``{fileName, mimeType, size}`` (decoded size; the
-    content is left out)."""
+    are always lists; an attachment is ``{fileName, mimeType, size, sha256}`` (of the
+    decoded content, which is left out)."""
     out: dict[str, Any] = {}
     for child in element:
         if not isinstance(child.tag, str):
@@ -203,9 +204,10 @@ def fields_of(element: etree._Element) -> dict[str, Any]:
             part = {etree.QName(c).localname: c.text or "" for c in child if isinstance(c.tag, str)}
             data = part.pop("data", "")
             try:
-                part["size"] = len(base64.b64decode("".join(data.split())))
+                content = base64.b64decode("".join(data.split()))
+                part["size"], part["sha256"] = len(content), hashlib.sha256(content).hexdigest()
             except ValueError:
-                part["size"] = None
+                part["size"], part["sha256"] = None, None
             value: Any = part
         elif len(child):
             value = fields_of(child)
