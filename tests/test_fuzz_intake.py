@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -1049,7 +1048,7 @@ def test_mutated_requests_never_crash_leak_or_write_partially(fuzz_app, store, s
 def served(tmp_path_factory):
     """``gateway serve --no-worker`` on loopback with the fuzz limits; the demo provider
     systems in threads answer the medication lists."""
-    from test_server import gateway_command
+    from test_server import gateway_command, stop_server, wait_until_serving
 
     from sandbox.providers import create_rest_provider, create_soap_provider, serve_in_thread
 
@@ -1072,25 +1071,10 @@ def served(tmp_path_factory):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/rivta", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((folder / "server.log").read_text())
-        time.sleep(0.1)
+    wait_until_serving(base, process, folder / "server.log")
     yield {"base": base, "port": port, "folder": folder, "process": process, "db": folder / "gateway.db",
            "threads": data["server"]["threads"]}
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+    stop_server(process, timeout=30)
     log.close()
     stop_rest()
     stop_soap()

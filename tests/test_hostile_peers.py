@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 import requests
 from conftest import example_data, free_port, result_of, write_config
 
 import rivta
-from test_server import gateway_command
+from test_server import gateway_command, stop_server, wait_until_serving
 
 
 def _many_namespaces(body: bytes, count: int) -> bytes:
@@ -72,20 +70,9 @@ def small_server(tmp_path_factory):
         env={**os.environ, "GATEWAY__LOGGING__FORMAT": "json"},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{base}/health/live", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError((folder / "server.log").read_text())
-        time.sleep(0.1)
+    wait_until_serving(base, process, folder / "server.log", path="/health/live")
     yield {"base": base, "folder": folder}
-    os.killpg(process.pid, signal.SIGKILL)  # a hostile request may still hold a thread on a broken build
-    process.wait(timeout=15)
+    stop_server(process, kill=True)  # a hostile request may still hold a thread on a broken build
     log.close()
 
 

@@ -4,8 +4,6 @@ worker, but a polled target is polled once per interval and an alert is sent onc
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -14,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from conftest import example_data, free_port, write_config
-from test_server import gateway_command, wait_until_serving
+from test_server import gateway_command, stop_server, wait_until_serving
 
 from store import Store
 
@@ -98,9 +96,5 @@ def test_two_processes_poll_once_per_interval_and_alert_once(tmp_path, peer, mak
               f"job owners {sorted(owners)}")
         store.close()
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_server(process)
         log.close()

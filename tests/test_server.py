@@ -33,12 +33,12 @@ def gateway_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "import gateway; gateway.main()"]
 
 
-def wait_until_serving(base: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def wait_until_serving(base: str, process: subprocess.Popen, log: Path, timeout: float = 30, path: str = "/rivta") -> None:
     """Wait until a ``gateway serve`` process answers on ``base``; its log if it never does."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if requests.get(f"{base}/rivta", timeout=1).status_code == 200:
+            if requests.get(f"{base}{path}", timeout=1).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
@@ -46,6 +46,16 @@ def wait_until_serving(base: str, process: subprocess.Popen, log: Path, timeout:
             process.kill()
             raise RuntimeError(log.read_text())
         time.sleep(0.1)
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 15, *, kill: bool = False) -> None:
+    """Stop a ``gateway serve`` process group: SIGTERM (SIGKILL with ``kill``), SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +77,7 @@ def server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     wait_until_serving(base, process, folder / "server.log")
     yield {"base": base, "folder": folder, "process": process}
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_server(process)
     log.close()
 
 
