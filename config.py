@@ -282,6 +282,8 @@ class _TargetBase(_Section):
     medications: MedicationsSection | None = None
     timeout_s: float = Field(default=30.0, gt=0, description="Read timeout of one call.")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_answer_bytes: int = Field(default=10 * MiB, ge=1024, le=100 * MiB, description=(
+        "The largest answer read from the target; a larger one is refused unread (GW063)."))
     retry: RetrySection = RetrySection()
     tls: TlsSection = TlsSection()
 
@@ -416,6 +418,8 @@ class NationalSection(_Section):
     notify: bool = Field(default=True, description="Ask 1177 to notify the citizen (SMS/e-mail) of a new message.")
     timeout_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_answer_bytes: int = Field(default=10 * MiB, ge=1024, le=100 * MiB, description=(
+        "The largest answer read from the platform; a larger one is refused unread (GW063)."))
     retry: RetrySection = RetrySection()
     tls: TlsSection = TlsSection()
 

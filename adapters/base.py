@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from errors import DeliveryError, TargetFailed, TargetRefused, TargetUnavailable, redact_person_ids
+from errors import BadTargetAnswer, DeliveryError, TargetFailed, TargetRefused, TargetUnavailable, redact_person_ids
 
 DELIVER_CASE = "deliver_case"
 DELIVER_MESSAGE = "deliver_message"
@@ -87,9 +87,43 @@ class Adapter(abc.ABC):
         """Release connections."""
 
 
+#: The largest answer a target may give (a medication list, a delivery's receipt, a poll):
+#: beyond it the answer is refused, read no further, so a huge answer never bloats the worker.
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
+
+
+class AnswerTooLarge(requests.RequestException):
+    """A target's answer is over ``TargetSession.max_answer_bytes`` (a ``BadTargetAnswer``)."""
+
+
 class TargetSession(requests.Session):
     """A session whose configured CA bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
-    in the environment (plain requests lets the environment override ``session.verify``)."""
+    in the environment (plain requests lets the environment override ``session.verify``), and
+    whose answers are read with a size cap (``max_answer_bytes``)."""
+
+    max_answer_bytes = MAX_ANSWER_BYTES
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        streamed = kwargs.get("stream", False)
+        kwargs["stream"] = True
+        response = super().send(request, **kwargs)
+        if streamed:
+            return response
+        limit = self.max_answer_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise AnswerTooLarge(f"the answer declares {declared} bytes; at most {limit} are read.", response=response)
+        chunks, size = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise AnswerTooLarge(f"the answer is over {limit} bytes; it was not read further.", response=response)
+            chunks.append(chunk)
+        response._content = b"".join(chunks)  # what reading it whole would have given
+        response._content_consumed = True
+        return response
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
@@ -101,6 +135,7 @@ class TargetSession(requests.Session):
 def session_for(settings: Any) -> requests.Session:
     """A ``requests.Session`` with the target's TLS settings (verification is never off)."""
     session = TargetSession()
+    session.max_answer_bytes = int(getattr(settings, "max_answer_bytes", MAX_ANSWER_BYTES))
     tls = settings.tls
     if tls.ca_bundle:
         session.verify = str(tls.ca_bundle)
@@ -155,7 +190,9 @@ def classify_status(target: str, status: int, what: str, retry_after: str | None
 
 
 def classify_exception(target: str, exc: requests.RequestException, what: str) -> DeliveryError:
-    """The error for a transport failure (always transient)."""
+    """The error for a transport failure (transient, but for an answer too large to read)."""
+    if isinstance(exc, AnswerTooLarge):
+        return BadTargetAnswer(f"target '{target}' answered {what} with more than it may: {exc}")
     if isinstance(exc, requests.Timeout):
         return TargetUnavailable(f"target '{target}' did not answer {what} in time.")
     if isinstance(exc, requests.exceptions.SSLError):

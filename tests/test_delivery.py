@@ -579,3 +579,21 @@ def test_a_delivered_attempt_keeps_no_response(send, worker, dstore):
     worker.run_until_idle()
     (attempt,) = dstore.attempts_of(outbox(dstore)[0]["id"])
     assert attempt["outcome"] == "delivered" and attempt["response"] is None
+
+
+@responses.activate
+def test_a_huge_answer_is_refused_unread_and_the_row_goes_dead(config_data, make_case):
+    """A provider answering 2 MB to a target capped at 1 MB: the answer is refused (GW063)
+    without being read whole, and the row is a dead letter, not a retry loop."""
+    data = copy.deepcopy(config_data)
+    data["targets"]["demo_rest"]["max_answer_bytes"] = 1024 * 1024
+    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
+    try:
+        responses.post(f"{API}/cases", status=201, body=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                       content_type="application/json")
+        app.test_client().post("/rivta", data=make_case(), headers={"Content-Type": "text/xml"})
+        app.extensions["gateway.worker"].run_until_idle()
+        row = app.extensions["gateway.store"].outbox_rows("1177-C-0001")[0]
+        assert row["status"] == "dead" and row["last_error_code"] == "GW063" and "1048576" in row["last_error"]
+    finally:
+        app.extensions["gateway.store"].close()
