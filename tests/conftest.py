@@ -3,6 +3,7 @@ and builders for the SOAP requests 1177 sends (made by zeep from the project's W
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import socket
@@ -143,6 +144,19 @@ def config_data(tmp_path: Path) -> dict:
 @pytest.fixture
 def cfg(config_data: dict, tmp_path: Path) -> config_mod.Config:
     return config_mod.from_dict(copy.deepcopy(config_data), base_dir=ROOT, environ={})
+
+
+@contextlib.contextmanager
+def built_app(data: dict, build=None):
+    """The gateway's app on the config ``data`` for one test (``build``: another way to make it
+    from the data), in test mode; afterwards its worker is stopped and its store closed."""
+    app = build(data) if build else gateway.create_app(config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ={}))
+    app.config["TESTING"] = True
+    try:
+        yield app
+    finally:
+        app.extensions["gateway.worker"].stop()
+        app.extensions["gateway.store"].close()
 
 
 @pytest.fixture

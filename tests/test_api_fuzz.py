@@ -31,7 +31,7 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from conftest import KLIN2, PDF, PNR, ROOT, result_of
+from conftest import KLIN2, PDF, PNR, ROOT, built_app, result_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -70,11 +70,8 @@ def api_app(config_data):
     data["targets"]["demo_rest"]["api"] = {"token": REST_TOKEN}
     data["targets"]["demo_soap"]["api"] = {"token": SOAP_TOKEN}
     data["outbound"]["review_s"] = 3600  # messages wait in the review window: cancel has work to do
-    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["gateway.worker"].stop()
-    app.extensions["gateway.store"].close()
+    with built_app(data) as app:
+        yield app
 
 
 @pytest.fixture

@@ -106,17 +106,12 @@ H = {"Authorization": f"Bearer {API_TOKEN}"}
 def api_app(config_data):
     import copy
 
-    import config as config_mod
-    import gateway
-    from conftest import ROOT
+    from conftest import built_app
 
     data = copy.deepcopy(config_data)
     data["targets"]["demo_rest"]["api"] = {"token": API_TOKEN}
-    app = gateway.create_app(config_mod.from_dict(data, base_dir=ROOT, environ={}))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["gateway.worker"].stop()
-    app.extensions["gateway.store"].close()
+    with built_app(data) as app:
+        yield app
 
 
 @pytest.fixture
@@ -355,13 +350,11 @@ def test_a_later_ops_log_line_does_not_carry_an_api_calls_correlation_id(api, ca
 
 @pytest.fixture
 def oapp(config_data):
+    from conftest import built_app
     from test_ops import build_app, ops_config
 
-    app = build_app(ops_config(config_data))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["gateway.worker"].stop()
-    app.extensions["gateway.store"].close()
+    with built_app(ops_config(config_data), build_app) as app:
+        yield app
 
 
 def signed_in(app, name: str = "ada"):

@@ -10,11 +10,12 @@ import re
 
 import pytest
 import responses
-from conftest import KLIN1, PDF, PNR, ROOT, result_of
+from conftest import KLIN1, PDF, PNR, ROOT, built_app, result_of
 from lxml import etree, html
 from werkzeug.datastructures import MultiDict
 from werkzeug.security import generate_password_hash
 
+import clock
 import config as config_mod
 import gateway
 import ops
@@ -69,11 +70,8 @@ def build_app(data: dict):
 
 @pytest.fixture
 def oapp(config_data):
-    app = build_app(ops_config(config_data))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["gateway.worker"].stop()
-    app.extensions["gateway.store"].close()
+    with built_app(ops_config(config_data), build_app) as app:
+        yield app
 
 
 @pytest.fixture
