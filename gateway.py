@@ -52,7 +52,7 @@ from model import (
     SubjectOfCare,
 )
 from store import Store
-from worker import Worker
+from worker import Worker, WorkerSettings
 
 log = logging.getLogger("gateway")
 
@@ -212,31 +212,34 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
     from adapters.alerts import channels_from
     from adapters.national import NationalAdapter
 
-    return Worker(
-        store,
-        mappings=maps,
-        targets=cfg.targets,
+    settings = WorkerSettings(
         gateway_hsa_id=cfg.gateway.hsa_id,
-        national=NationalAdapter(cfg.national, source_system=cfg.gateway.hsa_id),
-        national_settings=cfg.national,
-        confirmations=cfg.outbound.confirmations,
-        review_s=cfg.outbound.review_s,
-        max_attachments=cfg.outbound.max_attachments,
-        require_text=cfg.outbound.guard.require_text,
-        # synchronous medication lookups may hold at most a quarter of the HTTP threads
-        medication_slots=max(1, cfg.server.threads // 4),
-        per_target=cfg.worker.per_target,
-        deadline_s=cfg.worker.deadline_s,
-        alerts=cfg.alerts,
-        alert_channels=channels_from(cfg.alerts),
-        retention=lambda: run_retention(cfg, store, clock),
-        clock=clock,
-        retention_hour=cfg.retention.run_at_hour,
         gateway_name=cfg.gateway.name,
         concurrency=cfg.worker.concurrency,
         poll_s=cfg.worker.poll_s,
         lease_s=cfg.worker.lease_s,
         heartbeat_s=cfg.worker.heartbeat_s,
+        per_target=cfg.worker.per_target,
+        deadline_s=cfg.worker.deadline_s,
+        # synchronous medication lookups may hold at most a quarter of the HTTP threads
+        medication_slots=max(1, cfg.server.threads // 4),
+        review_s=cfg.outbound.review_s,
+        max_attachments=cfg.outbound.max_attachments,
+        require_text=cfg.outbound.guard.require_text,
+        retention_hour=cfg.retention.run_at_hour,
+    )
+    return Worker(
+        store,
+        clock=clock,
+        settings=settings,
+        mappings=maps,
+        targets=cfg.targets,
+        national=NationalAdapter(cfg.national, source_system=cfg.gateway.hsa_id),
+        national_settings=cfg.national,
+        confirmations=cfg.outbound.confirmations,
+        alerts=cfg.alerts,
+        alert_channels=channels_from(cfg.alerts),
+        retention=lambda: run_retention(cfg, store, clock),
     )
 
 
@@ -629,8 +632,8 @@ def send_test_case(cfg: Config, target_name: str, case_file: Path | None = None)
             store = Store(Path(folder) / "test.db")
             store.migrate()
             store.accept_case(case, target=target_name, provider_unit_code=route.unit.code, correlation_id="send-test-case")
-            worker = Worker(store, mappings=maps, targets={target_name: cfg.targets[target_name]},
-                            gateway_hsa_id=cfg.gateway.hsa_id, clock=SYSTEM)
+            worker = Worker(store, clock=SYSTEM, settings=WorkerSettings(gateway_hsa_id=cfg.gateway.hsa_id),
+                            mappings=maps, targets={target_name: cfg.targets[target_name]})
             job = store.claim("send-test-case", limit=1, lease_s=600)[0]
             body = worker.build_request(job).body
             yield Step(True, f"field map {mapping.FIELDMAPS_DIR}/{target_name}.yaml built the body ({len(body)} top-level fields)")

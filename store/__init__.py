@@ -45,13 +45,13 @@ from .base import (
 from .intake import Intake
 from .jobs import JobRun, Jobs
 from .ops_queries import OpsQueries
-from .outbox import RESPONSE_BODY_LIMIT, Job, Outbox
+from .outbox import COMPLETIONS, RESPONSE_BODY_LIMIT, Completion, Job, Outbox
 from .retention import Retention
 from .schema import Schema, migrations
 
 __all__ = [
     "LATENCY_BUCKETS", "NATIONAL_TARGET", "OUTBOUND_ACTIONS", "RECEIPT", "RESPONSE_BODY_LIMIT", "UNFINISHED",
-    "Accepted", "Job", "JobRun", "Store", "StoreBase", "migrations", "parse_ts", "receipt_id", "ts",
+    "COMPLETIONS", "Accepted", "Completion", "Job", "JobRun", "Store", "StoreBase", "migrations", "parse_ts", "receipt_id", "ts",
 ]
 
 

@@ -71,6 +71,35 @@ def response_json(response: dict[str, Any] | None) -> str | None:
     return redact_person_ids(json.dumps(kept, ensure_ascii=False))
 
 
+
+@dataclass(frozen=True)
+class Completion:
+    """What delivering a row writes besides the row itself, in the same transaction.
+
+    ``sql`` takes the parameters ``now``, ``case_id`` and ``ref_id``; ``of_message``: the
+    row's ``ref_id`` is a message id (the sync log names it); ``erases_contact``: the
+    citizen's contact details leave the gateway (rule 8); ``frees_receipt_place``: the
+    place kept for the automatic receipt is taken by it, or cancelled."""
+
+    sql: str
+    of_message: bool = False
+    erases_contact: bool = False
+    frees_receipt_place: bool = False
+
+
+#: The completions by name; each action of the worker's registry names its own.
+COMPLETIONS: dict[str, Completion] = {
+    "deliver_case": Completion("UPDATE cases SET status = 'delivered', updated_at = :now WHERE case_id = :case_id",
+                               erases_contact=True, frees_receipt_place=True),
+    "deliver_message": Completion("UPDATE messages SET status = 'delivered' WHERE message_id = :ref_id", of_message=True),
+    "add_message": Completion("UPDATE messages SET status = 'sent', sent_at = :now WHERE message_id = :ref_id",
+                              of_message=True),
+    "update_status": Completion("UPDATE status_updates SET state = 'sent', sent_at = :now WHERE id = CAST(:ref_id AS INTEGER)"),
+    "register_case": Completion("UPDATE cases SET status = 'registered', updated_at = :now WHERE case_id = :case_id",
+                                frees_receipt_place=True),
+}
+_NOT_A_MESSAGE = Completion("SELECT 1")
+
 class Outbox(Replies):
     """The delivery queue the worker claims from."""
 
@@ -157,15 +186,19 @@ class Outbox(Replies):
         national_case_id: str | None = None,
         detail: str | None = None,
         follow_up: Message | None = None,
+        completion: Completion | None = None,
         now: dt.datetime | None = None,
     ) -> bool:
         """Mark a claimed row delivered. False if the claim was lost (lease ran out meanwhile).
 
+        ``completion``: what else delivering it writes (one of ``COMPLETIONS``, named by the
+        worker's action; by default the one of the row's action);
         ``provider_case_id``/``national_case_id``: the ids the provider or 1177 gave the case;
         ``detail``: what the target said besides OK (1177's INFO text), kept on the attempt;
         ``follow_up``: a message to the citizen queued in the same transaction (the automatic
         receipt once the provider has accepted the case), so it cannot be lost in between."""
         now = now or instant()
+        completion = completion or COMPLETIONS[job.action]
         with self.write() as db:
             updated = db.execute(
                 """UPDATE outbox SET status = 'done', delivered_at = ?, updated_at = ?, lease_until = NULL,
@@ -186,27 +219,18 @@ class Outbox(Replies):
                 db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
             if national_case_id:
                 db.execute("UPDATE cases SET national_case_id = ? WHERE case_id = ?", [national_case_id, job.case_id])
-            if job.action == "deliver_case":
-                db.execute("UPDATE cases SET status = 'delivered', updated_at = ? WHERE case_id = ?", [ts(now), job.case_id])
-            elif job.action == "deliver_message":
-                db.execute("UPDATE messages SET status = 'delivered' WHERE message_id = ?", [job.ref_id])
-            elif job.action == "add_message":
-                db.execute("UPDATE messages SET status = 'sent', sent_at = ? WHERE message_id = ?", [ts(now), job.ref_id])
-            elif job.action == "update_status":
-                db.execute("UPDATE status_updates SET state = 'sent', sent_at = ? WHERE id = ?", [ts(now), int(job.ref_id)])
-            elif job.action == "register_case":
-                db.execute("UPDATE cases SET status = 'registered', updated_at = ? WHERE case_id = ?", [ts(now), job.case_id])
+            db.execute(completion.sql, {"now": ts(now), "case_id": job.case_id, "ref_id": job.ref_id})
             self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
-                      message_id=job.ref_id if job.action in ("deliver_message", "add_message") else None,
+                      message_id=job.ref_id if completion.of_message else None,
                       direction=direction_of(job.action), event="delivered", status="ok", target=job.target,
                       hsa_id=job.receiver_hsa_id,
                       detail=f"{job.action}, attempt {job.attempt}, {round(duration_ms)} ms"
                       + (f", provider case {provider_case_id}" if provider_case_id else "")
                       + (f", 1177 case {national_case_id}" if national_case_id else "")
                       + (f"; {detail}" if detail else ""))
-            if job.action == "deliver_case":
+            if completion.erases_contact:
                 self._erase_contact(db, job, now)
-            if job.action in ("deliver_case", "register_case"):
+            if completion.frees_receipt_place:
                 if follow_up is not None:  # the receipt takes the place kept for it at intake
                     self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id,
                                        now=now, reserved=True)
@@ -265,7 +289,7 @@ class Outbox(Replies):
                 if dead:
                     self._count(db, "dead", job.target, direction_of(job.action))
                 self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
-                          message_id=job.ref_id if job.action in ("deliver_message", "add_message") else None,
+                          message_id=job.ref_id if (COMPLETIONS.get(job.action) or _NOT_A_MESSAGE).of_message else None,
                           direction=direction_of(job.action),
                           event="dead" if dead else "retry_scheduled", status="dead" if dead else "retry",
                           target=job.target, hsa_id=job.receiver_hsa_id, error_code=error_code,
