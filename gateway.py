@@ -160,7 +160,6 @@ def create_app(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookie(cfg),
-        GATEWAY_EXPECT_WORKER=start_worker,
     )
     ops.init_app(
         app,
@@ -182,6 +181,9 @@ def create_app(
     app.before_request(_forget_correlation_id)
     worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
+    app.extensions["gateway.ops"].wake_worker = worker.wake
+    if start_worker:
+        app.extensions["gateway.ops"].worker_name = worker.name
     app.extensions["gateway.intake"].on_stored = worker.wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = worker.wake

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import random
@@ -233,6 +234,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._beaten_stuck: dict[str, int] = {}
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -296,8 +298,12 @@ class Worker:
     # -- periodic jobs ----------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
+        """Write this worker's beat, with what ops reads of it: deliveries in flight and the
+        calls past their deadline per target (``/health/ready`` reads them from the store)."""
+        stuck = self.calls.stuck()
+        self._beaten_stuck = stuck
         try:
-            self.store.beat(self.name, detail=f"in flight {self._in_flight}")
+            self.store.beat(self.name, detail=json.dumps({"in_flight": self._in_flight, "stuck": stuck}, sort_keys=True))
         except GatewayError as exc:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
 
@@ -375,6 +381,8 @@ class Worker:
             self.calls.release(job.id)
             with self._in_flight_lock:
                 self._in_flight -= 1
+            if self.calls.stuck() != self._beaten_stuck:  # ops sees a target hold its calls at once
+                self.heartbeat()
             self._wake.set()
 
     def run_until_idle(self, timeout: float = 10.0) -> int:

@@ -651,9 +651,8 @@ def apply() -> Any:
 
 def _wake_worker() -> None:
     """Nudge an in-process worker so a replayed row goes out now, not on its next tick."""
-    worker = current_app.extensions.get("gateway.worker")
-    wake = getattr(worker, "wake", None)
-    if callable(wake):
+    wake = _ops().wake_worker
+    if wake is not None:
         wake()
 
 

@@ -9,6 +9,8 @@ May import: model, errors, clock (through ``store.base``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import datetime as dt
 from dataclasses import dataclass
 
@@ -67,6 +69,11 @@ class Jobs(StoreBase):
                 "ON CONFLICT(name) DO UPDATE SET at = excluded.at, detail = excluded.detail",
                 [name, ts(now or instant()), detail],
             )
+
+    def beat_of(self, name: str) -> dict[str, Any] | None:
+        """Worker ``name``'s last beat: ``at`` and ``detail`` (what the worker said of itself)."""
+        rows = list(self.db.query("SELECT name, at, detail FROM heartbeats WHERE name = ?", [name]))
+        return rows[0] if rows else None
 
     def last_beat(self, name: str) -> str | None:
         row = self.db.execute("SELECT at FROM heartbeats WHERE name = ?", [name]).fetchone()
