@@ -75,6 +75,7 @@ ERROR``, ``errorCode`` and ``message``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
 _PNR10_IN_TEXT = re.compile(r"(?<!\d)(\d{2})(\d{4})[-+](\d{4})(?!\d)")  # YYMMDD-NNNC
@@ -153,7 +154,7 @@ class DeliveryError(GatewayError):
     permanent = False
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None,
-                 response: dict | None = None, **kwargs):
+                 response: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.status_code = status_code
         self.retry_after_s = retry_after_s

@@ -272,7 +272,7 @@ def _worker_class(read_timeout_s: float) -> type:
     seconds = int(read_timeout_s)
     interval = struct.pack("ll", seconds, int((read_timeout_s - seconds) * 1_000_000))
 
-    class GatewayThreadWorker(ThreadWorker):  # type: ignore[misc]
+    class GatewayThreadWorker(ThreadWorker):
         def handle(self, conn: Any) -> Any:
             if not getattr(conn, "gateway_timeouts", False):
                 # SO_RCVTIMEO/SO_SNDTIMEO live on the file descriptor, so gunicorn's own
@@ -302,7 +302,7 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
             app.extensions["gateway.worker"].stop()
             app.extensions["gateway.store"].close()
 
-    class GatewayServer(BaseApplication):  # type: ignore[misc]
+    class GatewayServer(BaseApplication):
         """gunicorn running ``create_app``; the app (and its worker) is built in each process."""
 
         def load_config(self) -> None:

@@ -257,8 +257,9 @@ class Worker:
             self._scheduler.add_job(self.once, "cron", args=["retention", 20 * 3600, lambda _run: self.run_retention()],
                                     hour=self.settings.retention_hour, minute=17, id="retention")
         for name, settings in self.targets.items():
-            if getattr(settings, "poll", None) is not None:
-                every = settings.poll.interval_s
+            poll = getattr(settings, "poll", None)
+            if poll is not None:
+                every = poll.interval_s
                 self._scheduler.add_job(self.once, "interval", args=[f"poll:{name}", every,
                                                                     lambda _run, target=name: self.poll(target)],
                                         seconds=every, id=f"poll:{name}")
@@ -633,7 +634,8 @@ class Worker:
         state = self.store.alert_state(key)
         was_active = bool(state and state["active"])
         last_sent = state["last_sent_at"] if state else None
-        throttled = bool(last_sent) and (now - parse_ts(last_sent)).total_seconds() < self.alerts.throttle_s
+        throttle_s = self.alerts.throttle_s if self.alerts is not None else 0.0
+        throttled = bool(last_sent) and (now - parse_ts(str(last_sent))).total_seconds() < throttle_s
         alert = None
         if active and (not was_active or fresh) and not throttled:
             alert = alert_cls(kind, target, f"[gateway] {kind.replace('_', ' ')}: {target}", detail + ".",
