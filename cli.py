@@ -189,7 +189,7 @@ def _iso(value: str | None) -> str | None:
         _fail(f"'{value}' is not an ISO date and time (e.g. 2026-11-26T08:00).")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return gateway.timestamp(moment)
 
 
 @cli.group("case")

@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from errors import ConfigError, InvalidHsaId
-from model import hsa_id
+from model import CaseType, hsa_id
 
 ENV_PREFIX = "GATEWAY__"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -448,7 +448,7 @@ class ConfirmationsSection(_Section):
 
     enabled: bool = False
     subject: str = "Vi har tagit emot ditt ärende"
-    texts: dict[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"], str] = Field(
+    texts: dict[CaseType, str] = Field(
         default_factory=dict, description="Per case type; a type without text gets no automatic receipt."
     )
 

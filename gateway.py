@@ -52,6 +52,7 @@ from model import (
     SubjectOfCare,
 )
 from store import Store
+from store import ts as timestamp  # the store's format of an instant (the CLI's --since/--until)
 from worker import Worker, WorkerSettings
 
 log = logging.getLogger("gateway")
@@ -195,7 +196,7 @@ def create_app(
 def receipt_types(cfg: Config) -> frozenset[str]:
     """The case types that get the automatic receipt (outbound.confirmations)."""
     conf = cfg.outbound.confirmations
-    return frozenset(kind for kind, text in conf.texts.items() if text) if conf.enabled else frozenset()
+    return frozenset(kind.value for kind, text in conf.texts.items() if text) if conf.enabled else frozenset()
 
 
 def secure_cookie(cfg: Config) -> bool:

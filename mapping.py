@@ -30,7 +30,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,7 +60,7 @@ class _UnitRow(BaseModel):
     answers_for: list[str] = Field(default_factory=list, description=(
         "HSA-ids of other units in whose cases this unit may sign messages to the citizen "
         "(rule 11; e.g. a patient board for the clinics it handles complaints for)."))
-    citizen_attachments: list[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"]] | None = Field(
+    citizen_attachments: list[CaseType] | None = Field(
         default=None, description="The case types in which citizens may attach files to this unit (rule 12); default all.")
 
     @field_validator("hsa_id")
@@ -722,7 +722,7 @@ def load(directory: str | Path) -> Mappings:
         raise MappingError(_validation_message(UNITS_FILE, exc)) from None
     units = Units(
         (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to, tuple(r.answers_for),
-              frozenset(r.citizen_attachments) if r.citizen_attachments is not None else None)
+              frozenset(c.value for c in r.citizen_attachments) if r.citizen_attachments is not None else None)
          for r in parsed.units),
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,
