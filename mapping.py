@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -609,6 +610,8 @@ class Mappings:
     units: Units
     codes: Codes
     fieldmaps: dict[str, FieldMap]
+    #: ``Files.digest`` of the bytes these mappings were parsed from
+    digest: str = ""
 
     def receiving_targets(self) -> dict[str, list[str]]:
         """Every target that can receive a case → the HSA-ids of its units in ``units.yaml``."""
@@ -667,22 +670,62 @@ class Mappings:
         return found + self.incomplete_codes()
 
 
-def _read_yaml(path: Path) -> Any:
+@dataclass(frozen=True)
+class Files:
+    """The mapping files of a folder, each read once: what ``load_files`` parses, and what
+    ``digest`` names (so the digest is always that of the bytes the mappings came from)."""
+
+    directory: Path
+    content: dict[str, bytes]  # name in the folder (units.yaml, codes.yaml, fieldmaps/x.yaml) → bytes
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over every file's name and bytes: equal digests, equal mappings."""
+        hashed = hashlib.sha256()
+        for name in sorted(self.content):
+            raw = self.content[name]
+            hashed.update(f"{name}\0{len(raw)}\0".encode() + raw)
+        return hashed.hexdigest()
+
+
+def read_files(directory: str | Path) -> Files:
+    """The bytes of ``units.yaml``, ``codes.yaml`` (if there is one) and ``fieldmaps/*.yaml``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MappingError(f"the mappings folder {directory} does not exist.", hint="Set mappings.dir in the config.")
+    names = [UNITS_FILE] + ([CODES_FILE] if (directory / CODES_FILE).exists() else [])
+    folder = directory / FIELDMAPS_DIR
+    names += [f"{FIELDMAPS_DIR}/{path.name}" for path in sorted(folder.glob("*.yaml"))] if folder.is_dir() else []
+    content: dict[str, bytes] = {}
+    for name in names:
+        try:
+            content[name] = (directory / name).read_bytes()
+        except OSError as exc:
+            raise MappingError(f"cannot read mapping file {directory / name}: {exc.strerror}.") from None
+    return Files(directory, content)
+
+
+def _text(name: str, raw: bytes) -> str:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MappingError(f"cannot read mapping file {path}: {exc.strerror}.") from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"mapping file {name} is not UTF-8 text (byte {exc.start + 1}).") from None
+
+
+def _parse_yaml(name: str, raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(_text(name, raw))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise MappingError(f"mapping file {path.name} is not valid YAML{where}.") from None
+        raise MappingError(f"mapping file {name} is not valid YAML{where}.") from None
 
 
-def _key_lines(path: Path) -> dict[str, int]:
-    """Dotted key (``deliver_case.body.text``) → its line (1-based) in the YAML file."""
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key (``deliver_case.body.text``) → its line (1-based) in the YAML text."""
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        root = yaml.compose(text)
+    except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
 
@@ -712,10 +755,12 @@ def _validation_message(name: str, exc: ValidationError) -> str:
 
 def load(directory: str | Path) -> Mappings:
     """Load every mapping file in ``directory``; raise ``MappingError`` on the first bad file."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MappingError(f"the mappings folder {directory} does not exist.", hint="Set mappings.dir in the config.")
-    data = _read_yaml(directory / UNITS_FILE) or {}
+    return load_files(read_files(directory))
+
+
+def load_files(files: Files) -> Mappings:
+    """The mappings in ``files`` (see ``read_files``); raise ``MappingError`` on the first bad file."""
+    data = _parse_yaml(UNITS_FILE, files.content[UNITS_FILE]) or {}
     try:
         parsed = _UnitsFile.model_validate(data)
     except ValidationError as exc:
@@ -727,8 +772,7 @@ def load(directory: str | Path) -> Mappings:
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,
     )
-    codes_path = directory / CODES_FILE
-    codes_data = (_read_yaml(codes_path) or {}) if codes_path.exists() else {}
+    codes_data = (_parse_yaml(CODES_FILE, files.content[CODES_FILE]) or {}) if CODES_FILE in files.content else {}
     try:
         parsed_codes = _CodesFile.model_validate(codes_data)
     except ValidationError as exc:
@@ -738,11 +782,12 @@ def load(directory: str | Path) -> Mappings:
         {t: {str(k): str(v) for k, v in table.items()} for t, table in parsed_codes.statuses.items()},
     )
     fieldmaps: dict[str, FieldMap] = {}
-    folder = directory / FIELDMAPS_DIR
-    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        content = _read_yaml(path) or {}
-        name = f"{FIELDMAPS_DIR}/{path.name}"
+    for name, raw in sorted(files.content.items()):
+        if not name.startswith(FIELDMAPS_DIR + "/"):
+            continue
+        content = _parse_yaml(name, raw) or {}
         if not isinstance(content, dict):
             raise MappingError(f"{name}: expected a mapping of actions at the top level.")
-        fieldmaps[path.stem] = FieldMap(path.stem, content, name, codes, _key_lines(path))
-    return Mappings(directory, units, codes, fieldmaps)
+        target = Path(name).stem
+        fieldmaps[target] = FieldMap(target, content, name, codes, _key_lines(_text(name, raw)))
+    return Mappings(files.directory, units, codes, fieldmaps, files.digest)
