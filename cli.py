@@ -85,10 +85,10 @@ def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
     cfg = _load_or_exit(config_path)
     gateway.configure_logging(cfg)
     try:
-        gateway.prepare_serve(cfg)
+        mappings = gateway.prepare_serve(cfg)
     except GatewayError as exc:
         _fail(exc)
-    gateway.serve(cfg, bind, run_worker)
+    gateway.serve(cfg, bind, run_worker, mappings)
 
 
 @cli.command()
