@@ -102,7 +102,8 @@ def create_app(
     cfg = _as_config(config)
     logs.configure(cfg.logging.level, cfg.logging.format)
     holder = mappings or mapping.Holder(cfg.mappings.dir, cfg.targets, now=clock.instant)
-    maps = holder.current
+    in_force = holder.pinned()
+    maps = in_force.mappings
     store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
     store.migrate()
     schemas = rivta.Schemas()
@@ -112,7 +113,7 @@ def create_app(
     app.config.update(GATEWAY=cfg, MAX_CONTENT_LENGTH=None)
     app.extensions["gateway.store"] = store
     app.extensions["gateway.mappings"] = maps
-    app.extensions["gateway.mappings_in_force"] = holder
+    app.extensions["gateway.mappings_holder"] = holder
     inbound.init_app(
         app,
         inbound.Intake(
@@ -179,6 +180,7 @@ def create_app(
             version=version(),
             clock=clock,
             sign_in=cfg.ops.sign_in,
+            mappings_in_force=in_force,
         ),
     )
     # each request starts without a correlation id (a thread serves many); /rivta and /api

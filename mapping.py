@@ -952,9 +952,33 @@ class Holder:
         ``current.digest`` unless they changed since they were put in force."""
         return self._digest_now()
 
-    def details(self) -> dict[str, Any]:
-        """What ``/health/ready`` and the ops mappings page show of the mappings in force."""
+    def pinned(self) -> InForce:
+        """The set in force now, as a process that takes it uses it for its whole life."""
         maps, loaded_at = self._in_force
-        last = self.last_reload
-        return {"loaded_at": _iso(loaded_at), "digest": maps.digest, "units": len(maps.units),
+        return InForce(self, maps, loaded_at)
+
+    def details(self) -> dict[str, Any]:
+        return self.pinned().details()
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The mappings one process uses (``gateway.create_app`` takes them once), with when they
+    were loaded and the holder's last reload: what ``/health/ready`` and the ops page show."""
+
+    holder: Holder
+    mappings: Mappings
+    loaded_at: dt.datetime
+
+    @property
+    def directory(self) -> Path:
+        return self.holder.directory
+
+    def on_disk(self) -> str | None:
+        return self.holder.on_disk()
+
+    def details(self) -> dict[str, Any]:
+        """``{loaded_at, digest, units, last_reload: {ok, at, digest, error} | None}``."""
+        last = self.holder.last_reload
+        return {"loaded_at": _iso(self.loaded_at), "digest": self.mappings.digest, "units": len(self.mappings.units),
                 "last_reload": last.as_dict() if last else None}

@@ -4,6 +4,7 @@ the old mappings when they are broken; `gateway serve` does that on SIGHUP."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import multiprocessing
 import shutil
@@ -173,3 +174,46 @@ def test_a_shared_outcome_is_never_read_half_written():
     with pytest.raises(ValueError):
         shared.write({"text": "x" * mapping.SharedOutcome.CAPACITY})
     assert shared.read()["n"] == 49  # a value too big changes nothing
+
+
+# -- what a process shows: /health/ready -------------------------------------------------------------
+
+
+@pytest.fixture
+def reload_app(config_data, folder):
+    """The app on its own copy of the mappings (the holder is ``gateway.mappings_holder``)."""
+    from conftest import built_app
+
+    _default_route_last(folder)
+    data = copy.deepcopy(config_data)
+    data["mappings"]["dir"] = str(folder)
+    with built_app(data) as app:
+        yield app
+
+
+def test_ready_stays_ready_after_a_refused_reload_and_shows_why(reload_app, folder):
+    client, holder = reload_app.test_client(), reload_app.extensions["gateway.mappings_holder"]
+    before = client.get("/health/ready").json["mappings"]
+    assert before["last_reload"] is None and before["digest"] == holder.current.digest
+    (folder / "codes.yaml").write_text((folder / "codes.yaml").read_text().replace("    BOOKING: TIDBOKNING\n", ""))
+    outcome = holder.reload()
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json["status"] == "ready" and ready.json["problems"] == []
+    shown = ready.json["mappings"]
+    assert shown["digest"] == before["digest"] and shown["loaded_at"] == before["loaded_at"]
+    assert shown["last_reload"] == {"ok": False, "at": outcome.at, "digest": mapping.read_files(folder).digest,
+                                    "error": outcome.error}
+    assert shown["last_reload"]["error"].startswith("GW073 ") and "case_types.demo_rest has no code for BOOKING" in outcome.error
+
+
+def test_a_process_keeps_its_mappings_for_life_and_shows_which(reload_app, folder):
+    """A sound reload puts new files in force for the processes started after it (gunicorn
+    replaces them); one that is still running goes on with, and shows, the set it took."""
+    client, holder = reload_app.test_client(), reload_app.extensions["gateway.mappings_holder"]
+    before = client.get("/health/ready").json["mappings"]
+    _add_unit(folder)
+    assert holder.reload().ok
+    shown = client.get("/health/ready").json["mappings"]
+    assert shown["digest"] == before["digest"] == reload_app.extensions["gateway.mappings"].digest
+    assert shown["last_reload"]["ok"] and shown["last_reload"]["digest"] == holder.current.digest != before["digest"]
+    assert reload_app.extensions["gateway.worker"].mappings is reload_app.extensions["gateway.mappings"]
