@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import itertools
+import json
 import multiprocessing
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+import requests
+from conftest import KLIN1, ROOT, example_data, free_port, write_config
+from test_server import gateway_command, stop_server, wait_until_serving
 
 import mapping
 from errors import ConfigError, MappingError
@@ -217,3 +228,214 @@ def test_a_process_keeps_its_mappings_for_life_and_shows_which(reload_app, folde
     assert shown["digest"] == before["digest"] == reload_app.extensions["gateway.mappings"].digest
     assert shown["last_reload"]["ok"] and shown["last_reload"]["digest"] == holder.current.digest != before["digest"]
     assert reload_app.extensions["gateway.worker"].mappings is reload_app.extensions["gateway.mappings"]
+
+
+# -- `gateway serve` and SIGHUP, while 1177 sends cases --------------------------------------------------
+
+KLIN3 = "SE5566778899-KLIN3"
+
+
+class _Provider(BaseHTTPRequestHandler):
+    """The provider system of target demo_rest: takes every case (201, its own id)."""
+
+    cases: dict[str, dict] = {}
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        _Provider.cases[body["externalId"]] = body
+        data = json.dumps({"id": f"P-{body['externalId']}"}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def serving(tmp_path, folder):
+    """`gateway serve` (two processes, each with its worker) on a copy of the mappings,
+    delivering to a provider stub: {base, process, log, folder, db}."""
+    _Provider.cases = {}
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    _default_route_last(folder)
+    data = example_data(tmp_path)
+    data["mappings"]["dir"] = str(folder)
+    data["server"].update(workers=2, threads=4)
+    data["targets"]["demo_rest"]["base_url"] = f"http://127.0.0.1:{provider.server_address[1]}/api"
+    data["outbound"]["confirmations"]["enabled"] = False
+    data["logging"]["format"] = "json"
+    write_config(tmp_path, data)
+    port, log_path = free_port(), tmp_path / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [*gateway_command(), "serve", "--config", str(tmp_path / "config.yaml"), "--bind", f"127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(base, process, log_path)
+        yield {"base": base, "process": process, "log": log_path, "folder": folder, "db": tmp_path / "gateway.db"}
+    finally:
+        stop_server(process)
+        log.close()
+        provider.shutdown()
+
+
+class Senders:
+    """Threads that send 1177 cases to KLIN1 over RIV-TA one after the other (each on its own
+    kept-alive connection, as the platform does) until stopped; every answer is kept."""
+
+    def __init__(self, base: str, make_case, threads: int = 3):
+        self.base, self.make_case = base, make_case
+        self.answers: list[tuple[str, float, float, int, bytes]] = []  # case id, sent, answered, status, body
+        self._stop, self._lock, self._count = threading.Event(), threading.Lock(), itertools.count(1)
+        self._threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
+
+    def _send(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            with self._lock:  # one zeep client builds the requests
+                case_id = f"HUP-{next(self._count):04d}"
+                body = self.make_case(caseId=case_id)
+            sent = time.monotonic()
+            try:
+                answer = session.post(f"{self.base}/rivta", data=body, headers={"Content-Type": "text/xml; charset=UTF-8"},
+                                      timeout=30)
+                status, content = answer.status_code, answer.content
+            except requests.RequestException as exc:  # a refused or dropped connection: what must not happen
+                status, content = 0, repr(exc).encode()
+            self.answers.append((case_id, sent, time.monotonic(), status, content))
+
+    def __enter__(self) -> Senders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < count:
+            assert time.monotonic() < deadline, f"only {len(self.answers)} answers"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def refused(self) -> list[tuple[str, int, bytes]]:
+        return [(case_id, status, body[:300]) for case_id, _, _, status, body in self.answers
+                if status != 200 or b">OK<" not in body]
+
+
+def _log_line(log: Path, event: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == event:
+                return json.loads(line)
+        assert time.monotonic() < deadline, f"no '{event}' in the log:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def _ready_everywhere(base: str, digest: str, timeout: float = 20) -> list[dict]:
+    """/health/ready, on fresh connections, until eight answers in a row (both processes,
+    whichever takes each connection) show the mappings ``digest`` in force."""
+    deadline, seen = time.monotonic() + timeout, []
+    while len(seen) < 8:
+        answer = requests.get(f"{base}/health/ready", headers={"Connection": "close"}, timeout=10)
+        seen = [*seen, answer.json()] if answer.json().get("mappings", {}).get("digest") == digest else []
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() < deadline, f"the processes do not all show {digest[:12]}: {answer.json()}"
+    return seen
+
+
+def _routes(db: Path, prefix: str) -> dict[str, tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return {case_id: (target, code) for case_id, target, code in
+                conn.execute("SELECT case_id, target, provider_unit_code FROM cases WHERE case_id LIKE ?", (prefix + "%",))}
+
+
+def _delivered(case_ids: set[str], timeout: float = 60) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while not case_ids <= set(_Provider.cases):
+        assert time.monotonic() < deadline, f"not delivered: {sorted(case_ids - set(_Provider.cases))[:10]}"
+        time.sleep(0.1)
+    return {case_id: _Provider.cases[case_id] for case_id in case_ids}
+
+
+@pytest.mark.slow
+def test_sighup_with_a_broken_file_while_cases_arrive_keeps_the_old_mappings(serving, make_case):
+    folder, base = serving["folder"], serving["base"]
+    in_force = mapping.read_files(folder).digest
+    fieldmap = folder / "fieldmaps" / "demo_rest.yaml"
+    with Senders(base, make_case) as senders:
+        senders.wait_for(20)
+        fieldmap.write_text(fieldmap.read_text().replace("text: case.text", "text: case.txt", 1))
+        hup_at = time.monotonic()
+        os.kill(serving["process"].pid, signal.SIGHUP)
+        line = _log_line(serving["log"], "mappings not reloaded: the ones in force stay")
+        after = len(senders.answers)
+        senders.wait_for(after + 30)  # cases go on arriving after the refused reload
+    assert senders.refused() == []  # nothing refused that would have been accepted
+    assert any(sent < hup_at for _, sent, _, _, _ in senders.answers) and any(sent > hup_at for _, sent, _, _, _ in senders.answers)
+    assert line["level"] == "ERROR" and line["error_code"] == "GW073" and line["in_force"] == in_force
+    assert "fieldmaps/demo_rest.yaml:40: deliver_case.body.text: unknown source 'case.txt': did you mean 'case.text'?" in line["detail"]
+    assert serving["process"].poll() is None  # the gateway goes on
+    for ready in _ready_everywhere(base, in_force):  # every process: ready, with the old set, and why the new one is not
+        assert ready["status"] == "ready" and ready["problems"] == []
+        last = ready["mappings"]["last_reload"]
+        assert not last["ok"] and last["digest"] == mapping.read_files(folder).digest
+        assert last["error"].startswith("GW073 the mapping files in ") and "did you mean 'case.text'?" in last["error"]
+    # the old mappings still route, and deliver with the old field map
+    sent = {case_id for case_id, *_ in senders.answers}
+    assert _routes(serving["db"], "HUP-") == {case_id: ("demo_rest", "KLIN1") for case_id in sent}
+    delivered = _delivered(sent)
+    assert all(body["unit"] == "KLIN1" and body["text"].startswith("Jag vill lämna synpunkter") for body in delivered.values())
+
+
+@pytest.mark.slow
+def test_sighup_with_a_good_file_routes_the_next_case_by_it(serving, make_case):
+    folder, base = serving["folder"], serving["base"]
+    refused = requests.post(f"{base}/rivta", data=make_case(KLIN3, caseId="NEXT-3", receiver={"hsaId": KLIN3, "isPatientBoard": False}),
+                            headers={"Content-Type": "text/xml"}, timeout=10)
+    assert refused.status_code == 500 and b"GW016" in refused.content  # KLIN3 is not a unit yet
+    units = folder / "units.yaml"
+    with Senders(base, make_case) as senders:
+        senders.wait_for(20)
+        units.write_text(units.read_text().replace("code: KLIN1\n", "code: KLIN1-NY\n"))
+        _add_unit(folder)
+        new = mapping.read_files(folder).digest
+        hup_at = time.monotonic()
+        os.kill(serving["process"].pid, signal.SIGHUP)
+        line = _log_line(serving["log"], "mappings reloaded")
+        for ready in _ready_everywhere(base, new):  # the old processes are gone: every one has the new set
+            assert ready["status"] == "ready" and ready["mappings"]["units"] == 4
+            assert ready["mappings"]["last_reload"] == {"ok": True, "at": ready["mappings"]["last_reload"]["at"],
+                                                        "digest": new, "error": None}
+        everywhere_at = time.monotonic()
+        senders.wait_for(len(senders.answers) + 20)
+    assert line["digest"] == new and line["units"] == 4
+    assert senders.refused() == []  # nothing refused while gunicorn replaced its processes
+    for case_id, code in (("NEXT-1", "KLIN1-NY"), ("NEXT-3", "KLIN3")):
+        hsa = KLIN3 if case_id == "NEXT-3" else KLIN1
+        answer = requests.post(f"{base}/rivta", data=make_case(hsa, caseId=case_id, receiver={"hsaId": hsa, "isPatientBoard": False}),
+                               headers={"Content-Type": "text/xml"}, timeout=10)
+        assert b">OK<" in answer.content, answer.content[:300]
+    assert _routes(serving["db"], "NEXT-") == {"NEXT-1": ("demo_rest", "KLIN1-NY"), "NEXT-3": ("demo_rest", "KLIN3")}
+    # each case by one set: stored and delivered with the same unit code, the old one or the new one
+    routes = _routes(serving["db"], "HUP-")
+    delivered = _delivered(set(routes) | {"NEXT-1", "NEXT-3"})
+    assert delivered["NEXT-1"]["unit"] == "KLIN1-NY" and delivered["NEXT-3"]["unit"] == "KLIN3"
+    assert all(delivered[case_id]["unit"] == code and code in ("KLIN1", "KLIN1-NY") for case_id, (_, code) in routes.items())
+    assert all(code == "KLIN1" for case_id, sent, *_ in senders.answers if sent < hup_at for code in [routes[case_id][1]])
+    assert all(routes[case_id][1] == "KLIN1-NY" for case_id, sent, *_ in senders.answers if sent > everywhere_at)
+    assert serving["process"].poll() is None
+    during = [answered - sent for _, sent, answered, _, _ in senders.answers if answered > hup_at and sent < everywhere_at]
+    print(f"{len(senders.answers)} cases, {len(during)} answered during the reload ({everywhere_at - hup_at:.2f} s "
+          f"until every process had the new set), the slowest of them in {max(during):.2f} s")
