@@ -81,14 +81,17 @@ def cli() -> None:
 @click.option("--bind", default=None, help="HOST:PORT to listen on (default: server.bind from the config).")
 @click.option("--worker/--no-worker", "run_worker", default=True, help="Run the delivery worker in the server processes.")
 def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
-    """Serve the gateway with gunicorn (the RIV-TA endpoint and, by default, the worker)."""
+    """Serve the gateway with gunicorn (the RIV-TA endpoint and, by default, the worker).
+
+    SIGHUP (systemctl reload) loads the mapping files again: checked first, and put in
+    force only if nothing is wrong; otherwise the gateway goes on with the ones it had."""
     cfg = _load_or_exit(config_path)
     gateway.configure_logging(cfg)
     try:
-        gateway.prepare_serve(cfg)
+        mappings = gateway.prepare_serve(cfg)
     except GatewayError as exc:
         _fail(exc)
-    gateway.serve(cfg, bind, run_worker)
+    gateway.serve(cfg, bind, run_worker, mappings)
 
 
 @cli.command()

@@ -10,6 +10,8 @@ contains a personnummer, a secret or file content (callers pass masked values).
     GatewayError                    every error of ours; .code, .message, .hint
     ├── ConfigError          GW001  the config file is wrong (names the dotted key)
     ├── MappingError         GW002  a mapping file is wrong, or a look-up fell through
+    │   ├── MappingsNotReloaded GW073  a reload (SIGHUP) found the new files wrong: the old mappings stay in force
+    │   └── MappingsChanging GW074  the files changed while a reload read them: the old mappings stay in force
     ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
     ├── StoreError           GW050  the database cannot be read or written
     ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
@@ -125,6 +127,24 @@ class MappingError(GatewayError):
 
     code = "GW002"
     hint = "Correct the mapping file and run 'gateway check'."
+
+
+class MappingsNotReloaded(MappingError):
+    """Not raised: the code and text of a reload (SIGHUP, ``systemctl reload``) whose new
+    mapping files have a problem that ``gateway check`` would report. The gateway goes on
+    with the mappings it had; the log, ``/health/ready`` and the ops mappings page say why."""
+
+    code = "GW073"
+    hint = "Fix the files ('gateway mappings check' lists every problem), then reload again (SIGHUP)."
+
+
+class MappingsChanging(MappingError):
+    """Not raised: the code and text of a reload that found the mapping files changing while
+    it read them (a copy or a checkout still under way), so what it read may be half old and
+    half new. The gateway goes on with the mappings it had."""
+
+    code = "GW074"
+    hint = "Reload again (SIGHUP) once every file is in place."
 
 
 class ContractError(GatewayError):

@@ -10,7 +10,9 @@ worker in each server process unless ``run_worker=False``). The library calls th
 May import: everything.
 
 Invariants: a wrong config, mapping or contract stops the start with a ``GW0xx``
-message before any port is opened; ``serve`` never uses Flask's development server.
+message before any port is opened; ``serve`` never uses Flask's development server. A
+wrong mapping file on SIGHUP stops nothing: the master checks the files before gunicorn
+replaces a worker process, and keeps the mappings in force when they fail (GW073, GW074).
 """
 
 from __future__ import annotations
@@ -86,20 +88,22 @@ def ping_configuration(cfg: Config, maps: mapping.Mappings, clock: Any) -> dict[
 
 
 def create_app(
-    config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False, clock: Clock = SYSTEM
+    config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False, clock: Clock = SYSTEM,
+    mappings: mapping.Holder | None = None,
 ) -> Flask:
     """Build the gateway's WSGI app from a ``Config`` (or the path of a config file).
 
     The store is migrated, mappings and contracts are loaded and checked; any problem
     raises a ``GatewayError`` here, before the app can serve a request. Every part reads the
-    time from ``clock`` (UTC instants, the Swedish date of the 1177 rules).
+    time from ``clock`` (UTC instants, the Swedish date of the 1177 rules). The app and its
+    worker use ``mappings.current`` (loaded here if no holder is given) for their whole life:
+    a reload replaces the server processes (``_gunicorn_application``), never a part of one.
     """
     cfg = _as_config(config)
     logs.configure(cfg.logging.level, cfg.logging.format)
-    maps = mapping.load(cfg.mappings.dir)
-    problems = maps.problems(cfg.targets)
-    if problems:
-        raise ConfigError("the mappings have problems: " + " ".join(problems), hint="Run 'gateway check' for the list.")
+    holder = mappings or mapping.Holder(cfg.mappings.dir, cfg.targets, now=clock.instant)
+    in_force = holder.pinned()
+    maps = in_force.mappings
     store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
     store.migrate()
     schemas = rivta.Schemas()
@@ -109,6 +113,7 @@ def create_app(
     app.config.update(GATEWAY=cfg, MAX_CONTENT_LENGTH=None)
     app.extensions["gateway.store"] = store
     app.extensions["gateway.mappings"] = maps
+    app.extensions["gateway.mappings_holder"] = holder
     inbound.init_app(
         app,
         inbound.Intake(
@@ -175,6 +180,7 @@ def create_app(
             version=version(),
             clock=clock,
             sign_in=cfg.ops.sign_in,
+            mappings_in_force=in_force,
         ),
     )
     # each request starts without a correlation id (a thread serves many); /rivta and /api
@@ -286,8 +292,40 @@ def _worker_class(read_timeout_s: float) -> type:
     return GatewayThreadWorker
 
 
-def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
+def serving_mappings(cfg: Config) -> mapping.Holder:
+    """The mappings ``gateway serve`` starts with, loaded and checked in the gunicorn master
+    (a ``GatewayError`` if they are not sound): every server process is forked with them."""
+    return mapping.Holder(cfg.mappings.dir, cfg.targets, now=SYSTEM.instant)
+
+
+def reload_mappings(holder: mapping.Holder) -> bool:
+    """SIGHUP in the gunicorn master: read and check the mapping files. True when they are in
+    force; gunicorn then starts new server processes (forked with them) and lets the old ones
+    finish their requests. False (logged with its code) when the old ones stay."""
+    outcome = holder.reload()
+    if outcome.ok:
+        log.info("mappings reloaded", extra={"digest": outcome.digest, "units": len(holder.current.units),
+                                             "mappings_dir": str(holder.directory)})
+    else:
+        log.error("mappings not reloaded: the ones in force stay", extra={
+            "error_code": outcome.code, "detail": outcome.message, "digest": outcome.digest,
+            "in_force": holder.current.digest})
+    return outcome.ok
+
+
+def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: mapping.Holder) -> Any:
+    """gunicorn serving ``create_app`` in ``server.workers`` processes, each forked from this
+    one with ``mappings.current``. On SIGHUP the master reloads the mappings first
+    (``reload_mappings``) and only when they are sound does gunicorn replace its workers
+    (new ones start, old ones finish what they took): without that, a broken file would
+    make every new worker fail to boot, and gunicorn would stop the whole gateway."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+
+    class GatewayArbiter(Arbiter):
+        def handle_hup(self) -> None:
+            if reload_mappings(mappings):
+                super().handle_hup()
 
     def pre_request(worker: Any, req: Any) -> None:
         # a body the app will refuse unread (GW010) cannot be drained: close the connection
@@ -333,7 +371,15 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool) -> Any:
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            return create_app(cfg, start_worker=run_worker and cfg.worker.enabled)
+            return create_app(cfg, start_worker=run_worker and cfg.worker.enabled, mappings=mappings)
+
+        def run(self) -> None:  # BaseApplication.run with the arbiter that checks before a reload
+            try:
+                GatewayArbiter(self).run()
+            except RuntimeError as exc:
+                print(f"\nError: {exc}\n", file=sys.stderr)
+                sys.stderr.flush()
+                sys.exit(1)
 
     return GatewayServer()
 
@@ -382,26 +428,26 @@ def configure_logging(cfg: Config) -> None:
     logs.configure(cfg.logging.level, cfg.logging.format)
 
 
-def prepare_serve(cfg: Config) -> list[str]:
+def prepare_serve(cfg: Config) -> mapping.Holder:
     """Everything ``serve`` checks before it opens a port: the mappings, the contract
-    files, every target's adapter, and the schema (migrated). The migrations applied;
-    raises a ``GatewayError`` that says what to fix."""
-    _, problems = load_mappings(cfg)
-    if problems:
-        raise ConfigError("the mappings have problems: " + " ".join(problems))
+    files, every target's adapter, and the schema (migrated). The mappings to serve with,
+    loaded and checked once, here; raises a ``GatewayError`` that says what to fix."""
+    holder = serving_mappings(cfg)
     rivta.check_contract_files()
     _check_targets(cfg)
     applied = migrate(cfg)
     if applied:
         log.info("database migrated", extra={"applied": ", ".join(applied)})
-    return applied
+    return holder
 
 
-def serve(cfg: Config, bind: str | None = None, run_worker: bool = True) -> None:
-    """Serve the gateway with gunicorn until it is stopped (``prepare_serve`` first)."""
+def serve(cfg: Config, bind: str | None = None, run_worker: bool = True, mappings: mapping.Holder | None = None) -> None:
+    """Serve the gateway with gunicorn until it is stopped, on the ``mappings`` that
+    ``prepare_serve`` gave (loaded here if none). SIGHUP reloads them (``reload_mappings``)."""
     address = bind or cfg.server.bind
+    holder = mappings or serving_mappings(cfg)
     log.info("serving", extra={"bind": address, "worker": run_worker and cfg.worker.enabled, "version": version()})
-    _gunicorn_application(cfg, address, run_worker).run()
+    _gunicorn_application(cfg, address, run_worker, holder).run()
 
 
 @dataclasses.dataclass(frozen=True)

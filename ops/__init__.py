@@ -46,6 +46,9 @@ class Ops:
     clock: "Clock | None" = None
     #: config ``ops.sign_in``: failures that lock a user name or an address, and for how long
     sign_in: Any = None
+    #: ``mapping.InForce``: when and from which files ``mappings`` were loaded, the last reload's
+    #: outcome (``details()``) and the digest of the files on disk now (``on_disk()``)
+    mappings_in_force: Any = None
 
     def instant(self) -> dt.datetime:
         """The current UTC instant, from the injected clock."""

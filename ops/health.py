@@ -2,10 +2,12 @@
 
 Role: what probes and Prometheus read. Liveness is the process answering; readiness is
 the store writable, the worker's heartbeat fresh and the mappings loaded (503 with the
-reasons otherwise). Metrics come from the store at scrape time through a custom
-collector, so every gateway process reports the same totals: received, delivered, failed
-and dead per target and direction, the intake-to-delivery latency histogram, the queue
-depth and the age of the oldest undelivered row.
+reasons otherwise), with the mappings in force (when loaded, their digest) and the last
+reload's outcome beside: a refused reload leaves the old mappings working, so it is
+shown but does not make the process unready. Metrics come from the store at scrape time
+through a custom collector, so every gateway process reports the same totals: received,
+delivered, failed and dead per target and direction, the intake-to-delivery latency
+histogram, the queue depth and the age of the oldest undelivered row.
 
 May import: ``store``, ``errors``. No login (keep these on an internal port or behind
 the proxy); nothing here shows a case's content.
@@ -60,7 +62,10 @@ def ready() -> tuple[Response, int]:
                             "the target holds its connections without answering")
     if ops.mappings is None or not len(ops.mappings.units):
         problems.append("no units mapped (mappings/units.yaml)")
-    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "problems": problems}
+    if ops.mappings_in_force is not None:
+        # a refused reload leaves the process ready (its mappings are sound) but shows why
+        body["mappings"] = ops.mappings_in_force.details()
     return jsonify(body), (200 if not problems else 503)
 
 

@@ -710,9 +710,13 @@ def mappings() -> Any:
     today = _ops().day()
     units = sorted(maps.units.rows, key=lambda u: (u.hsa_id, u.valid_from or dt.date.min))
     rows = [{"unit": u, "in_force": u.valid_on(today)} for u in units]
+    loaded = _ops().mappings_in_force  # when and from which files; the last reload (None: not known)
     return render_template("mappings.html", units=rows, default_route=maps.units.default_route,
                            case_types=maps.codes.case_types, statuses=maps.codes.statuses,
-                           source_units=maps.units.source, source_codes=maps.codes.source, today=today)
+                           source_units=maps.units.source, source_codes=maps.codes.source, today=today,
+                           in_force=loaded.details() if loaded is not None else None,
+                           on_disk=loaded.on_disk() if loaded is not None else None,
+                           folder=loaded.directory if loaded is not None else None)
 
 
 @bp.get("/audit")

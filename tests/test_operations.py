@@ -40,7 +40,11 @@ def fast(data):
 def test_health_live_and_ready(app, client):
     assert client.get("/health/live").json["status"] == "live"
     ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json == {"status": "ready", "problems": []}
+    in_force = app.extensions["gateway.mappings"]
+    assert ready.status_code == 200 and ready.json == {
+        "status": "ready", "problems": [],
+        "mappings": {"loaded_at": ready.json["mappings"]["loaded_at"], "digest": in_force.digest, "units": 3,
+                     "last_reload": None}}
 
 
 def test_ready_is_503_with_the_reason_when_the_worker_is_stale(config_data):
