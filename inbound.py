@@ -159,7 +159,7 @@ def rivta_endpoint() -> Response:
         outcome, status = "ok", 200
     except RuleViolation as exc:
         assert contract is not None  # rules run only once the contract is known
-        payload = _response(contract, rivta.Result.error(exc, log_id))
+        payload = rivta.response_element(contract, rivta.Result.error(exc, log_id))
         outcome, status = exc.code, 200
         log.warning(
             "request refused by rule",
@@ -250,12 +250,6 @@ def _read_body(limit: int) -> bytes:
     if len(body) > limit:
         raise PayloadTooLarge(f"the request is over the limit of {limit} bytes.")
     return body
-
-
-def _response(contract: rivta.Contract, result: rivta.Result) -> etree._Element:
-    element = etree.Element(f"{{{contract.responder_ns}}}{contract.name}Response")
-    element.append(rivta.result_element(result, contract.responder_ns))
-    return element
 
 
 # -- contract content → canonical model -----------------------------------------------------------
@@ -449,7 +443,7 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
         extra={"case_id": case.case_id, "receiver_hsa_id": case.receiver.hsa_id, "target": route.target,
                "case_type": case.case_type.value, "attachments": len(case.attachments)},
     )
-    return _response(contract, rivta.Result.ok(log_id))
+    return rivta.response_element(contract, rivta.Result.ok(log_id))
 
 
 def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
@@ -471,25 +465,17 @@ def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correl
         "message accepted" if accepted.created else "message already received",
         extra={"case_id": message.case_id, "message_id": message.message_id, "attachments": len(message.attachments)},
     )
-    return _response(contract, rivta.Result.ok(log_id))
+    return rivta.response_element(contract, rivta.Result.ok(log_id))
 
 
 def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
-    ns = rivta.PING.responder_ns
-    response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
-    etree.SubElement(response, f"{{{ns}}}version").text = intake.version
-    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = intake.clock.local_time().strftime("%Y%m%d%H%M%S")
     configuration = dict(intake.ping_configuration)
     try:
         intake.store.check_writable()
         configuration["database"] = "writable"
     except GatewayError as exc:
         configuration["database"] = f"unavailable ({exc.code})"
-    for name, value in configuration.items():
-        entry = etree.SubElement(response, f"{{{ns}}}configuration")
-        etree.SubElement(entry, f"{{{ns}}}name").text = name
-        etree.SubElement(entry, f"{{{ns}}}value").text = value
-    return response
+    return rivta.ping_response(intake.version, intake.clock.local_time().strftime("%Y%m%d%H%M%S"), configuration)
 
 
 def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
@@ -517,7 +503,7 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
         fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
         listed, why = rules.recent_medications(fetched, today=today)
     result = rivta.Result.info(why, log_id) if why else rivta.Result.ok(log_id)
-    response = _response(contract, result)
+    response = rivta.response_element(contract, result)
     core = rivta.CORE_NS
     for item in listed:
         element = etree.SubElement(response, f"{{{contract.responder_ns}}}medication")

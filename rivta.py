@@ -428,6 +428,28 @@ def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) 
     return element
 
 
+def response_element(contract: Contract, result: Result) -> etree._Element:
+    """``<OperationResponse>`` with its ``result``, as ProcessCase, ProcessCaseMessage and
+    GetMedicationList answer (GetMedicationList adds its ``medication`` elements after it)."""
+    element = etree.Element(f"{{{contract.responder_ns}}}{contract.name}Response")
+    element.append(result_element(result, contract.responder_ns))
+    return element
+
+
+def ping_response(version: str, ping_time: str, configuration: dict[str, str]) -> etree._Element:
+    """PingForConfiguration's answer: ``version``, ``pingDateTime`` (YYYYMMDDHHMMSS) and a
+    ``configuration`` name/value pair per entry."""
+    ns = PING.responder_ns
+    response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
+    etree.SubElement(response, f"{{{ns}}}version").text = version
+    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = ping_time
+    for name, value in configuration.items():
+        entry = etree.SubElement(response, f"{{{ns}}}configuration")
+        etree.SubElement(entry, f"{{{ns}}}name").text = name
+        etree.SubElement(entry, f"{{{ns}}}value").text = value
+    return response
+
+
 def envelope(payload: etree._Element) -> bytes:
     """Wrap a response element in a SOAP 1.1 envelope and serialise it as UTF-8."""
     root = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
