@@ -98,7 +98,7 @@ def create_app(
         raise ConfigError("the mappings have problems: " + " ".join(problems), hint="Run 'gateway check' for the list.")
     store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
     store.migrate()
-    schemas = rivta.Schemas()
+    schemas = rivta.Schemas(files=rivta.ContractFiles(cfg.rivta.contracts_dir))
     authority = identity.CertificateAuthority(cfg.server.tls.client_ca, clock.instant) if cfg.server.tls and cfg.server.tls.client_ca else None
 
     app = Flask(__name__)
@@ -369,7 +369,7 @@ def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
         problems = maps.problems(cfg.targets)
         if problems:
             raise ConfigError("the mappings have problems: " + " ".join(problems))
-        rivta.check_contract_files()
+        rivta.check_contract_files(files=rivta.ContractFiles(cfg.rivta.contracts_dir))
         _check_targets(cfg)
         store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
         applied = store.migrate()
@@ -444,11 +444,8 @@ def check(config_path: Path) -> None:
         if not problems:
             where = getattr(settings, "base_url", None) or getattr(settings, "endpoint", None) or settings.wsdl
             report(True, f"target {name} ({settings.kind}): {where}")
-    try:
-        rivta.check_contract_files()
-        report(True, f"contracts: {', '.join(c.name for c in rivta.CONTRACTS.values())}")
-    except GatewayError as exc:
-        report(False, f"contracts: {exc}")
+    for passed, line in rivta.check_report(cfg.rivta.contracts_dir):
+        report(passed, line)
     try:
         store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
         if cfg.database.path.exists():

@@ -2,9 +2,11 @@
 
 Role: a Flask blueprint. ``POST /rivta`` answers every 1177-side contract, dispatching on
 the namespace of the Body's first child as the platform does (ProcessCase,
-ProcessCaseMessage, PingForConfiguration). ``GET /rivta`` lists the WSDLs, served with
-the gateway's own address filled in (``gateway.public_url``, or a loopback request's own;
-never a caller's Host otherwise), and their XSDs.
+ProcessCaseMessage, PingForConfiguration, GetMedicationList). ``GET /rivta`` lists the
+WSDLs, served with the gateway's own address filled in (``gateway.public_url``, or a
+loopback request's own; never a caller's Host otherwise), and their XSDs: the shipped
+files, or the platform's own where ``rivta.contracts_dir`` holds them (``rivta.ContractFiles``,
+the same files the requests are validated with).
 
 May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. The unit
 directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
@@ -37,7 +39,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from flask import Blueprint, Response, current_app, request
 from lxml import etree
 from werkzeug.exceptions import NotFound
-from werkzeug.security import safe_join
 
 import logs
 import rivta
@@ -528,7 +529,7 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 # -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
 
 
-_CONSUMER_FOLDERS = frozenset(c.folder for c in (rivta.ADD_MESSAGE, rivta.UPDATE_CASE_STATUS, rivta.REGISTER_CASE))
+_CONSUMER_FOLDERS = frozenset(c.folder for c in rivta.CONSUMER_CONTRACTS.values())
 
 
 def _base_url(intake: Intake) -> str | None:
@@ -544,27 +545,31 @@ def _base_url(intake: Intake) -> str | None:
 
 @bp.get("/rivta")
 def contracts_index() -> Response:
+    files = _intake().schemas.files
     base = _base_url(_intake()) or ""  # without an address: paths, which a client resolves itself
-    lines = [f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}" for c in rivta.CONTRACTS.values()]
-    lines.insert(0, f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:")
+    lines = [f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:"]
+    for c in rivta.CONTRACTS.values():
+        origin = " (the platform's file, from rivta.contracts_dir)" if files.is_official(c.wsdl_relpath) else ""
+        lines.append(f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}{origin}")
     return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/rivta/contracts/<path:path>")
 def contract_file(path: str) -> Response:
-    """A contract file as served to consumers: imports become URLs of this gateway (paths
+    """A contract file as served to consumers, from ``rivta.ContractFiles`` (the platform's
+    own where ``rivta.contracts_dir`` holds it): imports become URLs of this gateway (paths
     when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
     gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
     RegisterCase: 1177 answers those, not the gateway) is served without its service."""
-    file = safe_join(str(rivta.CONTRACTS_DIR), path)
-    if file is None or not file.endswith((".wsdl", ".xsd")):
+    file = _intake().schemas.files.find(path) if path.endswith((".wsdl", ".xsd")) else None
+    if file is None:
         raise NotFound()
     try:
-        tree = etree.parse(file, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+        tree = etree.parse(str(file), etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
     except (OSError, etree.XMLSyntaxError):
         raise NotFound() from None
     base = _base_url(_intake())
-    folder = posixpath.dirname(path)
+    folder = posixpath.dirname(posixpath.normpath(path))
     for element in tree.iter("{http://www.w3.org/2001/XMLSchema}import", "{http://www.w3.org/2001/XMLSchema}include"):
         location = element.get("schemaLocation")
         if location and "://" not in location:
