@@ -6,7 +6,8 @@ ProcessCaseMessage, PingForConfiguration, GetMedicationList). ``GET /rivta`` lis
 WSDLs, served with the gateway's own address filled in (``gateway.public_url``, or a
 loopback request's own; never a caller's Host otherwise), and their XSDs: the shipped
 files, or the platform's own where ``rivta.contracts_dir`` holds them (``rivta.ContractFiles``,
-the same files the requests are validated with).
+the same files the requests are validated with). Each producer WSDL also comes as the
+variant with its body part first (``?wsdl&variant=body-first``) for clients such as node-soap.
 
 May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. The unit
 directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
@@ -151,7 +152,7 @@ def rivta_endpoint() -> Response:
         caller = _check_caller(intake)
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
         envelope = rivta.read_envelope(rivta.parse(_read_body(intake.max_body_bytes)))
-        contract = envelope.contract
+        contract = rivta.contract_for(envelope, request.headers.get("SOAPAction"), _base_url(intake) or "")
         rivta.check_soap_action(request.headers.get("SOAPAction"), contract)
         # the order of the checks: transport, envelope, address, schema
         _require_address(intake, envelope, contract, intake.clock.day())
@@ -530,6 +531,7 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 
 
 _CONSUMER_FOLDERS = frozenset(c.folder for c in rivta.CONSUMER_CONTRACTS.values())
+_PRODUCER_WSDLS = frozenset(c.wsdl_relpath for c in rivta.CONTRACTS.values())
 
 
 def _base_url(intake: Intake) -> str | None:
@@ -551,6 +553,9 @@ def contracts_index() -> Response:
     for c in rivta.CONTRACTS.values():
         origin = " (the platform's file, from rivta.contracts_dir)" if files.is_official(c.wsdl_relpath) else ""
         lines.append(f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}{origin}")
+    lines.append("With the body part first, for clients that put the first part of the input message in the Body "
+                 "(node-soap, its issue #704); LogicalAddress is still a SOAP header:")
+    lines += [f"{c.name}: {rivta.body_first_url(base, c)}" for c in rivta.CONTRACTS.values()]
     return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
 
 
@@ -560,10 +565,15 @@ def contract_file(path: str) -> Response:
     own where ``rivta.contracts_dir`` holds it): imports become URLs of this gateway (paths
     when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
     gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
-    RegisterCase: 1177 answers those, not the gateway) is served without its service."""
+    RegisterCase: 1177 answers those, not the gateway) is served without its service.
+    ``?variant=body-first`` on a producer WSDL: its body part first (``rivta.body_first``)."""
     file = _intake().schemas.files.find(path) if path.endswith((".wsdl", ".xsd")) else None
     if file is None:
         raise NotFound()
+    variant = request.args.get("variant")
+    if variant is not None and (variant != rivta.BODY_FIRST or path not in _PRODUCER_WSDLS):
+        raise NotFound(f"No variant '{variant[:40]}' of {posixpath.basename(path)[:100]}: the variant "
+                       f"'{rivta.BODY_FIRST}' is served for the producer WSDLs listed at GET /rivta.")
     try:
         tree = etree.parse(str(file), etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
     except (OSError, etree.XMLSyntaxError):
@@ -582,6 +592,8 @@ def contract_file(path: str) -> Response:
             if base is None:
                 return _no_public_address()
             address.set("location", f"{base}/rivta")
+    if variant is not None:
+        rivta.body_first(tree)
     return Response(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"), content_type="text/xml; charset=utf-8")
 
 
@@ -593,7 +605,8 @@ def _no_public_address() -> Response:
 
 @bp.get("/rivta/<name>")
 def contract_wsdl(name: str) -> Response:
-    """``GET /rivta/ProcessCase?wsdl`` → the contract's WSDL."""
+    """``GET /rivta/ProcessCase?wsdl`` → the contract's WSDL (``&variant=body-first``: its
+    body part first)."""
     for contract in rivta.CONTRACTS.values():
         if contract.name == name:
             return contract_file(contract.wsdl_relpath)

@@ -5,7 +5,9 @@ request body safely into an ``Envelope`` (LogicalAddress, the Body's first child
 contract namespace), validates it against the contract's XSD, and builds responses,
 ``ResultType`` elements and SOAP faults. Knows which contracts exist (``CONTRACTS``)
 and where their WSDL/XSD files are: the shipped ``contracts/``, overlaid by an operator's
-folder of the platform's own files (``rivta.contracts_dir``, ``ContractFiles``).
+folder of the platform's own files (``rivta.contracts_dir``, ``ContractFiles``), and the
+variant of a producer WSDL with its body part first (``body_first``) for SOAP clients that
+put the first part of the input message in the Body.
 
 May import: ``errors`` (also its person-id redaction).
 
@@ -581,6 +583,68 @@ def check_report(folder: Path | None) -> list[tuple[bool, str]]:
     if files.ignored:
         lines.append((True, f"contracts_dir: ignored, not contracts the gateway speaks: {', '.join(files.ignored)}"))
     return lines
+
+
+# -- the variant of a WSDL with its body part first -------------------------------------------------
+
+#: ``GET /rivta/<Operation>?wsdl&variant=body-first``: a producer WSDL whose input message
+#: lists its body part before the LogicalAddress header part, for SOAP clients that put the
+#: first part of the input message in the Body (node-soap: its issue #704). Same wire format.
+BODY_FIRST = "body-first"
+
+
+def body_first_url(base: str, contract: Contract | None) -> str:
+    return f"{base}/rivta/{contract.name if contract else '<Operation>'}?wsdl&variant={BODY_FIRST}"
+
+
+def body_first(tree: etree._ElementTree) -> None:
+    """Reorder, in place, each input message of a WSDL that has SOAP header parts so that its
+    body parts come first. Nothing else changes: the binding still puts LogicalAddress in the
+    Header, so the requests are the same as with the RIV-TA template's order."""
+    root = tree.getroot()
+    messages = {m.get("name"): m for m in root.findall(f"{{{WSDL_NS}}}message")}
+    for binding_input in root.iterfind(f"{{{WSDL_NS}}}binding/{{{WSDL_NS}}}operation/{{{WSDL_NS}}}input"):
+        by_message: dict[str, set[str]] = {}
+        for header in binding_input.findall(f"{{{WSDL_SOAP_NS}}}header"):
+            name = (header.get("message") or "").rpartition(":")[2]
+            by_message.setdefault(name, set()).add(header.get("part") or "")
+        for name, header_parts in by_message.items():
+            message = messages.get(name)
+            if message is None:
+                continue
+            parts = message.findall(f"{{{WSDL_NS}}}part")
+            ordered = [p for p in parts if p.get("name") not in header_parts] + [p for p in parts if p.get("name") in header_parts]
+            if ordered == parts:
+                continue
+            start, tails = list(message).index(parts[0]), [part.tail for part in parts]
+            for part in parts:
+                message.remove(part)
+            for offset, (part, tail) in enumerate(zip(ordered, tails)):
+                part.tail = tail  # the layout stays the file's
+                message.insert(start + offset, part)
+    note = etree.Comment(
+        f" Variant '{BODY_FIRST}' of this WSDL, served by the 1177 integration gateway: the input message lists its "
+        "body part first, for SOAP clients that put the first part in the Body (node-soap, its issue #704). "
+        "The requests it describes are the same: LogicalAddress is still a SOAP header. ")
+    note.tail, root.text = root.text, "\n  "
+    root.insert(0, note)
+
+
+def contract_for(envelope: Envelope, soap_action: str | None = None, base_url: str = "") -> Contract:
+    """The contract the Body's first child names (``UnknownContract``, GW014, if none). A Body
+    whose first child is the LogicalAddress header is refused with what happened and the URL
+    of the WSDL variant that such a client can use (for the operation its SOAPAction names)."""
+    if envelope.namespace == REGISTRY_NS and envelope.operation == "LogicalAddress":
+        action = (soap_action or "").strip().strip('"')
+        named = next((c for c in CONTRACTS.values() if action and c.soap_action == action), None)
+        raise UnknownContract(
+            "the Body's first element is the LogicalAddress header, not a request: the client put the first part of "
+            "the WSDL's input message in the Body instead of the Header (node-soap does, its issue #704).",
+            hint=f"Build the client from the WSDL with the body part first, {body_first_url(base_url, named)} "
+                 "(GET /rivta lists one per contract), and send LogicalAddress as a SOAP header "
+                 "(node-soap: client.addSoapHeader).",
+        )
+    return envelope.contract
 
 
 _NS_IN_PATH = re.compile(r"\{[^}]*\}|[a-zA-Z0-9]+:")
