@@ -13,6 +13,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── MappingsNotReloaded GW073  a reload (SIGHUP) found the new files wrong: the old mappings stay in force
     │   └── MappingsChanging GW074  the files changed while a reload read them: the old mappings stay in force
     ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
+    │   └── PlatformContractError GW080  rivta.contracts_dir (the platform's own files) is missing, laid out otherwise or does not fit
     ├── StoreError           GW050  the database cannot be read or written
     ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
     │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
@@ -152,6 +153,17 @@ class ContractError(GatewayError):
 
     code = "GW003"
     hint = "Restore the contracts/ folder from the release; it must not be edited by hand."
+
+
+class PlatformContractError(ContractError):
+    """Raised at start-up and by ``gateway check`` when ``rivta.contracts_dir`` (a folder of the
+    platform's own contract files, laid out as a RIV-TA TKB: ``schemas/core_components/``,
+    ``schemas/interactions/<Op>Interaction/``) is missing, holds a file that does not parse or
+    compile, or holds a contract in another version or shape than the one the gateway speaks."""
+
+    code = "GW080"
+    hint = ("Point rivta.contracts_dir at the unpacked service contract zip (the folder that holds schemas/), "
+            "or remove the contract's folder from it to use the shipped file; 'gateway check' lists what it replaces.")
 
 
 class StoreError(GatewayError):
