@@ -53,8 +53,7 @@ from model import (
     ReplyPreference,
     SubjectOfCare,
 )
-from store import Store
-from store import ts as timestamp  # the store's format of an instant (the CLI's --since/--until)
+from store import Store, ts
 from worker import Worker, WorkerSettings
 
 log = logging.getLogger("gateway")
@@ -421,6 +420,11 @@ def load_mappings(cfg: Config) -> tuple[mapping.Mappings, list[str]]:
     raises ``MappingError`` for a file that cannot be read at all."""
     maps = mapping.load(cfg.mappings.dir)
     return maps, maps.problems(cfg.targets)
+
+
+def timestamp(moment: dt.datetime) -> str:
+    """An instant in the store's format (what the sync log's times are compared with)."""
+    return ts(moment)
 
 
 def configure_logging(cfg: Config) -> None:

@@ -16,6 +16,7 @@ import zeep
 from conftest import REFERENCE, ROOT, built_app, example_data, result_of, write_config
 from lxml import etree
 
+import cli
 import config as config_mod
 import errors
 import gateway
@@ -180,7 +181,7 @@ def test_files_outside_the_tree_or_of_other_contracts_are_not_served(config_data
 def _check(runner, tmp_path: Path, folder: Path | str | None):
     data = example_data(tmp_path)
     data["rivta"]["contracts_dir"] = None if folder is None else str(folder)
-    return runner.invoke(gateway.cli, ["check", "--config", str(write_config(tmp_path, data))])
+    return runner.invoke(cli.cli, ["check", "--config", str(write_config(tmp_path, data))])
 
 
 def test_check_lists_what_the_folder_replaces(runner, tmp_path):
