@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,12 @@ def ts(value: dt.datetime) -> str:
 
 def parse_ts(value: str) -> dt.datetime:
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+
+
+def scalar(db: Database, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of ``sql`` (None when there is no row)."""
+    row = db.execute(sql, params).fetchone()
+    return None if row is None else row[0]
 
 
 def content_json(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -163,6 +169,7 @@ class StoreBase:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
+                conn.row_factory = sqlite3.Row  # rows are read by column name
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the database {self.path}: {exc}.") from None
             db = Database(conn, execute_plugins=False)
@@ -281,7 +288,7 @@ class StoreBase:
                WHERE a.case_id = ? AND a.message_id IS ? ORDER BY a.position""",
             [case_id, message_id],
         ).fetchall()
-        return [Attachment(name, mime, bytes(data)) for name, mime, data in rows]
+        return [Attachment(r["file_name"], r["mime_type"], bytes(r["data"])) for r in rows]
 
     def case_row(self, case_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM cases WHERE case_id = ?", [case_id]))

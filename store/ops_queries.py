@@ -25,6 +25,7 @@ from .base import (
     BLOCKED_BY_SQL,
     BLOCKER_SQL,
     StoreBase,
+    scalar,
     ts,
 )
 
@@ -73,7 +74,7 @@ class OpsQueries(StoreBase):
     def counts(self) -> dict[str, int]:
         """Row counts of the content tables (used by ``gateway check`` and tests)."""
         tables = ("cases", "messages", "attachments", "attachment_blobs", "outbox", "sync_log")
-        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        return {t: int(scalar(self.db, f"SELECT count(*) FROM {t}")) for t in tables}
 
     def search_log(
         self,
@@ -128,11 +129,11 @@ class OpsQueries(StoreBase):
         db = self.db
         day_ago = ts(now - dt.timedelta(hours=24))
         hours: dict[str, dict[str, int]] = {}
-        for hour, outcome, count in db.execute(
-            """SELECT substr(started_at, 1, 13), outcome, count(*) FROM attempts
+        for row in db.execute(
+            """SELECT substr(started_at, 1, 13) AS hour, outcome, count(*) AS n FROM attempts
                WHERE started_at >= ? GROUP BY 1, 2""", [day_ago]
         ):
-            hours.setdefault(hour, {})[outcome] = count
+            hours.setdefault(row["hour"], {})[row["outcome"]] = row["n"]
         oldest = db.execute(
             """SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
                WHERE status = 'pending' ORDER BY created_at LIMIT 1""").fetchone()
@@ -140,14 +141,14 @@ class OpsQueries(StoreBase):
             "SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox "
             "WHERE status = 'in_flight' ORDER BY created_at LIMIT 1").fetchone()
         candidates = [r for r in (oldest, in_flight) if r]
-        first = min(candidates, key=lambda r: r[5]) if candidates else None
+        first = min(candidates, key=lambda r: r["created_at"]) if candidates else None
         return {
             "cases": list(db.query("SELECT target, status, count(*) AS n FROM cases GROUP BY target, status ORDER BY target, status")),
             "messages": list(db.query("SELECT direction, status, count(*) AS n FROM messages GROUP BY direction, status")),
             "outbox": list(db.query("SELECT target, status, count(*) AS n FROM outbox GROUP BY target, status ORDER BY target, status")),
             "hours": hours,
-            "oldest_undelivered": dict(zip(("id", "case_id", "action", "target", "status", "created_at", "last_error_code"), first, strict=True)) if first else None,
-            "dead": db.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0],
+            "oldest_undelivered": dict(first) if first else None,
+            "dead": scalar(db, "SELECT count(*) FROM outbox WHERE status = 'dead'"),
             "paused": sorted(self.paused_targets()),
         }
 
@@ -199,7 +200,7 @@ class OpsQueries(StoreBase):
         row = self.db.execute(
             """SELECT a.file_name, a.mime_type, b.data FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
                WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
-        return (row[0], row[1], bytes(row[2])) if row else None
+        return (row["file_name"], row["mime_type"], bytes(row["data"])) if row else None
 
     def case_attachments(self, case_id: str) -> list[dict[str, Any]]:
         """The case's own attachments (not its messages'), by position: position, file_name,
@@ -213,8 +214,7 @@ class OpsQueries(StoreBase):
         """One of the case's own attachments by its position (1-based) or its SHA-256, with
         its bytes (``data``); None when the case has no such file. A purged case's files are
         gone: ``CasePurged``."""
-        case = self.db.execute("SELECT purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
-        if case is not None and case[0]:
+        if scalar(self.db, "SELECT purged_at FROM cases WHERE case_id = ?", [case_id]):
             raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
                              field="caseId")
         if ref.isdigit() and len(ref) <= 3:
@@ -230,8 +230,7 @@ class OpsQueries(StoreBase):
             [case_id, value]).fetchone()
         if row is None:
             return None
-        return {"position": row[0], "file_name": row[1], "mime_type": row[2], "sha256": row[3], "size": row[4],
-                "data": bytes(row[5])}
+        return {**dict(row), "data": bytes(row["data"])}
 
     def queue_depth(self) -> list[dict[str, Any]]:
         """Rows still to deliver per target and status, and the oldest one's creation time."""
@@ -242,9 +241,9 @@ class OpsQueries(StoreBase):
     def failure_rate(self, target: str, since: dt.datetime) -> tuple[int, int]:
         """(failed, all) attempts of ``target`` since ``since``."""
         row = self.db.execute(
-            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')), count(*) FROM attempts
+            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')) AS failed, count(*) AS n FROM attempts
                WHERE started_at >= ? AND target = ?""", [ts(since), target]).fetchone()
-        return int(row[0] or 0), int(row[1] or 0)
+        return int(row["failed"] or 0), int(row["n"] or 0)
 
     def dead_since(self, since: dt.datetime) -> list[dict[str, Any]]:
         """Rows that went dead after ``since`` (for the dead-letter alert)."""
@@ -266,4 +265,4 @@ class OpsQueries(StoreBase):
         return list(self.db.query("SELECT * FROM job_leases ORDER BY name"))
 
     def paused_targets(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT name FROM targets WHERE paused = 1").fetchall()}
+        return {r["name"] for r in self.db.execute("SELECT name FROM targets WHERE paused = 1")}

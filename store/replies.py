@@ -45,6 +45,7 @@ from .base import (
     content_json,
     parse_ts,
     refuse_finished,
+    scalar,
     ts,
 )
 
@@ -85,15 +86,15 @@ class Replies(StoreBase):
                           [message.case_id]).fetchone()
         if case is None:
             raise NotFound(f"there is no case '{message.case_id}'.", field="caseId")
-        row = db.execute("SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]).fetchone()
-        if row is not None:
-            if row[0] != content_hash:
+        stored = scalar(db, "SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id])
+        if stored is not None:
+            if stored != content_hash:
                 raise IdConflict(f"messageId '{message.message_id}' is already used for other content.", field="messageId")
             return Accepted(False, message.case_id, message.message_id)
-        refuse_finished(message.case_id, case[1], case[2], reopen=reopen)
-        if case[2] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
+        refuse_finished(message.case_id, case["purged_at"], case["citizen_status"], reopen=reopen)
+        if case["citizen_status"] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
             self._insert_status(db, StatusUpdate(message.case_id, CaseStatus.IN_PROGRESS), origin=origin,
-                                correlation_id=correlation_id, now=now, hsa_id=case[0])
+                                correlation_id=correlation_id, now=now, hsa_id=case["receiver_hsa_id"])
         guarded = guard is not None and guard.held
         state = "held" if hold_s > 0 or guarded else "queued"
         db.execute(
@@ -144,25 +145,25 @@ class Replies(StoreBase):
                 "AND (message_id = ? OR provider_message_id = ?)", [case_id, message_id, message_id]).fetchone()
             if row is None:
                 raise NotFound(f"there is no message '{message_id[:64]}' to a citizen in this case.", field="messageId")
-            message_id = row[2]
+            message_id = row["message_id"]
             outbox = db.execute("SELECT id, status, not_before FROM outbox WHERE action = 'add_message' AND ref_id = ?",
                                 [message_id]).fetchone()
-            if outbox is None or outbox[1] != "held":
-                if row[3]:  # released before: the same confirmation again
-                    return str(row[1])
-                raise NotHeld(f"message '{message_id[:64]}' is not held by the wrong-patient guard (it is {row[1]}).",
-                              field="messageId")
-            not_before = max(parse_ts(outbox[2]), now)
+            if outbox is None or outbox["status"] != "held":
+                if row["released_at"]:  # released before: the same confirmation again
+                    return str(row["status"])
+                raise NotHeld(f"message '{message_id[:64]}' is not held by the wrong-patient guard "
+                              f"(it is {row['status']}).", field="messageId")
+            not_before = max(parse_ts(outbox["not_before"]), now)
             db.execute("UPDATE outbox SET status = 'pending', not_before = ?, updated_at = ? WHERE id = ? AND status = 'held'",
-                       [ts(not_before), ts(now), outbox[0]])
+                       [ts(not_before), ts(now), outbox["id"]])
             state = "held" if not_before > now else "queued"
             db.execute("UPDATE messages SET status = ?, released_at = ?, released_by = ? WHERE message_id = ?",
                        [state, ts(now), by, message_id])
-            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_released",
+            self._log(db, now, case_id=row["case_id"], message_id=message_id, direction="out", event="message_released",
                       status="ok", target=NATIONAL_TARGET, detail=f"released by {by}: the wrong-patient guard's hold confirmed")
             db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
                        [ts(now), by, "provider", "release_message", f"message {message_id}",
-                        f"case {row[0]}: held by the wrong-patient guard (GW047), released for sending"[:1000]])
+                        f"case {row['case_id']}: held by the wrong-patient guard (GW047), released for sending"[:1000]])
             return state
 
     def outgoing_message(self, case_id: str, message_id: str) -> dict[str, Any]:
@@ -207,8 +208,9 @@ class Replies(StoreBase):
             case = db.execute("SELECT receiver_hsa_id, purged_at FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
             if case is None:
                 raise NotFound(f"there is no case '{update.case_id}'.", field="caseId")
-            refuse_finished(update.case_id, case[1], None)
-            return self._insert_status(db, update, origin=origin, correlation_id=correlation_id, now=now, hsa_id=case[0])
+            refuse_finished(update.case_id, case["purged_at"], None)
+            return self._insert_status(db, update, origin=origin, correlation_id=correlation_id, now=now,
+                                       hsa_id=case["receiver_hsa_id"])
 
     def _insert_status(self, db: Database, update: StatusUpdate, *, origin: str, correlation_id: str | None,
                        now: dt.datetime, hsa_id: str) -> int:
@@ -243,32 +245,32 @@ class Replies(StoreBase):
                 [case_id, message_id, message_id] if case_id is not None else [message_id],
             ).fetchone()
             if row is not None:
-                message_id = row[2]  # the gateway's own id of the provider's message
+                message_id = row["message_id"]  # the gateway's own id of the provider's message
             if row is None:
                 raise NotFound(f"there is no message '{message_id[:64]}' to a citizen"
                                + (" in this case." if case_id is not None else "."), field="messageId")
             outbox = db.execute(
                 "SELECT id, status FROM outbox WHERE action = 'add_message' AND ref_id = ?", [message_id]
             ).fetchone()
-            if row[1] == "cancelled":
+            if row["status"] == "cancelled":
                 return
-            if outbox is None or outbox[1] not in ("pending", "dead", "held"):
-                state = "sent" if row[1] == "sent" else "being sent"
+            if outbox is None or outbox["status"] not in ("pending", "dead", "held"):
+                state = "sent" if row["status"] == "sent" else "being sent"
                 raise NotCancellable(f"message '{message_id}' has been {state}; it cannot be recalled.", field="messageId")
-            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox[0]])
+            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox["id"]])
             db.execute("UPDATE messages SET status = 'cancelled' WHERE message_id = ?", [message_id])
-            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_cancelled",
+            self._log(db, now, case_id=row["case_id"], message_id=message_id, direction="out", event="message_cancelled",
                       status="ok", target=NATIONAL_TARGET, detail=f"cancelled by {by} before it was sent")
 
     def load_status(self, update_id: int) -> StatusUpdate:
-        row = self.db.execute("SELECT content FROM status_updates WHERE id = ?", [update_id]).fetchone()
-        if row is None:
+        content = scalar(self.db, "SELECT content FROM status_updates WHERE id = ?", [update_id])
+        if content is None:
             raise StoreError(f"status update {update_id} is not stored.")
-        return status_from_data(json.loads(row[0]))
+        return status_from_data(json.loads(content))
 
     def get_cursor(self, target: str) -> str | None:
-        row = self.db.execute("SELECT cursor FROM poll_cursors WHERE target = ?", [target]).fetchone()
-        return row[0] if row else None
+        cursor: str | None = scalar(self.db, "SELECT cursor FROM poll_cursors WHERE target = ?", [target])
+        return cursor
 
     def set_cursor(self, target: str, cursor: str, now: dt.datetime | None = None) -> None:
         with self.write() as db:

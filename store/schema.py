@@ -19,6 +19,7 @@ from errors import (
 
 from .base import (
     StoreBase,
+    scalar,
 )
 
 migrations = Migrations("gateway")
@@ -232,7 +233,7 @@ def m004_operations(db: Database) -> None:
 @migrations(transactional=False)
 def m005_incremental_vacuum(db: Database) -> None:
     # lets retention give freed pages back to the file system (PRAGMA incremental_vacuum)
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+    if scalar(db, "PRAGMA auto_vacuum") != 2:
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute("VACUUM")
 
