@@ -104,12 +104,7 @@ class Intake(StoreBase):
         (``CaseClosed``) takes no more messages."""
         now = now or instant()
         with self.write() as db:
-            case = db.execute(
-                """SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?
-                   UNION ALL SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases
-                   WHERE national_case_id = ? AND case_id <> ? LIMIT 1""",
-                [message.case_id, message.case_id, message.case_id],
-            ).fetchone()
+            case = self._case_state(db, message.case_id, or_national=True)
             if case is None:
                 raise UnknownCase(f"caseId '{message.case_id}' is not known to this gateway.", field="caseId")
             target, receiver = case["target"], case["receiver_hsa_id"]
@@ -117,23 +112,15 @@ class Intake(StoreBase):
             if case["case_id"] != message.case_id:
                 message = dataclasses.replace(message, case_id=case["case_id"])
             content, content_hash = content_json(message)
-            stored = scalar(db, "SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id])
+            stored = self._message_hash(db, message.message_id)
             if stored is not None:
                 if stored != content_hash:
                     raise IdConflict(
                         f"messageId '{message.message_id}' is already stored with other content.", field="messageId"
                     )
                 return Accepted(False, message.case_id, message.message_id)
-            db.execute(
-                """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
-                       correlation_id, content_hash, content)
-                   VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)""",
-                [
-                    message.message_id, message.case_id, message.direction, message.kind,
-                    message.created_time.isoformat(), ts(now), correlation_id, content_hash, content,
-                ],
-            )
-            self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
+            self._insert_message(db, message, direction=message.direction, status="received", content=content,
+                                 content_hash=content_hash, correlation_id=correlation_id, now=now)
             self._enqueue(db, message.case_id, "deliver_message", message.message_id, target, now)
             self._count(db, "received", target, "in")
             db.execute("UPDATE cases SET updated_at = ?, last_activity_at = ? WHERE case_id = ?",
@@ -205,19 +192,19 @@ class Intake(StoreBase):
         return self.case_row(case_id) if case_id is not None else None
 
     def load_case(self, case_id: str) -> Case:
-        row = self.db.execute("SELECT content, purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
-        if row is None or row["content"] is None:
-            why = "was purged after the retention period" if row and row["purged_at"] else "is not stored"
+        data = self._case_content(self.db, case_id)
+        if data is None:
+            state = self._case_state(self.db, case_id)
+            why = "was purged after the retention period" if state and state["purged_at"] else "is not stored"
             raise Undeliverable(f"the content of case '{case_id[:64]}' {why}; nothing can be delivered for it.")
-        return case_from_data(json.loads(row["content"]), tuple(self.attachments_of(case_id)))
+        return case_from_data(data, tuple(self.attachments_of(case_id)))
 
     def case_person_ids(self, case_id: str) -> list[str]:
         """The person ids of a case's citizen and representative (the wrong-patient guard's
         'own' ids, rule 14). For comparison only: never log or answer them."""
-        content = scalar(self.db, "SELECT content FROM cases WHERE case_id = ?", [case_id])
-        if content is None:
+        data = self._case_content(self.db, case_id)
+        if data is None:
             return []
-        data = json.loads(content)
         people = [data.get("subject_of_care"), data.get("representative")]
         return [p["person_id"]["id"] for p in people if p and (p.get("person_id") or {}).get("id")]
 

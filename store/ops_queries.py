@@ -134,13 +134,11 @@ class OpsQueries(StoreBase):
                WHERE started_at >= ? GROUP BY 1, 2""", [day_ago]
         ):
             hours.setdefault(row["hour"], {})[row["outcome"]] = row["n"]
-        oldest = db.execute(
-            """SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
-               WHERE status = 'pending' ORDER BY created_at LIMIT 1""").fetchone()
-        in_flight = db.execute(
-            "SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox "
-            "WHERE status = 'in_flight' ORDER BY created_at LIMIT 1").fetchone()
-        candidates = [r for r in (oldest, in_flight) if r]
+        # the oldest of each status (each one walk of the (status, created_at) index), then the older
+        oldest = [db.execute("""SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
+                                WHERE status = ? ORDER BY created_at LIMIT 1""", [status]).fetchone()
+                  for status in ("pending", "in_flight")]
+        candidates = [r for r in oldest if r]
         first = min(candidates, key=lambda r: r["created_at"]) if candidates else None
         return {
             "cases": list(db.query("SELECT target, status, count(*) AS n FROM cases GROUP BY target, status ORDER BY target, status")),
@@ -183,9 +181,7 @@ class OpsQueries(StoreBase):
         for row in outbox:
             row["attempts"] = self.attempts_of(row["id"])
         view["outbox"] = outbox
-        view["attachments"] = list(self.db.query(
-            "SELECT message_id, position, file_name, mime_type, a.sha256, b.size FROM attachments a "
-            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE case_id = ? ORDER BY message_id, position", [case_id]))
+        view["attachments"] = [dict(a) for a in self._attachment_rows(case_id, every_message=True)]
         if with_content:
             content = view["case"].get("content")
             view["content"] = json.loads(content) if content else None
@@ -197,24 +193,21 @@ class OpsQueries(StoreBase):
         return view
 
     def attachment(self, case_id: str, sha256: str) -> tuple[str, str, bytes] | None:
-        row = self.db.execute(
-            """SELECT a.file_name, a.mime_type, b.data FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
-               WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
-        return (row["file_name"], row["mime_type"], bytes(row["data"])) if row else None
+        rows = self._attachment_rows(case_id, every_message=True, where="a.sha256 = ?", params=[sha256],
+                                     with_data=True, limit=1)
+        return (rows[0]["file_name"], rows[0]["mime_type"], bytes(rows[0]["data"])) if rows else None
 
     def case_attachments(self, case_id: str) -> list[dict[str, Any]]:
         """The case's own attachments (not its messages'), by position: position, file_name,
         mime_type, sha256, size."""
-        return list(self.db.query(
-            "SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a "
-            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.case_id = ? AND a.message_id IS NULL "
-            "ORDER BY a.position", [case_id]))
+        return [dict(a) for a in self._attachment_rows(case_id)]
 
     def case_attachment(self, case_id: str, ref: str) -> dict[str, Any] | None:
         """One of the case's own attachments by its position (1-based) or its SHA-256, with
         its bytes (``data``); None when the case has no such file. A purged case's files are
         gone: ``CasePurged``."""
-        if scalar(self.db, "SELECT purged_at FROM cases WHERE case_id = ?", [case_id]):
+        case = self._case_state(self.db, case_id)
+        if case is not None and case["purged_at"]:
             raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
                              field="caseId")
         if ref.isdigit() and len(ref) <= 3:
@@ -223,14 +216,8 @@ class OpsQueries(StoreBase):
             where, value = "a.sha256 = ?", ref.lower()
         else:
             return None
-        row = self.db.execute(
-            f"""SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size, b.data FROM attachments a
-                JOIN attachment_blobs b ON b.sha256 = a.sha256
-                WHERE a.case_id = ? AND a.message_id IS NULL AND {where} ORDER BY a.position LIMIT 1""",
-            [case_id, value]).fetchone()
-        if row is None:
-            return None
-        return {**dict(row), "data": bytes(row["data"])}
+        rows = self._attachment_rows(case_id, where=where, params=[value], with_data=True, limit=1)
+        return {**dict(rows[0]), "data": bytes(rows[0]["data"])} if rows else None
 
     def queue_depth(self) -> list[dict[str, Any]]:
         """Rows still to deliver per target and status, and the oldest one's creation time."""

@@ -28,6 +28,7 @@ from model import (
 from .base import (
     CLAIMABLE_SQL,
     RECEIPT,
+    content_text,
     direction_of,
     parse_ts,
     scalar,
@@ -225,15 +226,12 @@ class Outbox(Replies):
     def _erase_contact(self, db: Database, job: Job, now: dt.datetime) -> None:
         """Rule 8: the citizen's contact details (given with consent, for messages only) are
         not kept once the provider has them; the sync log records that they were erased."""
-        content = scalar(db, "SELECT content FROM cases WHERE case_id = ?", [job.case_id])
-        if not content:
-            return
-        data = json.loads(content)
-        if not (data.get("subject_of_care") or {}).get("contact"):
+        data = self._case_content(db, job.case_id)
+        if not data or not (data.get("subject_of_care") or {}).get("contact"):
             return
         data["subject_of_care"]["contact"] = None
         db.execute("UPDATE cases SET content = ? WHERE case_id = ?",
-                   [json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")), job.case_id])
+                   [content_text(data), job.case_id])
         self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id, direction="in",
                   event="contact_erased", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
                   detail="the citizen's contact details were delivered (for messages only) and erased from the gateway")
@@ -359,8 +357,7 @@ class Outbox(Replies):
                 return False
             db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox_id])
             if row["action"] in ("deliver_case", "register_case"):  # no receipt for a case that never got there
-                db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
-                           "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), row["case_id"], RECEIPT])
+                self._cancel_receipt(db, row["case_id"], now)
             self._log(db, now, case_id=row["case_id"], direction="in", event="cancelled", status="ok", target=row["target"],
                       detail=f"outbox row {outbox_id} cancelled by {by}")
         return True
