@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from errors import GatewayError
-from store import LATENCY_BUCKETS, Store
+from store import LATENCY_BUCKETS, Store, parse_ts
 
 bp = Blueprint("health", __name__)
 
@@ -52,7 +52,7 @@ def ready() -> tuple[Response, int]:
     worker = current_app.extensions.get("gateway.worker")
     if worker is not None and worker.running:
         beat = ops.store.last_beat(worker.name)
-        age = (ops.instant() - _parse(beat)).total_seconds() if beat else None
+        age = (ops.instant() - parse_ts(beat)).total_seconds() if beat else None
         if age is None or age > ops.heartbeat_max_age_s:
             problems.append("worker heartbeat is stale" + (f" ({age:.0f} s old)" if age is not None else " (none yet)"))
         for target, count in sorted(worker.calls.stuck().items()):
@@ -64,10 +64,6 @@ def ready() -> tuple[Response, int]:
         problems.append("no units mapped (mappings/units.yaml)")
     body = {"status": "ready" if not problems else "not ready", "problems": problems}
     return jsonify(body), (200 if not problems else 503)
-
-
-def _parse(value: str) -> dt.datetime:
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
 
 
 class StoreCollector:
@@ -108,7 +104,7 @@ class StoreCollector:
         for row in self.store.queue_depth():
             depth.add_metric([row["target"] or "", row["status"]], row["n"])
             if row["status"] in ("pending", "in_flight") and row["oldest"]:
-                age = (now - _parse(row["oldest"])).total_seconds()
+                age = (now - parse_ts(row["oldest"])).total_seconds()
                 ages[row["target"] or ""] = max(age, ages.get(row["target"] or "", 0.0))
         for target, age in ages.items():
             oldest.add_metric([target], age)

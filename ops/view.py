@@ -55,7 +55,7 @@ from werkzeug.exceptions import HTTPException
 from errors import BadOpsRequest, NotFound, OpsRefused, SignInLocked
 from model import redact_person_ids, safe_file_name
 from ops import auth
-from store import NATIONAL_TARGET
+from store import NATIONAL_TARGET, ts
 
 log = logging.getLogger("gateway.ops")
 
@@ -428,7 +428,7 @@ def _form_time(value: str, field: str, problems: list[str]) -> str | None:
         problems.append(f"{field}: not a date and time (YYYY-MM-DDTHH:MM).")
         return None
     parsed = parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
-    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts(parsed)
 
 
 _CURSOR = re.compile(r"([0-9T:.Z-]{1,40})\|([0-9]{1,18})", re.ASCII)
