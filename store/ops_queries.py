@@ -96,7 +96,8 @@ class OpsQueries(StoreBase):
         ``before`` is the (at, id) of the last row of the previous page (keyset paging, so
         a deep page costs what the first one does). Every filter column leads an index
         together with ``at``, so no search scans the table."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         # The most selective filter leads its (column, at) index; the others are written
         # '+column' so SQLite cannot pick their broader index instead (without ANALYZE
         # statistics it would, and walk most of the table for a case id plus a status).
@@ -152,7 +153,8 @@ class OpsQueries(StoreBase):
 
     def outbox_list(self, *, status: str | None = "dead", target: str | None = None, limit: int = 100,
                     before_id: int | None = None) -> list[dict[str, Any]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status:
             where.append("status = ?")
             params.append(status)
@@ -210,6 +212,7 @@ class OpsQueries(StoreBase):
         if case is not None and case["purged_at"]:
             raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
                              field="caseId")
+        value: int | str
         if ref.isdigit() and len(ref) <= 3:
             where, value = "a.position = ?", int(ref)
         elif len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):

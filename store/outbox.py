@@ -278,7 +278,7 @@ class Outbox(Replies):
                           # attempt and the row, for readers; the sync log (metadata) has the code
                           detail=f"{job.action}, attempt {job.attempt}: {error_code}"
                           + (f" (HTTP {status_code})" if status_code else "")
-                          + ("" if dead else f"; next attempt {ts(retry_at)}"))  # type: ignore[arg-type]
+                          + ("" if retry_at is None else f"; next attempt {ts(retry_at)}"))
         return bool(updated)
 
     def recover_leases(self, now: dt.datetime | None = None, *, stale_s: float | None = None) -> int:

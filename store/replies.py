@@ -117,7 +117,7 @@ class Replies(StoreBase):
                   detail=f"{message.kind} from {origin}, {len(message.attachments)} attachment(s)"
                   + (f", held {hold_s:g} s for review" if hold_s > 0 else "")
                   + (f", not checked by the wrong-patient guard (no readable text): {unread}"[:600] if unread else ""))
-        if guarded:
+        if guard is not None and guard.held:
             places = ", ".join(f"{f.place} ({'another citizen' if f.kind == 'foreign_id' else 'no readable text'})"
                                for f in guard.findings)
             self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
@@ -217,6 +217,7 @@ class Replies(StoreBase):
             [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
         )
         update_id = cursor.lastrowid
+        assert update_id is not None  # an INSERT into a rowid table always sets it
         db.execute("UPDATE cases SET citizen_status = ?, updated_at = ?, last_activity_at = ? WHERE case_id = ?",
                    [update.status.value, ts(now), ts(now), update.case_id])
         self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
@@ -225,7 +226,7 @@ class Replies(StoreBase):
                   event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=hsa_id,
                   detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
                   + (f", care unit {update.care_unit_hsa_id}" if update.care_unit_hsa_id else ""))
-        return int(update_id)  # type: ignore[arg-type]
+        return update_id
 
     def cancel_message(self, message_id: str, *, by: str, case_id: str | None = None, now: dt.datetime | None = None) -> None:
         """Cancel a message to the citizen that has not been sent yet (in its review window).
