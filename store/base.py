@@ -1,8 +1,10 @@
 """The store's foundation: connections, write transactions, and what every area shares.
 
-Role: one SQLite connection per thread (WAL, ``synchronous=FULL``), ``write()`` for a
-``BEGIN IMMEDIATE`` transaction, the timestamp format, and the writes every area makes
-(the sync log, the counters, attachments by hash, outbox rows).
+Role: one SQLite connection per thread (WAL, ``synchronous=FULL``, rows as ``sqlite3.Row``),
+``write()`` for a ``BEGIN IMMEDIATE`` transaction, the timestamp format (``ts``/``parse_ts``),
+``scalar()`` for a one-value query, and the statements more than one area runs, each once:
+the sync log, the audit log, the counters, messages and attachments by hash, outbox rows,
+a case's state and content, the attachment rows.
 
 May import: model, errors, clock.
 
