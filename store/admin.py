@@ -17,6 +17,7 @@ from clock import instant
 from .base import (
     StoreBase,
     parse_ts,
+    scalar,
     ts,
 )
 
@@ -27,9 +28,9 @@ class Admin(StoreBase):
     def sign_in_locked_until(self, keys: list[str], now: dt.datetime) -> str | None:
         """The latest lock end of ``keys`` that is still ahead of ``now``, or None."""
         marks = ", ".join("?" for _ in keys)
-        row = self.db.execute(f"SELECT max(locked_until) FROM sign_in_failures WHERE key IN ({marks}) "
-                              "AND locked_until > ?", [*keys, ts(now)]).fetchone()
-        return row[0] if row and row[0] else None
+        until = scalar(self.db, f"SELECT max(locked_until) FROM sign_in_failures WHERE key IN ({marks}) "
+                                "AND locked_until > ?", [*keys, ts(now)])
+        return str(until) if until else None
 
     def record_sign_in_failure(self, limits: dict[str, int], *, window_s: float, lockout_s: float,
                                now: dt.datetime) -> list[str]:
@@ -41,11 +42,11 @@ class Admin(StoreBase):
             for key, limit in limits.items():
                 row = db.execute("SELECT failures, first_at, locked_until FROM sign_in_failures WHERE key = ?",
                                  [key]).fetchone()
-                fresh = (row is None or parse_ts(row[1]) < now - dt.timedelta(seconds=window_s)
-                         or (row[2] is not None and row[2] <= ts(now)))
-                failures = 1 if fresh else row[0] + 1
-                first = ts(now) if fresh else row[1]
-                until = None if fresh else row[2]
+                fresh = (row is None or parse_ts(row["first_at"]) < now - dt.timedelta(seconds=window_s)
+                         or (row["locked_until"] is not None and row["locked_until"] <= ts(now)))
+                failures = 1 if fresh else row["failures"] + 1
+                first = ts(now) if fresh else row["first_at"]
+                until = None if fresh else row["locked_until"]
                 if until is None and failures >= limit:
                     until = ts(now + dt.timedelta(seconds=lockout_s))
                     locked.append(key)
@@ -74,8 +75,8 @@ class Admin(StoreBase):
 
     def session_user(self, sid: str) -> str | None:
         """The user of a session that has not ended, or None."""
-        row = self.db.execute("SELECT user FROM ops_sessions WHERE sid = ? AND ended_at IS NULL", [sid]).fetchone()
-        return row[0] if row else None
+        user: str | None = scalar(self.db, "SELECT user FROM ops_sessions WHERE sid = ? AND ended_at IS NULL", [sid])
+        return user
 
     def end_sessions(self, *, now: dt.datetime, sid: str | None = None, user: str | None = None) -> int:
         """End one session, or every session of ``user``; a copied cookie no longer works."""
@@ -93,8 +94,8 @@ class Admin(StoreBase):
         now = now or instant()
         with self.write() as db:
             previous = db.execute("SELECT active, since, last_sent_at FROM alert_state WHERE key = ?", [key]).fetchone()
-            since = previous[1] if previous and bool(previous[0]) == active else ts(now)
-            last_sent = ts(now) if sent else (previous[2] if previous else None)
+            since = previous["since"] if previous and bool(previous["active"]) == active else ts(now)
+            last_sent = ts(now) if sent else (previous["last_sent_at"] if previous else None)
             db.execute(
                 "INSERT INTO alert_state (key, kind, target, active, since, last_sent_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET active = excluded.active, since = excluded.since, "
@@ -106,7 +107,7 @@ class Admin(StoreBase):
         """A value kept in the database, created from ``default()`` on first use (e.g. a signing key)."""
         row = self.db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()
         if row:
-            return row[0]
+            return str(row["value"])
         with self.write() as db:
             db.execute("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [name, default()])
-            return db.execute("SELECT value FROM settings WHERE name = ?", [name]).fetchone()[0]
+            return str(scalar(db, "SELECT value FROM settings WHERE name = ?", [name]))

@@ -1,8 +1,10 @@
 """The store's foundation: connections, write transactions, and what every area shares.
 
-Role: one SQLite connection per thread (WAL, ``synchronous=FULL``), ``write()`` for a
-``BEGIN IMMEDIATE`` transaction, the timestamp format, and the writes every area makes
-(the sync log, the counters, attachments by hash, outbox rows).
+Role: one SQLite connection per thread (WAL, ``synchronous=FULL``, rows as ``sqlite3.Row``),
+``write()`` for a ``BEGIN IMMEDIATE`` transaction, the timestamp format (``ts``/``parse_ts``),
+``scalar()`` for a one-value query, and the statements more than one area runs, each once:
+the sync log, the audit log, the counters, messages and attachments by hash, outbox rows,
+a case's state and content, the attachment rows.
 
 May import: model, errors, clock.
 
@@ -20,7 +22,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,17 +73,27 @@ def parse_ts(value: str) -> dt.datetime:
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
 
 
+def scalar(db: Database, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of ``sql`` (None when there is no row)."""
+    row = db.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
 def content_json(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tuple[str, str]:
     """JSON content without file bytes, and a hash over it (files enter by their hash).
 
     ``not_hashed``: fields that may differ between two sendings of the same thing (the
     time the gateway stamped on a provider's message)."""
     data = to_data(obj)
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = content_text(data)
     if not_hashed:
         data = {k: v for k, v in data.items() if k not in not_hashed}
-    hashed = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return text, hashlib.sha256(hashed.encode("utf-8")).hexdigest()
+    return text, hashlib.sha256(content_text(data).encode("utf-8")).hexdigest()
+
+
+def content_text(data: dict[str, Any]) -> str:
+    """The stored JSON of a case's or message's content: sorted keys, compact, UTF-8 as is."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 #: The outbox target name of 1177 / the national platform.
@@ -163,6 +175,7 @@ class StoreBase:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
+                conn.row_factory = sqlite3.Row  # rows are read by column name
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the database {self.path}: {exc}.") from None
             db = Database(conn, execute_plugins=False)
@@ -244,8 +257,25 @@ class StoreBase:
     def audit(self, who: str, role: str, action: str, obj: str, detail: str = "", now: dt.datetime | None = None) -> None:
         """Record an operator's action (who, what, when)."""
         with self.write() as db:
-            db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                       [ts(now or instant()), who, role, action, obj, redact_person_ids(detail)[:1000]])
+            self._audit(db, now or instant(), who, role, action, obj, detail)
+
+    def _audit(self, db: Database, now: dt.datetime, who: str, role: str, action: str, obj: str, detail: str) -> None:
+        db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                   [ts(now), who, role, action, obj, redact_person_ids(detail)[:1000]])
+
+    def _insert_message(
+        self, db: Database, message: Message, *, direction: str, status: str, content: str, content_hash: str,
+        correlation_id: str | None, now: dt.datetime, origin: str | None = None, guard: str | None = None,
+    ) -> None:
+        """Store a message (either way) and its files; ``guard``: the wrong-patient guard's outcome, JSON."""
+        db.execute(
+            """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
+                   correlation_id, content_hash, content, origin, provider_message_id, guard)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [message.message_id, message.case_id, direction, message.kind, status, message.created_time.isoformat(),
+             ts(now), correlation_id, content_hash, content, origin, message.provider_message_id, guard],
+        )
+        self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
 
     def _put_attachments(
         self, db: Database, case_id: str, message_id: str | None, attachments: tuple[Attachment, ...], now: dt.datetime
@@ -274,15 +304,55 @@ class StoreBase:
             [case_id, action, ref_id, target, status, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
         )
 
+    def _cancel_receipt(self, db: Database, case_id: str, now: dt.datetime) -> None:
+        """Give up the place kept for a case's automatic receipt (its case never reached the provider)."""
+        db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
+                   "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), case_id, RECEIPT])
+
+    def _attachment_rows(
+        self, case_id: str, message_id: str | None = None, *, every_message: bool = False, where: str = "",
+        params: Sequence[Any] = (), with_data: bool = False, limit: int | None = None,
+    ) -> list[sqlite3.Row]:
+        """Attachments of a case, by message then position: ``message_id``, ``position``,
+        ``file_name``, ``mime_type``, ``sha256``, ``size`` (and ``data``, the bytes, with
+        ``with_data``). The case's own files (``message_id`` None), one message's, or with
+        ``every_message`` all of them; ``where``/``params``: a further condition on ``a``."""
+        scope = "" if every_message else " AND a.message_id IS ?"
+        sql = (f"""SELECT a.message_id, a.position, a.file_name, a.mime_type, a.sha256, b.size{', b.data' if with_data else ''}
+                   FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
+                   WHERE a.case_id = ?{scope}{f' AND {where}' if where else ''} ORDER BY a.message_id, a.position"""
+               + (" LIMIT ?" if limit is not None else ""))
+        values = [case_id, *([] if every_message else [message_id]), *params, *([] if limit is None else [limit])]
+        return list(self.db.execute(sql, values))
+
     def attachments_of(self, case_id: str, message_id: str | None = None) -> list[Attachment]:
-        rows = self.db.execute(
-            """SELECT a.file_name, a.mime_type, b.data FROM attachments a
-               JOIN attachment_blobs b ON b.sha256 = a.sha256
-               WHERE a.case_id = ? AND a.message_id IS ? ORDER BY a.position""",
-            [case_id, message_id],
-        ).fetchall()
-        return [Attachment(name, mime, bytes(data)) for name, mime, data in rows]
+        return [Attachment(r["file_name"], r["mime_type"], bytes(r["data"]))
+                for r in self._attachment_rows(case_id, message_id, with_data=True)]
 
     def case_row(self, case_id: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM cases WHERE case_id = ?", [case_id]))
         return rows[0] if rows else None
+
+    def _case_state(self, db: Database, case_id: str, *, or_national: bool = False) -> sqlite3.Row | None:
+        """What new work for a case needs to know of it: ``case_id``, ``target``,
+        ``receiver_hsa_id``, ``purged_at``, ``citizen_status``. ``or_national``: ``case_id``
+        may also be the id 1177 gave a case registered outside it."""
+        columns = "case_id, target, receiver_hsa_id, purged_at, citizen_status"
+        if not or_national:
+            row: sqlite3.Row | None = db.execute(f"SELECT {columns} FROM cases WHERE case_id = ?", [case_id]).fetchone()
+            return row
+        row = db.execute(
+            f"""SELECT {columns} FROM cases WHERE case_id = ?
+                UNION ALL SELECT {columns} FROM cases WHERE national_case_id = ? AND case_id <> ? LIMIT 1""",
+            [case_id, case_id, case_id]).fetchone()
+        return row
+
+    def _case_content(self, db: Database, case_id: str) -> dict[str, Any] | None:
+        """The canonical case as stored (JSON, without file bytes); None when purged or unknown."""
+        content = scalar(db, "SELECT content FROM cases WHERE case_id = ?", [case_id])
+        return json.loads(content) if content else None
+
+    def _message_hash(self, db: Database, message_id: str) -> str | None:
+        """The content hash of a stored message (either way), None when there is none."""
+        digest: str | None = scalar(db, "SELECT content_hash FROM messages WHERE message_id = ?", [message_id])
+        return digest

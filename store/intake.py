@@ -37,6 +37,7 @@ from .base import (
     content_json,
     receipt_id,
     refuse_finished,
+    scalar,
     ts,
 )
 
@@ -65,9 +66,9 @@ class Intake(StoreBase):
         now = now or instant()
         content, content_hash = content_json(case)
         with self.write() as db:
-            row = db.execute("SELECT content_hash FROM cases WHERE case_id = ?", [case.case_id]).fetchone()
-            if row is not None:
-                if row[0] != content_hash:
+            stored = scalar(db, "SELECT content_hash FROM cases WHERE case_id = ?", [case.case_id])
+            if stored is not None:
+                if stored != content_hash:
                     raise IdConflict(f"caseId '{case.case_id}' is already stored with other content.", field="caseId")
                 return Accepted(False, case.case_id, case.case_id)
             db.execute(
@@ -103,38 +104,23 @@ class Intake(StoreBase):
         (``CaseClosed``) takes no more messages."""
         now = now or instant()
         with self.write() as db:
-            case = db.execute(
-                """SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?
-                   UNION ALL SELECT case_id, target, receiver_hsa_id, purged_at, citizen_status FROM cases
-                   WHERE national_case_id = ? AND case_id <> ? LIMIT 1""",
-                [message.case_id, message.case_id, message.case_id],
-            ).fetchone()
+            case = self._case_state(db, message.case_id, or_national=True)
             if case is None:
                 raise UnknownCase(f"caseId '{message.case_id}' is not known to this gateway.", field="caseId")
-            case_id, target, receiver, purged_at, citizen_status = case
-            refuse_finished(message.case_id, purged_at, citizen_status)
-            if case_id != message.case_id:
-                message = dataclasses.replace(message, case_id=case_id)
+            target, receiver = case["target"], case["receiver_hsa_id"]
+            refuse_finished(message.case_id, case["purged_at"], case["citizen_status"])
+            if case["case_id"] != message.case_id:
+                message = dataclasses.replace(message, case_id=case["case_id"])
             content, content_hash = content_json(message)
-            row = db.execute(
-                "SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]
-            ).fetchone()
-            if row is not None:
-                if row[0] != content_hash:
+            stored = self._message_hash(db, message.message_id)
+            if stored is not None:
+                if stored != content_hash:
                     raise IdConflict(
                         f"messageId '{message.message_id}' is already stored with other content.", field="messageId"
                     )
                 return Accepted(False, message.case_id, message.message_id)
-            db.execute(
-                """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
-                       correlation_id, content_hash, content)
-                   VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)""",
-                [
-                    message.message_id, message.case_id, message.direction, message.kind,
-                    message.created_time.isoformat(), ts(now), correlation_id, content_hash, content,
-                ],
-            )
-            self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
+            self._insert_message(db, message, direction=message.direction, status="received", content=content,
+                                 content_hash=content_hash, correlation_id=correlation_id, now=now)
             self._enqueue(db, message.case_id, "deliver_message", message.message_id, target, now)
             self._count(db, "received", target, "in")
             db.execute("UPDATE cases SET updated_at = ?, last_activity_at = ? WHERE case_id = ?",
@@ -171,10 +157,10 @@ class Intake(StoreBase):
                 [target, external_case_id],
             ).fetchone()
             if row is not None:
-                if row[1] != content_hash:
+                if row["content_hash"] != content_hash:
                     raise IdConflict(f"externalCaseId '{external_case_id}' is already registered with other content.",
                                      field="externalCaseId")
-                return Accepted(False, row[0], row[0])
+                return Accepted(False, row["case_id"], row["case_id"])
             db.execute(
                 """INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, is_patient_board, target,
                        provider_unit_code, provider_case_id, status, created_time, received_at, updated_at,
@@ -197,38 +183,38 @@ class Intake(StoreBase):
     def find_case(self, ident: str, *, target: str | None = None) -> dict[str, Any] | None:
         """The case known by ``ident``: the gateway's id, 1177's id (a case registered outside
         1177 gets one from 1177) or, given ``target``, that target's own id for it."""
-        row = self.db.execute(
+        case_id = scalar(
+            self.db,
             """SELECT case_id FROM cases WHERE case_id = ?
                UNION ALL SELECT case_id FROM cases WHERE national_case_id = ?
                UNION ALL SELECT case_id FROM cases WHERE ? IS NOT NULL AND target = ? AND provider_case_id = ?
-               LIMIT 1""", [ident, ident, target, target, ident]).fetchone()
-        return self.case_row(row[0]) if row else None
+               LIMIT 1""", [ident, ident, target, target, ident])
+        return self.case_row(case_id) if case_id is not None else None
 
     def load_case(self, case_id: str) -> Case:
-        row = self.db.execute("SELECT content, purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
-        if row is None or row[0] is None:
-            why = "was purged after the retention period" if row and row[1] else "is not stored"
+        data = self._case_content(self.db, case_id)
+        if data is None:
+            state = self._case_state(self.db, case_id)
+            why = "was purged after the retention period" if state and state["purged_at"] else "is not stored"
             raise Undeliverable(f"the content of case '{case_id[:64]}' {why}; nothing can be delivered for it.")
-        return case_from_data(json.loads(row[0]), tuple(self.attachments_of(case_id)))
+        return case_from_data(data, tuple(self.attachments_of(case_id)))
 
     def case_person_ids(self, case_id: str) -> list[str]:
         """The person ids of a case's citizen and representative (the wrong-patient guard's
         'own' ids, rule 14). For comparison only: never log or answer them."""
-        row = self.db.execute("SELECT content FROM cases WHERE case_id = ?", [case_id]).fetchone()
-        if row is None or row[0] is None:
+        data = self._case_content(self.db, case_id)
+        if data is None:
             return []
-        data = json.loads(row[0])
         people = [data.get("subject_of_care"), data.get("representative")]
         return [p["person_id"]["id"] for p in people if p and (p.get("person_id") or {}).get("id")]
 
     def load_message(self, message_id: str) -> Message:
         row = self.db.execute("SELECT case_id, content FROM messages WHERE message_id = ?", [message_id]).fetchone()
-        if row is None or row[1] is None:
+        if row is None or row["content"] is None:
             raise Undeliverable(f"the content of message '{message_id[:64]}' is gone (purged or never stored).")
-        return message_from_data(json.loads(row[1]), tuple(self.attachments_of(row[0], message_id)))
+        return message_from_data(json.loads(row["content"]), tuple(self.attachments_of(row["case_id"], message_id)))
 
     def case_by_provider_id(self, target: str, provider_case_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT case_id FROM cases WHERE target = ? AND provider_case_id = ?", [target, provider_case_id]
-        ).fetchone()
-        return row[0] if row else None
+        case_id: str | None = scalar(
+            self.db, "SELECT case_id FROM cases WHERE target = ? AND provider_case_id = ?", [target, provider_case_id])
+        return case_id

@@ -19,6 +19,7 @@ from clock import instant
 from .base import (
     StoreBase,
     parse_ts,
+    scalar,
     ts,
 )
 
@@ -53,7 +54,7 @@ class Jobs(StoreBase):
             ).rowcount
             if not claimed:
                 return None
-            previous = db.execute("SELECT last_run_at FROM job_leases WHERE name = ?", [name]).fetchone()[0]
+            previous = scalar(db, "SELECT last_run_at FROM job_leases WHERE name = ?", [name])
             db.execute("UPDATE job_leases SET last_run_at = ? WHERE name = ?", [ts(now), name])
         return JobRun(name, owner, parse_ts(previous) if previous else None)
 
@@ -76,5 +77,5 @@ class Jobs(StoreBase):
         return rows[0] if rows else None
 
     def last_beat(self, name: str) -> str | None:
-        row = self.db.execute("SELECT at FROM heartbeats WHERE name = ?", [name]).fetchone()
-        return row[0] if row else None
+        at: str | None = scalar(self.db, "SELECT at FROM heartbeats WHERE name = ?", [name])
+        return at

@@ -25,6 +25,7 @@ from .base import (
     BLOCKED_BY_SQL,
     BLOCKER_SQL,
     StoreBase,
+    scalar,
     ts,
 )
 
@@ -73,7 +74,7 @@ class OpsQueries(StoreBase):
     def counts(self) -> dict[str, int]:
         """Row counts of the content tables (used by ``gateway check`` and tests)."""
         tables = ("cases", "messages", "attachments", "attachment_blobs", "outbox", "sync_log")
-        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        return {t: int(scalar(self.db, f"SELECT count(*) FROM {t}")) for t in tables}
 
     def search_log(
         self,
@@ -95,7 +96,8 @@ class OpsQueries(StoreBase):
         ``before`` is the (at, id) of the last row of the previous page (keyset paging, so
         a deep page costs what the first one does). Every filter column leads an index
         together with ``at``, so no search scans the table."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         # The most selective filter leads its (column, at) index; the others are written
         # '+column' so SQLite cannot pick their broader index instead (without ANALYZE
         # statistics it would, and walk most of the table for a case id plus a status).
@@ -128,32 +130,31 @@ class OpsQueries(StoreBase):
         db = self.db
         day_ago = ts(now - dt.timedelta(hours=24))
         hours: dict[str, dict[str, int]] = {}
-        for hour, outcome, count in db.execute(
-            """SELECT substr(started_at, 1, 13), outcome, count(*) FROM attempts
+        for row in db.execute(
+            """SELECT substr(started_at, 1, 13) AS hour, outcome, count(*) AS n FROM attempts
                WHERE started_at >= ? GROUP BY 1, 2""", [day_ago]
         ):
-            hours.setdefault(hour, {})[outcome] = count
-        oldest = db.execute(
-            """SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
-               WHERE status = 'pending' ORDER BY created_at LIMIT 1""").fetchone()
-        in_flight = db.execute(
-            "SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox "
-            "WHERE status = 'in_flight' ORDER BY created_at LIMIT 1").fetchone()
-        candidates = [r for r in (oldest, in_flight) if r]
-        first = min(candidates, key=lambda r: r[5]) if candidates else None
+            hours.setdefault(row["hour"], {})[row["outcome"]] = row["n"]
+        # the oldest of each status (each one walk of the (status, created_at) index), then the older
+        oldest = [db.execute("""SELECT id, case_id, action, target, status, created_at, last_error_code FROM outbox
+                                WHERE status = ? ORDER BY created_at LIMIT 1""", [status]).fetchone()
+                  for status in ("pending", "in_flight")]
+        candidates = [r for r in oldest if r]
+        first = min(candidates, key=lambda r: r["created_at"]) if candidates else None
         return {
             "cases": list(db.query("SELECT target, status, count(*) AS n FROM cases GROUP BY target, status ORDER BY target, status")),
             "messages": list(db.query("SELECT direction, status, count(*) AS n FROM messages GROUP BY direction, status")),
             "outbox": list(db.query("SELECT target, status, count(*) AS n FROM outbox GROUP BY target, status ORDER BY target, status")),
             "hours": hours,
-            "oldest_undelivered": dict(zip(("id", "case_id", "action", "target", "status", "created_at", "last_error_code"), first, strict=True)) if first else None,
-            "dead": db.execute("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0],
+            "oldest_undelivered": dict(first) if first else None,
+            "dead": scalar(db, "SELECT count(*) FROM outbox WHERE status = 'dead'"),
             "paused": sorted(self.paused_targets()),
         }
 
     def outbox_list(self, *, status: str | None = "dead", target: str | None = None, limit: int = 100,
                     before_id: int | None = None) -> list[dict[str, Any]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status:
             where.append("status = ?")
             params.append(status)
@@ -182,9 +183,7 @@ class OpsQueries(StoreBase):
         for row in outbox:
             row["attempts"] = self.attempts_of(row["id"])
         view["outbox"] = outbox
-        view["attachments"] = list(self.db.query(
-            "SELECT message_id, position, file_name, mime_type, a.sha256, b.size FROM attachments a "
-            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE case_id = ? ORDER BY message_id, position", [case_id]))
+        view["attachments"] = [dict(a) for a in self._attachment_rows(case_id, every_message=True)]
         if with_content:
             content = view["case"].get("content")
             view["content"] = json.loads(content) if content else None
@@ -196,42 +195,32 @@ class OpsQueries(StoreBase):
         return view
 
     def attachment(self, case_id: str, sha256: str) -> tuple[str, str, bytes] | None:
-        row = self.db.execute(
-            """SELECT a.file_name, a.mime_type, b.data FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
-               WHERE a.case_id = ? AND a.sha256 = ? LIMIT 1""", [case_id, sha256]).fetchone()
-        return (row[0], row[1], bytes(row[2])) if row else None
+        rows = self._attachment_rows(case_id, every_message=True, where="a.sha256 = ?", params=[sha256],
+                                     with_data=True, limit=1)
+        return (rows[0]["file_name"], rows[0]["mime_type"], bytes(rows[0]["data"])) if rows else None
 
     def case_attachments(self, case_id: str) -> list[dict[str, Any]]:
         """The case's own attachments (not its messages'), by position: position, file_name,
         mime_type, sha256, size."""
-        return list(self.db.query(
-            "SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a "
-            "JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.case_id = ? AND a.message_id IS NULL "
-            "ORDER BY a.position", [case_id]))
+        return [dict(a) for a in self._attachment_rows(case_id)]
 
     def case_attachment(self, case_id: str, ref: str) -> dict[str, Any] | None:
         """One of the case's own attachments by its position (1-based) or its SHA-256, with
         its bytes (``data``); None when the case has no such file. A purged case's files are
         gone: ``CasePurged``."""
-        case = self.db.execute("SELECT purged_at FROM cases WHERE case_id = ?", [case_id]).fetchone()
-        if case is not None and case[0]:
+        case = self._case_state(self.db, case_id)
+        if case is not None and case["purged_at"]:
             raise CasePurged(f"case '{case_id[:64]}': its files have been purged after the retention period.",
                              field="caseId")
+        value: int | str
         if ref.isdigit() and len(ref) <= 3:
             where, value = "a.position = ?", int(ref)
         elif len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
             where, value = "a.sha256 = ?", ref.lower()
         else:
             return None
-        row = self.db.execute(
-            f"""SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size, b.data FROM attachments a
-                JOIN attachment_blobs b ON b.sha256 = a.sha256
-                WHERE a.case_id = ? AND a.message_id IS NULL AND {where} ORDER BY a.position LIMIT 1""",
-            [case_id, value]).fetchone()
-        if row is None:
-            return None
-        return {"position": row[0], "file_name": row[1], "mime_type": row[2], "sha256": row[3], "size": row[4],
-                "data": bytes(row[5])}
+        rows = self._attachment_rows(case_id, where=where, params=[value], with_data=True, limit=1)
+        return {**dict(rows[0]), "data": bytes(rows[0]["data"])} if rows else None
 
     def queue_depth(self) -> list[dict[str, Any]]:
         """Rows still to deliver per target and status, and the oldest one's creation time."""
@@ -242,9 +231,9 @@ class OpsQueries(StoreBase):
     def failure_rate(self, target: str, since: dt.datetime) -> tuple[int, int]:
         """(failed, all) attempts of ``target`` since ``since``."""
         row = self.db.execute(
-            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')), count(*) FROM attempts
+            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')) AS failed, count(*) AS n FROM attempts
                WHERE started_at >= ? AND target = ?""", [ts(since), target]).fetchone()
-        return int(row[0] or 0), int(row[1] or 0)
+        return int(row["failed"] or 0), int(row["n"] or 0)
 
     def dead_since(self, since: dt.datetime) -> list[dict[str, Any]]:
         """Rows that went dead after ``since`` (for the dead-letter alert)."""
@@ -266,4 +255,4 @@ class OpsQueries(StoreBase):
         return list(self.db.query("SELECT * FROM job_leases ORDER BY name"))
 
     def paused_targets(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT name FROM targets WHERE paused = 1").fetchall()}
+        return {r["name"] for r in self.db.execute("SELECT name FROM targets WHERE paused = 1")}

@@ -27,9 +27,10 @@ from model import (
 
 from .base import (
     CLAIMABLE_SQL,
-    RECEIPT,
+    content_text,
     direction_of,
     parse_ts,
+    scalar,
     ts,
 )
 from .replies import Replies
@@ -52,6 +53,11 @@ class Job:
     provider_case_id: str | None
     correlation_id: str | None
     national_case_id: str | None = None
+
+
+#: The fields of ``Job`` read from its outbox row and case, by column name (``claimed_by`` is the claimer).
+JOB_COLUMNS = ("id", "case_id", "action", "ref_id", "target", "attempt", "idempotency_key", "receiver_hsa_id",
+               "provider_unit_code", "provider_case_id", "correlation_id", "national_case_id")
 
 
 #: The most of a response excerpt's body the store keeps, whatever the adapter sent.
@@ -129,7 +135,8 @@ class Outbox(Replies):
                 "ORDER BY o.not_before, o.id LIMIT ?",
                 [*full, *sorted(skip_ids), ts(now), limit if room_per_target is None else limit * 8],
             ).fetchall()
-            for row_id, target in candidates:
+            for candidate in candidates:
+                row_id, target = candidate["id"], candidate["target"]
                 if len(jobs) >= limit:
                     break
                 if room_per_target is not None:
@@ -145,13 +152,13 @@ class Outbox(Replies):
                 if not claimed:
                     continue
                 row = db.execute(
-                    """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts, o.idempotency_key,
+                    """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts AS attempt, o.idempotency_key,
                               c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id,
                               c.national_case_id
                        FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id = ?""",
                     [row_id],
                 ).fetchone()
-                jobs.append(Job(row[0], row[1], row[2], row[3], row[4], row[5], row[6], worker, *row[7:]))
+                jobs.append(Job(**{k: row[k] for k in JOB_COLUMNS}, claimed_by=worker))
         return jobs
 
     def _finish(
@@ -167,7 +174,7 @@ class Outbox(Replies):
         detail: str | None,
         response: dict[str, Any] | None = None,
     ) -> None:
-        number = db.execute("SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?", [job.id]).fetchone()[0]
+        number = scalar(db, "SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?", [job.id])
         db.execute(
             """INSERT INTO attempts (outbox_id, case_id, target, attempt, started_at, duration_ms, outcome,
                    status_code, error_code, detail, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -213,7 +220,7 @@ class Outbox(Replies):
             if not updated:
                 return False
             self._count(db, "delivered", job.target, direction_of(job.action))
-            created = db.execute("SELECT created_at FROM outbox WHERE id = ?", [job.id]).fetchone()[0]
+            created = scalar(db, "SELECT created_at FROM outbox WHERE id = ?", [job.id])
             self._observe_latency(db, job.target, direction_of(job.action), (now - parse_ts(created)).total_seconds())
             if provider_case_id:
                 db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
@@ -235,22 +242,18 @@ class Outbox(Replies):
                     self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id,
                                        now=now, reserved=True)
                 else:
-                    db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
-                               "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), job.case_id, RECEIPT])
+                    self._cancel_receipt(db, job.case_id, now)
         return True
 
     def _erase_contact(self, db: Database, job: Job, now: dt.datetime) -> None:
         """Rule 8: the citizen's contact details (given with consent, for messages only) are
         not kept once the provider has them; the sync log records that they were erased."""
-        row = db.execute("SELECT content FROM cases WHERE case_id = ?", [job.case_id]).fetchone()
-        if not row or not row[0]:
-            return
-        data = json.loads(row[0])
-        if not (data.get("subject_of_care") or {}).get("contact"):
+        data = self._case_content(db, job.case_id)
+        if not data or not (data.get("subject_of_care") or {}).get("contact"):
             return
         data["subject_of_care"]["contact"] = None
         db.execute("UPDATE cases SET content = ? WHERE case_id = ?",
-                   [json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")), job.case_id])
+                   [content_text(data), job.case_id])
         self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id, direction="in",
                   event="contact_erased", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
                   detail="the citizen's contact details were delivered (for messages only) and erased from the gateway")
@@ -297,7 +300,7 @@ class Outbox(Replies):
                           # attempt and the row, for readers; the sync log (metadata) has the code
                           detail=f"{job.action}, attempt {job.attempt}: {error_code}"
                           + (f" (HTTP {status_code})" if status_code else "")
-                          + ("" if dead else f"; next attempt {ts(retry_at)}"))  # type: ignore[arg-type]
+                          + ("" if retry_at is None else f"; next attempt {ts(retry_at)}"))
         return bool(updated)
 
     def recover_leases(self, now: dt.datetime | None = None, *, stale_s: float | None = None) -> int:
@@ -317,25 +320,26 @@ class Outbox(Replies):
                    WHERE o.status = 'in_flight' AND (o.lease_until < ? OR (? IS NOT NULL AND h.at < ?))""",
                 [ts(now), ts(now), stale_before, stale_before],
             ).fetchall()
-            for row_id, case_id, target, claimed_by, action, hsa, correlation, expired in rows:
+            for row in rows:
+                expired = row["expired"]
                 why = ("its lease ran out during the attempt" if expired
                        else f"its heartbeat stopped (none for {stale_s:g} s)")
                 db.execute(
                     """UPDATE outbox SET status = 'pending', claimed_by = NULL, lease_until = NULL, updated_at = ?,
                            last_error = ?, last_error_code = NULL
                        WHERE id = ? AND status = 'in_flight'""",
-                    [ts(now), f"requeued: the worker {why}", row_id],
+                    [ts(now), f"requeued: the worker {why}", row["id"]],
                 )
-                self._log(db, now, correlation_id=correlation, case_id=case_id, direction=direction_of(action),
-                          event="lease_expired" if expired else "worker_dead",
-                          status="retry", target=target, hsa_id=hsa,
-                          detail=f"{action}: {claimed_by} is gone ({why}); requeued")
+                self._log(db, now, correlation_id=row["correlation_id"], case_id=row["case_id"],
+                          direction=direction_of(row["action"]), event="lease_expired" if expired else "worker_dead",
+                          status="retry", target=row["target"], hsa_id=row["receiver_hsa_id"],
+                          detail=f"{row['action']}: {row['claimed_by']} is gone ({why}); requeued")
         return len(rows)
 
     def next_due(self) -> dt.datetime | None:
         """When the earliest claimable row becomes due (None when there is none)."""
-        row = self.db.execute(f"SELECT min(o.not_before) FROM outbox o WHERE {CLAIMABLE_SQL}").fetchone()
-        return parse_ts(row[0]) if row[0] else None
+        due = scalar(self.db, f"SELECT min(o.not_before) FROM outbox o WHERE {CLAIMABLE_SQL}")
+        return parse_ts(due) if due else None
 
     def set_paused(self, target: str, paused: bool, *, by: str = "cli", now: dt.datetime | None = None) -> None:
         now = now or instant()
@@ -360,7 +364,7 @@ class Outbox(Replies):
                 "UPDATE outbox SET status = 'pending', attempts = 0, not_before = ?, updated_at = ? WHERE id = ?",
                 [ts(now), ts(now), outbox_id],
             )
-            self._log(db, now, case_id=row[0], direction="in", event="replayed", status="ok", target=row[1],
+            self._log(db, now, case_id=row["case_id"], direction="in", event="replayed", status="ok", target=row["target"],
                       detail=f"outbox row {outbox_id} replayed by {by}")
         return True
 
@@ -374,9 +378,8 @@ class Outbox(Replies):
             if row is None:
                 return False
             db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox_id])
-            if row[2] in ("deliver_case", "register_case"):  # no receipt for a case that never got there
-                db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? "
-                           "WHERE case_id = ? AND action = ? AND status = 'reserved'", [ts(now), row[0], RECEIPT])
-            self._log(db, now, case_id=row[0], direction="in", event="cancelled", status="ok", target=row[1],
+            if row["action"] in ("deliver_case", "register_case"):  # no receipt for a case that never got there
+                self._cancel_receipt(db, row["case_id"], now)
+            self._log(db, now, case_id=row["case_id"], direction="in", event="cancelled", status="ok", target=row["target"],
                       detail=f"outbox row {outbox_id} cancelled by {by}")
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from typing import Any
 
 from sqlite_utils import Database
@@ -45,6 +46,7 @@ from .base import (
     content_json,
     parse_ts,
     refuse_finished,
+    scalar,
     ts,
 )
 
@@ -81,30 +83,23 @@ class Replies(StoreBase):
         reopen: bool = False, reserved: bool = False, guard: GuardOutcome | None = None,
     ) -> Accepted:
         content, content_hash = content_json(message, not_hashed=("created_time",))
-        case = db.execute("SELECT receiver_hsa_id, purged_at, citizen_status FROM cases WHERE case_id = ?",
-                          [message.case_id]).fetchone()
+        case = self._case_state(db, message.case_id)
         if case is None:
             raise NotFound(f"there is no case '{message.case_id}'.", field="caseId")
-        row = db.execute("SELECT content_hash FROM messages WHERE message_id = ?", [message.message_id]).fetchone()
-        if row is not None:
-            if row[0] != content_hash:
+        stored = self._message_hash(db, message.message_id)
+        if stored is not None:
+            if stored != content_hash:
                 raise IdConflict(f"messageId '{message.message_id}' is already used for other content.", field="messageId")
             return Accepted(False, message.case_id, message.message_id)
-        refuse_finished(message.case_id, case[1], case[2], reopen=reopen)
-        if case[2] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
+        refuse_finished(message.case_id, case["purged_at"], case["citizen_status"], reopen=reopen)
+        if case["citizen_status"] == CaseStatus.CLOSED.value:  # reopened by this request: the status goes first
             self._insert_status(db, StatusUpdate(message.case_id, CaseStatus.IN_PROGRESS), origin=origin,
-                                correlation_id=correlation_id, now=now, hsa_id=case[0])
+                                correlation_id=correlation_id, now=now, hsa_id=case["receiver_hsa_id"])
         guarded = guard is not None and guard.held
         state = "held" if hold_s > 0 or guarded else "queued"
-        db.execute(
-            """INSERT INTO messages (message_id, case_id, direction, kind, status, created_time, received_at,
-                   correlation_id, content_hash, content, origin, provider_message_id, guard)
-               VALUES (?, ?, 'out', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [message.message_id, message.case_id, message.kind, state, message.created_time.isoformat(), ts(now),
-             correlation_id, content_hash, content, origin, message.provider_message_id,
-             json.dumps(guard.to_data(), ensure_ascii=False) if guard is not None else None],
-        )
-        self._put_attachments(db, message.case_id, message.message_id, message.attachments, now)
+        self._insert_message(db, message, direction="out", status=state, content=content, content_hash=content_hash,
+                             correlation_id=correlation_id, now=now, origin=origin,
+                             guard=json.dumps(guard.to_data(), ensure_ascii=False) if guard is not None else None)
         filled = reserved and db.execute(
             "UPDATE outbox SET status = 'pending', ref_id = ?, not_before = ?, updated_at = ? "
             "WHERE case_id = ? AND action = ? AND status = 'reserved'",
@@ -122,7 +117,7 @@ class Replies(StoreBase):
                   detail=f"{message.kind} from {origin}, {len(message.attachments)} attachment(s)"
                   + (f", held {hold_s:g} s for review" if hold_s > 0 else "")
                   + (f", not checked by the wrong-patient guard (no readable text): {unread}"[:600] if unread else ""))
-        if guarded:
+        if guard is not None and guard.held:
             places = ", ".join(f"{f.place} ({'another citizen' if f.kind == 'foreign_id' else 'no readable text'})"
                                for f in guard.findings)
             self._log(db, now, correlation_id=correlation_id, case_id=message.case_id, message_id=message.message_id,
@@ -139,54 +134,56 @@ class Replies(StoreBase):
         message changes nothing. The release is audited (who, when)."""
         now = now or instant()
         with self.write() as db:
-            row = db.execute(
-                "SELECT case_id, status, message_id, released_at FROM messages WHERE direction = 'out' AND case_id = ? "
-                "AND (message_id = ? OR provider_message_id = ?)", [case_id, message_id, message_id]).fetchone()
+            row = self._reply(db, message_id, case_id)
             if row is None:
                 raise NotFound(f"there is no message '{message_id[:64]}' to a citizen in this case.", field="messageId")
-            message_id = row[2]
-            outbox = db.execute("SELECT id, status, not_before FROM outbox WHERE action = 'add_message' AND ref_id = ?",
-                                [message_id]).fetchone()
-            if outbox is None or outbox[1] != "held":
-                if row[3]:  # released before: the same confirmation again
-                    return str(row[1])
-                raise NotHeld(f"message '{message_id[:64]}' is not held by the wrong-patient guard (it is {row[1]}).",
-                              field="messageId")
-            not_before = max(parse_ts(outbox[2]), now)
+            message_id = row["message_id"]
+            if row["outbox_status"] != "held":
+                if row["released_at"]:  # released before: the same confirmation again
+                    return str(row["status"])
+                raise NotHeld(f"message '{message_id[:64]}' is not held by the wrong-patient guard "
+                              f"(it is {row['status']}).", field="messageId")
+            not_before = max(parse_ts(row["not_before"]), now)
             db.execute("UPDATE outbox SET status = 'pending', not_before = ?, updated_at = ? WHERE id = ? AND status = 'held'",
-                       [ts(not_before), ts(now), outbox[0]])
+                       [ts(not_before), ts(now), row["outbox_id"]])
             state = "held" if not_before > now else "queued"
             db.execute("UPDATE messages SET status = ?, released_at = ?, released_by = ? WHERE message_id = ?",
                        [state, ts(now), by, message_id])
-            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_released",
+            self._log(db, now, case_id=row["case_id"], message_id=message_id, direction="out", event="message_released",
                       status="ok", target=NATIONAL_TARGET, detail=f"released by {by}: the wrong-patient guard's hold confirmed")
-            db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                       [ts(now), by, "provider", "release_message", f"message {message_id}",
-                        f"case {row[0]}: held by the wrong-patient guard (GW047), released for sending"[:1000]])
+            self._audit(db, now, by, "provider", "release_message", f"message {message_id}",
+                        f"case {row['case_id']}: held by the wrong-patient guard (GW047), released for sending")
             return state
+
+    def _reply(self, db: Database, message_id: str, case_id: str | None) -> sqlite3.Row | None:
+        """A message to the citizen and its outbox row: by the gateway's id, or within
+        ``case_id`` also by the provider's. Columns: ``case_id``, ``message_id``,
+        ``provider_message_id``, ``status``, ``content``, ``guard``, ``released_at``,
+        ``released_by``, ``outbox_id``, ``outbox_status``, ``not_before`` (NULL without a row)."""
+        where, params = (("m.case_id = ? AND (m.message_id = ? OR m.provider_message_id = ?)",
+                          [case_id, message_id, message_id]) if case_id is not None
+                         else ("m.message_id = ?", [message_id]))
+        row: sqlite3.Row | None = db.execute(
+            f"""SELECT m.case_id, m.message_id, m.provider_message_id, m.status, m.content, m.guard, m.released_at,
+                       m.released_by, o.id AS outbox_id, o.status AS outbox_status, o.not_before
+                FROM messages m LEFT JOIN outbox o ON o.action = 'add_message' AND o.ref_id = m.message_id
+                WHERE m.direction = 'out' AND {where}""", params).fetchone()
+        return row
 
     def outgoing_message(self, case_id: str, message_id: str) -> dict[str, Any]:
         """A message to the citizen as it will be sent (the preview of rule 14): its content,
         status, the guard's outcome and its attachments' metadata (name, type, sha256, size).
         ``case_id``: the message must belong to that case, otherwise ``NotFound``."""
-        rows = list(self.db.query(
-            """SELECT m.message_id, m.provider_message_id, m.status, m.content, m.guard, m.released_at, m.released_by,
-                      o.status AS outbox_status, o.not_before
-               FROM messages m LEFT JOIN outbox o ON o.action = 'add_message' AND o.ref_id = m.message_id
-               WHERE m.direction = 'out' AND m.case_id = ? AND (m.message_id = ? OR m.provider_message_id = ?)""",
-            [case_id, message_id, message_id]))
-        if not rows:
+        found = self._reply(self.db, message_id, case_id)
+        if found is None:
             raise NotFound(f"there is no message '{message_id[:64]}' to a citizen in this case.", field="messageId")
-        row = rows[0]
+        row: dict[str, Any] = dict(found)
         if row["content"] is None:
             raise CasePurged(f"message '{message_id[:64]}': its content has been purged after the retention period.",
                              field="messageId")
         row["content"] = json.loads(row["content"])
         row["guard"] = GuardOutcome.from_data(json.loads(row["guard"]) if row["guard"] else None)
-        row["attachments"] = list(self.db.query(
-            """SELECT a.position, a.file_name, a.mime_type, a.sha256, b.size FROM attachments a
-               LEFT JOIN attachment_blobs b ON b.sha256 = a.sha256
-               WHERE a.case_id = ? AND a.message_id = ? ORDER BY a.position""", [case_id, row["message_id"]]))
+        row["attachments"] = [dict(a) for a in self._attachment_rows(case_id, row["message_id"])]
         return row
 
     def outgoing_attachment(self, case_id: str, message_id: str, index: int) -> Attachment:
@@ -204,11 +201,12 @@ class Replies(StoreBase):
         """Queue a status change towards 1177 (``UpdateCaseStatus``); returns its id."""
         now = now or instant()
         with self.write() as db:
-            case = db.execute("SELECT receiver_hsa_id, purged_at FROM cases WHERE case_id = ?", [update.case_id]).fetchone()
+            case = self._case_state(db, update.case_id)
             if case is None:
                 raise NotFound(f"there is no case '{update.case_id}'.", field="caseId")
-            refuse_finished(update.case_id, case[1], None)
-            return self._insert_status(db, update, origin=origin, correlation_id=correlation_id, now=now, hsa_id=case[0])
+            refuse_finished(update.case_id, case["purged_at"], None)
+            return self._insert_status(db, update, origin=origin, correlation_id=correlation_id, now=now,
+                                       hsa_id=case["receiver_hsa_id"])
 
     def _insert_status(self, db: Database, update: StatusUpdate, *, origin: str, correlation_id: str | None,
                        now: dt.datetime, hsa_id: str) -> int:
@@ -219,6 +217,7 @@ class Replies(StoreBase):
             [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
         )
         update_id = cursor.lastrowid
+        assert update_id is not None  # an INSERT into a rowid table always sets it
         db.execute("UPDATE cases SET citizen_status = ?, updated_at = ?, last_activity_at = ? WHERE case_id = ?",
                    [update.status.value, ts(now), ts(now), update.case_id])
         self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)
@@ -227,7 +226,7 @@ class Replies(StoreBase):
                   event="status_queued", status="queued", target=NATIONAL_TARGET, hsa_id=hsa_id,
                   detail=f"{update.status.value}, {len(update.problems)} problem code(s)"
                   + (f", care unit {update.care_unit_hsa_id}" if update.care_unit_hsa_id else ""))
-        return int(update_id)  # type: ignore[arg-type]
+        return update_id
 
     def cancel_message(self, message_id: str, *, by: str, case_id: str | None = None, now: dt.datetime | None = None) -> None:
         """Cancel a message to the citizen that has not been sent yet (in its review window).
@@ -236,39 +235,30 @@ class Replies(StoreBase):
         otherwise it is ``NotFound``, the same answer as for an id that does not exist."""
         now = now or instant()
         with self.write() as db:
-            row = db.execute(
-                "SELECT case_id, status, message_id FROM messages WHERE direction = 'out' AND "
-                + ("case_id = ? AND (message_id = ? OR provider_message_id = ?)" if case_id is not None
-                   else "message_id = ?"),
-                [case_id, message_id, message_id] if case_id is not None else [message_id],
-            ).fetchone()
-            if row is not None:
-                message_id = row[2]  # the gateway's own id of the provider's message
+            row = self._reply(db, message_id, case_id)
             if row is None:
                 raise NotFound(f"there is no message '{message_id[:64]}' to a citizen"
                                + (" in this case." if case_id is not None else "."), field="messageId")
-            outbox = db.execute(
-                "SELECT id, status FROM outbox WHERE action = 'add_message' AND ref_id = ?", [message_id]
-            ).fetchone()
-            if row[1] == "cancelled":
+            message_id = row["message_id"]  # the gateway's own id of the provider's message
+            if row["status"] == "cancelled":
                 return
-            if outbox is None or outbox[1] not in ("pending", "dead", "held"):
-                state = "sent" if row[1] == "sent" else "being sent"
+            if row["outbox_status"] not in ("pending", "dead", "held"):
+                state = "sent" if row["status"] == "sent" else "being sent"
                 raise NotCancellable(f"message '{message_id}' has been {state}; it cannot be recalled.", field="messageId")
-            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), outbox[0]])
+            db.execute("UPDATE outbox SET status = 'cancelled', updated_at = ? WHERE id = ?", [ts(now), row["outbox_id"]])
             db.execute("UPDATE messages SET status = 'cancelled' WHERE message_id = ?", [message_id])
-            self._log(db, now, case_id=row[0], message_id=message_id, direction="out", event="message_cancelled",
+            self._log(db, now, case_id=row["case_id"], message_id=message_id, direction="out", event="message_cancelled",
                       status="ok", target=NATIONAL_TARGET, detail=f"cancelled by {by} before it was sent")
 
     def load_status(self, update_id: int) -> StatusUpdate:
-        row = self.db.execute("SELECT content FROM status_updates WHERE id = ?", [update_id]).fetchone()
-        if row is None:
+        content = scalar(self.db, "SELECT content FROM status_updates WHERE id = ?", [update_id])
+        if content is None:
             raise StoreError(f"status update {update_id} is not stored.")
-        return status_from_data(json.loads(row[0]))
+        return status_from_data(json.loads(content))
 
     def get_cursor(self, target: str) -> str | None:
-        row = self.db.execute("SELECT cursor FROM poll_cursors WHERE target = ?", [target]).fetchone()
-        return row[0] if row else None
+        cursor: str | None = scalar(self.db, "SELECT cursor FROM poll_cursors WHERE target = ?", [target])
+        return cursor
 
     def set_cursor(self, target: str, cursor: str, now: dt.datetime | None = None) -> None:
         with self.write() as db:

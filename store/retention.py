@@ -15,6 +15,7 @@ from clock import instant
 from .base import (
     UNFINISHED,
     StoreBase,
+    scalar,
     ts,
 )
 
@@ -29,13 +30,13 @@ class Retention(StoreBase):
         ``log_before``; never for a case with undelivered, dead or reserved work.
         Returns what was removed; the freed pages are given back to the file system."""
         now = now or instant()
-        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
-        before_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
+        page_size = scalar(self.db, "PRAGMA page_size")
+        before_bytes = scalar(self.db, "PRAGMA page_count") * page_size
         removed = {"cases": 0, "messages": 0, "attachments": 0, "files": 0, "log_details": 0}
         unfinished = ", ".join(f"'{s}'" for s in UNFINISHED)
         while True:
             with self.write() as db:
-                ids = [r[0] for r in db.execute(
+                ids = [r["case_id"] for r in db.execute(
                     f"""SELECT c.case_id FROM cases c
                         WHERE c.last_activity_at < ? AND c.purged_at IS NULL
                           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.case_id = c.case_id AND o.status IN ({unfinished}))
@@ -69,6 +70,6 @@ class Retention(StoreBase):
         # executescript steps the pragma to the end; execute() would free a single page
         self.db.conn.executescript("PRAGMA incremental_vacuum; PRAGMA optimize;")  # and refresh the planner's statistics
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        after_bytes = self.db.execute("PRAGMA page_count").fetchone()[0] * page_size
+        after_bytes = scalar(self.db, "PRAGMA page_count") * page_size
         removed["bytes_freed"] = max(0, before_bytes - after_bytes)
         return removed
