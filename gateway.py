@@ -206,15 +206,15 @@ def _forget_correlation_id() -> None:
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
+    from adapters import national
     from adapters.alerts import channels_from
-    from adapters.national import NationalAdapter
 
     return Worker(
         store,
         mappings=maps,
         targets=cfg.targets,
         gateway_hsa_id=cfg.gateway.hsa_id,
-        national=NationalAdapter(cfg.national, source_system=cfg.gateway.hsa_id),
+        national=national.build(cfg),  # the profile of national.profile
         national_settings=cfg.national,
         confirmations=cfg.outbound.confirmations,
         review_s=cfg.outbound.review_s,
