@@ -182,6 +182,7 @@ def create_app(
     app.extensions["gateway.intake"].on_stored = worker.wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = worker.wake
+    app.extensions["gateway.api"].carries = worker.national.carries()  # refused at the API: what 1177 cannot be sent
     if start_worker:
         worker.start()
     return app
@@ -444,6 +445,13 @@ def check(config_path: Path) -> None:
         if not problems:
             where = getattr(settings, "base_url", None) or getattr(settings, "endpoint", None) or settings.wsdl
             report(True, f"target {name} ({settings.kind}): {where}")
+    from adapters import national
+
+    for level, text in national.check(cfg):  # national.profile and what it carries (GW086)
+        if level == "WARN":
+            click.echo(f"WARN {text}")
+        else:
+            report(level == "ok", text)
     try:
         rivta.check_contract_files()
         report(True, f"contracts: {', '.join(c.name for c in rivta.CONTRACTS.values())}")

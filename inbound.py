@@ -542,7 +542,9 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 # -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
 
 
-_CONSUMER_FOLDERS = frozenset(c.folder for c in (rivta.ADD_MESSAGE, rivta.UPDATE_CASE_STATUS, rivta.REGISTER_CASE))
+#: The folders of the contracts the gateway answers; any other WSDL (AddMessage, UpdateCaseStatus,
+#: RegisterCase, a national profile's official files) is consumer-side: 1177 answers it.
+_PRODUCER_FOLDERS = frozenset(c.folder for c in rivta.CONTRACTS.values())
 
 
 def _base_url(intake: Intake) -> str | None:
@@ -569,7 +571,8 @@ def contract_file(path: str) -> Response:
     """A contract file as served to consumers: imports become URLs of this gateway (paths
     when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
     gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
-    RegisterCase: 1177 answers those, not the gateway) is served without its service."""
+    RegisterCase, a national profile's: 1177 answers those, not the gateway) is served
+    without its service."""
     file = safe_join(str(rivta.CONTRACTS_DIR), path)
     if file is None or not file.endswith((".wsdl", ".xsd")):
         raise NotFound()
@@ -583,7 +586,7 @@ def contract_file(path: str) -> Response:
         location = element.get("schemaLocation")
         if location and "://" not in location:
             element.set("schemaLocation", f"{base or ''}/rivta/contracts/{posixpath.normpath(posixpath.join(folder, location))}")
-    if posixpath.basename(folder) in _CONSUMER_FOLDERS:
+    if posixpath.basename(folder) not in _PRODUCER_FOLDERS:
         for service in tree.getroot().findall("{http://schemas.xmlsoap.org/wsdl/}service"):
             tree.getroot().remove(service)
     else:

@@ -4,9 +4,12 @@ files, the RIV-TA HTTP headers, and how an answer becomes an ``Answer`` or an er
 Role: ``NationalProfile`` is the base of one profile (one version of 1177's contracts on the
 consumer side, ``adapters/national/<profile>.py``). The worker calls ``add_message``,
 ``update_status`` and ``register_case``, the same for every profile; a profile says
-which contracts it calls (``operations``), builds each request's body from the model
+which contracts it calls (``operations``) and what a message can carry (``kinds``,
+``max_attachments``, ``threaded``), builds each request's body from the model
 (``*_body``), reads each answer's result (``outcome``), and may add SOAP headers of its
-own (``soap_headers``).
+own (``soap_headers``). ``Carries`` is that description as plain data: the provider API
+refuses with it what the profile cannot carry, before anything is stored, and ``gateway
+check`` refuses a config that turns on what it cannot carry (``problems``).
 
 May import: ``adapters.base``, ``adapters.soap``, ``rivta``, ``model``, ``errors``.
 
@@ -14,7 +17,8 @@ Invariants: every call carries ``x-rivta-original-serviceconsumer-hsaid`` (the g
 own HSA-id, also the ``sourceSystem``) and the exchange's ``x-skltp-correlation-id``, on a
 ``requests.Session`` with the platform's TLS settings; WSDLs and XSDs are read from disk,
 never fetched; a broken contract file fails when the profile is built, not at the first
-call. ``resultCode ERROR`` raises ``NationalRefused`` (permanent) with 1177's text and codes;
+call. What the profile cannot carry is refused with its code (GW083-GW085: a rule refusal
+and a permanent delivery error), never sent in part or dropped. ``resultCode ERROR`` raises ``NationalRefused`` (permanent) with 1177's text and codes;
 ``INFO`` is success, its text in ``Answer.detail``; faults and transport errors are
 classified like any SOAP target (``soap:Server``, 5xx, timeouts transient).
 """
@@ -33,8 +37,17 @@ import zeep.helpers
 import rivta
 from adapters.base import Answer, session_for
 from adapters.soap import LocalOnlyTransport, _short, call_classified
-from errors import BadTargetAnswer, ContractError, NationalRefused, TargetRefused
-from model import WIRE_ZONE, Case, Message, StatusUpdate
+from errors import (
+    ActionNotCarried,
+    AttachmentsNotCarried,
+    BadTargetAnswer,
+    ContractError,
+    KindNotCarried,
+    NationalRefused,
+    ProfileConfigError,
+    TargetRefused,
+)
+from model import WIRE_ZONE, Case, Message, MessageKind, StatusUpdate
 
 NAME = "national"
 
@@ -43,6 +56,9 @@ ADD_MESSAGE = "add_message"
 UPDATE_STATUS = "update_status"
 REGISTER_CASE = "register_case"
 ACTIONS = (ADD_MESSAGE, UPDATE_STATUS, REGISTER_CASE)
+_WHAT = {ADD_MESSAGE: "a message to the citizen", UPDATE_STATUS: "a status change",
+         REGISTER_CASE: "a case registered outside 1177"}
+_FIELD = {UPDATE_STATUS: "status", REGISTER_CASE: None, ADD_MESSAGE: None}
 
 
 def wire_time(value: Any) -> str:
@@ -84,6 +100,46 @@ class Outcome:
     sub_code: str | None = None  # 1177's own code
 
 
+@dataclass(frozen=True)
+class Carries:
+    """What one profile can carry to 1177, as plain data (the provider API holds one).
+
+    ``actions``: the outbox actions it has a contract for (``calls``: those contracts'
+    names); ``kinds``: the message kinds it carries; ``max_attachments``: the files a
+    message may have (0: none); ``threaded``: whether a message is placed in 1177's case."""
+
+    profile: str
+    actions: frozenset[str]
+    calls: tuple[str, ...]
+    kinds: frozenset[str]
+    max_attachments: int
+    threaded: bool
+
+    def refuse(self, action: str, item: Any = None) -> None:
+        """Raise GW083-GW085 for what this profile cannot carry: an ``action`` it has
+        no contract for, or (``add_message``, ``item`` a ``Message``) a message's files or kind."""
+        if action not in self.actions:
+            raise ActionNotCarried(
+                f"national profile '{self.profile}' has no contract for {_WHAT.get(action, action)} "
+                f"(it calls {', '.join(self.calls) or 'nothing'} only): 1177 cannot be told this.", field=_FIELD.get(action))
+        if action != ADD_MESSAGE or item is None:
+            return
+        files = len(item.attachments)
+        if files > self.max_attachments:
+            limit = "no files" if self.max_attachments == 0 else f"at most {self.max_attachments} files"
+            raise AttachmentsNotCarried(f"national profile '{self.profile}' carries {limit} on a message to the "
+                                        f"citizen; this one has {files}.", field="attachments")
+        if item.kind not in self.kinds:
+            why = "" if self.threaded else (": it has no message kinds and no case thread, so the message would reach "
+                                            "the citizen as a notice outside their case")
+            raise KindNotCarried(f"national profile '{self.profile}' cannot carry a message of kind {item.kind} "
+                                 f"(it carries {', '.join(sorted(self.kinds))} only){why}.", field="kind")
+
+
+def _log_id(outcome: Outcome) -> str:
+    return f" (logId {_short(outcome.log_id)})" if outcome.log_id else ""
+
+
 class NationalProfile:
     """Calls 1177's inbox and case services on the national platform, in one version of
     their contracts. Subclasses set ``name`` and ``operations`` and build the bodies."""
@@ -92,6 +148,51 @@ class NationalProfile:
     name: ClassVar[str]
     #: The contract each action calls (an action without one has no contract in this profile).
     operations: ClassVar[dict[str, Operation]]
+    #: The message kinds a message to the citizen may have.
+    kinds: ClassVar[frozenset[str]] = frozenset(k.value for k in MessageKind)
+    #: The files a message to the citizen may carry (0: none).
+    max_attachments: ClassVar[int] = 10
+    #: Whether a message is placed in 1177's case (threaded by its caseId).
+    threaded: ClassVar[bool] = True
+    #: What an operator must know about this profile's contract (``gateway check`` shows each).
+    notes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def carries(cls) -> Carries:
+        """What this profile can carry, as plain data."""
+        return Carries(cls.name, frozenset(cls.operations), tuple(op.name for op in cls.operations.values()),
+                       frozenset(cls.kinds), cls.max_attachments, cls.threaded)
+
+    @classmethod
+    def problems(cls, cfg: Any) -> list[ProfileConfigError]:
+        """What in the whole config ``cfg`` (``config.Config``) asks for what this profile
+        cannot carry: each would make every such row dead, so ``gateway check`` and start-up
+        refuse it."""
+        found = []
+        carries = cls.carries()
+        receipts = cfg.outbound.confirmations
+        if receipts.enabled and MessageKind.CONFIRMATION.value not in carries.kinds:
+            found.append(ProfileConfigError(
+                f"config key 'outbound.confirmations.enabled': the automatic receipts are messages of kind "
+                f"CONFIRMATION, which national profile '{cls.name}' cannot carry (each would be refused, GW084); "
+                "set it to false.", field="outbound.confirmations.enabled"))
+        for contract in cfg.national.logical_addresses:
+            if contract not in carries.calls:
+                found.append(ProfileConfigError(
+                    f"config key 'national.logical_addresses.{contract}': national profile '{cls.name}' has no "
+                    f"{contract} contract (it calls {', '.join(carries.calls)} only); remove the key.",
+                    field=f"national.logical_addresses.{contract}"))
+        return found
+
+    @classmethod
+    def warnings(cls, cfg: Any) -> list[str]:
+        """What works but will refuse some messages, and the profile's ``notes``."""
+        found = []
+        if cfg.outbound.max_attachments > cls.max_attachments:
+            limit = "no files" if cls.max_attachments == 0 else f"at most {cls.max_attachments} files"
+            found.append(f"outbound.max_attachments is {cfg.outbound.max_attachments}, but national profile "
+                         f"'{cls.name}' carries {limit} on a message: a message with more is refused (GW083).")
+        return found + [f"national profile '{cls.name}': {note}" for note in cls.notes]
 
     def __init__(self, settings: Any, *, source_system: str):
         self.settings = settings
@@ -107,6 +208,7 @@ class NationalProfile:
     def add_message(self, *, subject_of_care_id: str, national_case_id: str, message: Message,
                     correlation_id: str | None = None) -> Answer:
         """Put a message in the citizen's 1177 inbox."""
+        self.carries().refuse(ADD_MESSAGE, message)
         if not message.sender_hsa_id:
             raise TargetRefused("a message to the citizen must name its sending unit's HSA-id.")
         body = self.add_message_body(subject_of_care_id=subject_of_care_id, national_case_id=national_case_id,
@@ -115,10 +217,12 @@ class NationalProfile:
 
     def update_status(self, *, national_case_id: str, update: StatusUpdate, correlation_id: str | None = None) -> Answer:
         """Tell 1177 the case's new status."""
+        self.carries().refuse(UPDATE_STATUS, update)
         return self._call(UPDATE_STATUS, correlation_id, self.update_status_body(national_case_id=national_case_id, update=update))
 
     def register_case(self, *, case: Case, external_case_id: str, channel: str, correlation_id: str | None = None) -> Answer:
         """Register a case that started outside 1177; ``Answer.data['caseId']`` is 1177's id."""
+        self.carries().refuse(REGISTER_CASE, case)
         body = self.register_case_body(case=case, external_case_id=external_case_id, channel=channel)
         answer = self._call(REGISTER_CASE, correlation_id, body)
         if not (answer.data or {}).get("caseId"):
@@ -154,7 +258,7 @@ class NationalProfile:
         if outcome.code != "INFO":
             return None
         remark = f" {outcome.sub_code}" if outcome.sub_code else ""
-        return f"1177 INFO{remark}: {_short(outcome.text)} (logId {_short(outcome.log_id)})"
+        return f"1177 INFO{remark}: {_short(outcome.text)}{_log_id(outcome)}"
 
     # -- the plumbing ---------------------------------------------------------------------------
 
@@ -211,9 +315,9 @@ class NationalProfile:
         data = zeep.helpers.serialize_object(result, target_cls=dict)
         outcome = self.outcome(operation, data)
         if outcome.code == "ERROR":
-            error = "/".join(str(c) for c in (outcome.error_code, outcome.sub_code) if c) or "?"
-            raise NationalRefused(f"1177 answered {what} with ERROR {error}: {_short(outcome.text)} "
-                                  f"(logId {_short(outcome.log_id)}).")
+            codes = "/".join(str(c) for c in (outcome.error_code, outcome.sub_code) if c)
+            said = _short(outcome.text).rstrip(".") or "no text"
+            raise NationalRefused(f"1177 answered {what} with ERROR{' ' + codes if codes else ''}: {said}{_log_id(outcome)}.")
         if outcome.code not in ("OK", "INFO"):
             raise BadTargetAnswer(f"1177's answer to {what} has resultCode '{_short(str(outcome.code))}'.")
         return Answer(200, data if isinstance(data, dict) else None, self.detail(operation, outcome))
