@@ -16,7 +16,8 @@ from models. Every request body is validated by its model in ``updates`` (``Repl
 calls do; the limits in them are the rules' constants.
 
 May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. Units and
-code tables are handed in by the composition root.
+code tables are handed in by the composition root, and so is what the national profile can
+carry (``Api.carries``): what it cannot is refused here, whatever the profile.
 
 Invariants: a refused call answers a 4xx JSON ``{code, message, field}`` (``Error``) and has
 stored nothing; a JSON answer has exactly the fields of its model; entry points only write
@@ -96,6 +97,9 @@ class Api:
     #: registered a case from outside it; its place is kept first in the case's order
     receipt_types: frozenset[str] = frozenset()
     on_stored: Callable[[], None] = lambda: None
+    #: what the national profile can carry to 1177 (``adapters.national.Carries``, set by the
+    #: composition root): ``refuse(action, item)`` raises GW083-GW085 (422) for the rest
+    carries: Any = None
     version: str = "0"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -489,6 +493,15 @@ def _check_shape(data: Any, *, surrogates: bool) -> None:
             stack.append((item, path, depth + 1))
 
 
+def _carried(action: str, item: Any) -> None:
+    """Refuse what the national profile cannot carry to 1177 (422 with its code: files, a
+    message kind, a status change or a registration it has no contract for) before anything
+    is stored, rather than queue a row that could only go dead."""
+    carries = _api().carries
+    if carries is not None:
+        carries.refuse(action, item)
+
+
 def _stored(target: str, what: str, **extra: Any) -> None:
     _api().on_stored()
     log.info(what, extra={"target": target, **extra})
@@ -532,6 +545,7 @@ def post_message(case_id: str) -> Response:
                             case_unit=row["receiver_hsa_id"], citizen_started=row["origin"] == "1177",
                             max_attachments=api.max_attachments,
                             max_attachment_bytes=api.max_attachment_bytes)
+    _carried("add_message", message)
     guard = updates.guard(message, api.store.case_person_ids(case_id), require_text=api.require_text)
     accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation(),
                                    reopen=data.reopen, guard=guard)
@@ -641,6 +655,7 @@ def post_status(case_id: str) -> Response:
     api = _api()
     update = updates.status(_body(updates.Status), case_id=case_id, case_type=CaseType(row["case_type"]), target=target,
                             codes=api.codes)
+    _carried("update_status", update)
     status_id = api.store.add_status(update, origin="api", correlation_id=_correlation())
     _stored(target, "status queued", case_id=case_id, status=update.status.value)
     return _answer(StatusQueued(status_id=status_id, status=update.status.value, queued=True), 202)
@@ -653,6 +668,7 @@ def register_case() -> Response:
     case, external_id, channel, unit_code = updates.external_case(
         _body(updates.ExternalCase), target=target, units=api.units, clock=api.clock, max_attachment_bytes=api.max_attachment_bytes
     )
+    _carried("register_case", case)
     accepted = api.store.register_external(case, target=target, provider_unit_code=unit_code,
                                            external_case_id=external_id, channel=channel, correlation_id=_correlation(),
                                            reserve_receipt=case.case_type.value in api.receipt_types)
@@ -749,7 +765,8 @@ def _error_responses(*codes: int) -> dict[str, Any]:
             409: "Conflict: id reused, message already sent, not held, or the case is closed (GW028, GW034, GW041, GW048)",
             410: "The content was purged after the retention period (GW040)",
             413: "Body too large (GW010)",
-            422: "A 1177 rule or limit refuses it (GW020-GW029, GW035, GW036, GW042, GW044, GW046)"}
+            422: "A 1177 rule or limit refuses it (GW020-GW029, GW035, GW036, GW042, GW044, GW046), "
+                 "or the national profile cannot carry it (GW083-GW085)"}
     return {str(c): {"description": text[c], "content": _json_of(Error)} for c in codes}
 
 

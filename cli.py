@@ -461,12 +461,14 @@ def mappings_try(config_path: Path, case_file: Path | None, target_name: str, sa
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the sandbox's config, database and logs (default: data/sandbox).")
 @click.option("--tls", is_flag=True, help="Mutual TLS between the 1177 side and the gateway, both ways.")
-def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None, tls: bool) -> None:
+@click.option("--national-profile", default=None, help="The version of 1177's contracts (national.profile), e.g. mvk-inbox-2.0.")
+def sandbox(once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None, tls: bool,
+            national_profile: str | None) -> None:
     """Run the gateway with a 1177 simulator and demo provider systems on loopback, and
     show demo cases going the whole way round (Ctrl-C stops everything)."""
     try:
         root, argv = gateway.sandbox_argv(once=once, port_base=port_base, free_ports=free_ports,
-                                          timeout=timeout, data=data, tls=tls)
+                                          timeout=timeout, data=data, tls=tls, national_profile=national_profile)
     except GatewayError as exc:
         _fail(exc)
     os.chdir(root)

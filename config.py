@@ -413,6 +413,10 @@ class RivtaSection(_Section):
 class NationalSection(_Section):
     """The national platform (NTjP) / 1177 services the gateway calls as consumer."""
 
+    profile: str = Field(default="patientportal-2.0", pattern=r"^[a-z0-9][a-z0-9.-]{0,63}$", description=(
+        "The version of 1177's contracts the gateway calls (a profile under adapters/national/): "
+        "patientportal-2.0 (the current inbox, the default) or mvk-inbox-2.0 (the legacy MVK inbox). 'gateway check' "
+        "and start-up refuse a name the gateway has no profile for, or settings the profile cannot carry (GW086)."))
     endpoint: str = Field(description="URL of the platform's RIV-TA endpoint for AddMessage, UpdateCaseStatus, RegisterCase.")
     logical_address: str = Field(description="LogicalAddress header of calls to 1177 (the inbox's HSA-id).")
     logical_addresses: dict[Literal["AddMessage", "UpdateCaseStatus", "RegisterCase"], str] = Field(

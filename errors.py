@@ -9,6 +9,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
 
     GatewayError                    every error of ours; .code, .message, .hint
     ├── ConfigError          GW001  the config file is wrong (names the dotted key)
+    │   └── ProfileConfigError GW086  national.profile names no profile, or the config asks for what it cannot carry
     ├── MappingError         GW002  a mapping file is wrong, or a look-up fell through
     │   ├── MappingsNotReloaded GW073  a reload (SIGHUP) found the new files wrong: the old mappings stay in force
     │   └── MappingsChanging GW074  the files changed while a reload read them: the old mappings stay in force
@@ -67,7 +68,12 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── RenewalWithoutList GW043  chosen medications where rule 9 shows no list (under 16, proxy for a child)
     │   ├── SenderNotAllowed GW044  a message signed by a unit that may not answer for the case's unit
     │   ├── CitizenFilesRefused GW045  a citizen's files in a case type where the clinic takes none
-    │   └── SenderMayNotAttach GW046  files or a counter-question the sender's role may not send (rule 13)
+    │   ├── SenderMayNotAttach GW046  files or a counter-question the sender's role may not send (rule 13)
+    │   │   (GW083-GW085, what national.profile cannot carry: 422 at the API, and each is also a
+    │   │   permanent DeliveryError, a dead row with an alert, if it reaches the worker)
+    │   ├── AttachmentsNotCarried GW083  files on a message to a profile that carries none
+    │   ├── KindNotCarried   GW084  a message kind the profile cannot carry (mvk-inbox-2.0: INFO only)
+    │   └── ActionNotCarried GW085  a status change or a registered case, for which the profile has no contract
     └── InternalError        GW099  a bug: logged with a reference, never with details
 
 Technical errors (``RequestRefused``, ``StoreError``, ``InternalError``) become SOAP
@@ -164,6 +170,13 @@ class PlatformContractError(ContractError):
     code = "GW080"
     hint = ("Point rivta.contracts_dir at the unpacked service contract zip (the folder that holds schemas/), "
             "or remove the contract's folder from it to use the shipped file; 'gateway check' lists what it replaces.")
+class ProfileConfigError(ConfigError):
+    """Raised by ``gateway check`` and at start-up when ``national.profile`` names no profile
+    the gateway has, or the config turns on something that profile cannot carry (e.g. the
+    automatic receipts, kind CONFIRMATION, with ``mvk-inbox-2.0``)."""
+
+    code = "GW086"
+    hint = "Change the config key it names, or choose a national.profile that carries it (README: National profiles)."
 
 
 class StoreError(GatewayError):
@@ -588,6 +601,39 @@ class SenderMayNotAttach(RuleViolation):
 
     code = "GW046"
     hint = "Send it as the role 1177 allows for it (a case handler answers with files), or without the files."
+
+
+#: What the national profile cannot carry (``national.profile``, ``adapters/national/``) is
+#: refused by the provider API (a RuleViolation: 422) before anything is stored; if it reaches
+#: the worker anyway (a polled update, a row queued under another profile) the delivery fails
+#: permanently (a DeliveryError): the row is dead, with an alert, never sent in part.
+
+
+class AttachmentsNotCarried(RuleViolation, DeliveryError):
+    """Raised for a message to the citizen with files when the national profile carries none
+    (``mvk-inbox-2.0``: the legacy inbox's message has no attachment element)."""
+
+    code = "GW083"
+    permanent = True
+    hint = "Send the message without files (tell the citizen where to get them), or use a profile that carries files."
+
+
+class KindNotCarried(RuleViolation, DeliveryError):
+    """Raised for a message kind the national profile cannot carry (``mvk-inbox-2.0`` has no
+    message kinds and no case thread: it carries INFO notices only)."""
+
+    code = "GW084"
+    permanent = True
+    hint = "Send it as kind INFO (a notice outside the case), or use a profile that carries the kind."
+
+
+class ActionNotCarried(RuleViolation, DeliveryError):
+    """Raised for a status change or a case registered outside 1177 when the national profile
+    has no contract for it (``mvk-inbox-2.0`` has AddMessage only)."""
+
+    code = "GW085"
+    permanent = True
+    hint = "The configured profile cannot tell 1177 this; keep it in your own system, or use a profile that has the contract."
 
 
 class InternalError(GatewayError):

@@ -193,6 +193,7 @@ def create_app(
     app.extensions["gateway.intake"].on_stored = worker.wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = worker.wake
+    app.extensions["gateway.api"].carries = worker.national.carries()  # refused at the API: what 1177 cannot be sent
     if start_worker:
         worker.start()
     return app
@@ -217,8 +218,8 @@ def _forget_correlation_id() -> None:
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
+    from adapters import national
     from adapters.alerts import channels_from
-    from adapters.national import NationalAdapter
 
     settings = WorkerSettings(
         gateway_hsa_id=cfg.gateway.hsa_id,
@@ -242,7 +243,7 @@ def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Cl
         settings=settings,
         mappings=maps,
         targets=cfg.targets,
-        national=NationalAdapter(cfg.national, source_system=cfg.gateway.hsa_id),
+        national=national.build(cfg),  # the profile of national.profile
         national_settings=cfg.national,
         confirmations=cfg.outbound.confirmations,
         alerts=cfg.alerts,
@@ -499,6 +500,10 @@ def check(config_path: str | os.PathLike[str] | None) -> Iterator[Finding]:
         if not problems:
             where = getattr(settings, "base_url", None) or getattr(settings, "endpoint", None) or getattr(settings, "wsdl", None)
             yield Finding("ok", f"target {name} ({settings.kind}): {where}")
+    from adapters import national
+
+    for level, text in national.check(cfg):  # national.profile and what it carries (GW086)
+        yield Finding(level, text)
     for passed, line in rivta.check_report(cfg.rivta.contracts_dir):
         yield Finding("ok" if passed else "FAIL", line)
     try:
@@ -732,7 +737,7 @@ def _shorten(value: Any) -> Any:
 
 
 def sandbox_argv(*, once: bool, port_base: int, free_ports: bool, timeout: float, data: Path | None,
-                 tls: bool) -> tuple[Path, list[str]]:
+                 tls: bool, national_profile: str | None = None) -> tuple[Path, list[str]]:
     """The folder and the command line of the sandbox (a program of its own, never
     imported by the product); raises ``ConfigError`` when it is not installed."""
     root = Path(__file__).resolve().parent
@@ -743,6 +748,7 @@ def sandbox_argv(*, once: bool, port_base: int, free_ports: bool, timeout: float
     argv += ["--free-ports"] if free_ports else []
     argv += ["--data", str(data.resolve())] if data else []
     argv += ["--tls"] if tls else []
+    argv += ["--national-profile", national_profile] if national_profile else []
     return root, argv
 
 

@@ -530,8 +530,10 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 # -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
 
 
-_CONSUMER_FOLDERS = frozenset(c.folder for c in rivta.CONSUMER_CONTRACTS.values())
 _PRODUCER_WSDLS = frozenset(c.wsdl_relpath for c in rivta.CONTRACTS.values())
+#: The folders of the contracts the gateway answers; any other WSDL (AddMessage, UpdateCaseStatus,
+#: RegisterCase, a national profile's official files) is consumer-side: 1177 answers it.
+_PRODUCER_FOLDERS = frozenset(c.folder for c in rivta.CONTRACTS.values())
 
 
 def _base_url(intake: Intake) -> str | None:
@@ -565,7 +567,8 @@ def contract_file(path: str) -> Response:
     own where ``rivta.contracts_dir`` holds it): imports become URLs of this gateway (paths
     when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
     gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
-    RegisterCase: 1177 answers those, not the gateway) is served without its service.
+    RegisterCase, a national profile's: 1177 answers those, not the gateway) is served
+    without its service.
     ``?variant=body-first`` on a producer WSDL: its body part first (``rivta.body_first``)."""
     file = _intake().schemas.files.find(path) if path.endswith((".wsdl", ".xsd")) else None
     if file is None:
@@ -584,7 +587,7 @@ def contract_file(path: str) -> Response:
         location = element.get("schemaLocation")
         if location and "://" not in location:
             element.set("schemaLocation", f"{base or ''}/rivta/contracts/{posixpath.normpath(posixpath.join(folder, location))}")
-    if posixpath.basename(folder) in _CONSUMER_FOLDERS:
+    if posixpath.basename(folder) not in _PRODUCER_FOLDERS:
         for service in tree.getroot().findall("{http://schemas.xmlsoap.org/wsdl/}service"):
             tree.getroot().remove(service)
     else:

@@ -708,6 +708,9 @@ RESULT_ERROR_CODES: dict[str, str] = {
     "GW044": INVALID_REQUEST,  # a sending unit that may not answer for the case's unit
     "GW045": INVALID_REQUEST,  # a citizen's files in a case type where the clinic takes none
     "GW046": INVALID_REQUEST,  # files or a counter-question the sender's role may not send
+    "GW083": INVALID_REQUEST,  # files the national profile cannot carry
+    "GW084": INVALID_REQUEST,  # a message kind the national profile cannot carry
+    "GW085": APPLICATION_ERROR,  # a status or registration the national profile has no contract for
 }
 
 

@@ -1,7 +1,8 @@
 """What the demo clinic says back about a case: the update items, their Swedish texts, a PDF.
 
 Role: pure functions that turn a case a demo provider system received into the updates a
-clinic produces (status IN_PROGRESS, a counter-question, the final reply, status CLOSED),
+clinic produces (status IN_PROGRESS, a counter-question, the final reply, status CLOSED;
+or, for the legacy inbox, one INFO notice),
 in the shape the gateway takes from a provider (``updates.py``: the REST API bodies and
 the polled items). Used by ``sandbox.clinic``; no threads, no I/O.
 
@@ -177,6 +178,21 @@ def final_reply(case: Facts) -> dict[str, Any]:
         data = base64.b64encode(pdf("Beslut i ditt klagomålsärende " + case.provider_case_id)).decode("ascii")
         out["attachments"] = [{"fileName": "beslut.pdf", "mimeType": "application/pdf", "data": data}]
     return out
+
+
+#: A complaint's answer as a notice without files (the decision goes by post).
+NOTICE_COMPLAINT = (
+    "Svar på dina synpunkter",
+    "Tack för att du hörde av dig med dina synpunkter. Vi har gått igenom det som hände och "
+    "pratat med berörd personal. Vårt svar och beslut skickas till dig med post.",
+)
+
+
+def notice(case: Facts) -> dict[str, Any]:
+    """The answer as one INFO notice without files (what the legacy inbox, national profile
+    mvk-inbox-2.0, carries): the final reply's text, a complaint's decision sent by post."""
+    subject, body = NOTICE_COMPLAINT if case.case_type == "COMPLAINT" else FINAL_REPLIES[case.case_type]
+    return _message(case, "INFO", subject, body)
 
 
 def pdf(text: str) -> bytes:

@@ -6,7 +6,9 @@ status ``IN_PROGRESS``; for every ``question_every``-th case a ``QUESTION`` mess
 nothing until a message on that case arrives from the gateway (the citizen's follow-up),
 and ``answer_delay_s`` after it the rest; a ``FINAL_REPLY`` fitting the case type (a
 complaint's with ``beslut.pdf``, a prescription renewal's naming the medications the
-case listed); status ``CLOSED`` (a complaint's with closing codes).
+case listed); status ``CLOSED`` (a complaint's with closing codes). With ``notices_only``
+(a gateway whose national profile is mvk-inbox-2.0, which carries no status, kind or
+file) it answers every case with one INFO notice instead, and nothing else.
 The texts and item shapes are ``sandbox.answers``'.
 
 Every update is numbered 1..n in the order produced and kept in the clinic's feed, which
@@ -79,11 +81,12 @@ class Clinic:
     """Answers received cases after a delay; thread-safe."""
 
     def __init__(self, *, answer_delay_s: float = 0.0, question_every: int = 3,
-                 deliver: Deliver | None = None, name: str = "clinic") -> None:
+                 deliver: Deliver | None = None, name: str = "clinic", notices_only: bool = False) -> None:
         if answer_delay_s < 0 or question_every < 0:
             raise ValueError("answer_delay_s and question_every must be >= 0")
         self.answer_delay_s = float(answer_delay_s)
-        self.question_every = int(question_every)
+        self.question_every = 0 if notices_only else int(question_every)
+        self.notices_only = notices_only
         self.deliver = deliver
         self.name = name
         self._cond = threading.Condition()
@@ -185,6 +188,9 @@ class Clinic:
         if script is None:
             return []
         case = script.facts
+        if self.notices_only:
+            del self._cases[case_id]
+            return [answers.notice(case)]
         if step == "start":
             out = [answers.status(case, "IN_PROGRESS")]
             if script.ask:

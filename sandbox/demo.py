@@ -11,7 +11,15 @@ the inbox, closed. ``--once`` exits 0 when every case has completed its loop, no
 (saying which case stopped where) otherwise; without it the sandbox keeps running until
 Ctrl-C, so the inbox page and the gateway can be looked at.
 
+``--national-profile`` runs the gateway (``national.profile``) and the 1177 simulator
+(``--profile``) on another version of 1177's contracts, and the loops are the ones that
+profile can carry (read from the gateway's profile registry): with ``mvk-inbox-2.0`` (no
+receipts, statuses, kinds or files) the clinics answer with one INFO notice, and the first
+case shows that what the profile cannot carry (a final answer with a file, a status) is
+refused by the gateway's API with its code.
+
     python -m sandbox.demo [--once] [--tls] [--port-base 8080 | --free-ports] [--timeout 90] [--data DIR]
+                           [--national-profile patientportal-2.0 | mvk-inbox-2.0]
 
 May import: anything (it is never imported by the product; ``gateway sandbox`` runs it as
 ``python -m sandbox.demo``).
@@ -26,6 +34,7 @@ or the targets the user added to ``config.example.yaml``.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import os
 import secrets
@@ -74,10 +83,14 @@ class DemoCase:
     sent_at: float = 0.0
     seen: dict[str, float] = field(default_factory=dict)
     answered_question: bool = False
+    #: the events that complete the case's loop (what the national profile carries)
+    needs: tuple[str, ...] = ("final answer in the inbox", "closed in 1177")
+    #: show what the national profile cannot carry being refused, once delivered
+    try_refused: bool = False
 
     @property
     def done(self) -> bool:
-        return "final answer in the inbox" in self.seen and "closed in 1177" in self.seen
+        return all(event in self.seen for event in self.needs)
 
     @property
     def where(self) -> str:
@@ -89,7 +102,40 @@ def new_token() -> str:
     return "sbx_" + secrets.token_urlsafe(24)
 
 
-def demo_cases() -> list[DemoCase]:
+#: What each thing the demo tries that a profile may not carry is called, and how it is sent:
+#: (label, API path under the case, body).
+REFUSABLE = (
+    ("a final answer with a file", "messages",
+     {"kind": "FINAL_REPLY", "subject": "Beslut", "body": "Beslutet finns i den bifogade filen.",
+      "attachments": [{"fileName": "beslut.pdf", "mimeType": "application/pdf"}]}),
+    ("status IN_PROGRESS", "status", {"status": "IN_PROGRESS"}),
+)
+
+
+def profile_loops(profile: str) -> dict[str, Any]:
+    """What the demo does on national profile ``profile``, from what the gateway's profile
+    carries: receipts only if it carries CONFIRMATION, the full clinic only if it carries
+    statuses and final answers (else one INFO notice per case), and which refusals to show."""
+    from adapters.national import PROFILES
+
+    carries = PROFILES[profile].carries()
+    full = {"update_status", "add_message"} <= carries.actions and {"QUESTION", "FINAL_REPLY"} <= carries.kinds
+    return {"receipts": "CONFIRMATION" in carries.kinds, "notices_only": not full, "carries": carries}
+
+
+def demo_cases(profile: str = "patientportal-2.0") -> list[DemoCase]:
+    cases = _demo_cases()
+    if not profile_loops(profile)["notices_only"]:
+        return cases
+    for case in cases:
+        case.needs = ("notice in the inbox",)
+    first = cases[0]  # to demo_rest, whose answers are pushed to the API
+    first.try_refused = True
+    first.needs += tuple(f"{label} refused by the gateway" for label, _, _ in REFUSABLE)
+    return cases
+
+
+def _demo_cases() -> list[DemoCase]:
     stamp = clock.SYSTEM.local_time().strftime("%H%M%S")
     return [
         DemoCase("complaint to a clinic", f"DEMO-{stamp}-1", KLIN1, "COMPLAINT", PNR,
@@ -196,9 +242,10 @@ DEMO_TARGETS = ("demo_rest", "demo_soap")
 
 
 def write_config(folder: Path, ports: dict[str, int], certs: dict[str, Any] | None = None,
-                 template: Path = ROOT / "config.example.yaml") -> Path:
+                 template: Path = ROOT / "config.example.yaml", profile: str = "patientportal-2.0") -> Path:
     """Write the sandbox's config to ``folder``: ``template``'s settings with the sandbox's
-    database, ports, mappings (``sandbox/mappings``) and only the demo targets."""
+    database, ports, mappings (``sandbox/mappings``), only the demo targets, and national
+    profile ``profile`` (with the receipts on only if it carries them)."""
     data = yaml.safe_load(template.read_text(encoding="utf-8"))
     data["gateway"]["name"] = "1177 integration gateway (sandbox)"
     data["database"]["path"] = str(folder / "gateway.db")
@@ -212,7 +259,8 @@ def write_config(folder: Path, ports: dict[str, int], certs: dict[str, Any] | No
     data["logging"]["level"] = "INFO"
     data["worker"]["poll_s"] = 0.5
     data["national"]["endpoint"] = f"http://{HOST}:{ports['national']}/rivta"
-    data["outbound"]["confirmations"]["enabled"] = True
+    data["national"]["profile"] = profile
+    data["outbound"]["confirmations"]["enabled"] = profile_loops(profile)["receipts"]
     rest, soap = data["targets"]["demo_rest"], data["targets"]["demo_soap"]
     rest["base_url"] = f"http://{HOST}:{ports['rest']}/api"
     rest["api"] = {"token": {"$env": "SANDBOX_API_TOKEN"}}
@@ -285,6 +333,24 @@ class Citizen1177:
                                                         "caseType": case.case_type}, timeout=5)
         return self._post("ProcessCase", case.unit, f"demo-{case.case_id}", case=body)
 
+    def try_refused(self, case: DemoCase, token: str) -> list[str]:
+        """As the clinic's system would, send what the national profile cannot carry through
+        the gateway's API: each should be refused (422) with its code, and nothing stored."""
+        from sandbox.answers import pdf
+
+        events = []
+        for label, path, body in REFUSABLE:
+            body = {**body, "senderUnit": case.unit.rsplit("-", 1)[-1]} if path == "messages" else body
+            if "attachments" in body:
+                data = base64.b64encode(pdf("Beslut " + case.case_id)).decode("ascii")
+                body["attachments"] = [{**a, "data": data} for a in body["attachments"]]
+            answer = self.session.post(f"{self.gateway}/api/v1/cases/{case.case_id}/{path}", json=body, timeout=10,
+                                       headers={"Authorization": f"Bearer {token}"})
+            code = answer.json().get("code") if answer.headers.get("Content-Type", "").startswith("application/json") else None
+            events.append((f"{label} refused by the gateway", f"{answer.status_code} {code}") if answer.status_code == 422
+                          else (f"{label} NOT refused", f"{answer.status_code} {code}"))
+        return events
+
     def answer_question(self, case: DemoCase) -> str:
         return self._post(
             "ProcessCaseMessage", case.unit, f"demo-{case.case_id}-answer", caseId=case.case_id,
@@ -323,7 +389,7 @@ def observe(cases: list[DemoCase], national: str, database: Path) -> list[tuple[
         kinds = [m["kind"] for m in inbox["messages"] if m["caseId"] == case.case_id]
         labels = {"CONFIRMATION": "receipt in the inbox", "QUESTION": "counter-question in the inbox",
                   "PARTIAL_REPLY": "partial answer in the inbox", "FINAL_REPLY": "final answer in the inbox",
-                  "INFO": "information in the inbox"}
+                  "INFO": "information in the inbox", None: "notice in the inbox"}
         found += [labels[k] for k in kinds if k in labels]
         if "CLOSED" in statuses:
             found.append("closed in 1177")
@@ -360,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
         certs = {"ca": ca.issued, "server": ca.server(), "platform": ca.client(devcerts.PLATFORM_HSA_ID),
                  "gateway": ca.client(devcerts.GATEWAY_HSA_ID), "platform_hsa_id": devcerts.PLATFORM_HSA_ID}
         use_tls(certs)
-    config = write_config(folder, ports, certs)
+    profile = args.national_profile
+    config = write_config(folder, ports, certs, profile=profile)
     urls = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
     if certs:
         urls["gateway"] = f"https://localhost:{ports['gateway']}"
@@ -378,21 +445,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"sandbox: starting on {HOST} (logs and database in {folder}/)", flush=True)
         processes.start("national", [sys.executable, "-m", "sandbox.national", "--port", str(ports["national"]), "--quiet",
-                                     *national_tls])
+                                     "--profile", profile, *national_tls])
         processes.start("providers", [
             sys.executable, "-m", "sandbox.providers", "--rest-port", str(ports["rest"]), "--soap-port", str(ports["soap"]),
             "--answer-delay", str(args.answer_delay), "--question-every", "2", "--gateway-url", urls["gateway"],
-            "--quiet"], env={**provider_env, "DEMO_REST_API_TOKEN": token})
+            "--quiet", *(["--notices-only"] if profile_loops(profile)["notices_only"] else [])],
+            env={**provider_env, "DEMO_REST_API_TOKEN": token})
         processes.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                                     "--bind", f"{HOST}:{ports['gateway']}"], env={"SANDBOX_API_TOKEN": token})
         for url in (f"{urls['national']}/sandbox/inbox", f"{urls['rest']}/_received", f"{urls['soap']}/_received",
                     f"{urls['gateway']}/rivta"):
             wait_for(url, processes)
         print(f"sandbox: all up in {time.monotonic() - started:.1f} s: the 1177 simulator, demo_rest, demo_soap "
-              f"and the gateway with its worker" + (", mutual TLS between 1177 and the gateway" if certs else ""),
-              flush=True)
+              f"and the gateway with its worker" + (", mutual TLS between 1177 and the gateway" if certs else "")
+              + f"; national profile {profile}", flush=True)
         citizen = Citizen1177(urls["gateway"], urls["national"])
-        cases = demo_cases()
+        cases = demo_cases(profile)
         for case in cases:
             case.sent_at = time.monotonic()
             outcome = citizen.send_case(case)
@@ -404,6 +472,11 @@ def run(args: argparse.Namespace) -> int:
             processes.check()
             for case, event in observe(cases, urls["national"], folder / "gateway.db"):
                 print(f"  {case.case_id}  +{case.seen[event] - case.sent_at:5.2f} s  {event}", flush=True)
+                if event.startswith(f"delivered to {case.target}") and case.try_refused:
+                    case.try_refused = False
+                    for label, how in citizen.try_refused(case, token):
+                        case.seen[label] = time.monotonic()
+                        print(f"  {case.case_id}  +{case.seen[label] - case.sent_at:5.2f} s  {label} ({how})", flush=True)
                 if event == "counter-question in the inbox" and not case.answered_question:
                     case.answered_question = True
                     outcome = citizen.answer_question(case)
@@ -447,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT / "data" / "sandbox"), help="folder for the config, database and logs")
     parser.add_argument("--tls", action="store_true",
                         help="mutual TLS between the 1177 side and the gateway, both ways (development certificates)")
+    from adapters.national import DEFAULT_PROFILE, PROFILES
+
+    parser.add_argument("--national-profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                        help="the version of 1177's contracts (the gateway's national.profile; default %(default)s)")
     return run(parser.parse_args(argv))
 
 

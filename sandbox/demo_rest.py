@@ -74,19 +74,21 @@ def create_rest_provider(
     gateway_url: str | None = None,
     api_token: str | None = None,
     today: Callable[[], dt.date] | None = None,
+    notices_only: bool = False,
 ) -> Flask:
     """The REST demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
 
     ``token``: the bearer token callers must send. ``answer_delay_s`` > 0 turns the clinic
     on (``question_every``: a counter-question for every Nth case, 0 never);
     ``gateway_url`` (e.g. ``http://127.0.0.1:8080``) and ``api_token`` (the gateway's
-    ``targets.demo_rest.api.token``): push the clinic's updates to the gateway. ``today``:
+    ``targets.demo_rest.api.token``): push the clinic's updates to the gateway;
+    ``notices_only``: the clinic answers with one INFO notice per case. ``today``:
     the date the medication lists are relative to (default: today's Swedish date, ``clock.SYSTEM.day``, as the gateway's rules count)."""
     app = Flask("sandbox.demo_rest")
     state = ProviderState(case_prefix="P", message_prefix="M", delay_s=delay_s)
     pusher = GatewayPusher(gateway_url, api_token, name="demo_rest") if gateway_url else None
     state.clinic = Clinic(answer_delay_s=answer_delay_s, question_every=question_every, deliver=pusher,
-                          name="demo_rest")
+                          name="demo_rest", notices_only=notices_only)
     app.config["PROVIDER_STATE"] = state
     add_control_routes(app, state)
 

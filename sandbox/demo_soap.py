@@ -196,16 +196,18 @@ def fields_of(element: etree._Element) -> dict[str, Any]:
 
 
 def create_soap_provider(*, delay_s: float = 0.0, answer_delay_s: float = 0.0, question_every: int = 3,
-                         today: Callable[[], dt.date] | None = None) -> Flask:
+                         today: Callable[[], dt.date] | None = None, notices_only: bool = False) -> Flask:
     """The SOAP demo provider; its ``ProviderState`` is ``app.config["PROVIDER_STATE"]``.
 
     ``answer_delay_s`` > 0 turns the clinic on (``question_every``: a counter-question for
-    every Nth case, 0 never); its updates are served by ``GetUpdates``. ``today``: the date
+    every Nth case, 0 never; ``notices_only``: one INFO notice per case); its updates are
+    served by ``GetUpdates``. ``today``: the date
     ``GetMedications`` dates are relative to (default: today's Swedish date, ``clock.SYSTEM.day``, as the gateway's rules count)."""
     app = Flask("sandbox.demo_soap")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     state = ProviderState(case_prefix="S", message_prefix="SM", delay_s=delay_s)
-    clinic = state.clinic = Clinic(answer_delay_s=answer_delay_s, question_every=question_every, name="demo_soap")
+    clinic = state.clinic = Clinic(answer_delay_s=answer_delay_s, question_every=question_every, name="demo_soap",
+                                   notices_only=notices_only)
     app.config["PROVIDER_STATE"] = state
     add_control_routes(app, state)
     schema = load_schema()

@@ -1,9 +1,22 @@
 """A loopback simulator of 1177 and the national service platform (NTjP), consumer side.
 
 Role: stands in for the 1177 services the gateway *calls* (the gateway is the service
-consumer here): ``AddMessage`` 2.0 (the citizen's 1177 inbox), ``UpdateCaseStatus`` 1.0
-and ``RegisterCase`` 1.0, all SOAP 1.1 RIV-TA BP 2.1 on one endpoint, as the platform
-offers them. It checks each call the way the platform and 1177 would, answers with a
+consumer here), in one of two versions of their contracts (``--profile``, the gateway's
+``national.profile``):
+
+- ``patientportal-2.0`` (the default): ``AddMessage`` 2.0 (the citizen's 1177 inbox),
+  ``UpdateCaseStatus`` 1.0 and ``RegisterCase`` 1.0, the project's own contracts;
+- ``mvk-inbox-2.0``: only ``AddMessage`` 2.0 of the legacy MVK inbox
+  (``urn:mvk:crm:casemanagement:inbox``), validated against the official schema with one
+  correction, said at start (log and ``GET /rivta``): its ``subjectOfCareId`` pattern is
+  written ``^[0-9]{8}[0-9pPtTfF][0-9]{3}$``; XSD patterns are anchored already and have
+  no ``^``/``$`` anchors, so as written it accepts only values that begin with ``^`` and
+  end with ``$`` and refuses every valid personnummer. The simulator validates with
+  ``[0-9]{8}[0-9pPtTfF][0-9]{3}`` (``mvk_schema(corrected=False)`` is the file as written).
+  Its answer is ``AddMessageResponse`` {``resultCode``, ``resultText``}; a message is a
+  notice outside any case thread (``businessObjectId`` is listed as the case it is about).
+
+All SOAP 1.1 RIV-TA BP 2.1 on one endpoint, as the platform offers them. It checks each call the way the platform and 1177 would, answers with a
 ``ResultType`` and keeps what it received so that tests and the demo can look at the
 citizen's inbox. Tests run it in a thread (``sandbox.providers.serve_in_thread``), the
 demo as ``python -m sandbox.national --port 8083``.
@@ -28,7 +41,8 @@ Body; the ``{urn:riv:itintegration:registry:1}LogicalAddress`` header is present
 (``VP003``) and equal to ``logical_address`` (``VP004``, the platform's "no route"
 error); the Body's first child is one of the three contracts (``VP004``); a non-empty
 ``SOAPAction`` is ``<ResponderNamespace>:<Operation>`` (``SOAPACTION``); the element is
-valid against the project's own responder XSD in ``contracts/`` (``SCHEMA_INVALID``).
+valid against the responder XSD in ``contracts/`` (``SCHEMA_INVALID``; mvk-inbox-2.0's
+corrected as above).
 Then the 1177 logic answers ``resultCode`` OK or ERROR (``errorCode`` from RIV-TA's
 ``ErrorCodeEnum``, the simulator's own code in ``subCode``, and ``message``):
 
@@ -42,6 +56,9 @@ Then the 1177 logic answers ``resultCode`` OK or ERROR (``errorCode`` from RIV-T
   1.2.752.129.5.1.22 or businessArea not in 1.2.752.129.5.1.21; ERROR
   ``MISSING_CLASSIFICATION`` if a case known to be a COMPLAINT is CLOSED without problem
   and businessArea; ERROR ``UNKNOWN_CASE`` if ``strict_cases`` and the caseId is unknown.
+- AddMessage of mvk-inbox-2.0: ERROR ``INVALID_PERSON_ID`` (in ``resultText``) as above;
+  otherwise the notice is in the inbox; the same ``message/id`` again answers OK and is
+  stored once. No case checks: the legacy inbox knows no cases.
 - RegisterCase: ERROR ``INVALID_PERSON_ID`` for an invalid person id; else OK with a new
   caseId ``1177-EXT-000001`` (sequential), the same externalCaseId again answering the
   same caseId; the case is known from then on.
@@ -73,6 +90,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 import datetime as dt
 import hashlib
 import html
@@ -101,9 +119,14 @@ SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
 REGISTRY_NS = "urn:riv:itintegration:registry:1"
 CF = "urn:riv-application:supportprocess:logistics:complaintsandfeedback"
 PP = "urn:riv-application:infrastructure:eservicesupply:patientportal"
+MVK = "urn:mvk:crm:casemanagement:inbox"
 CF_CORE_NS = f"{CF}:1"
 PP_CORE_NS = f"{PP}:2"
+MVK_CORE_NS = f"{MVK}:2"
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+MVK_SCHEMAS = CONTRACTS_DIR / "mvk-inbox-2.0" / "schemas"
+XS = "http://www.w3.org/2001/XMLSchema"
+log = logging.getLogger("sandbox.national")
 DEFAULT_LOGICAL_ADDRESS = "SE165565594230-1000"
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 300 * 1024 * 1024  # 10 attachments of 20 MB in base64, plus the envelope
@@ -121,6 +144,7 @@ class Operation:
     responder_ns: str
     core_ns: str  # namespace of the ResultType children
     xsd: Path
+    profile: str = "patientportal-2.0"  # the version of the contracts it belongs to
 
     @property
     def soap_action(self) -> str:
@@ -146,8 +170,26 @@ def _operation(name: str, root: str, major: str, core_ns: str) -> Operation:
 ADD_MESSAGE = _operation("AddMessage", PP, "2", PP_CORE_NS)
 UPDATE_CASE_STATUS = _operation("UpdateCaseStatus", CF, "1", CF_CORE_NS)
 REGISTER_CASE = _operation("RegisterCase", CF, "1", CF_CORE_NS)
-#: The contracts answered on POST /rivta, by responder namespace.
-OPERATIONS: dict[str, Operation] = {op.responder_ns: op for op in (ADD_MESSAGE, UPDATE_CASE_STATUS, REGISTER_CASE)}
+MVK_ADD_MESSAGE = Operation("AddMessage", f"{MVK}:AddMessageResponder:2", MVK_CORE_NS,
+                            MVK_SCHEMAS / "interactions" / "AddMessage" / "AddMessageResponder_2.0.xsd", "mvk-inbox-2.0")
+#: The contracts of each profile (``--profile``).
+PROFILES: dict[str, tuple[Operation, ...]] = {
+    "patientportal-2.0": (ADD_MESSAGE, UPDATE_CASE_STATUS, REGISTER_CASE),
+    "mvk-inbox-2.0": (MVK_ADD_MESSAGE,),
+}
+DEFAULT_PROFILE = "patientportal-2.0"
+#: The contracts answered on POST /rivta by default, by responder namespace.
+OPERATIONS: dict[str, Operation] = {op.responder_ns: op for op in PROFILES[DEFAULT_PROFILE]}
+
+#: The official mvk-inbox-2.0 core schema's pattern of SubjectOfCareIdType, as written, and
+#: as the simulator reads it: an XSD pattern always matches the whole value and knows no
+#: anchors, so the written '^' and '$' are characters a value would have to contain.
+MVK_PATTERN_AS_WRITTEN = "^[0-9]{8}[0-9pPtTfF][0-9]{3}$"
+MVK_PATTERN_CORRECTED = "[0-9]{8}[0-9pPtTfF][0-9]{3}"
+MVK_CORE_XSD = MVK_SCHEMAS / "core_components" / "mvk_crm_casemanagement_inbox_2.0.xsd"
+MVK_CORRECTION = (f"mvk-inbox-2.0: the official schema's subjectOfCareId pattern '{MVK_PATTERN_AS_WRITTEN}' (in "
+                  f"{MVK_CORE_XSD.name}) refuses every valid personnummer (XSD reads '^' and '$' as characters); "
+                  f"this simulator validates with '{MVK_PATTERN_CORRECTED}' instead")
 
 
 # -- identifiers ---------------------------------------------------------------------------
@@ -183,9 +225,43 @@ def _stamp() -> str:
 
 # -- reading requests (parse_envelope, SoapFault: sandbox.soapkit) ---------------------------
 
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
 def load_schema(path: Path) -> etree.XMLSchema:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    return etree.XMLSchema(etree.parse(str(path), parser))
+    return etree.XMLSchema(etree.parse(str(path), _parser()))
+
+
+class _Replace(etree.Resolver):
+    """Serves ``content`` in place of the file at ``path`` when a schema imports it."""
+
+    def __init__(self, path: Path, content: bytes):
+        super().__init__()
+        self.path, self.content = path.resolve(), content
+
+    def resolve(self, url: str, pubid: str | None, context: Any) -> Any:
+        if Path(url.removeprefix("file://")).resolve() == self.path:
+            return self.resolve_string(self.content, context, base_url=url)
+        return None
+
+
+def mvk_schema(*, corrected: bool = True) -> etree.XMLSchema:
+    """The AddMessage responder schema of mvk-inbox-2.0 from the official files in
+    ``contracts/mvk-inbox-2.0/``: as written (``corrected=False``), or with the pattern of
+    ``SubjectOfCareIdType`` read as XSD means it (``MVK_PATTERN_CORRECTED``). Refuses to
+    correct a core schema whose pattern is not the one the correction is for."""
+    if not corrected:
+        return load_schema(MVK_ADD_MESSAGE.xsd)
+    core = etree.parse(str(MVK_CORE_XSD), _parser())
+    facets = core.findall(f"{{{XS}}}simpleType[@name='SubjectOfCareIdType']/{{{XS}}}restriction/{{{XS}}}pattern")
+    if [f.get("value") for f in facets] != [MVK_PATTERN_AS_WRITTEN]:
+        raise RuntimeError(f"{MVK_CORE_XSD.name} is not the file this correction is for (pattern "
+                           f"{[f.get('value') for f in facets]})")
+    facets[0].set("value", MVK_PATTERN_CORRECTED)
+    parser = _parser()
+    parser.resolvers.add(_Replace(MVK_CORE_XSD, etree.tostring(core, xml_declaration=True, encoding="UTF-8")))
+    return etree.XMLSchema(etree.parse(str(MVK_ADD_MESSAGE.xsd), parser))
 
 
 _LIST_FIELDS = {"attachment", "problem"}
@@ -271,8 +347,16 @@ ERROR_KINDS = {
 
 def response_element(op: Operation, answer: Answer) -> etree._Element:
     """``<op>Response`` with ``result`` (children in the core namespace) and, for
-    RegisterCase, ``caseId``."""
+    RegisterCase, ``caseId``; mvk-inbox-2.0's with ``resultCode`` and ``resultText``
+    (the simulator's own code first) directly in it."""
     ns = op.responder_ns
+    if op.profile == "mvk-inbox-2.0":
+        element = etree.Element(f"{{{ns}}}{op.name}Response", nsmap={None: ns})
+        etree.SubElement(element, f"{{{ns}}}resultCode").text = answer.code
+        text = ": ".join(t for t in (answer.sub_code, answer.message) if t)
+        if text:
+            etree.SubElement(element, f"{{{ns}}}resultText").text = text
+        return element
     element = etree.Element(f"{{{ns}}}{op.name}Response", nsmap={None: ns, "core": op.core_ns})
     result = etree.SubElement(element, f"{{{ns}}}result")
     etree.SubElement(result, f"{{{op.core_ns}}}resultCode").text = answer.code
@@ -344,20 +428,25 @@ class NationalState:
             case.update(subjectOfCareId=subject_of_care_id, caseType=case_type, origin=origin)
             return dict(case)
 
-    def add_message(self, message: dict[str, Any], *, strict: bool) -> Answer:
+    def add_message(self, message: dict[str, Any], *, strict: bool, threaded: bool = True) -> Answer:
+        """A message in the inbox; ``threaded`` False (mvk-inbox-2.0): a notice outside any
+        case, so 1177's case checks do not apply."""
         with self.lock:
-            known = self.by_message_id.get(message["messageId"])
+            known = self.by_message_id.get(message["messageId"]) if message["messageId"] else None
             if known is not None:
                 known["deliveries"] += 1
                 return Answer("OK", message="the message was already delivered; stored once.")
-            case = self.cases.get(message["caseId"])
+            case = self.cases.get(message["caseId"]) if threaded else None
+            if not threaded:
+                strict = False
             if case is None and strict:
                 return Answer("ERROR", "UNKNOWN_CASE", f"1177 knows no case {message['caseId']}.")
             if case is not None and case.get("subjectOfCareId") and case["subjectOfCareId"] != message["subjectOfCareId"]:
                 return Answer("ERROR", "WRONG_CITIZEN", f"case {message['caseId']} belongs to another citizen.")
             message["deliveries"] = 1
             self.messages.append(message)
-            self.by_message_id[message["messageId"]] = message
+            if message["messageId"]:
+                self.by_message_id[message["messageId"]] = message
             return Answer("OK")
 
     def add_status(self, entry: dict[str, Any], *, strict: bool) -> Answer:
@@ -483,6 +572,29 @@ def _message_record(fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _mvk_message_record(fields: dict[str, Any]) -> dict[str, Any]:
+    """A notice of mvk-inbox-2.0: no kind, no files, no case thread (``caseId`` is the
+    ``businessObjectId`` it names, a reference only)."""
+    message = fields["message"] if isinstance(fields.get("message"), dict) else {}
+    facility = message.get("healthCareFacility") if isinstance(message.get("healthCareFacility"), dict) else {}
+    return {
+        "caseId": message.get("businessObjectId"),
+        "messageId": message.get("id"),
+        "kind": None,
+        "contract": "mvk-inbox-2.0",
+        "threaded": False,
+        "subjectOfCareId": fields["subjectOfCareId"],
+        "senderHsaId": facility.get("hsaId") or "",
+        "senderName": facility.get("healthCareFacilityName"),
+        "subject": message.get("headerText") or "",
+        "body": message.get("msg") or message.get("bodyText") or "",
+        "attachments": [],
+        "notify": fields["notify"] in ("true", "1"),
+        "sourceSystem": fields.get("sourceSystem"),
+        "received_at": _stamp(),
+    }
+
+
 def _cv(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -502,6 +614,10 @@ def _status_record(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _apply(state: NationalState, op: Operation, fields: dict[str, Any], *, strict: bool) -> Answer:
     """Run the 1177 logic of ``op``: check, then store (nothing is stored for an ERROR)."""
+    if op is MVK_ADD_MESSAGE:
+        if not valid_person_id(fields["subjectOfCareId"]):
+            return Answer("ERROR", "INVALID_PERSON_ID", "subjectOfCareId is not a valid personnummer or samordningsnummer.")
+        return state.add_message(_mvk_message_record(fields), strict=False, threaded=False)
     if op is ADD_MESSAGE:
         if not valid_person_id(fields["subjectOfCareId"]):
             return Answer("ERROR", "INVALID_PERSON_ID", "subjectOfCareId is not a valid personnummer or samordningsnummer.")
@@ -525,20 +641,36 @@ def _injected_transport(injection: Injection) -> Response:
 # -- the app -------------------------------------------------------------------------------
 
 
-def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, strict_cases: bool = False) -> Flask:
+def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, strict_cases: bool = False,
+                         profile: str = DEFAULT_PROFILE) -> Flask:
     """The 1177/NTjP simulator; its ``NationalState`` is ``app.config["NATIONAL_STATE"]``.
 
     ``logical_address``: the only LogicalAddress the simulated platform routes (anything
     else is a VP004 fault). ``strict_cases``: AddMessage and UpdateCaseStatus to a caseId
     1177 does not know (neither registered with RegisterCase nor with ``POST /_cases``)
-    answer ERROR ``UNKNOWN_CASE``.
+    answer ERROR ``UNKNOWN_CASE``. ``profile``: the version of the contracts served
+    (``PROFILES``); the schema corrections it needs are logged and kept in
+    ``app.config["SCHEMA_CORRECTIONS"]``.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"no profile {profile!r}; there are {', '.join(PROFILES)}")
     app = Flask("sandbox.national")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     state = NationalState()
     app.config["NATIONAL_STATE"] = state
     app.config["NATIONAL_LOGICAL_ADDRESS"] = logical_address
-    schemas = {ns: load_schema(op.xsd) for ns, op in OPERATIONS.items()}
+    app.config["NATIONAL_PROFILE"] = profile
+    operations = {op.responder_ns: op for op in PROFILES[profile]}
+    corrections: list[str] = []
+    schemas = {}
+    for ns, op in operations.items():
+        if op is MVK_ADD_MESSAGE:
+            schemas[ns] = mvk_schema(corrected=True)
+            corrections.append(MVK_CORRECTION)
+            log.warning("schema corrected: %s", MVK_CORRECTION)
+        else:
+            schemas[ns] = load_schema(op.xsd)
+    app.config["SCHEMA_CORRECTIONS"] = corrections
 
     def check(record: dict[str, Any]) -> tuple[Operation, dict[str, Any]]:
         """The checks of every call, in order; (operation, fields) or a ``SoapFault``."""
@@ -549,7 +681,7 @@ def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, stri
         record.update(logicalAddress=address, namespace=qname.namespace, element=qname.localname)
         if not address:
             raise SoapFault("VP003", "No receiverId (logical address) found in message header.")
-        op = OPERATIONS.get(qname.namespace or "")
+        op = operations.get(qname.namespace or "")
         if op is not None and qname.localname == op.name:
             record["operation"] = op.name
         if address != logical_address or op is None or qname.localname != op.name:
@@ -613,9 +745,10 @@ def create_national_stub(*, logical_address: str = DEFAULT_LOGICAL_ADDRESS, stri
 
     @app.get("/rivta")
     def rivta_index():  # type: ignore[no-untyped-def]
-        lines = [f"1177/NTjP simulator; LogicalAddress {logical_address}; POST SOAP 1.1 here.", ""]
-        for op in OPERATIONS.values():
+        lines = [f"1177/NTjP simulator ({profile}); LogicalAddress {logical_address}; POST SOAP 1.1 here.", ""]
+        for op in operations.values():
             lines.append(f"{op.name}  {op.responder_ns}  ({op.wsdl.relative_to(CONTRACTS_DIR)})")
+        lines += [f"schema corrected: {text}" for text in corrections]
         return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
 
     @app.post("/_cases")
@@ -692,7 +825,7 @@ def render_inbox(data: dict[str, Any], logical_address: str) -> str:
         case = data["cases"].get(case_id, {})
         messages = [m for m in data["messages"] if m["caseId"] == case_id]
         citizen = case.get("subjectOfCareId") or (messages[0]["subjectOfCareId"] if messages else None)
-        out.append(f"<section class='case'><h2>Ärende {e(case_id)}</h2><p class='meta'>")
+        out.append(f"<section class='case'><h2>Ärende {e(case_id or 'okänt')}</h2><p class='meta'>")
         details = [f"invånare {e(citizen or 'okänd')}"]
         if case.get("caseType"):
             details.append(f"typ {e(case['caseType'])}")
@@ -716,10 +849,12 @@ def render_inbox(data: dict[str, Any], logical_address: str) -> str:
             out.append("</table>")
         for m in messages:
             sender = m["senderHsaId"] + (f" ({m['senderName']})" if m.get("senderName") else "")
+            label = _KIND_LABEL.get(m["kind"], m["kind"]) if m["kind"] else "Meddelande"
+            kind = m["kind"] or f"utan typ, utanför ärendet: {m.get('contract', '')}"
             out.append(
-                f"<div class='msg'><div><span class='kind'>{e(_KIND_LABEL.get(m['kind'], m['kind']))}</span> "
-                f"<span class='meta'>[{e(m['kind'])}] från {e(sender)} &middot; {e(m['received_at'])} &middot; "
-                f"meddelande {e(m['messageId'])}{' &middot; avisering' if m['notify'] else ''}</span></div>"
+                f"<div class='msg'><div><span class='kind'>{e(label)}</span> "
+                f"<span class='meta'>[{e(kind)}] från {e(sender)} &middot; {e(m['received_at'])} &middot; "
+                f"meddelande {e(m['messageId'] or '–')}{' &middot; avisering' if m['notify'] else ''}</span></div>"
                 f"<div><strong>{e(m['subject'])}</strong></div><div class='body'>{e(m['body'])}</div>"
             )
             if m["attachments"]:
@@ -748,13 +883,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8083, help="port to listen on (0: any free port)")
     parser.add_argument("--logical-address", default=DEFAULT_LOGICAL_ADDRESS, help="the LogicalAddress routed (default %(default)s)")
     parser.add_argument("--strict-cases", action="store_true", help="refuse AddMessage/UpdateCaseStatus for unknown caseIds")
+    parser.add_argument("--profile", choices=list(PROFILES), default=DEFAULT_PROFILE,
+                        help="the version of the contracts served (the gateway's national.profile; default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no access-log line per request")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
     parser.add_argument("--tls-key", help="... and key")
     parser.add_argument("--tls-client-ca", help="require a client certificate from this CA (mutual TLS)")
     args = parser.parse_args(argv)
 
-    app = create_national_stub(logical_address=args.logical_address, strict_cases=args.strict_cases)
+    logging.basicConfig(format="sandbox.national: %(message)s", level=logging.INFO, stream=sys.stdout)
+    app = create_national_stub(logical_address=args.logical_address, strict_cases=args.strict_cases, profile=args.profile)
     context = None
     if args.tls_cert:
         from sandbox.providers import tls_context
@@ -768,8 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     thread = threading.Thread(target=server.serve_forever, name="sandbox-national", daemon=True)
     thread.start()
-    print(f"national {'https' if context else 'http'}://{HOST}:{server.server_port}  (POST /rivta, GET /sandbox/inbox.html)",
-          flush=True)
+    print(f"national {'https' if context else 'http'}://{HOST}:{server.server_port}  ({args.profile}; POST /rivta, "
+          "GET /sandbox/inbox.html)", flush=True)
 
     stopping = threading.Event()
 

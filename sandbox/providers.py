@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds before the clinics answer a case (default 1.0; 0: they never answer)")
     parser.add_argument("--question-every", type=int, default=3, metavar="N",
                         help="the clinics ask a counter-question on every Nth case (default 3; 0: never)")
+    parser.add_argument("--notices-only", action="store_true",
+                        help="the clinics answer every case with one INFO notice and nothing else (no status, no "
+                             "question, no files): what a gateway on national profile mvk-inbox-2.0 carries")
     parser.add_argument("--gateway-url", default=None, metavar="URL",
                         help="demo_rest pushes its answers to this gateway (e.g. http://127.0.0.1:8080); "
                              "default: it only serves them on GET /api/updates")
@@ -143,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rest_app = create_rest_provider(delay_s=args.delay, token=args.token, answer_delay_s=args.answer_delay,
                                         question_every=args.question_every, gateway_url=args.gateway_url,
-                                        api_token=api_token)
+                                        api_token=api_token, notices_only=args.notices_only)
         soap_app = create_soap_provider(delay_s=args.delay, answer_delay_s=args.answer_delay,
-                                        question_every=args.question_every)
+                                        question_every=args.question_every, notices_only=args.notices_only)
         rest = _start(rest_app, args.rest_port, quiet=args.quiet)
         soap = _start(soap_app, args.soap_port, quiet=args.quiet)
     except (OSError, SystemExit) as exc:  # werkzeug exits when a port is taken
@@ -154,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stoppers = [_stopper(*rest), _stopper(*soap)]
     # One line per system, "<target> <base URL>", for people and for a parent process.
     clinic = f"clinic answers after {args.answer_delay:g} s" if args.answer_delay > 0 else "clinic off"
+    clinic += ", INFO notices only" if args.notices_only and args.answer_delay > 0 else ""
     push = f", pushes to {args.gateway_url}" if args.gateway_url and args.answer_delay > 0 else ""
     print(f"demo_rest http://{HOST}:{rest[0].server_port}  (POST /api/cases, GET /api/updates, "
           f"GET /api/patients/<id>/medications; {clinic}{push})",

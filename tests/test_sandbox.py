@@ -84,3 +84,28 @@ def test_sandbox_tls_once_completes_the_loop_over_mutual_tls(tmp_path):
     assert result.stdout.count("completed its loop") == 3 and "mutual TLS" in result.stdout
     log = (tmp_path / "gateway.log").read_text()
     assert '"caller_hsa_id": "SE165565594230-1000"' in log  # the platform's certificate, read from TLS
+
+
+def test_sandbox_once_on_the_legacy_inbox_profile_completes_what_it_carries(tmp_path):
+    result = subprocess.run(
+        [*gateway_command(), "sandbox", "--once", "--national-profile", "mvk-inbox-2.0", "--free-ports",
+         "--data", str(tmp_path), "--timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "national profile mvk-inbox-2.0" in out and out.count("completed its loop") == 3
+    assert out.count("notice in the inbox") == 3
+    assert "a final answer with a file refused by the gateway (422 GW083)" in out
+    assert "status IN_PROGRESS refused by the gateway (422 GW085)" in out
+    for absent in ("receipt in the inbox", "final answer in the inbox", "closed in 1177", "NOT refused", "Traceback"):
+        assert absent not in out + result.stderr, absent
+    national_log = (tmp_path / "national.log").read_text()
+    assert "schema corrected: mvk-inbox-2.0" in national_log  # the simulator says it validates with the fix
+    config = (tmp_path / "config.yaml").read_text()
+    assert "profile: mvk-inbox-2.0" in config
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        rows = db.execute("SELECT target, action, status FROM outbox WHERE target = 'national'").fetchall()
+    assert sorted(rows) == [("national", "add_message", "done")] * 3  # nothing dead, nothing stuck

@@ -48,3 +48,39 @@ def test_the_sandbox_units_route_only_to_the_demo_targets():
     routed = {u["target"] for u in units["units"]} | ({units["default_route"]["target"]}
                                                     if isinstance(units.get("default_route"), dict) and "target" in units["default_route"] else set())
     assert routed <= set(demo.DEMO_TARGETS)
+
+
+def test_the_sandbox_on_each_national_profile_writes_a_config_check_passes(tmp_path, runner, monkeypatch):
+    from adapters.national import PROFILES
+
+    monkeypatch.setenv("SANDBOX_API_TOKEN", "sandbox-token-for-the-check")
+    for profile in sorted(PROFILES):
+        folder = tmp_path / profile
+        folder.mkdir()
+        path = demo.write_config(folder, PORTS, profile=profile)
+        written = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert written["national"]["profile"] == profile
+        # receipts only where the profile carries them (kind CONFIRMATION)
+        assert written["outbound"]["confirmations"]["enabled"] is ("CONFIRMATION" in PROFILES[profile].kinds)
+        result = runner.invoke(cli.cli, ["check", "--config", str(path)])
+        assert "FAIL national" not in result.output and f"national profile {profile}:" in result.output, result.output
+
+
+def test_on_the_legacy_inbox_the_clinic_answers_with_one_info_notice():
+    from sandbox.clinic import Clinic
+    from sandbox.state import Received
+
+    import threading
+
+    delivered = threading.Event()
+    clinic = Clinic(answer_delay_s=0.01, question_every=1, notices_only=True, deliver=lambda u, _c: delivered.set() or {})
+    try:
+        clinic.case_received(Received(kind="case", id="P-1", idempotency_key="k-1",
+                                      body={"externalId": "C-1", "type": "SYNPUNKT", "unit": "KLIN1"}))
+        assert delivered.wait(10)
+        updates, _ = clinic.updates_since(None)  # a step's updates are all in the feed before the first is delivered
+    finally:
+        clinic.stop()
+    assert [(u["type"], u["kind"], "attachments" in u) for u in updates] == [("message", "INFO", False)]
+    assert "post" in updates[0]["body"]  # a complaint's decision, which cannot be attached, goes by post
+    assert demo.profile_loops("mvk-inbox-2.0")["notices_only"] and not demo.profile_loops("patientportal-2.0")["notices_only"]
