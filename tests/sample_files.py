@@ -106,8 +106,10 @@ def pdf_with_javascript(where: str = "names") -> bytes:
     """A readable PDF that runs JavaScript: from the document's names tree (``names``), as
     its open action (``open``), or as an additional action of its page (``page_aa``)."""
     writer = _writer()
-    if where == "names":
-        writer.add_js("app.alert('hej');")
+    if where == "names":  # what a document-level script is: /Names /JavaScript in the catalog
+        tree = DictionaryObject({NameObject("/Names"): ArrayObject([TextStringObject("hej"),
+                                                                     writer._add_object(_js_action())])})
+        writer._root_object[NameObject("/Names")] = DictionaryObject({NameObject("/JavaScript"): writer._add_object(tree)})
     elif where == "open":
         writer._root_object[NameObject("/OpenAction")] = writer._add_object(_js_action())
     elif where == "page_aa":
