@@ -172,11 +172,12 @@ _ACTIVE_HINT = ("Send the document as a plain PDF without scripts, actions or fi
                 "(for example, print it to a new PDF) and try again.")
 _PILLOW_FORMATS = {"image/gif": "GIF", "image/jpeg": "JPEG", "image/png": "PNG"}
 
-#: PDF keys whose values are page content, fonts, pictures, appearances or the structure tree
-#: (large, and never an action a viewer runs): the search for active content does not read
-#: them, so it costs little memory however big they are. ``/Parent`` only leads back up.
-_PDF_PASSIVE_KEYS = frozenset({"/Contents", "/XObject", "/FontFile", "/FontFile2", "/FontFile3", "/Metadata",
-                               "/Thumb", "/AP", "/StructTreeRoot", "/Parent", "/Length", "/JS", "/EF"})
+#: PDF keys whose values are page content, resources (fonts, pictures, colour spaces, forms
+#: drawn on the page), appearances or the structure tree: large, and never an action a viewer
+#: runs. The search for active content does not read them, so it costs little time and memory
+#: however big they are. ``/Parent`` only leads back up; ``/JS`` and ``/EF`` are found already.
+_PDF_PASSIVE_KEYS = frozenset({"/Contents", "/Resources", "/XObject", "/Font", "/FontFile", "/FontFile2", "/FontFile3",
+                               "/Metadata", "/Thumb", "/AP", "/StructTreeRoot", "/Parent", "/Length", "/JS", "/EF"})
 #: Action types that run or open something outside the document.
 _PDF_ACTIONS = {"/JavaScript": "the PDF carries JavaScript", "/Launch": "the PDF carries a launch action "
                 "(it can start a program or open a file)", "/ImportData": "the PDF carries an import-data action",
@@ -201,7 +202,9 @@ def _pdf_problem(data: bytes) -> tuple[str, str] | None:
             return ("the PDF is protected by a password, so its content cannot be checked",
                     "Send the PDF without a password.")
         root = reader.trailer["/Root"].get_object()
-        if not isinstance(root, DictionaryObject) or len(reader.pages) == 0:
+        pages = root.get("/Pages") if isinstance(root, DictionaryObject) else None
+        pages = pages.get_object() if pages is not None else None
+        if not isinstance(pages, DictionaryObject) or not pages.get("/Kids") or int(pages.get("/Count", 0)) < 1:
             return "the file does not parse as a PDF document with pages", _DAMAGED_HINT
         active = _pdf_active_content(root)
     except Exception:  # noqa: BLE001 - whatever pypdf cannot read is not a PDF 1177 can show
