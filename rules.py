@@ -202,9 +202,9 @@ def _pdf_problem(data: bytes) -> tuple[str, str] | None:
             return ("the PDF is protected by a password, so its content cannot be checked",
                     "Send the PDF without a password.")
         root = reader.trailer["/Root"].get_object()
-        pages = root.get("/Pages") if isinstance(root, DictionaryObject) else None
-        pages = pages.get_object() if pages is not None else None
-        if not isinstance(pages, DictionaryObject) or not pages.get("/Kids") or int(pages.get("/Count", 0)) < 1:
+        pages = _pdf_value(root, "/Pages") if isinstance(root, DictionaryObject) else None
+        if (not isinstance(pages, DictionaryObject) or not _pdf_value(pages, "/Kids")
+                or int(_pdf_value(pages, "/Count") or 0) < 1):
             return "the file does not parse as a PDF document with pages", _DAMAGED_HINT
         active = _pdf_active_content(root)
     except Exception:  # noqa: BLE001 - whatever pypdf cannot read is not a PDF 1177 can show
@@ -252,15 +252,21 @@ def _pdf_active_content(root: DictionaryObject) -> str | None:
     return None
 
 
+def _pdf_value(node: DictionaryObject, key: str) -> Any:
+    """``node[key]`` resolved (a value may be an indirect object, e.g. ``/S 12 0 R``), or None."""
+    value = node.get(key)
+    return value.get_object() if isinstance(value, IndirectObject) else value
+
+
 def _pdf_dictionary_problem(node: DictionaryObject) -> str | None:
-    action = node.get("/S")
+    action = _pdf_value(node, "/S")
     if action in _PDF_ACTIONS:
         return _PDF_ACTIONS[str(action)]
     if "/JS" in node or "/JavaScript" in node:
         return "the PDF carries JavaScript"
-    if "/EmbeddedFiles" in node or "/EF" in node or node.get("/Type") == "/EmbeddedFile":
+    if "/EmbeddedFiles" in node or "/EF" in node or _pdf_value(node, "/Type") == "/EmbeddedFile":
         return "the PDF carries an embedded file"
-    if node.get("/Subtype") == "/FileAttachment":
+    if _pdf_value(node, "/Subtype") == "/FileAttachment":
         return "the PDF carries an attached file (a file-attachment annotation)"
     if "/XFA" in node:
         return "the PDF carries an XFA form, which can run scripts"

@@ -119,10 +119,12 @@ def pdf_with_javascript(where: str = "names") -> bytes:
     return _written(writer)
 
 
-def pdf_with_launch() -> bytes:
-    """A readable PDF whose link on page 1 launches a program."""
+def pdf_with_launch(*, indirect: bool = False) -> bytes:
+    """A readable PDF whose link on page 1 launches a program (with ``indirect``, the action's
+    type ``/S`` is an indirect object, as a viewer also reads it)."""
     writer = _writer()
-    launch = DictionaryObject({NameObject("/Type"): NameObject("/Action"), NameObject("/S"): NameObject("/Launch"),
+    kind = writer._add_object(NameObject("/Launch")) if indirect else NameObject("/Launch")
+    launch = DictionaryObject({NameObject("/Type"): NameObject("/Action"), NameObject("/S"): kind,
                                NameObject("/F"): TextStringObject("C:\\Windows\\System32\\calc.exe")})
     link = DictionaryObject({
         NameObject("/Type"): NameObject("/Annot"), NameObject("/Subtype"): NameObject("/Link"),

@@ -60,6 +60,8 @@ HOSTILE = [
      sample_files.pdf_with_javascript("page_aa"), "the PDF carries JavaScript"),
     ("a PDF with a launch action", "beslut.pdf", "application/pdf", sample_files.pdf_with_launch(),
      "the PDF carries a launch action"),
+    ("a PDF with a launch action whose type is an indirect object", "beslut.pdf", "application/pdf",
+     sample_files.pdf_with_launch(indirect=True), "the PDF carries a launch action"),
     ("a PDF with an embedded file", "beslut.pdf", "application/pdf", sample_files.pdf_with_embedded_file("names"),
      "the PDF carries an embedded file"),
     ("a PDF with a file-attachment annotation", "beslut.pdf", "application/pdf",
