@@ -21,6 +21,7 @@ run: $(STAMP)
 CLOCKS := 2026-12-15T23:30:00Z 2026-06-15T22:30:00Z 2026-10-25T01:30:00Z 2027-03-28T00:30:00Z 2028-02-29T22:30:00Z
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -q $(foreach t,$(CLOCKS),--clock $(t))
 

@@ -1,25 +1,32 @@
 """The provider-facing REST API: what a provider's system says back to the citizen.
 
-Role: a Flask blueprint under ``/api``, described by the OpenAPI 3 document it serves at
-``/api/openapi.json``. A provider system posts messages to the citizen (confirmations,
-partial answers, counter-questions, final answers), status changes, and cases that
-started outside 1177; it reads a case's status and timeline and fetches the case's own
-attachments (audited); it previews a message to the citizen before it is sent (its content
-and the very bytes of its files), releases one the wrong-patient guard holds (rule 14), and
-cancels one during its review window. Every call authenticates with the bearer token configured for its
-target (``targets.<name>.api.token``) and may only touch the cases routed to that target.
+Role: a Flask blueprint under ``/api``. A provider system posts messages to the citizen
+(confirmations, partial answers, counter-questions, final answers), status changes, and
+cases that started outside 1177; it reads a case's status and timeline and fetches the
+case's own attachments (audited); it previews a message to the citizen before it is sent
+(its content and the very bytes of its files), releases one the wrong-patient guard holds
+(rule 14), and cancels one during its review window. Every call authenticates with the
+bearer token configured for its target (``targets.<name>.api.token``) and may only touch
+the cases routed to that target.
+
+One source of truth: the OpenAPI 3.1 document served at ``/api/openapi.json`` is generated
+from models. Every request body is validated by its model in ``updates`` (``Reply``,
+``Status``, ``ExternalCase``) and every JSON answer is built through its model here
+(``CaseView``, ``MessageQueued``, ``Error``, …), so the document cannot say other than the
+calls do; the limits in them are the rules' constants.
 
 May import: ``updates``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. Units and
 code tables are handed in by the composition root.
 
-Invariants: a refused call answers a 4xx JSON ``{code, message, field}`` and has stored
-nothing; entry points only write to the store (the worker sends); no response carries a
-person id, a token or a stack trace.
+Invariants: a refused call answers a 4xx JSON ``{code, message, field}`` (``Error``) and has
+stored nothing; a JSON answer has exactly the fields of its model; entry points only write
+to the store (the worker sends); no response carries a person id, a token or a stack trace.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
@@ -30,9 +37,12 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import quote
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from werkzeug.exceptions import HTTPException
 
 import identity
@@ -56,7 +66,7 @@ from errors import (
     StoreError,
     Unauthenticated,
 )
-from model import CaseType, GuardOutcome, redact_person_ids, safe_file_name
+from model import CaseStatus, CaseType, GuardOutcome, redact_person_ids, safe_file_name
 from store import Store
 
 if TYPE_CHECKING:  # handed in by the composition root
@@ -110,12 +120,216 @@ def _api() -> Api:
     return current_app.extensions["gateway.api"]
 
 
+# -- the answers: one description for the OpenAPI document and for what the calls return ------------------
+
+
+class View(BaseModel):
+    """An answer of the provider API, by its JSON (camelCase) names. Every answer is built
+    through its model (``_answer``), so the document cannot promise what a call does not
+    return; strict: a value of another type is a bug here, not something to convert."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, alias_generator=to_camel,
+                              validate_by_name=True, validate_by_alias=False, serialize_by_alias=True)
+
+
+#: an instant as the store keeps it: ISO 8601 (RFC 3339), UTC
+Instant = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Error(View):
+    """A refused call: nothing of it was stored."""
+
+    code: Annotated[str, Field(pattern=r"^GW0[0-9]{2}$", description="Stable: see the README's table of codes")]
+    message: Annotated[str, Field(description="What went wrong and what to do")]
+    field: Annotated[str | None, Field(description="The JSON field concerned (attachments[0].data), if one is")]
+
+
+class Finding(View):
+    """Where the wrong-patient guard found something: a place, never the id."""
+
+    where: Annotated[str, Field(description="'body', 'subject' or the attachment's file name")]
+    page: int | None
+    attachment: int | None
+    kind: Literal["foreign_id", "not_checked"]
+    count: int
+
+
+class Guard(View):
+    """The wrong-patient guard's outcome (rule 14): places, never ids."""
+
+    checked: bool
+    held: bool
+    findings: list[Finding]
+
+
+class MessageQueued(View):
+    """A message to the citizen, stored: queued, or held by the review window or the guard."""
+
+    message_id: Annotated[str, Field(description="Your messageId, or the gateway's when you gave none")]
+    status: Literal["held", "queued"]
+    send_after: Annotated[Instant | None, Field(description="null while the wrong-patient guard holds it")]
+    created: Annotated[bool, Field(description="false: the same message was posted before")]
+    guard: Guard
+    code: Annotated[Literal["GW047"] | None, Field(description="Only when the wrong-patient guard holds it: "
+                                                               "release or cancel it")] = None
+    message: Annotated[str | None, Field(description="Where the guard found another citizen's id (never the id)")] = None
+    hint: str | None = None
+
+
+class Sender(View):
+    """Who at the care side sent it (rule 13), as the message said."""
+
+    role: str | None
+    name: str | None
+
+
+class Release(View):
+    """Who confirmed a message the wrong-patient guard held, and when."""
+
+    at: Instant
+    by: str
+
+
+class MessageAttachment(View):
+    """A file of a message to the citizen: the bytes are at ``href``."""
+
+    n: Annotated[int, Field(ge=0, description="Its index: GET …/attachments/{n} returns the bytes")]
+    file_name: str
+    mime_type: str
+    sha256: str
+    size: int | None
+    href: str
+
+
+class MessageView(View):
+    """A message to the citizen as stored and as it will be sent."""
+
+    message_id: str
+    case_id: str
+    kind: str
+    subject: str | None
+    body: str
+    sender_hsa_id: str | None
+    sender_name: str | None
+    sent_by: Sender | None
+    status: Annotated[str, Field(description="held, queued, sent, cancelled")]
+    held_by_guard: bool
+    send_after: Instant | None
+    released: Release | None
+    guard: Guard
+    attachments: list[MessageAttachment]
+
+
+class Cancelled(View):
+    """A message cancelled during its review window: it is never sent."""
+
+    message_id: str
+    status: Literal["cancelled"]
+
+
+class Released(View):
+    """A message the wrong-patient guard held, confirmed: it is sent once."""
+
+    message_id: str
+    status: Annotated[str, Field(description="held while a review window still runs, else queued")]
+    released: bool
+
+
+class StatusQueued(View):
+    """A status change, queued for 1177 in the case's order."""
+
+    status_id: int
+    status: Literal[tuple(s.value for s in CaseStatus)]  # type: ignore[valid-type]
+    queued: bool
+
+
+class Registered(View):
+    """A case registered outside 1177: 1177 is told in the background."""
+
+    case_id: Annotated[str, Field(description="Use it as the caseId of later calls")]
+    external_case_id: str
+    status: Literal["registering"]
+
+
+class CaseAttachment(View):
+    """One of the case's own files (the citizen's)."""
+
+    position: Annotated[int, Field(ge=1, description="GET …/attachments/{position} returns the bytes")]
+    file_name: str
+    mime_type: str
+    size: int
+    sha256: str
+
+
+class CaseMessage(View):
+    """A message of the case, either way: metadata, never its text."""
+
+    message_id: str
+    direction: Literal["in", "out"]
+    kind: str
+    status: str
+    created_time: Instant | None
+    sent_at: Instant | None
+
+
+class CaseStatusChange(View):
+    """A status change of the case towards 1177."""
+
+    status_id: int
+    status: str
+    state: str
+    created_at: Instant
+    sent_at: Instant | None
+
+
+class TimelineEvent(View):
+    """An event of the case's sync log (metadata only)."""
+
+    at: Instant
+    direction: str
+    event: str
+    status: str
+    target: str | None
+    message_id: str | None
+    error_code: str | None
+
+
+class CaseView(View):
+    """A case's status and timeline: metadata, never the citizen's text."""
+
+    case_id: str
+    origin: Literal["1177", "external"]
+    case_type: str
+    receiver_hsa_id: str
+    unit_code: Annotated[str | None, Field(description="Your code of the receiving unit (units.yaml)")]
+    provider_case_id: Annotated[str | None, Field(description="Your system's id of the case")]
+    national_case_id: Annotated[str | None, Field(description="1177's caseId (a registered case gets it from 1177)")]
+    delivery_status: Annotated[str, Field(description="Of the delivery to your system")]
+    status: Annotated[str | None, Field(description="The last status sent towards 1177")]
+    received_at: Instant
+    attachments: Annotated[list[CaseAttachment], Field(description="The case's own attachments")]
+    messages: list[CaseMessage]
+    statuses: list[CaseStatusChange]
+    timeline: list[TimelineEvent]
+
+
+#: every answer the API gives in JSON
+VIEWS: tuple[type[View], ...] = (Error, MessageQueued, MessageView, Cancelled, Released, StatusQueued, Registered,
+                                 CaseView)
+
+
+def _answer(view: View, status: int = 200) -> Response:
+    """The JSON of ``view``: the fields it was built with (an optional one left out is absent)."""
+    response = jsonify(view.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    response.status_code = status
+    return response
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
 def _error(exc: GatewayError, status: int) -> Response:
-    response = jsonify({"code": exc.code, "message": f"{exc.message} {exc.hint}".strip(), "field": exc.field})
-    response.status_code = status
+    response = _answer(Error(code=exc.code, message=f"{exc.message} {exc.hint}".strip(), field=exc.field), status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="gateway"'
     return response
@@ -234,6 +448,15 @@ def _json() -> dict[str, Any]:
     return data
 
 
+BodyT = TypeVar("BodyT", bound=updates.Body)
+
+
+def _body(model: type[BodyT]) -> BodyT:
+    """The call's JSON body, validated by its model (``updates.BODIES``): the same model the
+    OpenAPI document describes it by."""
+    return updates.read(model, _json(), max_attachment_bytes=_api().max_attachment_bytes)
+
+
 #: No body this API describes is nested deeper than this.
 MAX_JSON_DEPTH = 16
 # a lone surrogate can only come from a \uD800-\uDFFF escape (raw UTF-8 cannot carry one)
@@ -299,19 +522,19 @@ def openapi() -> Response:
 
 
 @bp.post("/v1/cases/<case_id>/messages")
-def post_message(case_id: str) -> tuple[Response, int]:
+def post_message(case_id: str) -> Response:
     target = _target()
     row = _case(target, case_id)
     case_id = row["case_id"]
     api = _api()
-    data = _json()
+    data = _body(updates.Reply)
     message = updates.reply(data, case_id=case_id, target=target, units=api.units, clock=api.clock,
                             case_unit=row["receiver_hsa_id"], citizen_started=row["origin"] == "1177",
                             max_attachments=api.max_attachments,
                             max_attachment_bytes=api.max_attachment_bytes)
     guard = updates.guard(message, api.store.case_person_ids(case_id), require_text=api.require_text)
     accepted = api.store.add_reply(message, hold_s=api.review_s, origin="api", correlation_id=_correlation(),
-                                   reopen=updates.reopen(data), guard=guard)
+                                   reopen=data.reopen, guard=guard)
     held = guard.held
     if not accepted.created:  # the same message again: answer with what is stored (it may have been released)
         stored = api.store.outgoing_message(case_id, message.message_id)
@@ -319,20 +542,20 @@ def post_message(case_id: str) -> tuple[Response, int]:
     _stored(target, "message to citizen held by the wrong-patient guard" if held else "message to citizen queued",
             case_id=case_id, message_id=message.message_id, kind=message.kind, sender_hsa_id=message.sender_hsa_id)
     send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
-    answer: dict[str, Any] = {"messageId": message.provider_message_id or accepted.ref_id,
-                              "status": "held" if api.review_s > 0 or held else "queued",
-                              "sendAfter": None if held else send_after.isoformat(), "created": accepted.created,
-                              "guard": _guard_view(guard)}
+    answer = dict(message_id=message.provider_message_id or accepted.ref_id,
+                  status="held" if api.review_s > 0 or held else "queued",
+                  send_after=None if held else send_after.isoformat(), created=accepted.created,
+                  guard=_guard_view(guard))
     if held:
         answer.update(code=MessageHeld.code, message=_held_text(guard), hint=MessageHeld.hint)
-    return jsonify(answer), 202
+    return _answer(MessageQueued(**answer), 202)
 
 
-def _guard_view(guard: GuardOutcome) -> dict[str, Any]:
+def _guard_view(guard: GuardOutcome) -> Guard:
     """The wrong-patient guard's outcome as the API shows it: places, never the ids."""
-    return {"checked": guard.checked, "held": guard.held,
-            "findings": [{"where": f.where, "page": f.page, "attachment": f.attachment, "kind": f.kind, "count": f.count}
-                         for f in guard.findings]}
+    return Guard(checked=guard.checked, held=guard.held,
+                 findings=[Finding(where=f.where, page=f.page, attachment=f.attachment, kind=f.kind, count=f.count)
+                           for f in guard.findings])
 
 
 def _held_text(guard: GuardOutcome) -> str:
@@ -347,24 +570,24 @@ def _held_text(guard: GuardOutcome) -> str:
     return redact_person_ids("held by the wrong-patient guard, not sent: " + "; ".join(parts) + ".")
 
 
-def _message_view(case_id: str, message_id: str) -> dict[str, Any]:
+def _message_view(case_id: str, message_id: str) -> MessageView:
     row = _api().store.outgoing_message(case_id, message_id)
     content = row["content"]
     guard_held = row["outbox_status"] == "held"
     shown = row["provider_message_id"] or row["message_id"]
-    return {
-        "messageId": shown, "caseId": case_id, "kind": content.get("kind"), "subject": content.get("subject"),
-        "body": content.get("text"), "senderHsaId": content.get("sender_hsa_id"), "senderName": content.get("sender_name"),
-        "sentBy": {"role": content.get("sent_by_role"), "name": content.get("sent_by_name")}
+    return MessageView(
+        message_id=shown, case_id=case_id, kind=content["kind"], subject=content.get("subject"),
+        body=content["text"], sender_hsa_id=content.get("sender_hsa_id"), sender_name=content.get("sender_name"),
+        sent_by=Sender(role=content.get("sent_by_role"), name=content.get("sent_by_name"))
         if content.get("sent_by_role") or content.get("sent_by_name") else None,
-        "status": row["status"], "heldByGuard": guard_held,
-        "sendAfter": row["not_before"] if row["outbox_status"] == "pending" else None,
-        "released": {"at": row["released_at"], "by": row["released_by"]} if row["released_at"] else None,
-        "guard": _guard_view(row["guard"]),
-        "attachments": [{"n": i, "fileName": a["file_name"], "mimeType": a["mime_type"], "sha256": a["sha256"],
-                         "size": a["size"], "href": f"/api/v1/cases/{case_id}/messages/{shown}/attachments/{i}"}
-                        for i, a in enumerate(row["attachments"])],
-    }
+        status=row["status"], held_by_guard=guard_held,
+        send_after=row["not_before"] if row["outbox_status"] == "pending" else None,
+        released=Release(at=row["released_at"], by=row["released_by"]) if row["released_at"] else None,
+        guard=_guard_view(row["guard"]),
+        attachments=[MessageAttachment(n=i, file_name=a["file_name"], mime_type=a["mime_type"], sha256=a["sha256"],
+                                       size=a["size"], href=f"/api/v1/cases/{case_id}/messages/{shown}/attachments/{i}")
+                     for i, a in enumerate(row["attachments"])],
+    )
 
 
 @bp.get("/v1/cases/<case_id>/messages/<message_id>")
@@ -372,7 +595,7 @@ def get_message(case_id: str, message_id: str) -> Response:
     """The preview of a message to the citizen (rule 14): what will be sent, as stored."""
     target = _target()
     case_id = _case(target, case_id)["case_id"]
-    return jsonify(_message_view(case_id, message_id))
+    return _answer(_message_view(case_id, message_id))
 
 
 @bp.get("/v1/cases/<case_id>/messages/<message_id>/attachments/<n>")
@@ -398,7 +621,7 @@ def release_message(case_id: str, message_id: str) -> Response:
     api = _api()
     state = api.store.release_message(message_id, by=f"api:{target}", case_id=case_id)
     _stored(target, "message to citizen released", case_id=case_id, message_id=message_id)
-    return jsonify({"messageId": message_id, "status": state, "released": True})
+    return _answer(Released(message_id=message_id, status=state, released=True))
 
 
 @bp.post("/v1/cases/<case_id>/messages/<message_id>/cancel")
@@ -407,35 +630,35 @@ def cancel_message(case_id: str, message_id: str) -> Response:
     case_id = _case(target, case_id)["case_id"]
     _api().store.cancel_message(message_id, by=f"api:{target}", case_id=case_id)  # only a message of this case
     _stored(target, "message to citizen cancelled", case_id=case_id, message_id=message_id)
-    return jsonify({"messageId": message_id, "status": "cancelled"})
+    return _answer(Cancelled(message_id=message_id, status="cancelled"))
 
 
 @bp.post("/v1/cases/<case_id>/status")
-def post_status(case_id: str) -> tuple[Response, int]:
+def post_status(case_id: str) -> Response:
     target = _target()
     row = _case(target, case_id)
     case_id = row["case_id"]
     api = _api()
-    update = updates.status(_json(), case_id=case_id, case_type=CaseType(row["case_type"]), target=target, codes=api.codes)
+    update = updates.status(_body(updates.Status), case_id=case_id, case_type=CaseType(row["case_type"]), target=target,
+                            codes=api.codes)
     status_id = api.store.add_status(update, origin="api", correlation_id=_correlation())
     _stored(target, "status queued", case_id=case_id, status=update.status.value)
-    return jsonify({"statusId": status_id, "status": update.status.value, "queued": True}), 202
+    return _answer(StatusQueued(status_id=status_id, status=update.status.value, queued=True), 202)
 
 
 @bp.post("/v1/cases")
-def register_case() -> tuple[Response, int]:
+def register_case() -> Response:
     target = _target()
     api = _api()
     case, external_id, channel, unit_code = updates.external_case(
-        _json(), target=target, units=api.units, clock=api.clock, max_attachment_bytes=api.max_attachment_bytes
+        _body(updates.ExternalCase), target=target, units=api.units, clock=api.clock, max_attachment_bytes=api.max_attachment_bytes
     )
     accepted = api.store.register_external(case, target=target, provider_unit_code=unit_code,
                                            external_case_id=external_id, channel=channel, correlation_id=_correlation(),
                                            reserve_receipt=case.case_type.value in api.receipt_types)
     _stored(target, "external case registered", case_id=accepted.case_id, channel=channel)
-    return jsonify({"caseId": accepted.case_id, "externalCaseId": external_id, "status": "registering"}), (
-        201 if accepted.created else 200
-    )
+    return _answer(Registered(case_id=accepted.case_id, external_case_id=external_id, status="registering"),
+                   201 if accepted.created else 200)
 
 
 @bp.get("/v1/cases/<case_id>")
@@ -444,38 +667,30 @@ def get_case(case_id: str) -> Response:
     case_id = _case(target, case_id)["case_id"]
     view = _api().store.timeline(case_id)
     case = view["case"]
-    return jsonify({
-        "caseId": case["case_id"],
-        "origin": case["origin"],
-        "caseType": case["case_type"],
-        "receiverHsaId": case["receiver_hsa_id"],
-        "unitCode": case["provider_unit_code"],
-        "providerCaseId": case["provider_case_id"],
-        "nationalCaseId": case["national_case_id"],
-        "deliveryStatus": case["status"],
-        "status": case["citizen_status"],
-        "receivedAt": case["received_at"],
-        "attachments": [
-            {"position": a["position"], "fileName": a["file_name"], "mimeType": a["mime_type"], "size": a["size"],
-             "sha256": a["sha256"]}
-            for a in _api().store.case_attachments(case_id)
-        ],
-        "messages": [
-            {"messageId": m["provider_message_id"] or m["message_id"], "direction": m["direction"], "kind": m["kind"], "status": m["status"],
-             "createdTime": m["created_time"], "sentAt": m["sent_at"]}
-            for m in view["messages"]
-        ],
-        "statuses": [
-            {"statusId": s["id"], "status": s["status"], "state": s["state"], "createdAt": s["created_at"],
-             "sentAt": s["sent_at"]}
-            for s in view["statuses"]
-        ],
-        "timeline": [
-            {"at": e["at"], "direction": e["direction"], "event": e["event"], "status": e["status"],
-             "target": e["target"], "messageId": e["message_id"], "errorCode": e["error_code"]}
-            for e in view["events"]
-        ],
-    })
+    return _answer(CaseView(
+        case_id=case["case_id"],
+        origin=case["origin"],
+        case_type=case["case_type"],
+        receiver_hsa_id=case["receiver_hsa_id"],
+        unit_code=case["provider_unit_code"],
+        provider_case_id=case["provider_case_id"],
+        national_case_id=case["national_case_id"],
+        delivery_status=case["status"],
+        status=case["citizen_status"],
+        received_at=case["received_at"],
+        attachments=[CaseAttachment(position=a["position"], file_name=a["file_name"], mime_type=a["mime_type"],
+                                    size=a["size"], sha256=a["sha256"])
+                     for a in _api().store.case_attachments(case_id)],
+        messages=[CaseMessage(message_id=m["provider_message_id"] or m["message_id"], direction=m["direction"],
+                              kind=m["kind"], status=m["status"], created_time=m["created_time"], sent_at=m["sent_at"])
+                  for m in view["messages"]],
+        statuses=[CaseStatusChange(status_id=s["id"], status=s["status"], state=s["state"], created_at=s["created_at"],
+                                   sent_at=s["sent_at"])
+                  for s in view["statuses"]],
+        timeline=[TimelineEvent(at=e["at"], direction=e["direction"], event=e["event"], status=e["status"],
+                                target=e["target"], message_id=e["message_id"], error_code=e["error_code"])
+                  for e in view["events"]],
+    ))
 
 
 @bp.get("/v1/cases/<case_id>/attachments/<ref>")
@@ -501,35 +716,67 @@ def get_case_attachment(case_id: str, ref: str) -> Response:
     return response
 
 
-# -- the OpenAPI document -----------------------------------------------------------------------------
+# -- the OpenAPI document: generated from the bodies (updates) and the answers (above) -------------------------
+
+REF = "#/components/schemas/{model}"
+FILE_TYPES = rules.ATTACHMENT_TYPES
+
+
+class _Schema(GenerateJsonSchema):
+    """JSON Schema 2020-12 (OpenAPI 3.1's) of the models, without a title per property."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+@functools.cache
+def schemas() -> dict[str, Any]:
+    """The components of the document: every body (as validated) and every answer (as
+    serialized), by model name."""
+    _, top = models_json_schema([(m, "validation") for m in updates.BODIES] + [(m, "serialization") for m in VIEWS],
+                                ref_template=REF, schema_generator=_Schema)
+    return top["$defs"]
+
+
+def _json_of(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
-    text = {400: "Malformed body (GW033)", 401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
+    text = {400: "Malformed body: not JSON, a wrong type, a missing or unknown field (GW033)",
+            401: "No or wrong token (GW030)", 403: "Case of another target (GW031)",
             404: "No such case or message (GW032)",
-            409: "Conflict: id reused, message already sent, or not held (GW028, GW034, GW048)",
+            409: "Conflict: id reused, message already sent, not held, or the case is closed (GW028, GW034, GW041, GW048)",
             410: "The content was purged after the retention period (GW040)",
-            413: "Body too large (GW010)", 422: "A 1177 rule refuses it (GW020-GW029, GW035, GW036)"}
-    return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for c in codes}
+            413: "Body too large (GW010)",
+            422: "A 1177 rule or limit refuses it (GW020-GW029, GW035, GW036, GW042, GW044, GW046)"}
+    return {str(c): {"description": text[c], "content": _json_of(Error)} for c in codes}
+
+
+def _ok(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json_of(model)}
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": _json_of(model)}
+
+
+def _file(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {mime: {"schema": {"type": "string", "contentMediaType": mime}} for mime in FILE_TYPES}}
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    """The OpenAPI 3.0 description of this API."""
-    case_id = {"name": "caseId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
-               "description": "1177's caseId, or the caseId the gateway returned when the case was registered."}
-    message_id = {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
+    """The OpenAPI 3.1 description of this API: its paths here, its bodies and answers
+    generated from the models that validate and build them."""
+    case_id = {"name": "caseId", "in": "path", "required": True, "schema": {"type": "string", "maxLength": rules.MAX_ID},
+               "description": "1177's caseId, the caseId the gateway returned when the case was registered, or "
+                              "your own id for the case"}
+    message_id = {"name": "messageId", "in": "path", "required": True,
+                  "schema": {"type": "string", "maxLength": rules.MAX_ID},
                   "description": "Your messageId, or the one the gateway returned."}
-    attachment = {
-        "type": "object", "required": ["fileName", "mimeType", "data"],
-        "properties": {"fileName": {"type": "string", "minLength": 1, "maxLength": 255},
-                       "mimeType": {"type": "string", "enum": ["application/pdf", "image/gif", "image/jpeg", "image/png"]},
-                       "data": {"type": "string", "format": "byte", "description": "base64; at most 20 MB decoded; the type is checked by content"}},
-    }
-    code = {"oneOf": [{"type": "string"}, {"type": "object", "required": ["code"],
-                                           "properties": {"code": {"type": "string"}, "displayName": {"type": "string"}}}]}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "1177 integration gateway: provider API", "version": version,
                  "description": "What a care provider's system says back to the citizen through 1177. "
                                 "Authenticate with the bearer token configured for your target."},
@@ -538,18 +785,14 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             "/v1/cases": {"post": {
                 "summary": "Register a case that started outside 1177 (phone, letter, visit)",
-                "operationId": "registerCase",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExternalCase"}}}},
-                "responses": {"201": {"description": "Registered; 1177 is told in the background",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
-                              "200": {"description": "Already registered (same externalCaseId and content)",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
+                "operationId": "registerCase", "requestBody": _request_body(updates.ExternalCase),
+                "responses": {"201": _ok(Registered, "Registered; 1177 is told in the background"),
+                              "200": _ok(Registered, "Already registered (same externalCaseId and content)"),
                               **_error_responses(400, 401, 409, 413, 422)}}},
             "/v1/cases/{caseId}": {"get": {
                 "summary": "A case's status and timeline (metadata, no citizen text)",
                 "operationId": "getCase", "parameters": [case_id],
-                "responses": {"200": {"description": "The case", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaseView"}}}},
-                              **_error_responses(401, 403, 404)}}},
+                "responses": {"200": _ok(CaseView, "The case"), **_error_responses(401, 403, 404)}}},
             "/v1/cases/{caseId}/attachments/{n}": {"get": {
                 "summary": "One of the case's own attachments (the bytes), by position or SHA-256; each fetch is audited",
                 "operationId": "getAttachment",
@@ -557,138 +800,42 @@ def openapi_document(version: str) -> dict[str, Any]:
                                          "description": "The attachment's position in the case (1-based, as listed by getCase), "
                                                         "or its sha256 (64 hex digits)",
                                          "schema": {"type": "string", "maxLength": 64}}],
-                "responses": {"200": {"description": "The file, with its stored MIME type and a safe file name "
-                                                     "in Content-Disposition",
-                                      "content": {mime: {"schema": {"type": "string", "format": "binary"}}
-                                                  for mime in ("application/pdf", "image/gif", "image/jpeg", "image/png")}},
+                "responses": {"200": _file("The file, with its stored MIME type and a safe file name in "
+                                           "Content-Disposition"),
                               **_error_responses(401, 404, 410)}}},
             "/v1/cases/{caseId}/messages": {"post": {
                 "summary": "Send a message to the citizen's 1177 inbox",
-                "operationId": "postMessage", "parameters": [case_id],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Reply"}}}},
-                "responses": {"202": {"description": "Queued (held for review when a review window is configured)",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageQueued"}}}},
-                              **_error_responses(400, 401, 403, 404, 409, 413, 422)}}},
-            "/v1/cases/{caseId}/messages/{messageId}/cancel": {"post": {
-                "summary": "Cancel a message during its review window (a sent message cannot be recalled)",
-                "operationId": "cancelMessage",
-                "parameters": [case_id, message_id],
-                "responses": {"200": {"description": "Cancelled", "content": {"application/json": {"schema": {"type": "object"}}}},
-                              **_error_responses(401, 403, 404, 409)}}},
+                "operationId": "postMessage", "parameters": [case_id], "requestBody": _request_body(updates.Reply),
+                "responses": {"202": _ok(MessageQueued, "Queued (held for review when a review window is configured, "
+                                                        "or by the wrong-patient guard: GW047)"),
+                              **_error_responses(400, 401, 403, 404, 409, 410, 413, 422)}}},
             "/v1/cases/{caseId}/messages/{messageId}": {"get": {
                 "summary": "Preview a message to the citizen: what will be sent (kind, subject, body, sender, status, "
                            "the wrong-patient guard's findings, attachments with sha256 and size)",
                 "operationId": "getMessage", "parameters": [case_id, message_id],
-                "responses": {"200": {"description": "The message as stored and as it will be sent",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageView"}}}},
+                "responses": {"200": _ok(MessageView, "The message as stored and as it will be sent"),
                               **_error_responses(401, 403, 404, 410)}}},
             "/v1/cases/{caseId}/messages/{messageId}/attachments/{n}": {"get": {
                 "summary": "The bytes of a message's attachment n (0-based): the same bytes that are sent",
                 "operationId": "getMessageAttachment",
                 "parameters": [case_id, message_id, {"name": "n", "in": "path", "required": True,
-                                                     "schema": {"type": "integer", "minimum": 0, "maximum": 9}}],
-                "responses": {"200": {"description": "The file", "content": {
-                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                    "image/gif": {"schema": {"type": "string", "format": "binary"}}}},
-                              **_error_responses(401, 403, 404, 410)}}},
+                                                     "schema": {"type": "integer", "minimum": 0,
+                                                                "maximum": rules.MAX_CARE_ATTACHMENTS - 1}}],
+                "responses": {"200": _file("The file"), **_error_responses(401, 403, 404, 410)}}},
+            "/v1/cases/{caseId}/messages/{messageId}/cancel": {"post": {
+                "summary": "Cancel a message during its review window (a sent message cannot be recalled)",
+                "operationId": "cancelMessage", "parameters": [case_id, message_id],
+                "responses": {"200": _ok(Cancelled, "Cancelled"), **_error_responses(401, 403, 404, 409)}}},
             "/v1/cases/{caseId}/messages/{messageId}/release": {"post": {
                 "summary": "Confirm a message the wrong-patient guard holds (GW047): it is then sent, once",
                 "operationId": "releaseMessage", "parameters": [case_id, message_id],
-                "responses": {"200": {"description": "Released (a second release answers the same)",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _ok(Released, "Released (a second release answers the same)"),
                               **_error_responses(401, 403, 404, 409)}}},
             "/v1/cases/{caseId}/status": {"post": {
                 "summary": "Change the case's status in 1177",
-                "operationId": "postStatus", "parameters": [case_id],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
-                "responses": {"202": {"description": "Queued", "content": {"application/json": {"schema": {"type": "object"}}}},
-                              **_error_responses(400, 401, 403, 404, 413, 422)}}},
+                "operationId": "postStatus", "parameters": [case_id], "requestBody": _request_body(updates.Status),
+                "responses": {"202": _ok(StatusQueued, "Queued"),
+                              **_error_responses(400, 401, 403, 404, 410, 413, 422)}}},
         },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["code", "message"],
-                          "properties": {"code": {"type": "string", "pattern": "^GW0[0-9]{2}$"},
-                                         "message": {"type": "string"}, "field": {"type": "string", "nullable": True}}},
-                "Reply": {"type": "object", "required": ["kind", "body", "senderUnit"], "properties": {
-                    "kind": {"type": "string", "enum": ["CONFIRMATION", "PARTIAL_REPLY", "QUESTION", "FINAL_REPLY", "INFO"]},
-                    "subject": {"type": "string", "maxLength": 255},
-                    "body": {"type": "string", "minLength": 1, "maxLength": 20000},
-                    "senderUnit": {"type": "string", "description": "Your unit code, or its HSA-id (units.yaml)"},
-                    "senderName": {"type": "string"},
-                    "messageId": {"type": "string", "maxLength": 64, "description": "Optional; the same id again is the same message"},
-                    "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
-                "MessageQueued": {"type": "object", "properties": {
-                    "messageId": {"type": "string"}, "status": {"type": "string", "enum": ["held", "queued"]},
-                    "sendAfter": {"type": "string", "format": "date-time", "nullable": True,
-                                  "description": "null while the wrong-patient guard holds it"},
-                    "created": {"type": "boolean"},
-                    "code": {"type": "string", "enum": ["GW047"],
-                             "description": "Only when the wrong-patient guard holds it: release or cancel it"},
-                    "message": {"type": "string", "description": "Where the guard found another citizen's id (never the id)"},
-                    "hint": {"type": "string"},
-                    "guard": {"$ref": "#/components/schemas/Guard"}}},
-                "Guard": {"type": "object", "description": "The wrong-patient guard's outcome (rule 14): places, never ids",
-                          "properties": {
-                    "checked": {"type": "boolean"}, "held": {"type": "boolean"},
-                    "findings": {"type": "array", "items": {"type": "object", "properties": {
-                        "where": {"type": "string", "description": "'body', 'subject' or the attachment's file name"},
-                        "page": {"type": "integer", "nullable": True}, "attachment": {"type": "integer", "nullable": True},
-                        "kind": {"type": "string", "enum": ["foreign_id", "not_checked"]},
-                        "count": {"type": "integer"}}}}}},
-                "MessageView": {"type": "object", "properties": {
-                    "messageId": {"type": "string"}, "caseId": {"type": "string"}, "kind": {"type": "string"},
-                    "subject": {"type": "string", "nullable": True}, "body": {"type": "string"},
-                    "senderHsaId": {"type": "string", "nullable": True}, "senderName": {"type": "string", "nullable": True},
-                    "sentBy": {"type": "object", "nullable": True},
-                    "status": {"type": "string", "description": "held, queued, sent, cancelled"},
-                    "heldByGuard": {"type": "boolean"},
-                    "sendAfter": {"type": "string", "nullable": True},
-                    "released": {"type": "object", "nullable": True,
-                                 "properties": {"at": {"type": "string"}, "by": {"type": "string"}}},
-                    "guard": {"$ref": "#/components/schemas/Guard"},
-                    "attachments": {"type": "array", "items": {"type": "object", "properties": {
-                        "n": {"type": "integer"}, "fileName": {"type": "string"}, "mimeType": {"type": "string"},
-                        "sha256": {"type": "string"}, "size": {"type": "integer"}, "href": {"type": "string"}}}}}},
-                "Status": {"type": "object", "required": ["status"], "properties": {
-                    "status": {"type": "string", "description": "RECEIVED, IN_PROGRESS, CLOSED, or your own code (codes.yaml)"},
-                    "careUnitHsaId": {"type": "string", "description": "A patient board's correction of where the event happened"},
-                    "problems": {"type": "array", "items": code, "description": "Problem codes (1.2.752.129.5.1.22); closing a complaint needs one"},
-                    "businessArea": code}},
-                "ExternalCase": {"type": "object",
-                                 "required": ["externalCaseId", "channel", "receiverUnit", "caseType", "subjectOfCare", "text"],
-                                 "properties": {
-                    "externalCaseId": {"type": "string", "maxLength": 64},
-                    "channel": {"type": "string", "enum": ["TELEFON", "BREV", "BESOK", "OTHER"]},
-                    "receiverUnit": {"type": "string", "description": "Your unit code or its HSA-id"},
-                    "caseType": {"type": "string", "enum": ["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"]},
-                    "subjectOfCare": {"type": "object", "required": ["personId"], "properties": {
-                        "personId": {"type": "object", "required": ["id"], "properties": {
-                            "id": {"type": "string", "pattern": "^[0-9]{12}$"}, "type": {"type": "string"}}},
-                        "name": {"type": "string"}}},
-                    "createdTime": {"type": "string", "format": "date-time"},
-                    "subject": {"type": "string"}, "text": {"type": "string", "minLength": 1},
-                    "complaint": {"type": "object", "properties": {
-                        "eventDate": {"type": "string", "format": "date"}, "isCareProcess": {"type": "boolean"},
-                        "eventLocationText": {"type": "string"}, "careUnitHsaId": {"type": "string"}}},
-                    "attachments": {"type": "array", "maxItems": 10, "items": attachment}}},
-                "Registered": {"type": "object", "properties": {
-                    "caseId": {"type": "string"}, "externalCaseId": {"type": "string"}, "status": {"type": "string"}}},
-                "CaseView": {"type": "object", "properties": {
-                    "caseId": {"type": "string"}, "origin": {"type": "string"}, "caseType": {"type": "string"},
-                    "status": {"type": "string", "nullable": True}, "deliveryStatus": {"type": "string"},
-                    "nationalCaseId": {"type": "string", "nullable": True},
-                    "providerCaseId": {"type": "string", "nullable": True},
-                    "attachments": {"type": "array", "description": "The case's own attachments (getAttachment fetches one)",
-                                    "items": {"type": "object", "required": ["position", "fileName", "mimeType", "size", "sha256"],
-                                              "properties": {"position": {"type": "integer", "minimum": 1},
-                                                             "fileName": {"type": "string"}, "mimeType": {"type": "string"},
-                                                             "size": {"type": "integer"}, "sha256": {"type": "string"}}}},
-                    "messages": {"type": "array", "items": {"type": "object"}},
-                    "statuses": {"type": "array", "items": {"type": "object"}},
-                    "timeline": {"type": "array", "items": {"type": "object"}}}},
-            },
-        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas()},
     }

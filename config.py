@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from errors import ConfigError, InvalidHsaId
-from model import hsa_id
+from model import CaseType, hsa_id
 
 ENV_PREFIX = "GATEWAY__"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -373,7 +373,7 @@ class WorkerSection(_Section):
 
 
 class RivtaSection(_Section):
-    """Who may call the RIV-TA endpoint (/rivta)."""
+    """Who may call the RIV-TA endpoint (/rivta), and which contract files it speaks."""
 
     require_client_cert: bool = Field(default=False, description="Only callers with a verified client certificate.")
     allowed_consumers: list[str] = Field(
@@ -387,6 +387,10 @@ class RivtaSection(_Section):
         default=False,
         description="PingForConfiguration also lists the gateway's name, contracts, unit count, targets, start time and Python version.",
     )
+    contracts_dir: RelPath | None = Field(default=None, description=(
+        "A folder of the platform's own contract files (a service contract zip from Inera, unpacked: "
+        "schemas/core_components/, schemas/interactions/<Op>Interaction/). Each contract it holds replaces "
+        "the shipped file, for validation and for the WSDLs/XSDs served; 'gateway check' lists them."))
 
     @field_validator("allowed_consumers")
     @classmethod
@@ -448,7 +452,7 @@ class ConfirmationsSection(_Section):
 
     enabled: bool = False
     subject: str = "Vi har tagit emot ditt ärende"
-    texts: dict[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"], str] = Field(
+    texts: dict[CaseType, str] = Field(
         default_factory=dict, description="Per case type; a type without text gets no automatic receipt."
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class DevCA:
         )
         self.issued = _write(folder, name, self.cert, self.key)
 
-    def _leaf(self, name: str, subject: x509.Name, *, server: bool, hosts: list[str] = ()) -> Issued:
+    def _leaf(self, name: str, subject: x509.Name, *, server: bool, hosts: Sequence[str] = ()) -> Issued:
         key = _key()
         now = clock.instant()
         builder = (

@@ -10,7 +10,10 @@ contains a personnummer, a secret or file content (callers pass masked values).
     GatewayError                    every error of ours; .code, .message, .hint
     ├── ConfigError          GW001  the config file is wrong (names the dotted key)
     ├── MappingError         GW002  a mapping file is wrong, or a look-up fell through
+    │   ├── MappingsNotReloaded GW073  a reload (SIGHUP) found the new files wrong: the old mappings stay in force
+    │   └── MappingsChanging GW074  the files changed while a reload read them: the old mappings stay in force
     ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
+    │   └── PlatformContractError GW080  rivta.contracts_dir (the platform's own files) is missing, laid out otherwise or does not fit
     ├── StoreError           GW050  the database cannot be read or written
     ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
     │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
@@ -75,6 +78,7 @@ ERROR``, ``errorCode`` and ``message``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _PNR_IN_TEXT = re.compile(r"(?<!\d)(19|20)(\d{6})[-+]?(\d{4})(?!\d)")
 _PNR10_IN_TEXT = re.compile(r"(?<!\d)(\d{2})(\d{4})[-+](\d{4})(?!\d)")  # YYMMDD-NNNC
@@ -126,11 +130,40 @@ class MappingError(GatewayError):
     hint = "Correct the mapping file and run 'gateway check'."
 
 
+class MappingsNotReloaded(MappingError):
+    """Not raised: the code and text of a reload (SIGHUP, ``systemctl reload``) whose new
+    mapping files have a problem that ``gateway check`` would report. The gateway goes on
+    with the mappings it had; the log, ``/health/ready`` and the ops mappings page say why."""
+
+    code = "GW073"
+    hint = "Fix the files ('gateway mappings check' lists every problem), then reload again (SIGHUP)."
+
+
+class MappingsChanging(MappingError):
+    """Not raised: the code and text of a reload that found the mapping files changing while
+    it read them (a copy or a checkout still under way), so what it read may be half old and
+    half new. The gateway goes on with the mappings it had."""
+
+    code = "GW074"
+    hint = "Reload again (SIGHUP) once every file is in place."
+
+
 class ContractError(GatewayError):
     """Raised at start-up when a WSDL/XSD in ``contracts/`` is missing or does not compile."""
 
     code = "GW003"
     hint = "Restore the contracts/ folder from the release; it must not be edited by hand."
+
+
+class PlatformContractError(ContractError):
+    """Raised at start-up and by ``gateway check`` when ``rivta.contracts_dir`` (a folder of the
+    platform's own contract files, laid out as a RIV-TA TKB: ``schemas/core_components/``,
+    ``schemas/interactions/<Op>Interaction/``) is missing, holds a file that does not parse or
+    compile, or holds a contract in another version or shape than the one the gateway speaks."""
+
+    code = "GW080"
+    hint = ("Point rivta.contracts_dir at the unpacked service contract zip (the folder that holds schemas/), "
+            "or remove the contract's folder from it to use the shipped file; 'gateway check' lists what it replaces.")
 
 
 class StoreError(GatewayError):
@@ -153,7 +186,7 @@ class DeliveryError(GatewayError):
     permanent = False
 
     def __init__(self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None,
-                 response: dict | None = None, **kwargs):
+                 response: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.status_code = status_code
         self.retry_after_s = retry_after_s

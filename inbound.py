@@ -2,9 +2,12 @@
 
 Role: a Flask blueprint. ``POST /rivta`` answers every 1177-side contract, dispatching on
 the namespace of the Body's first child as the platform does (ProcessCase,
-ProcessCaseMessage, PingForConfiguration). ``GET /rivta`` lists the WSDLs, served with
-the gateway's own address filled in (``gateway.public_url``, or a loopback request's own;
-never a caller's Host otherwise), and their XSDs.
+ProcessCaseMessage, PingForConfiguration, GetMedicationList). ``GET /rivta`` lists the
+WSDLs, served with the gateway's own address filled in (``gateway.public_url``, or a
+loopback request's own; never a caller's Host otherwise), and their XSDs: the shipped
+files, or the platform's own where ``rivta.contracts_dir`` holds them (``rivta.ContractFiles``,
+the same files the requests are validated with). Each producer WSDL also comes as the
+variant with its body part first (``?wsdl&variant=body-first``) for clients such as node-soap.
 
 May import: ``rivta``, ``rules``, ``model``, ``store``, ``errors``, ``logs``, ``identity``. The unit
 directory (``mapping.Units``) is handed in by the composition root as a ``UnitDirectory``.
@@ -37,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from flask import Blueprint, Response, current_app, request
 from lxml import etree
 from werkzeug.exceptions import NotFound
-from werkzeug.security import safe_join
 
 import logs
 import rivta
@@ -150,7 +152,7 @@ def rivta_endpoint() -> Response:
         caller = _check_caller(intake)
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
         envelope = rivta.read_envelope(rivta.parse(_read_body(intake.max_body_bytes)))
-        contract = envelope.contract
+        contract = rivta.contract_for(envelope, request.headers.get("SOAPAction"), _base_url(intake) or "")
         rivta.check_soap_action(request.headers.get("SOAPAction"), contract)
         # the order of the checks: transport, envelope, address, schema
         _require_address(intake, envelope, contract, intake.clock.day())
@@ -159,7 +161,7 @@ def rivta_endpoint() -> Response:
         outcome, status = "ok", 200
     except RuleViolation as exc:
         assert contract is not None  # rules run only once the contract is known
-        payload = _response(contract, rivta.Result.error(exc, log_id))
+        payload = rivta.response_element(contract, rivta.Result.error(exc, log_id))
         outcome, status = exc.code, 200
         log.warning(
             "request refused by rule",
@@ -250,12 +252,6 @@ def _read_body(limit: int) -> bytes:
     if len(body) > limit:
         raise PayloadTooLarge(f"the request is over the limit of {limit} bytes.")
     return body
-
-
-def _response(contract: rivta.Contract, result: rivta.Result) -> etree._Element:
-    element = etree.Element(f"{{{contract.responder_ns}}}{contract.name}Response")
-    element.append(rivta.result_element(result, contract.responder_ns))
-    return element
 
 
 # -- contract content → canonical model -----------------------------------------------------------
@@ -449,7 +445,7 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
         extra={"case_id": case.case_id, "receiver_hsa_id": case.receiver.hsa_id, "target": route.target,
                "case_type": case.case_type.value, "attachments": len(case.attachments)},
     )
-    return _response(contract, rivta.Result.ok(log_id))
+    return rivta.response_element(contract, rivta.Result.ok(log_id))
 
 
 def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
@@ -471,25 +467,17 @@ def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correl
         "message accepted" if accepted.created else "message already received",
         extra={"case_id": message.case_id, "message_id": message.message_id, "attachments": len(message.attachments)},
     )
-    return _response(contract, rivta.Result.ok(log_id))
+    return rivta.response_element(contract, rivta.Result.ok(log_id))
 
 
 def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
-    ns = rivta.PING.responder_ns
-    response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
-    etree.SubElement(response, f"{{{ns}}}version").text = intake.version
-    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = intake.clock.local_time().strftime("%Y%m%d%H%M%S")
     configuration = dict(intake.ping_configuration)
     try:
         intake.store.check_writable()
         configuration["database"] = "writable"
     except GatewayError as exc:
         configuration["database"] = f"unavailable ({exc.code})"
-    for name, value in configuration.items():
-        entry = etree.SubElement(response, f"{{{ns}}}configuration")
-        etree.SubElement(entry, f"{{{ns}}}name").text = name
-        etree.SubElement(entry, f"{{{ns}}}value").text = value
-    return response
+    return rivta.ping_response(intake.version, intake.clock.local_time().strftime("%Y%m%d%H%M%S"), configuration)
 
 
 def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
@@ -517,7 +505,7 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
         fetched = intake.medications(route.target, route.unit.code, person)  # DeliveryError → a technical fault
         listed, why = rules.recent_medications(fetched, today=today)
     result = rivta.Result.info(why, log_id) if why else rivta.Result.ok(log_id)
-    response = _response(contract, result)
+    response = rivta.response_element(contract, result)
     core = rivta.CORE_NS
     for item in listed:
         element = etree.SubElement(response, f"{{{contract.responder_ns}}}medication")
@@ -542,7 +530,8 @@ HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]
 # -- WSDLs and XSDs over HTTP ---------------------------------------------------------------------
 
 
-_CONSUMER_FOLDERS = frozenset(c.folder for c in (rivta.ADD_MESSAGE, rivta.UPDATE_CASE_STATUS, rivta.REGISTER_CASE))
+_CONSUMER_FOLDERS = frozenset(c.folder for c in rivta.CONSUMER_CONTRACTS.values())
+_PRODUCER_WSDLS = frozenset(c.wsdl_relpath for c in rivta.CONTRACTS.values())
 
 
 def _base_url(intake: Intake) -> str | None:
@@ -558,27 +547,39 @@ def _base_url(intake: Intake) -> str | None:
 
 @bp.get("/rivta")
 def contracts_index() -> Response:
+    files = _intake().schemas.files
     base = _base_url(_intake()) or ""  # without an address: paths, which a client resolves itself
-    lines = [f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}" for c in rivta.CONTRACTS.values()]
-    lines.insert(0, f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:")
+    lines = [f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:"]
+    for c in rivta.CONTRACTS.values():
+        origin = " (the platform's file, from rivta.contracts_dir)" if files.is_official(c.wsdl_relpath) else ""
+        lines.append(f"{c.name}: {base}/rivta/contracts/{c.wsdl_relpath}{origin}")
+    lines.append("With the body part first, for clients that put the first part of the input message in the Body "
+                 "(node-soap, its issue #704); LogicalAddress is still a SOAP header:")
+    lines += [f"{c.name}: {rivta.body_first_url(base, c)}" for c in rivta.CONTRACTS.values()]
     return Response("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
 
 
 @bp.get("/rivta/contracts/<path:path>")
 def contract_file(path: str) -> Response:
-    """A contract file as served to consumers: imports become URLs of this gateway (paths
+    """A contract file as served to consumers, from ``rivta.ContractFiles`` (the platform's
+    own where ``rivta.contracts_dir`` holds it): imports become URLs of this gateway (paths
     when it has no trusted address), and a producer WSDL's ``soap:address`` becomes the
     gateway's own endpoint. A consumer-side WSDL (AddMessage, UpdateCaseStatus,
-    RegisterCase: 1177 answers those, not the gateway) is served without its service."""
-    file = safe_join(str(rivta.CONTRACTS_DIR), path)
-    if file is None or not file.endswith((".wsdl", ".xsd")):
+    RegisterCase: 1177 answers those, not the gateway) is served without its service.
+    ``?variant=body-first`` on a producer WSDL: its body part first (``rivta.body_first``)."""
+    file = _intake().schemas.files.find(path) if path.endswith((".wsdl", ".xsd")) else None
+    if file is None:
         raise NotFound()
+    variant = request.args.get("variant")
+    if variant is not None and (variant != rivta.BODY_FIRST or path not in _PRODUCER_WSDLS):
+        raise NotFound(f"No variant '{variant[:40]}' of {posixpath.basename(path)[:100]}: the variant "
+                       f"'{rivta.BODY_FIRST}' is served for the producer WSDLs listed at GET /rivta.")
     try:
-        tree = etree.parse(file, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+        tree = etree.parse(str(file), etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
     except (OSError, etree.XMLSyntaxError):
         raise NotFound() from None
     base = _base_url(_intake())
-    folder = posixpath.dirname(path)
+    folder = posixpath.dirname(posixpath.normpath(path))
     for element in tree.iter("{http://www.w3.org/2001/XMLSchema}import", "{http://www.w3.org/2001/XMLSchema}include"):
         location = element.get("schemaLocation")
         if location and "://" not in location:
@@ -591,6 +592,8 @@ def contract_file(path: str) -> Response:
             if base is None:
                 return _no_public_address()
             address.set("location", f"{base}/rivta")
+    if variant is not None:
+        rivta.body_first(tree)
     return Response(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"), content_type="text/xml; charset=utf-8")
 
 
@@ -602,7 +605,8 @@ def _no_public_address() -> Response:
 
 @bp.get("/rivta/<name>")
 def contract_wsdl(name: str) -> Response:
-    """``GET /rivta/ProcessCase?wsdl`` → the contract's WSDL."""
+    """``GET /rivta/ProcessCase?wsdl`` → the contract's WSDL (``&variant=body-first``: its
+    body part first)."""
     for contract in rivta.CONTRACTS.values():
         if contract.name == name:
             return contract_file(contract.wsdl_relpath)

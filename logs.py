@@ -69,13 +69,13 @@ class TextFormatter(logging.Formatter):
         return redact_person_ids(f"{base} {extras}".rstrip())
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[Any]):
     """Writes to whatever ``sys.stderr`` is at the time of the record (not at set-up)."""
 
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -1,7 +1,8 @@
 """Mappings: the files in ``mappings/`` that say which unit is which, loaded and checked.
 
 Role: load and validate the mapping files an integration engineer edits, and answer
-look-ups on them. Pure: no I/O after ``load``.
+look-ups on them; hold the set in force and replace it on a reload (``Holder``). Pure: no
+I/O but reading the files (``load``, ``Holder.reload``).
 
 - ``units.yaml``: a 1177 HSA-id ↔ the provider's own unit code and the target (provider
   system) that serves it, with validity dates and an optional default route (for
@@ -20,22 +21,32 @@ Invariants: a loaded ``Mappings`` has no overlapping validity periods for one HS
 and no unit code that maps back to two HSA-ids at once; every look-up that falls
 through returns ``None`` or raises ``MappingError`` naming the file, key and value,
 never a silent default. ``VOCABULARY`` is derived, never written by hand: a field map
-path it does not hold is a problem (file, line, the nearest known path).
+path it does not hold is a problem (file, line, the nearest known path). A ``Mappings`` is
+immutable and names the bytes it came from (``digest``); a ``Holder`` puts new files in
+force only after every check ``gateway check`` runs has passed on exactly those bytes, and
+otherwise keeps the set it had.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
-from collections.abc import Iterable
+import hashlib
+import json
+import mmap
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from errors import InvalidHsaId, MappingError
+from errors import ConfigError, InvalidHsaId, MappingError, MappingsChanging, MappingsNotReloaded
 from model import Case, CaseStatus, CaseType, FieldDoc, Message, about, describe, hsa_id, to_data
 
 UNITS_FILE = "units.yaml"
@@ -60,7 +71,7 @@ class _UnitRow(BaseModel):
     answers_for: list[str] = Field(default_factory=list, description=(
         "HSA-ids of other units in whose cases this unit may sign messages to the citizen "
         "(rule 11; e.g. a patient board for the clinics it handles complaints for)."))
-    citizen_attachments: list[Literal["COMPLAINT", "QUESTION", "PRESCRIPTION_RENEWAL", "BOOKING", "OTHER"]] | None = Field(
+    citizen_attachments: list[CaseType] | None = Field(
         default=None, description="The case types in which citizens may attach files to this unit (rule 12); default all.")
 
     @field_validator("hsa_id")
@@ -609,6 +620,8 @@ class Mappings:
     units: Units
     codes: Codes
     fieldmaps: dict[str, FieldMap]
+    #: ``Files.digest`` of the bytes these mappings were parsed from
+    digest: str = ""
 
     def receiving_targets(self) -> dict[str, list[str]]:
         """Every target that can receive a case → the HSA-ids of its units in ``units.yaml``."""
@@ -667,22 +680,62 @@ class Mappings:
         return found + self.incomplete_codes()
 
 
-def _read_yaml(path: Path) -> Any:
+@dataclass(frozen=True)
+class Files:
+    """The mapping files of a folder, each read once: what ``load_files`` parses, and what
+    ``digest`` names (so the digest is always that of the bytes the mappings came from)."""
+
+    directory: Path
+    content: dict[str, bytes]  # name in the folder (units.yaml, codes.yaml, fieldmaps/x.yaml) → bytes
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over every file's name and bytes: equal digests, equal mappings."""
+        hashed = hashlib.sha256()
+        for name in sorted(self.content):
+            raw = self.content[name]
+            hashed.update(f"{name}\0{len(raw)}\0".encode() + raw)
+        return hashed.hexdigest()
+
+
+def read_files(directory: str | Path) -> Files:
+    """The bytes of ``units.yaml``, ``codes.yaml`` (if there is one) and ``fieldmaps/*.yaml``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MappingError(f"the mappings folder {directory} does not exist.", hint="Set mappings.dir in the config.")
+    names = [UNITS_FILE] + ([CODES_FILE] if (directory / CODES_FILE).exists() else [])
+    folder = directory / FIELDMAPS_DIR
+    names += [f"{FIELDMAPS_DIR}/{path.name}" for path in sorted(folder.glob("*.yaml"))] if folder.is_dir() else []
+    content: dict[str, bytes] = {}
+    for name in names:
+        try:
+            content[name] = (directory / name).read_bytes()
+        except OSError as exc:
+            raise MappingError(f"cannot read mapping file {directory / name}: {exc.strerror}.") from None
+    return Files(directory, content)
+
+
+def _text(name: str, raw: bytes) -> str:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MappingError(f"cannot read mapping file {path}: {exc.strerror}.") from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MappingError(f"mapping file {name} is not UTF-8 text (byte {exc.start + 1}).") from None
+
+
+def _parse_yaml(name: str, raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(_text(name, raw))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise MappingError(f"mapping file {path.name} is not valid YAML{where}.") from None
+        raise MappingError(f"mapping file {name} is not valid YAML{where}.") from None
 
 
-def _key_lines(path: Path) -> dict[str, int]:
-    """Dotted key (``deliver_case.body.text``) → its line (1-based) in the YAML file."""
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key (``deliver_case.body.text``) → its line (1-based) in the YAML text."""
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        root = yaml.compose(text)
+    except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
 
@@ -712,23 +765,24 @@ def _validation_message(name: str, exc: ValidationError) -> str:
 
 def load(directory: str | Path) -> Mappings:
     """Load every mapping file in ``directory``; raise ``MappingError`` on the first bad file."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MappingError(f"the mappings folder {directory} does not exist.", hint="Set mappings.dir in the config.")
-    data = _read_yaml(directory / UNITS_FILE) or {}
+    return load_files(read_files(directory))
+
+
+def load_files(files: Files) -> Mappings:
+    """The mappings in ``files`` (see ``read_files``); raise ``MappingError`` on the first bad file."""
+    data = _parse_yaml(UNITS_FILE, files.content[UNITS_FILE]) or {}
     try:
         parsed = _UnitsFile.model_validate(data)
     except ValidationError as exc:
         raise MappingError(_validation_message(UNITS_FILE, exc)) from None
     units = Units(
         (Unit(r.hsa_id, r.code, r.target, r.name, r.patient_board, r.valid_from, r.valid_to, tuple(r.answers_for),
-              frozenset(r.citizen_attachments) if r.citizen_attachments is not None else None)
+              frozenset(c.value for c in r.citizen_attachments) if r.citizen_attachments is not None else None)
          for r in parsed.units),
         parsed.default_route.hsa_id if parsed.default_route else None,
         source=UNITS_FILE,
     )
-    codes_path = directory / CODES_FILE
-    codes_data = (_read_yaml(codes_path) or {}) if codes_path.exists() else {}
+    codes_data = (_parse_yaml(CODES_FILE, files.content[CODES_FILE]) or {}) if CODES_FILE in files.content else {}
     try:
         parsed_codes = _CodesFile.model_validate(codes_data)
     except ValidationError as exc:
@@ -738,11 +792,193 @@ def load(directory: str | Path) -> Mappings:
         {t: {str(k): str(v) for k, v in table.items()} for t, table in parsed_codes.statuses.items()},
     )
     fieldmaps: dict[str, FieldMap] = {}
-    folder = directory / FIELDMAPS_DIR
-    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        content = _read_yaml(path) or {}
-        name = f"{FIELDMAPS_DIR}/{path.name}"
+    for name, raw in sorted(files.content.items()):
+        if not name.startswith(FIELDMAPS_DIR + "/"):
+            continue
+        content = _parse_yaml(name, raw) or {}
         if not isinstance(content, dict):
             raise MappingError(f"{name}: expected a mapping of actions at the top level.")
-        fieldmaps[path.stem] = FieldMap(path.stem, content, name, codes, _key_lines(path))
-    return Mappings(directory, units, codes, fieldmaps)
+        target = Path(name).stem
+        fieldmaps[target] = FieldMap(target, content, name, codes, _key_lines(_text(name, raw)))
+    return Mappings(files.directory, units, codes, fieldmaps, files.digest)
+
+
+# -- the mappings in force, and reloading them ----------------------------------------------------------
+
+#: A reload's outcome names at most this many problems (``gateway mappings check`` lists them all).
+RELOAD_PROBLEMS_SHOWN = 5
+
+
+def _iso(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Reload:
+    """The outcome of one reload: the new files are in force (``ok``), or ``code`` and
+    ``message`` say why the mappings that were in force stay (``GW073``, ``GW074``)."""
+
+    ok: bool
+    at: str  # UTC, ISO 8601
+    digest: str | None  # ``Files.digest`` of what it read; None when the files could not be read
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        """``GW0xx what went wrong and what to do``, or None when the reload took."""
+        return f"{self.code} {self.message}" if not self.ok else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "at": self.at, "digest": self.digest, "error": self.error}
+
+
+class SharedOutcome:
+    """One small JSON value shared by a process and every process it forks after making it
+    (an anonymous shared memory map): the gunicorn master writes the last reload's outcome,
+    and the ``/health/ready`` and ops page of every worker process read it. A reader never
+    takes half a write: a write makes the sequence number odd, then writes the bytes, then
+    an even number with their length and CRC; the reader checks all three."""
+
+    CAPACITY = 65536
+    _HEADER = struct.Struct("<QII")  # sequence, length, crc32
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, self.CAPACITY)  # MAP_SHARED | MAP_ANONYMOUS: shared over fork
+
+    def write(self, value: dict[str, Any]) -> None:
+        raw = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if len(raw) > self.CAPACITY - self._HEADER.size:
+            raise ValueError(f"{len(raw)} bytes do not fit in {self.CAPACITY - self._HEADER.size}")
+        sequence = self._HEADER.unpack_from(self._map, 0)[0]
+        self._HEADER.pack_into(self._map, 0, sequence + 1, 0, 0)
+        self._map[self._HEADER.size:self._HEADER.size + len(raw)] = raw
+        self._HEADER.pack_into(self._map, 0, sequence + 2, len(raw), zlib.crc32(raw))
+
+    def read(self) -> dict[str, Any] | None:
+        """The last value written (by this process or the one it was forked from), or None."""
+        for _ in range(1000):
+            sequence, length, crc = self._HEADER.unpack_from(self._map, 0)
+            if sequence == 0:
+                return None
+            if sequence % 2 == 0:
+                raw = self._map[self._HEADER.size:self._HEADER.size + length]
+                if self._HEADER.unpack_from(self._map, 0)[0] == sequence and zlib.crc32(raw) == crc:
+                    value: dict[str, Any] = json.loads(raw)
+                    return value
+            time.sleep(0.0005)  # a write is under way (it takes microseconds)
+        return None
+
+
+class Holder:
+    """The mappings in force, and how they are replaced.
+
+    ``current`` is one immutable ``Mappings``: whoever takes it uses it for the whole of what
+    it does (``gateway serve`` gives each server process one for its whole life), so a case
+    is never routed half by old, half by new files. ``reload`` reads the files once, runs on
+    them every check ``gateway check`` runs (``Mappings.problems``: the field-map vocabulary,
+    complete code tables, …) and puts them in force only when nothing is wrong; otherwise
+    the mappings in force stay and the outcome says why (``GW073``; ``GW074`` when the
+    files changed while they were read). The last outcome is kept in a ``SharedOutcome``,
+    so the processes forked from this one see it too.
+    """
+
+    def __init__(self, directory: str | Path, targets: Iterable[str] | None, *, now: Callable[[], dt.datetime]):
+        """Load and check the files now; raise ``MappingError`` (a file that cannot be read or
+        parsed) or ``ConfigError`` (the problems ``gateway check`` lists) if they are not sound."""
+        self.directory = Path(directory)
+        self.targets = list(targets) if targets is not None else None
+        self._now = now
+        self._outcome = SharedOutcome()
+        maps = load(self.directory)
+        problems = maps.problems(self.targets)
+        if problems:
+            raise ConfigError("the mappings have problems: " + " ".join(problems), hint="Run 'gateway check' for the list.")
+        self._in_force = (maps, now())  # one reference: swapped whole, never field by field
+
+    @property
+    def current(self) -> Mappings:
+        return self._in_force[0]
+
+    @property
+    def loaded_at(self) -> dt.datetime:
+        return self._in_force[1]
+
+    @property
+    def last_reload(self) -> Reload | None:
+        """The outcome of the last reload here or in the process this one was forked from."""
+        found = self._outcome.read()
+        return Reload(**found) if found else None
+
+    def reload(self) -> Reload:
+        """Read and check the files; put them in force only if nothing is wrong."""
+        at = _iso(self._now())
+        digest: str | None = None
+        try:
+            files = read_files(self.directory)
+            digest = files.digest
+            maps = load_files(files)
+            problems = maps.problems(self.targets)
+        except MappingError as exc:
+            problems = [exc.message]
+        if problems:
+            outcome = self._refused(at, digest, MappingsNotReloaded(self._problems_text(problems)))
+        elif self._digest_now() != digest:
+            outcome = self._refused(at, digest, MappingsChanging(f"the mapping files in {self.directory} changed while they were read"))
+        else:
+            self._in_force = (maps, self._now())
+            outcome = Reload(True, at, digest)
+        self._outcome.write(dataclasses.asdict(outcome))
+        return outcome
+
+    def _digest_now(self) -> str | None:
+        try:
+            return read_files(self.directory).digest
+        except MappingError:
+            return None
+
+    def _problems_text(self, problems: list[str]) -> str:
+        shown = [p if len(p) <= 400 else p[:399] + "…" for p in problems[:RELOAD_PROBLEMS_SHOWN]]
+        more = len(problems) - len(shown)
+        return (f"the mapping files in {self.directory} were not loaded: " + " ".join(shown)
+                + (f" (and {more} more problem(s))" if more else ""))
+
+    def _refused(self, at: str, digest: str | None, why: MappingError) -> Reload:
+        kept = f"the mappings loaded at {_iso(self.loaded_at)} (digest {self.current.digest[:12]}) stay in force"
+        return Reload(False, at, digest, why.code, f"{why.message.rstrip('.')}; {kept}. {why.hint}")
+
+    def on_disk(self) -> str | None:
+        """The digest of the files in the folder now (None if they cannot be read): equal to
+        ``current.digest`` unless they changed since they were put in force."""
+        return self._digest_now()
+
+    def pinned(self) -> InForce:
+        """The set in force now, as a process that takes it uses it for its whole life."""
+        maps, loaded_at = self._in_force
+        return InForce(self, maps, loaded_at)
+
+    def details(self) -> dict[str, Any]:
+        return self.pinned().details()
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The mappings one process uses (``gateway.create_app`` takes them once), with when they
+    were loaded and the holder's last reload: what ``/health/ready`` and the ops page show."""
+
+    holder: Holder
+    mappings: Mappings
+    loaded_at: dt.datetime
+
+    @property
+    def directory(self) -> Path:
+        return self.holder.directory
+
+    def on_disk(self) -> str | None:
+        return self.holder.on_disk()
+
+    def details(self) -> dict[str, Any]:
+        """``{loaded_at, digest, units, last_reload: {ok, at, digest, error} | None}``."""
+        last = self.holder.last_reload
+        return {"loaded_at": _iso(self.loaded_at), "digest": self.mappings.digest, "units": len(self.mappings.units),
+                "last_reload": last.as_dict() if last else None}

@@ -4,7 +4,10 @@ Role: everything about SOAP 1.1 that is not a particular operation's content. Pa
 request body safely into an ``Envelope`` (LogicalAddress, the Body's first child and its
 contract namespace), validates it against the contract's XSD, and builds responses,
 ``ResultType`` elements and SOAP faults. Knows which contracts exist (``CONTRACTS``)
-and where their WSDL/XSD files are in ``contracts/``.
+and where their WSDL/XSD files are: the shipped ``contracts/``, overlaid by an operator's
+folder of the platform's own files (``rivta.contracts_dir``, ``ContractFiles``), and the
+variant of a producer WSDL with its body part first (``body_first``) for SOAP clients that
+put the first part of the input message in the Body.
 
 May import: ``errors`` (also its person-id redaction).
 
@@ -21,14 +24,20 @@ Invariants:
   a person id.
 - A ``result``'s ``errorCode`` is one of RIV-TA's ``ErrorCodeEnum`` values; the gateway's
   own ``GW0xx`` is its ``subCode``; the one table between them is ``RESULT_ERROR_CODES``.
+- Validation and serving read the same files: a file of ``rivta.contracts_dir`` replaces the
+  shipped file at the same place for both, also where a shipped file imports it; schema
+  imports never leave the two folders and never touch the network.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from lxml import etree
 
@@ -42,6 +51,7 @@ from errors import (
     InternalError,
     MalformedXml,
     NotSoap11,
+    PlatformContractError,
     SchemaViolation,
     SoapActionMismatch,
     StoreError,
@@ -107,6 +117,10 @@ PP_CORE_NS = f"{_PP}:2"
 CONTRACTS: dict[str, Contract] = {
     c.responder_ns: c for c in (PING, PROCESS_CASE, PROCESS_CASE_MESSAGE, GET_MEDICATION_LIST)
 }
+#: The contracts the gateway calls as consumer, by responder namespace.
+CONSUMER_CONTRACTS: dict[str, Contract] = {c.responder_ns: c for c in (ADD_MESSAGE, UPDATE_CASE_STATUS, REGISTER_CASE)}
+#: Every contract whose files the gateway reads (checked at start, served under /rivta/contracts/).
+ALL_CONTRACTS: dict[str, Contract] = {**CONTRACTS, **CONSUMER_CONTRACTS}
 
 
 # -- hardened parsing -----------------------------------------------------------------------
@@ -276,16 +290,247 @@ def check_soap_action(value: str | None, contract: Contract) -> None:
         )
 
 
+# -- contract files -----------------------------------------------------------------------------
+
+XS_NS = "http://www.w3.org/2001/XMLSchema"
+WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
+WSDL_SOAP_NS = "http://schemas.xmlsoap.org/wsdl/soap/"
+#: Where a service contract zip (RIV-TA's TKB) keeps its files: the same tree as ``contracts/``.
+PLATFORM_SCHEMAS = "schemas"
+#: The layout ``rivta.contracts_dir`` must have, as said in messages.
+PLATFORM_LAYOUT = "schemas/core_components/, schemas/interactions/<Operation>Interaction/"
+
+
+def _file_parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+def _clean_relpath(path: str) -> str | None:
+    """``path`` as a relative path inside a contracts tree, or ``None`` when it could leave it."""
+    if not path or "\\" in path or "\x00" in path or path.startswith("/"):
+        return None
+    clean = posixpath.normpath(path)
+    if clean in (".", "..") or clean.startswith("../"):
+        return None
+    return clean
+
+
+class ContractFiles:
+    """The contract files in force: the shipped ``contracts/`` and, over them, an operator's
+    folder of the platform's own files (``rivta.contracts_dir``).
+
+    That folder is laid out as a RIV-TA service contract zip, unpacked: ``schemas/core_components/``
+    and ``schemas/interactions/<Op>Interaction/``, the same tree as ``contracts/``. A contract
+    whose interaction folder it holds is *replaced*: its WSDL and responder XSD are read from
+    there, for validation and for what is served; so are the core components the folder holds,
+    for every contract that imports them (one tree: what is validated is what is served). Other
+    interaction folders in it are not contracts the gateway speaks and are ignored.
+    """
+
+    def __init__(self, folder: Path | None = None, shipped: Path = CONTRACTS_DIR):
+        self.folder = Path(os.path.abspath(folder)) if folder is not None else None
+        self.shipped = Path(os.path.abspath(shipped))
+        self.official = self.folder / PLATFORM_SCHEMAS if self.folder is not None else None
+        interactions = self.official / "interactions" if self.official is not None else None
+        self.held: list[Contract] = [
+            c for c in ALL_CONTRACTS.values() if interactions is not None and (interactions / c.folder).is_dir()
+        ]
+        known = {c.folder for c in ALL_CONTRACTS.values()}
+        self.ignored: list[str] = sorted(
+            p.name for p in (interactions.iterdir() if interactions is not None and interactions.is_dir() else [])
+            if p.is_dir() and p.name not in known
+        )
+        self._held_folders = frozenset(c.folder for c in self.held)
+
+    def _official_scope(self, rel: str) -> bool:
+        parts = rel.split("/")
+        if parts[0] == "core_components":
+            return len(parts) == 2
+        return len(parts) == 3 and parts[0] == "interactions" and parts[1] in self._held_folders
+
+    def official_file(self, relpath: str) -> Path | None:
+        """The folder's file at ``relpath`` when it replaces (or adds) that file, else ``None``."""
+        rel = _clean_relpath(relpath)
+        if rel is None or self.official is None or not self._official_scope(rel):
+            return None
+        file = self.official / rel
+        return file if file.is_file() else None
+
+    def find(self, relpath: str) -> Path | None:
+        """The file read and served at ``relpath`` (a path as under ``contracts/``): the folder's
+        when it holds it, else the shipped one; ``None`` when neither has it, or the path would
+        leave the tree."""
+        official = self.official_file(relpath)
+        if official is not None:
+            return official
+        rel = _clean_relpath(relpath)
+        file = self.shipped / rel if rel is not None else None
+        return file if file is not None and file.is_file() else None
+
+    def is_official(self, relpath: str) -> bool:
+        return self.official_file(relpath) is not None
+
+    def relpath_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The tree path of a file in either folder (``None`` for a file outside both)."""
+        absolute = os.path.normpath(os.path.abspath(path))
+        for root in (self.official, self.shipped):
+            if root is not None and absolute.startswith(str(root) + os.sep):
+                return Path(absolute).relative_to(root).as_posix()
+        return None
+
+    def wsdl_path(self, contract: Contract) -> Path:
+        return self.find(contract.wsdl_relpath) or contract.wsdl_path
+
+    def xsd_path(self, contract: Contract) -> Path:
+        return self.find(xsd_relpath(contract)) or contract.xsd_path
+
+    def parser(self) -> etree.XMLParser:
+        """A hardened parser whose schema imports resolve in this one tree."""
+        parser = _file_parser()
+        parser.resolvers.add(_OneTree(self))
+        return parser
+
+    def load_schema(self, contract: Contract) -> etree.XMLSchema:
+        return load_schema(self.xsd_path(contract), self.parser())
+
+    def replaced_files(self) -> list[str]:
+        """The tree paths the folder replaces or adds (what it changes of what is read and served)."""
+        if self.official is None or not self.official.is_dir():
+            return []
+        return sorted(
+            rel for file in self.official.rglob("*")
+            if file.suffix in (".wsdl", ".xsd") and (rel := file.relative_to(self.official).as_posix())
+            and self.official_file(rel) is not None
+        )
+
+    def problems(self) -> list[str]:
+        """What makes the folder unusable, one sentence each (empty without a folder)."""
+        if self.folder is None or self.official is None:
+            return []
+        if not self.folder.is_dir():
+            return [f"{self.folder} is not a folder."]
+        if not (self.official / "interactions").is_dir():
+            above = " (it looks like the schemas/ folder itself: point the key at the folder above it)" \
+                if (self.folder / "interactions").is_dir() else ""
+            return [f"{self.folder} has no schemas/interactions/: it is not laid out as a RIV-TA service contract "
+                    f"zip ({PLATFORM_LAYOUT}){above}."]
+        if not self.held and not self.replaced_files():
+            return [f"{self.folder} holds no contract or core component the gateway speaks (it holds "
+                    f"{', '.join(self.ignored) or 'no interaction'}; the gateway's are "
+                    f"{', '.join(c.folder for c in ALL_CONTRACTS.values())})."]
+        found: list[str] = []
+        parsed: dict[str, etree._ElementTree] = {}
+        for file in sorted(self.official.rglob("*")):
+            if file.suffix not in (".wsdl", ".xsd") or not file.is_file():
+                continue
+            rel = file.relative_to(self.official).as_posix()
+            try:
+                parsed[rel] = etree.parse(str(file), _file_parser())
+            except (OSError, etree.XMLSyntaxError) as exc:
+                line = f", line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+                found.append(f"{rel} does not parse ({type(exc).__name__}{line}).")
+        for contract in self.held:
+            found.extend(self._contract_problems(contract, parsed))
+        if found:
+            return found
+        for rel, tree in parsed.items():
+            found.extend(self._import_problems(rel, tree))
+        for contract in ALL_CONTRACTS.values():  # a replaced core component must suit the shipped contracts too
+            try:
+                schema = self.load_schema(contract)
+            except ContractError as exc:
+                found.append(f"{xsd_relpath(contract)} does not compile with the folder's files ({exc.message})")
+                continue
+            if contract.responder_ns in CONTRACTS:  # also where only a core component is replaced
+                for answer in sample_answers(contract):
+                    if not schema.validate(answer):
+                        error = schema.error_log.last_error
+                        found.append(f"the gateway's {etree.QName(answer).localname} does not match "
+                                     f"{contract.xsd} with the folder's files: "
+                                     f"{_clean_schema_message(error.message) if error else 'invalid'}.")
+                        break
+        return found
+
+    def _contract_problems(self, contract: Contract, parsed: dict[str, etree._ElementTree]) -> list[str]:
+        folder = f"interactions/{contract.folder}"
+        missing = [name for name in (contract.wsdl, contract.xsd) if f"{folder}/{name}" not in parsed]
+        if missing:
+            holds = sorted(p.name for p in (self.official / folder).iterdir() if p.suffix in (".wsdl", ".xsd"))
+            return [f"{folder}/ has no {' or '.join(missing)}, the files of the {contract.name} version the gateway "
+                    f"speaks (it holds {', '.join(holds) or 'no WSDL or XSD'})."]
+        found = []
+        xsd = parsed[f"{folder}/{contract.xsd}"].getroot()
+        if xsd.get("targetNamespace") != contract.responder_ns:
+            found.append(f"{folder}/{contract.xsd} has targetNamespace '{(xsd.get('targetNamespace') or '')[:200]}', "
+                         f"not {contract.responder_ns}.")
+        declared = {e.get("name") for e in xsd.findall(f"{{{XS_NS}}}element")}
+        for name in (contract.name, f"{contract.name}Response"):
+            if name not in declared:
+                found.append(f"{folder}/{contract.xsd} declares no element {name}.")
+        wsdl = parsed[f"{folder}/{contract.wsdl}"].getroot()
+        actions = {(o.get("soapAction") or "").strip('"') for o in wsdl.iter(f"{{{WSDL_SOAP_NS}}}operation")}
+        if contract.soap_action not in actions:
+            found.append(f"{folder}/{contract.wsdl} has no operation with soapAction {contract.soap_action}.")
+        return found
+
+    def _import_problems(self, rel: str, tree: etree._ElementTree) -> list[str]:
+        found = []
+        for element in tree.iter(f"{{{XS_NS}}}import", f"{{{XS_NS}}}include"):
+            location = element.get("schemaLocation")
+            if not location:
+                continue
+            target = _clean_relpath(posixpath.join(posixpath.dirname(rel), location)) if "://" not in location else None
+            if target is None or self.find(target) is None:
+                found.append(f"{rel} imports {location[:200]}, which is neither in the folder nor shipped.")
+        return found
+
+    def require(self) -> None:
+        """Raise ``PlatformContractError`` unless the folder (if any) can be used."""
+        problems = self.problems()
+        if problems:
+            more = f" (and {len(problems) - 3} more: run 'gateway check')" if len(problems) > 3 else ""
+            raise PlatformContractError(f"rivta.contracts_dir: {' '.join(problems[:3])}{more}")
+
+
+class _OneTree(etree.Resolver):
+    """Resolves a schema import to the file of ``ContractFiles`` at the same tree path, so a
+    core component of the folder replaces the shipped one also where a shipped file imports
+    it, and a folder's file may import a shipped one it does not hold. An import outside the
+    two folders resolves to nothing (and the schema does not compile)."""
+
+    def __init__(self, files: ContractFiles):
+        super().__init__()
+        self.files = files
+
+    def resolve(self, url: str, pubid: str | None, context: object) -> object:
+        path = unquote(url[len("file://"):]) if url.startswith("file://") else url
+        if "://" in path:
+            return None  # the parser's no_network refuses it
+        rel = self.files.relpath_of(path)
+        found = self.files.find(rel) if rel is not None else None
+        if found is None:
+            return self.resolve_string("<not-a-contract-file/>", context)
+        return self.resolve_filename(str(found), context)
+
+
+def xsd_relpath(contract: Contract) -> str:
+    return f"interactions/{contract.folder}/{contract.xsd}"
+
+
 # -- schemas ------------------------------------------------------------------------------------
 
 
 class Schemas:
-    """The compiled responder XSD of every contract, loaded once at start."""
+    """The compiled responder XSD of every contract, loaded once at start (from ``files``:
+    the shipped contracts, or an operator's folder of the platform's own over them)."""
 
-    def __init__(self, contracts: dict[str, Contract] = CONTRACTS):
+    def __init__(self, contracts: dict[str, Contract] = CONTRACTS, files: ContractFiles | None = None):
+        files = files or ContractFiles()
+        files.require()
+        self.files = files
         self._schemas: dict[str, etree.XMLSchema] = {}
         for ns, contract in contracts.items():
-            self._schemas[ns] = load_schema(contract.xsd_path)
+            self._schemas[ns] = files.load_schema(contract)
 
     def validate(self, element: etree._Element, contract: Contract) -> None:
         schema = self._schemas[contract.responder_ns]
@@ -296,26 +541,110 @@ class Schemas:
             raise SchemaViolation(f"{contract.name} does not match its schema at {where}: {what}.", field=where or None)
 
 
-def load_schema(path: Path) -> etree.XMLSchema:
-    """Compile an XSD from ``contracts/`` (relative imports resolve from its folder)."""
+def load_schema(path: Path, parser: etree.XMLParser | None = None) -> etree.XMLSchema:
+    """Compile an XSD (relative imports resolve from its folder, or as ``parser`` resolves them)."""
     try:
-        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-        return etree.XMLSchema(etree.parse(str(path), parser))
+        return etree.XMLSchema(etree.parse(str(path), parser or _file_parser()))
     except (OSError, etree.XMLSyntaxError, etree.XMLSchemaParseError) as exc:
         raise ContractError(f"the contract schema {path.name} cannot be loaded ({type(exc).__name__}).") from None
 
 
-def check_contract_files(contracts: dict[str, Contract] | None = None) -> None:
+def check_contract_files(contracts: dict[str, Contract] | None = None, files: ContractFiles | None = None) -> None:
     """Raise ``ContractError`` unless every contract's WSDL parses and its XSD compiles."""
-    if contracts is None:
-        contracts = {**CONTRACTS, **{c.responder_ns: c for c in (ADD_MESSAGE, UPDATE_CASE_STATUS, REGISTER_CASE)}}
-    Schemas(contracts)
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    contracts = ALL_CONTRACTS if contracts is None else contracts
+    files = files or ContractFiles()
+    Schemas(contracts, files)
     for contract in contracts.values():
         try:
-            etree.parse(str(contract.wsdl_path), parser)
+            etree.parse(str(files.wsdl_path(contract)), _file_parser())
         except (OSError, etree.XMLSyntaxError) as exc:
             raise ContractError(f"the contract {contract.wsdl_relpath} cannot be read ({type(exc).__name__}).") from None
+
+
+def check_report(folder: Path | None) -> list[tuple[bool, str]]:
+    """What ``gateway check`` says of the contract files, as (passed, line) pairs: the
+    contracts, and with ``rivta.contracts_dir`` what the folder replaces, or why it cannot."""
+    files = ContractFiles(folder)
+    problems = files.problems()
+    if problems:
+        return [(False, f"contracts_dir: {PlatformContractError.code} {problem}") for problem in problems]
+    try:
+        check_contract_files(files=files)
+    except GatewayError as exc:
+        return [(False, f"contracts: {exc}")]
+    names = ", ".join(c.name for c in CONTRACTS.values())
+    if files.folder is None:
+        return [(True, f"contracts: {names} (the shipped files)")]
+    lines = [(True, f"contracts: {names}"),
+             (True, f"contracts_dir {files.folder}: replaces {', '.join(c.name for c in files.held) or 'no contract'}")]
+    for rel in files.replaced_files():
+        kind = "replaces the shipped file" if (files.shipped / rel).is_file() else "added"
+        lines.append((True, f"contracts_dir: {rel} ({kind})"))
+    if files.ignored:
+        lines.append((True, f"contracts_dir: ignored, not contracts the gateway speaks: {', '.join(files.ignored)}"))
+    return lines
+
+
+# -- the variant of a WSDL with its body part first -------------------------------------------------
+
+#: ``GET /rivta/<Operation>?wsdl&variant=body-first``: a producer WSDL whose input message
+#: lists its body part before the LogicalAddress header part, for SOAP clients that put the
+#: first part of the input message in the Body (node-soap: its issue #704). Same wire format.
+BODY_FIRST = "body-first"
+
+
+def body_first_url(base: str, contract: Contract | None) -> str:
+    return f"{base}/rivta/{contract.name if contract else '<Operation>'}?wsdl&variant={BODY_FIRST}"
+
+
+def body_first(tree: etree._ElementTree) -> None:
+    """Reorder, in place, each input message of a WSDL that has SOAP header parts so that its
+    body parts come first. Nothing else changes: the binding still puts LogicalAddress in the
+    Header, so the requests are the same as with the RIV-TA template's order."""
+    root = tree.getroot()
+    messages = {m.get("name"): m for m in root.findall(f"{{{WSDL_NS}}}message")}
+    for binding_input in root.iterfind(f"{{{WSDL_NS}}}binding/{{{WSDL_NS}}}operation/{{{WSDL_NS}}}input"):
+        by_message: dict[str, set[str]] = {}
+        for header in binding_input.findall(f"{{{WSDL_SOAP_NS}}}header"):
+            name = (header.get("message") or "").rpartition(":")[2]
+            by_message.setdefault(name, set()).add(header.get("part") or "")
+        for name, header_parts in by_message.items():
+            message = messages.get(name)
+            if message is None:
+                continue
+            parts = message.findall(f"{{{WSDL_NS}}}part")
+            ordered = [p for p in parts if p.get("name") not in header_parts] + [p for p in parts if p.get("name") in header_parts]
+            if ordered == parts:
+                continue
+            start, tails = list(message).index(parts[0]), [part.tail for part in parts]
+            for part in parts:
+                message.remove(part)
+            for offset, (part, tail) in enumerate(zip(ordered, tails)):
+                part.tail = tail  # the layout stays the file's
+                message.insert(start + offset, part)
+    note = etree.Comment(
+        f" Variant '{BODY_FIRST}' of this WSDL, served by the 1177 integration gateway: the input message lists its "
+        "body part first, for SOAP clients that put the first part in the Body (node-soap, its issue #704). "
+        "The requests it describes are the same: LogicalAddress is still a SOAP header. ")
+    note.tail, root.text = root.text, "\n  "
+    root.insert(0, note)
+
+
+def contract_for(envelope: Envelope, soap_action: str | None = None, base_url: str = "") -> Contract:
+    """The contract the Body's first child names (``UnknownContract``, GW014, if none). A Body
+    whose first child is the LogicalAddress header is refused with what happened and the URL
+    of the WSDL variant that such a client can use (for the operation its SOAPAction names)."""
+    if envelope.namespace == REGISTRY_NS and envelope.operation == "LogicalAddress":
+        action = (soap_action or "").strip().strip('"')
+        named = next((c for c in CONTRACTS.values() if action and c.soap_action == action), None)
+        raise UnknownContract(
+            "the Body's first element is the LogicalAddress header, not a request: the client put the first part of "
+            "the WSDL's input message in the Body instead of the Header (node-soap does, its issue #704).",
+            hint=f"Build the client from the WSDL with the body part first, {body_first_url(base_url, named)} "
+                 "(GET /rivta lists one per contract), and send LogicalAddress as a SOAP header "
+                 "(node-soap: client.addSoapHeader).",
+        )
+    return envelope.contract
 
 
 _NS_IN_PATH = re.compile(r"\{[^}]*\}|[a-zA-Z0-9]+:")
@@ -426,6 +755,37 @@ def result_element(result: Result, responder_ns: str, namespace: str = CORE_NS) 
     if result.message:
         etree.SubElement(element, f"{{{namespace}}}message").text = result.message
     return element
+
+
+def response_element(contract: Contract, result: Result) -> etree._Element:
+    """``<OperationResponse>`` with its ``result``, as ProcessCase, ProcessCaseMessage and
+    GetMedicationList answer (GetMedicationList adds its ``medication`` elements after it)."""
+    element = etree.Element(f"{{{contract.responder_ns}}}{contract.name}Response")
+    element.append(result_element(result, contract.responder_ns))
+    return element
+
+
+def ping_response(version: str, ping_time: str, configuration: dict[str, str]) -> etree._Element:
+    """PingForConfiguration's answer: ``version``, ``pingDateTime`` (YYYYMMDDHHMMSS) and a
+    ``configuration`` name/value pair per entry."""
+    ns = PING.responder_ns
+    response = etree.Element(f"{{{ns}}}PingForConfigurationResponse")
+    etree.SubElement(response, f"{{{ns}}}version").text = version
+    etree.SubElement(response, f"{{{ns}}}pingDateTime").text = ping_time
+    for name, value in configuration.items():
+        entry = etree.SubElement(response, f"{{{ns}}}configuration")
+        etree.SubElement(entry, f"{{{ns}}}name").text = name
+        etree.SubElement(entry, f"{{{ns}}}value").text = value
+    return response
+
+
+def sample_answers(contract: Contract) -> list[etree._Element]:
+    """Answers of every shape the gateway gives for a producer contract (built by the same
+    functions as the real ones), which a replacing schema must accept."""
+    if contract is PING:
+        return [ping_response("1.0.0", "20261126101500", {"hsaId": "SE5566778899-GW01", "database": "writable"})]
+    refused = Result("ERROR", "1177-7f3a", INVALID_REQUEST, "case/receiver/hsaId is not valid.", "GW021")
+    return [response_element(contract, Result.ok("1177-7f3a")), response_element(contract, refused)]
 
 
 def envelope(payload: etree._Element) -> bytes:

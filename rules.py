@@ -76,6 +76,8 @@ MAX_ID = 64  # caseId, messageId, prescriptionId, externalCaseId
 MAX_LOCATION = 1000  # a complaint's eventLocationText
 MAX_FILE_NAME = 255
 MAX_MIME_TYPE = 100
+MAX_CODE = 64  # a code and its code system's OID (CVType)
+MAX_HSA_ID = 31  # HsaIdType
 
 # anything XML 1.0 cannot carry: C0 controls but tab, LF and CR; lone surrogates; U+FFFE/U+FFFF
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -102,6 +104,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"\x89PNG\r\n\x1a\n", "image/png"),
 )
+#: The MIME types 1177 accepts for an attachment (rule 1), as an attachment declares them.
+ATTACHMENT_TYPES = tuple(dict.fromkeys(mime for _, mime in _SIGNATURES))
 _MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "application/x-pdf": "application/pdf"}
 
 

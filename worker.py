@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import random
@@ -30,16 +31,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import adapters
 import updates
-from adapters.base import DELIVER_CASE, DELIVER_MESSAGE, Request
+from adapters.base import DELIVER_CASE, DELIVER_MESSAGE, Answer, Request
 from errors import (
     AttemptsExhausted,
     BadJson,
@@ -57,11 +59,14 @@ from errors import (
     TargetUnavailable,
 )
 from mapping import Mappings, delivery_source
-from model import CaseType, Medication, Message, MessageKind, PersonId
-from store import NATIONAL_TARGET, OUTBOUND_ACTIONS, Job, Store, receipt_id
+from model import Case, CaseType, Medication, Message, MessageKind, PersonId
+from store import COMPLETIONS, NATIONAL_TARGET, Job, Store, parse_ts, receipt_id
 
 if TYPE_CHECKING:  # handed in by the composition root
+    from adapters.alerts import Alert
+    from adapters.national import NationalAdapter
     from clock import Clock
+    from config import AlertsSection, ConfirmationsSection, NationalSection, TargetSection
 
 log = logging.getLogger("gateway.worker")
 
@@ -157,6 +162,32 @@ class TargetCalls:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class AlertChannel(Protocol):
+    """Where alerts go (``adapters.alerts``: a webhook, SMTP)."""
+
+    def send(self, alert: Alert) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What the config tells the worker (``gateway.build_worker`` fills it from
+    ``worker:``, ``outbound:``, ``server:``, ``retention:`` and ``gateway:``)."""
+
+    gateway_hsa_id: str | None = None  # the sourceSystem of messages to 1177
+    gateway_name: str = ""  # named in alerts
+    concurrency: int = 4  # deliveries in flight at once
+    poll_s: float = 2.0  # how often due retries are looked for
+    lease_s: float = 300.0  # a claimed row returns to the queue after this (last resort)
+    heartbeat_s: float = 10.0  # a worker silent for 3 beats is dead
+    per_target: int | None = None  # calls in flight at once to one target (default: half the concurrency)
+    deadline_s: float = 60.0  # the total deadline of one call
+    medication_slots: int = 2  # synchronous medication lookups at once
+    review_s: float = 0.0  # outbound.review_s: polled replies are held this long
+    max_attachments: int = 10  # outbound.max_attachments, for polled replies
+    require_text: bool = False  # outbound.guard.require_text: a PDF without text holds a polled reply
+    retention_hour: int = 3  # the daily purge, at this hour (UTC)
+
+
 class Worker:
     """Background delivery and jobs of one gateway process."""
 
@@ -164,54 +195,33 @@ class Worker:
         self,
         store: Store,
         *,
-        mappings: Mappings | None = None,
-        targets: Mapping[str, Any] | None = None,
-        adapter_factory: Callable[[str, Any], adapters.Adapter] = adapters.build,
-        gateway_hsa_id: str | None = None,
-        national: Any = None,
-        national_settings: Any = None,
-        confirmations: Any = None,
-        concurrency: int = 4,
-        poll_s: float = 2.0,
-        lease_s: float = 300.0,
-        heartbeat_s: int = 10,
-        rand: Callable[[], float] = random.random,
-        review_s: float = 0.0,
-        max_attachments: int = 10,
-        require_text: bool = False,
-        medication_slots: int = 2,
-        per_target: int | None = None,
-        deadline_s: float = 60.0,
-        alerts: Any = None,
-        alert_channels: list[Any] | None = None,
-        retention: Callable[[], dict[str, int]] | None = None,
-        retention_hour: int = 3,
-        gateway_name: str = "",
         clock: Clock,
+        settings: WorkerSettings = WorkerSettings(),
+        mappings: Mappings | None = None,
+        targets: Mapping[str, TargetSection] | None = None,
+        national: NationalAdapter | None = None,
+        national_settings: NationalSection | None = None,
+        confirmations: ConfirmationsSection | None = None,
+        alerts: AlertsSection | None = None,
+        alert_channels: Sequence[AlertChannel] = (),
+        retention: Callable[[], dict[str, int]] | None = None,
+        adapter_factory: Callable[[str, Any], adapters.Adapter] = adapters.build,
+        rand: Callable[[], float] = random.random,
     ):
         self.store = store
+        self.settings = settings
         self.mappings = mappings
-        self.targets = dict(targets or {})
+        self.targets: dict[str, TargetSection] = dict(targets or {})
         self.adapter_factory = adapter_factory
-        self.gateway_hsa_id = gateway_hsa_id
-        self.national = national  # adapters.national.NationalAdapter (or a stand-in in tests)
+        self.national = national
         self.national_settings = national_settings
         self.confirmations = confirmations
-        self.concurrency = concurrency
-        self.poll_s = poll_s
-        self.lease_s = lease_s
-        self.heartbeat_s = heartbeat_s
         self.rand = rand
-        self.review_s = review_s
-        self.max_attachments = max_attachments  # outbound.max_attachments, for polled replies
-        self.require_text = require_text  # outbound.guard.require_text: a PDF without text holds a polled reply
-        self._sync_calls = SyncCalls(medication_slots)
-        self.calls = TargetCalls(per_target or max(1, concurrency // 2), deadline_s)
-        self.alerts = alerts  # config.AlertsSection
-        self.alert_channels = list(alert_channels or [])
+        self._sync_calls = SyncCalls(settings.medication_slots)
+        self.calls = TargetCalls(settings.per_target or max(1, settings.concurrency // 2), settings.deadline_s)
+        self.alerts = alerts
+        self.alert_channels = list(alert_channels)
         self.retention = retention
-        self.retention_hour = retention_hour
-        self.gateway_name = gateway_name
         self.clock = clock  # UTC instants; the Swedish date of unit validity (Clock.day)
         self._last_alert_check = self.clock.instant()
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
@@ -224,6 +234,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._dispatcher: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._beaten_stuck: dict[str, int] = {}
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -231,12 +242,12 @@ class Worker:
         if self._dispatcher is not None:
             return
         self._stopping.clear()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="delivery")
+        self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="delivery")
         self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-        self._scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat")
-        self._scheduler.add_job(self.wake, "interval", seconds=self.poll_s, id="due_retries")
+        self._scheduler.add_job(self.heartbeat, "interval", seconds=self.settings.heartbeat_s, id="heartbeat")
+        self._scheduler.add_job(self.wake, "interval", seconds=self.settings.poll_s, id="due_retries")
         # a worker without a heartbeat for 3 beats is dead: its rows come back within a beat more
-        self._scheduler.add_job(self.recover_leases, "interval", seconds=self.heartbeat_s, id="leases")
+        self._scheduler.add_job(self.recover_leases, "interval", seconds=self.settings.heartbeat_s, id="leases")
         # the jobs below run once across every process and instance: each run is claimed in the store
         if self.alerts is not None and self.alert_channels:
             every = self.alerts.check_s
@@ -244,10 +255,11 @@ class Worker:
                                     seconds=every, id="alerts")
         if self.retention is not None:
             self._scheduler.add_job(self.once, "cron", args=["retention", 20 * 3600, lambda _run: self.run_retention()],
-                                    hour=self.retention_hour, minute=17, id="retention")
+                                    hour=self.settings.retention_hour, minute=17, id="retention")
         for name, settings in self.targets.items():
-            if getattr(settings, "poll", None) is not None:
-                every = settings.poll.interval_s
+            poll = getattr(settings, "poll", None)
+            if poll is not None:
+                every = poll.interval_s
                 self._scheduler.add_job(self.once, "interval", args=[f"poll:{name}", every,
                                                                     lambda _run, target=name: self.poll(target)],
                                         seconds=every, id=f"poll:{name}")
@@ -256,7 +268,7 @@ class Worker:
         self._dispatcher.start()
         self.heartbeat()
         self.recover_leases()
-        log.info("worker started", extra={"worker": self.name, "concurrency": self.concurrency})
+        log.info("worker started", extra={"worker": self.name, "concurrency": self.settings.concurrency})
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let deliveries in flight finish, stop the scheduler."""
@@ -287,8 +299,12 @@ class Worker:
     # -- periodic jobs ----------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
+        """Write this worker's beat, with what ops reads of it: deliveries in flight and the
+        calls past their deadline per target (``/health/ready`` reads them from the store)."""
+        stuck = self.calls.stuck()
+        self._beaten_stuck = stuck
         try:
-            self.store.beat(self.name, detail=f"in flight {self._in_flight}")
+            self.store.beat(self.name, detail=json.dumps({"in_flight": self._in_flight, "stuck": stuck}, sort_keys=True))
         except GatewayError as exc:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
 
@@ -318,7 +334,7 @@ class Worker:
     def recover_leases(self) -> int:
         """Requeue the rows of dead workers (no heartbeat for 3 beats), and those whose lease ran out."""
         try:
-            count = self.store.recover_leases(stale_s=3 * self.heartbeat_s)
+            count = self.store.recover_leases(stale_s=3 * self.settings.heartbeat_s)
         except GatewayError as exc:
             log.warning("lease recovery failed", extra={"error_code": exc.code, "detail": exc.message})
             return 0
@@ -335,17 +351,17 @@ class Worker:
             claimed = self.dispatch_once()
             if claimed:
                 continue  # there may be more due now, as long as there are free slots
-            self._wake.wait(timeout=max(self.poll_s, 0.05))
+            self._wake.wait(timeout=max(self.settings.poll_s, 0.05))
 
     def dispatch_once(self) -> int:
         """Claim what the free slots allow and start delivering it; how many were claimed."""
         with self._in_flight_lock:
-            free = self.concurrency - self._in_flight
+            free = self.settings.concurrency - self._in_flight
         if free <= 0 or self._pool is None:
             return 0
         room, busy_rows = self.calls.busy()
         try:
-            jobs = self.store.claim(self.name, limit=free, lease_s=self.lease_s, skip_ids=busy_rows, room=room,
+            jobs = self.store.claim(self.name, limit=free, lease_s=self.settings.lease_s, skip_ids=busy_rows, room=room,
                                     room_per_target=self.calls.per_target)
         except GatewayError as exc:
             log.warning("claim failed", extra={"error_code": exc.code, "detail": exc.message})
@@ -366,6 +382,8 @@ class Worker:
             self.calls.release(job.id)
             with self._in_flight_lock:
                 self._in_flight -= 1
+            if self.calls.stuck() != self._beaten_stuck:  # ops sees a target hold its calls at once
+                self.heartbeat()
             self._wake.set()
 
     def run_until_idle(self, timeout: float = 10.0) -> int:
@@ -375,11 +393,11 @@ class Worker:
         attempts = 0
         beaten = 0.0
         while time.monotonic() < deadline:
-            if time.monotonic() - beaten >= self.heartbeat_s:  # a worker that claims, beats
+            if time.monotonic() - beaten >= self.settings.heartbeat_s:  # a worker that claims, beats
                 self.heartbeat()
                 beaten = time.monotonic()
             room, busy_rows = self.calls.busy()
-            jobs = self.store.claim(self.name, limit=self.concurrency, lease_s=self.lease_s, skip_ids=busy_rows,
+            jobs = self.store.claim(self.name, limit=self.settings.concurrency, lease_s=self.settings.lease_s, skip_ids=busy_rows,
                                     room=room, room_per_target=self.calls.per_target)
             for job in jobs:
                 self.calls.hold(job.target, job.id)
@@ -424,26 +442,28 @@ class Worker:
         route = {"unit_code": job.provider_unit_code, "target": job.target, "hsa_id": job.receiver_hsa_id}
         source = delivery_source(
             case=case, message=message, route=route, provider_case_id=job.provider_case_id,
-            idempotency_key=job.idempotency_key, gateway_hsa_id=self.gateway_hsa_id,
+            idempotency_key=job.idempotency_key, gateway_hsa_id=self.settings.gateway_hsa_id,
         )
         body = self.mappings.fieldmap(job.target).build(job.action, source)
         params = {"case_id": job.case_id, "unit_code": job.provider_unit_code or "", "provider_case_id": job.provider_case_id}
         return Request(body=body, idempotency_key=job.idempotency_key, params={k: v for k, v in params.items() if v})
 
     def deliver(self, job: Job) -> None:
-        """Deliver one claimed row and record the outcome on it. An unexpected error (a bug)
-        makes the row dead with GW099, so it cannot come back with its lease and block the
-        case's later rows for ever; the log has the details."""
+        """Deliver one claimed row by its action (``ACTIONS``) and record the outcome on it.
+        An unexpected error (a bug) makes the row dead with GW099, so it cannot come back
+        with its lease and block the case's later rows for ever; the log has the details."""
         started = self.clock.instant()
         clock = time.perf_counter()
         try:
-            if job.action in OUTBOUND_ACTIONS:
-                self.deliver_to_1177(job)
-            else:
-                self.deliver_to_provider(job)
+            action = ACTIONS.get(job.action)
+            if action is None:
+                raise MappingError(f"outbox row {job.id} has the action '{job.action[:40]}', which this gateway does not know.")
+            self._perform(action, job)
         except StoreError as exc:  # the outcome could not be written: never dead for that
             log.warning("delivery outcome not recorded; the row comes back to the queue", extra={
                 "outbox_id": job.id, "case_id": job.case_id, "error_code": exc.code, "detail": exc.message})
+        except MappingError as exc:
+            self._failed(job, exc, started, clock, None, permanent=True)
         except Exception as exc:  # noqa: BLE001 - the last line of defence of the delivery loop
             reference = str(uuid.uuid4())
             log.error("delivery failed unexpectedly", exc_info=True,
@@ -451,40 +471,63 @@ class Worker:
             error = InternalError(f"{job.action} failed unexpectedly ({type(exc).__name__}, reference {reference}).")
             self._failed(job, error, started, clock, None, permanent=True)
 
-    def deliver_to_provider(self, job: Job) -> None:
-        """Deliver a row to the provider's system (a case or a citizen's message)."""
+    def _perform(self, action: Action, job: Job) -> None:
+        """One attempt of ``action`` for ``job``: the call, then its completion or its failure
+        (transient: retried with the side's retry settings; a mapping, contract or config
+        problem: dead at once)."""
         started = self.clock.instant()
         clock = time.perf_counter()
-        settings = self.targets.get(job.target)
+        retry = self.targets.get(job.target) if action.side == "provider" else self.national_settings
         try:
-            request = self.build_request(job)
-            adapter = self.adapter(job.target)
-            answer = self.calls.call(job.target, job.id, lambda: adapter.deliver_case(request) if job.action == DELIVER_CASE
-                                     else adapter.deliver_message(request))
-            expected, provider_case_id = self.mappings.fieldmap(job.target).provider_case_id(job.action, answer.data)  # type: ignore[union-attr]
-            if expected and not provider_case_id:
-                raise BadTargetAnswer(
-                    f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map "
-                    f"reads it; {_keys_of(answer.data)}.",
-                    status_code=answer.status_code, response=answer.response)
+            delivered = action.call(self, job)
         except DeliveryError as exc:
-            self._failed(job, exc, started, clock, settings)
+            self._failed(job, exc, started, clock, retry)
             return
-        except (MappingError, ContractError) as exc:
-            self._failed(job, exc, started, clock, settings, permanent=True)
+        except (MappingError, ContractError, ConfigError) as exc:
+            self._failed(job, exc, started, clock, retry, permanent=True)
             return
         except StoreError as exc:
             log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
-            return  # the row stays claimed; its lease brings it back
+            return  # the row stays claimed; its lease (or the heartbeat) brings it back
         duration = (time.perf_counter() - clock) * 1000
-        follow_up = self._receipt(job) if job.action == DELIVER_CASE else None
+        follow_up = self._receipt(job, delivered.national_case_id) if action.receipt else None
         if self._recorded(lambda: self.store.complete(
-                job, started=started, duration_ms=duration, status_code=answer.status_code,
-                provider_case_id=provider_case_id, follow_up=follow_up), job):
-            log.info("delivered", extra={"case_id": job.case_id, "action": job.action, "target": job.target,
-                                         "attempt": job.attempt, "duration_ms": round(duration, 1)})
+                job, started=started, duration_ms=duration, status_code=delivered.status_code,
+                provider_case_id=delivered.provider_case_id, national_case_id=delivered.national_case_id,
+                detail=delivered.detail, follow_up=follow_up, completion=COMPLETIONS[action.completes]), job):
+            log.info("delivered" if action.side == "provider" else "delivered to 1177", extra={
+                "case_id": job.case_id, "action": job.action, "target": job.target, "attempt": job.attempt,
+                "duration_ms": round(duration, 1), "detail": delivered.detail})
         else:
             log.warning("delivered after the lease ran out", extra={"case_id": job.case_id, "outbox_id": job.id})
+
+    def call_provider(self, job: Job, call: Callable[[adapters.Adapter, Request], Answer]) -> Delivered:
+        """The call of a provider-side action: the body from the target's field map, the
+        adapter call within the target's share of the calls, and the provider's case id
+        read where the field map says (a 2xx without it is ``BadTargetAnswer``)."""
+        request = self.build_request(job)
+        adapter = self.adapter(job.target)
+        answer = self.calls.call(job.target, job.id, lambda: call(adapter, request))
+        assert self.mappings is not None  # build_request refuses to run without them
+        expected, provider_case_id = self.mappings.fieldmap(job.target).provider_case_id(job.action, answer.data)
+        if expected and not provider_case_id:
+            raise BadTargetAnswer(
+                f"target '{job.target}' accepted {job.action} but its answer has no case id where the field map "
+                f"reads it; {_keys_of(answer.data)}.",
+                status_code=answer.status_code, response=answer.response)
+        return Delivered(answer.status_code, provider_case_id=provider_case_id)
+
+    def call_national(self, job: Job, call: Callable[[NationalAdapter, Case], Answer], *,
+                      registered: bool = True) -> Answer:
+        """The call of a 1177-side action, within the national platform's share of the calls.
+        ``registered``: the case must already have 1177's case id (all but RegisterCase)."""
+        if self.national is None:
+            raise ConfigError("no national platform is configured (the 'national' section).")
+        if registered and not job.national_case_id:
+            raise MappingError(f"case {job.case_id} has no 1177 case id: it was never registered with 1177.")
+        national = self.national
+        case = self.store.load_case(job.case_id)
+        return self.calls.call(NATIONAL_TARGET, job.id, lambda: call(national, case))
 
     #: How often, and after how many seconds each, the worker tries again to record a delivery
     #: that succeeded while the database was busy (a backup, a CLI command holding the lock).
@@ -523,50 +566,6 @@ class Worker:
             sender_name=unit.name if unit else None,
         )
 
-    def deliver_to_1177(self, job: Job) -> None:
-        """Deliver a row towards the citizen: a message, a status change or a registration."""
-        started = self.clock.instant()
-        clock = time.perf_counter()
-        national_case_id = None
-        try:
-            if self.national is None:
-                raise ConfigError("no national platform is configured (the 'national' section).")
-            national = self.national
-            case = self.store.load_case(job.case_id)
-            if job.action == "register_case":
-                row = self.store.case_row(job.case_id) or {}
-                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.register_case(
-                    case=case, external_case_id=row.get("provider_case_id") or job.case_id,
-                    channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id))
-                national_case_id = str(answer.data["caseId"])  # type: ignore[index]
-            elif not job.national_case_id:
-                raise MappingError(f"case {job.case_id} has no 1177 case id: it was never registered with 1177.")
-            elif job.action == "add_message":
-                message = self.store.load_message(job.ref_id)
-                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.add_message(
-                    subject_of_care_id=case.subject_of_care.person_id.id, national_case_id=job.national_case_id,
-                    message=message, correlation_id=job.correlation_id))
-            else:
-                update = self.store.load_status(int(job.ref_id))
-                answer = self.calls.call(NATIONAL_TARGET, job.id, lambda: national.update_status(
-                    national_case_id=job.national_case_id, update=update, correlation_id=job.correlation_id))
-        except DeliveryError as exc:
-            self._failed(job, exc, started, clock, self.national_settings)
-            return
-        except (MappingError, ContractError, ConfigError) as exc:
-            self._failed(job, exc, started, clock, self.national_settings, permanent=True)
-            return
-        except StoreError as exc:
-            log.warning("store unavailable during delivery", extra={"outbox_id": job.id, "error_code": exc.code})
-            return
-        duration = (time.perf_counter() - clock) * 1000
-        follow_up = self._receipt(job, national_case_id) if job.action == "register_case" else None
-        if self._recorded(lambda: self.store.complete(
-                job, started=started, duration_ms=duration, status_code=answer.status_code,
-                national_case_id=national_case_id, detail=answer.detail, follow_up=follow_up), job):
-            log.info("delivered to 1177", extra={"case_id": job.case_id, "action": job.action, "attempt": job.attempt,
-                                                  "duration_ms": round(duration, 1), "detail": answer.detail})
-
     # -- retention and alerts ------------------------------------------------------------------------
 
     def run_retention(self) -> dict[str, int]:
@@ -604,7 +603,7 @@ class Worker:
             if row["status"] == "dead":
                 dead_counts[target] = row["n"]
             elif row["oldest"]:
-                age = (now - dt.datetime.strptime(row["oldest"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)).total_seconds()
+                age = (now - parse_ts(row["oldest"])).total_seconds()
                 oldest[target] = max(age, oldest.get(target, 0.0))
         new_by_target: dict[str, list[dict[str, Any]]] = {}
         for row in dead_new:
@@ -635,18 +634,18 @@ class Worker:
         state = self.store.alert_state(key)
         was_active = bool(state and state["active"])
         last_sent = state["last_sent_at"] if state else None
-        throttled = bool(last_sent) and (now - dt.datetime.strptime(last_sent, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-            tzinfo=dt.timezone.utc)).total_seconds() < self.alerts.throttle_s
+        throttle_s = self.alerts.throttle_s if self.alerts is not None else 0.0
+        throttled = bool(last_sent) and (now - parse_ts(str(last_sent))).total_seconds() < throttle_s
         alert = None
         if active and (not was_active or fresh) and not throttled:
             alert = alert_cls(kind, target, f"[gateway] {kind.replace('_', ' ')}: {target}", detail + ".",
-                              gateway=self.gateway_name)
+                              gateway=self.settings.gateway_name)
         elif active and was_active and not throttled:
             alert = alert_cls(kind, target, f"[gateway] still {kind.replace('_', ' ')}: {target}", detail + ".",
-                              gateway=self.gateway_name)
+                              gateway=self.settings.gateway_name)
         elif not active and was_active and last_sent:
             alert = alert_cls(kind, target, f"[gateway] recovered: {kind.replace('_', ' ')} on {target}",
-                              f"{target} is back to normal ({detail}).", recovered=True, gateway=self.gateway_name)
+                              f"{target} is back to normal ({detail}).", recovered=True, gateway=self.settings.gateway_name)
         if alert is not None:
             for channel in self.alert_channels:
                 try:
@@ -732,9 +731,9 @@ class Worker:
         if kind == "message":
             message = updates.reply(item, case_id=row["case_id"], target=target, units=self.mappings.units,  # type: ignore[union-attr]
                                     clock=self.clock, case_unit=row["receiver_hsa_id"],
-                                    citizen_started=row["origin"] == "1177", max_attachments=self.max_attachments)
-            guard = updates.guard(message, self.store.case_person_ids(row["case_id"]), require_text=self.require_text)
-            self.store.add_reply(message, hold_s=self.review_s, origin="poll", reopen=updates.reopen(item), guard=guard)
+                                    citizen_started=row["origin"] == "1177", max_attachments=self.settings.max_attachments)
+            guard = updates.guard(message, self.store.case_person_ids(row["case_id"]), require_text=self.settings.require_text)
+            self.store.add_reply(message, hold_s=self.settings.review_s, origin="poll", reopen=updates.reopen(item), guard=guard)
         elif kind == "status":
             update = updates.status(item, case_id=row["case_id"], case_type=CaseType(row["case_type"]), target=target,
                                     codes=self.mappings.codes)  # type: ignore[union-attr]
@@ -787,3 +786,93 @@ def _case_ref(item: Any) -> str | None:
         value = item.get("caseId") or item.get("providerCaseId")
         return str(value)[:64] if value else None
     return None
+
+
+# -- the registry of actions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a target's answer gave a delivery, for its completion."""
+
+    status_code: int | None
+    provider_case_id: str | None = None
+    national_case_id: str | None = None
+    detail: str | None = None  # what the target said besides OK (1177's INFO text)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One kind of outbox row, in one place: ``call`` builds its request and makes the
+    adapter call (``Worker.call_provider`` / ``Worker.call_national``); ``completes`` names
+    what delivering it writes (``store.COMPLETIONS``); ``side`` says whose retry settings
+    apply (the target's or the national platform's); ``receipt``: the automatic receipt to
+    the citizen follows it, in the place kept for it at intake."""
+
+    name: str
+    side: Literal["provider", "national"]
+    call: Callable[[Worker, Job], Delivered]
+    completes: str
+    receipt: bool = False
+
+
+#: Every action the worker can deliver, by the outbox row's ``action``. Adding one is a
+#: function below (and, when it writes something new on completion, a ``store.COMPLETIONS`` entry).
+ACTIONS: dict[str, Action] = {}
+
+
+def action(name: str, *, side: Literal["provider", "national"], completes: str | None = None,
+           receipt: bool = False) -> Callable[[Callable[[Worker, Job], Delivered]], Callable[[Worker, Job], Delivered]]:
+    """Register the decorated function as the call of action ``name``."""
+    def register(call: Callable[[Worker, Job], Delivered]) -> Callable[[Worker, Job], Delivered]:
+        written = completes or name
+        if written not in COMPLETIONS:
+            raise ConfigError(f"action {name}: store.COMPLETIONS has no completion '{written}'.")
+        ACTIONS[name] = Action(name, side, call, written, receipt)
+        return call
+    return register
+
+
+@action(DELIVER_CASE, side="provider", receipt=True)
+def deliver_case(worker: Worker, job: Job) -> Delivered:
+    """A case from 1177 to the provider's system (then the receipt to the citizen)."""
+    return worker.call_provider(job, lambda adapter, request: adapter.deliver_case(request))
+
+
+@action(DELIVER_MESSAGE, side="provider")
+def deliver_message(worker: Worker, job: Job) -> Delivered:
+    """A citizen's follow-up message to the provider's system, in the provider's case."""
+    return worker.call_provider(job, lambda adapter, request: adapter.deliver_message(request))
+
+
+@action("add_message", side="national")
+def add_message(worker: Worker, job: Job) -> Delivered:
+    """A message to the citizen's 1177 inbox (AddMessage), threaded by 1177's case id."""
+    message = worker.store.load_message(job.ref_id)
+    answer = worker.call_national(job, lambda national, case: national.add_message(
+        subject_of_care_id=case.subject_of_care.person_id.id, national_case_id=str(job.national_case_id),
+        message=message, correlation_id=job.correlation_id))
+    return Delivered(answer.status_code, detail=answer.detail)
+
+
+@action("update_status", side="national")
+def update_status(worker: Worker, job: Job) -> Delivered:
+    """A status change of the case to 1177 (UpdateCaseStatus)."""
+    update = worker.store.load_status(int(job.ref_id))
+    answer = worker.call_national(job, lambda national, _case: national.update_status(
+        national_case_id=str(job.national_case_id), update=update, correlation_id=job.correlation_id))
+    return Delivered(answer.status_code, detail=answer.detail)
+
+
+@action("register_case", side="national", receipt=True)
+def register_case(worker: Worker, job: Job) -> Delivered:
+    """A case that started outside 1177 registered with it (RegisterCase): 1177's case id
+    comes back (then the receipt to the citizen)."""
+    row = worker.store.case_row(job.case_id) or {}
+    answer = worker.call_national(job, lambda national, case: national.register_case(
+        case=case, external_case_id=row.get("provider_case_id") or job.case_id,
+        channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id), registered=False)
+    data = answer.data if isinstance(answer.data, dict) else {}
+    if not data.get("caseId"):
+        raise BadTargetAnswer("1177 registered the case but its answer has no caseId.", status_code=answer.status_code)
+    return Delivered(answer.status_code, national_case_id=str(data["caseId"]), detail=answer.detail)

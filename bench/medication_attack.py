@@ -30,7 +30,7 @@ data = example_data(folder)
 data["targets"]["demo_rest"]["base_url"] = f"http://127.0.0.1:{srv.server_address[1]}/api"
 write_config(folder, data)
 port = free_port()
-p = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); import gateway; gateway.main()",
+p = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); import cli; cli.main()",
                       "serve", "--config", str(folder / "config.yaml"), "--bind", f"127.0.0.1:{port}", "--no-worker"],
                      cwd=ROOT, stdout=open(folder / "log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 base = f"http://127.0.0.1:{port}"

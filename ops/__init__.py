@@ -15,6 +15,7 @@ carries a CSRF token; every admin action, and every lock of a sign-in, is audite
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,19 @@ class Ops:
     proxy_header: str | None = None
     proxy_addresses: list[str] = field(default_factory=list)
     heartbeat_max_age_s: float = 60.0
+    #: the name of this process's worker, whose heartbeat (in the store) readiness checks;
+    #: None when this process runs no worker
+    worker_name: str | None = None
+    #: asks this process's worker to look for due work now (after a replay), if it runs one
+    wake_worker: Callable[[], None] | None = None
     version: str = "0"
     #: the gateway's clock (``clock.SYSTEM``): UTC instants, the Swedish date of unit validity
     clock: "Clock | None" = None
     #: config ``ops.sign_in``: failures that lock a user name or an address, and for how long
     sign_in: Any = None
+    #: ``mapping.InForce``: when and from which files ``mappings`` were loaded, the last reload's
+    #: outcome (``details()``) and the digest of the files on disk now (``on_disk()``)
+    mappings_in_force: Any = None
 
     def instant(self) -> dt.datetime:
         """The current UTC instant, from the injected clock."""

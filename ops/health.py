@@ -2,10 +2,12 @@
 
 Role: what probes and Prometheus read. Liveness is the process answering; readiness is
 the store writable, the worker's heartbeat fresh and the mappings loaded (503 with the
-reasons otherwise). Metrics come from the store at scrape time through a custom
-collector, so every gateway process reports the same totals: received, delivered, failed
-and dead per target and direction, the intake-to-delivery latency histogram, the queue
-depth and the age of the oldest undelivered row.
+reasons otherwise), with the mappings in force (when loaded, their digest) and the last
+reload's outcome beside: a refused reload leaves the old mappings working, so it is
+shown but does not make the process unready. Metrics come from the store at scrape time
+through a custom collector, so every gateway process reports the same totals: received,
+delivered, failed and dead per target and direction, the intake-to-delivery latency
+histogram, the queue depth and the age of the oldest undelivered row.
 
 May import: ``store``, ``errors``. No login (keep these on an internal port or behind
 the proxy); nothing here shows a case's content.
@@ -14,6 +16,7 @@ the proxy); nothing here shows a case's content.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from errors import GatewayError
-from store import LATENCY_BUCKETS, Store
+from store import LATENCY_BUCKETS, Store, parse_ts
 
 bp = Blueprint("health", __name__)
 
@@ -49,25 +52,31 @@ def ready() -> tuple[Response, int]:
         ops.store.check_writable()
     except GatewayError as exc:
         problems.append(f"store not writable: {exc.code} {exc.message}")
-    worker = current_app.extensions.get("gateway.worker")
-    if worker is not None and worker.running:
-        beat = ops.store.last_beat(worker.name)
-        age = (ops.instant() - _parse(beat)).total_seconds() if beat else None
+    if ops.worker_name is not None:  # this process runs a worker: its beat is in the store
+        beat = ops.store.beat_of(ops.worker_name)
+        age = (ops.instant() - parse_ts(beat["at"])).total_seconds() if beat else None
         if age is None or age > ops.heartbeat_max_age_s:
             problems.append("worker heartbeat is stale" + (f" ({age:.0f} s old)" if age is not None else " (none yet)"))
-        for target, count in sorted(worker.calls.stuck().items()):
+        for target, count in sorted(_stuck(beat).items()):
             problems.append(f"{count} call(s) to {target} still running past the deadline (worker.deadline_s): "
                             "the target holds its connections without answering")
-    elif worker is not None and current_app.config.get("GATEWAY_EXPECT_WORKER"):
-        problems.append("the worker is not running")
     if ops.mappings is None or not len(ops.mappings.units):
         problems.append("no units mapped (mappings/units.yaml)")
-    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "problems": problems}
+    if ops.mappings_in_force is not None:
+        # a refused reload leaves the process ready (its mappings are sound) but shows why
+        body["mappings"] = ops.mappings_in_force.details()
     return jsonify(body), (200 if not problems else 503)
 
 
-def _parse(value: str) -> dt.datetime:
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+def _stuck(beat: dict[str, Any] | None) -> dict[str, int]:
+    """The calls past their deadline, per target, that a worker's beat reports."""
+    try:
+        detail = json.loads((beat or {}).get("detail") or "{}")
+    except ValueError:
+        return {}
+    stuck = detail.get("stuck") if isinstance(detail, dict) else None
+    return {str(k): int(v) for k, v in stuck.items()} if isinstance(stuck, dict) else {}
 
 
 class StoreCollector:
@@ -108,7 +117,7 @@ class StoreCollector:
         for row in self.store.queue_depth():
             depth.add_metric([row["target"] or "", row["status"]], row["n"])
             if row["status"] in ("pending", "in_flight") and row["oldest"]:
-                age = (now - _parse(row["oldest"])).total_seconds()
+                age = (now - parse_ts(row["oldest"])).total_seconds()
                 ages[row["target"] or ""] = max(age, ages.get(row["target"] or "", 0.0))
         for target, age in ages.items():
             oldest.add_metric([target], age)

@@ -59,7 +59,7 @@ from werkzeug.exceptions import HTTPException
 from errors import BadOpsRequest, CasePurged, NotCancellable, NotFound, NotHeld, OpsRefused, SignInLocked
 from model import redact_person_ids, safe_file_name
 from ops import auth
-from store import NATIONAL_TARGET
+from store import NATIONAL_TARGET, ts
 
 log = logging.getLogger("gateway.ops")
 
@@ -439,7 +439,7 @@ def _form_time(value: str, field: str, problems: list[str]) -> str | None:
         problems.append(f"{field}: not a date and time (YYYY-MM-DDTHH:MM).")
         return None
     parsed = parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
-    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts(parsed)
 
 
 _CURSOR = re.compile(r"([0-9T:.Z-]{1,40})\|([0-9]{1,18})", re.ASCII)
@@ -796,9 +796,8 @@ def apply() -> Any:
 
 def _wake_worker() -> None:
     """Nudge an in-process worker so a replayed row goes out now, not on its next tick."""
-    worker = current_app.extensions.get("gateway.worker")
-    wake = getattr(worker, "wake", None)
-    if callable(wake):
+    wake = _ops().wake_worker
+    if wake is not None:
         wake()
 
 
@@ -856,9 +855,13 @@ def mappings() -> Any:
     today = _ops().day()
     units = sorted(maps.units.rows, key=lambda u: (u.hsa_id, u.valid_from or dt.date.min))
     rows = [{"unit": u, "in_force": u.valid_on(today)} for u in units]
+    loaded = _ops().mappings_in_force  # when and from which files; the last reload (None: not known)
     return render_template("mappings.html", units=rows, default_route=maps.units.default_route,
                            case_types=maps.codes.case_types, statuses=maps.codes.statuses,
-                           source_units=maps.units.source, source_codes=maps.codes.source, today=today)
+                           source_units=maps.units.source, source_codes=maps.codes.source, today=today,
+                           in_force=loaded.details() if loaded is not None else None,
+                           on_disk=loaded.on_disk() if loaded is not None else None,
+                           folder=loaded.directory if loaded is not None else None)
 
 
 @bp.get("/audit")

@@ -110,6 +110,18 @@ def _travel(request):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _api_answers_as_documented():
+    """Every answer a test gets from the provider API (``/api``, through a Flask test client)
+    is checked against the OpenAPI document the same app serves (``tests/contract.py``): a
+    status, content type or JSON body the document does not describe fails the test."""
+    from contract import answers_checked
+
+    with answers_checked() as problems:
+        yield
+    assert not problems, "answers the OpenAPI document does not describe:\n" + "\n".join(dict.fromkeys(problems))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -96,7 +96,8 @@ def api_schema(real_data):
     return schema
 
 
-OPERATIONS = ["registerCase", "getCase", "postMessage", "cancelMessage", "postStatus"]
+#: the operations answering JSON (the ones answering a file's bytes are left out)
+OPERATIONS = ["registerCase", "getCase", "postMessage", "getMessage", "cancelMessage", "releaseMessage", "postStatus"]
 
 #: who calls: mostly the case's own target, sometimes another target, a wrong token or none
 TOKENS = st.sampled_from([REST_TOKEN] * 6 + [SOAP_TOKEN, "guess-0123456789", None])

@@ -272,14 +272,15 @@ def test_the_vocabulary_is_exactly_what_a_field_map_is_given():
 def test_mappings_fields_prints_the_vocabulary(runner):
     import json
 
+    import cli
     import gateway
 
-    result = runner.invoke(gateway.cli, ["mappings", "fields"])
+    result = runner.invoke(cli.cli, ["mappings", "fields"])
     assert result.exit_code == 0
     line = next(line for line in result.output.splitlines() if line.startswith("case.text "))
     assert line.split()[1] == "text" and "always" in line
     assert any(line.startswith("case.complaint.event_date ") and "COMPLAINT cases only" in line for line in result.output.splitlines())
-    rows = json.loads(runner.invoke(gateway.cli, ["mappings", "fields", "--json"]).output)
+    rows = json.loads(runner.invoke(cli.cli, ["mappings", "fields", "--json"]).output)
     assert [r["path"] for r in rows] == list(mapping.VOCABULARY)
     assert {"path": "case.attachments[].file_name", "type": "text", "example": "intyg.pdf",
             "when": "when the citizen attached files (at most 5)"} in rows

@@ -11,6 +11,7 @@ from conftest import KLIN2, PDF, PNR, ROOT, example_data, result_of, write_confi
 from lxml import etree
 
 import config as config_mod
+import cli
 import gateway
 from errors import ConfigError
 from sandbox.providers import create_rest_provider, create_soap_provider, serve_in_thread
@@ -144,14 +145,14 @@ def test_a_slow_target_does_not_serialise_other_cases(live, providers, make_case
 
 def test_mappings_check_and_try(runner, tmp_path, make_case):
     path = write_config(tmp_path, example_data(tmp_path))
-    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(path)])
+    result = runner.invoke(cli.cli, ["mappings", "check", "--config", str(path)])
     assert result.exit_code == 0 and "field maps for demo_rest, demo_soap" in result.output
     case = tmp_path / "case.xml"
     case.write_bytes(make_case())
-    result = runner.invoke(gateway.cli, ["mappings", "try", str(case), "--target", "demo_rest", "--config", str(path)])
+    result = runner.invoke(cli.cli, ["mappings", "try", str(case), "--target", "demo_rest", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert "POST http://127.0.0.1:8081/api/cases" in result.output and '"type": "SYNPUNKT"' in result.output
-    result = runner.invoke(gateway.cli, ["mappings", "try", str(case), "--target", "demo_soap", "--config", str(path)])
+    result = runner.invoke(cli.cli, ["mappings", "try", str(case), "--target", "demo_soap", "--config", str(path)])
     assert "<ns0:RegisterCase" in result.output and "<ns0:caseType>10</ns0:caseType>" in result.output
 
 
@@ -167,7 +168,7 @@ def test_mappings_check_names_file_key_and_value(runner, tmp_path):
     (maps / "codes.yaml").write_text((maps / "codes.yaml").read_text().replace("AVSLUTAD: CLOSED", "AVSLUTAD: DONE"))
     data = example_data(tmp_path)
     data["mappings"]["dir"] = str(maps)
-    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(write_config(tmp_path, data))])
+    result = runner.invoke(cli.cli, ["mappings", "check", "--config", str(write_config(tmp_path, data))])
     assert result.exit_code == 1
     line = _line_of(text, "    createdAt:")
     assert f"fieldmaps/demo_rest.yaml:{line}: deliver_case.body.createdAt: unknown transform 'yyyymmdd'" in result.output
@@ -199,10 +200,10 @@ def test_a_typo_in_a_source_path_fails_check_with_file_line_and_the_nearest_fiel
     line = _line_of((ROOT / "mappings/fieldmaps/demo_rest.yaml").read_text(), "    text: case.text")
     expected = f"fieldmaps/demo_rest.yaml:{line}: deliver_case.body.text: unknown source 'case.txt': did you mean 'case.text'?"
     for command in (["check"], ["mappings", "check"]):
-        result = runner.invoke(gateway.cli, [*command, "--config", config])
+        result = runner.invoke(cli.cli, [*command, "--config", config])
         assert result.exit_code == 1, result.output
         assert expected in result.output
-    served = runner.invoke(gateway.cli, ["serve", "--config", config])
+    served = runner.invoke(cli.cli, ["serve", "--config", config])
     assert served.exit_code == 2 and "case.txt" in served.output  # the start refuses it too
     cfg = config_mod.load(config, environ={})
     with pytest.raises(ConfigError, match="did you mean 'case.text'"):
@@ -220,7 +221,7 @@ def test_a_typo_in_a_source_path_fails_check_with_file_line_and_the_nearest_fiel
     ("demo_rest", "externalCaseId: case.case_id", "externalCaseId: item.case_id", "source 'item.case_id' must start with"),
 ])
 def test_every_source_path_is_checked_against_the_case_vocabulary(runner, tmp_path, fieldmap, old, new, says):
-    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", _edited_mappings(tmp_path, fieldmap, old, new)])
+    result = runner.invoke(cli.cli, ["mappings", "check", "--config", _edited_mappings(tmp_path, fieldmap, old, new)])
     assert result.exit_code == 1 and says in result.output, result.output
     assert result.output.count("FAIL") == 1  # the items of a wrong 'each' are not reported again
 
@@ -252,14 +253,14 @@ def test_send_test_case_reports_each_step(runner, tmp_path, providers, make_case
     data["targets"]["demo_rest"]["base_url"] = f"{providers['rest']}/api"
     data["targets"]["demo_soap"]["endpoint"] = f"{providers['soap']}/soap"
     path = str(write_config(tmp_path, data))
-    result = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_soap", "--config", path])
+    result = runner.invoke(cli.cli, ["send-test-case", "--target", "demo_soap", "--config", path])
     assert result.exit_code == 0, result.output
     assert "built-in test case" in result.output and "the provider's case id S-" in result.output
     case = tmp_path / "case.xml"
     case.write_bytes(make_case())
-    result = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_rest", "--file", str(case), "--config", path])
+    result = runner.invoke(cli.cli, ["send-test-case", "--target", "demo_rest", "--file", str(case), "--config", path])
     assert result.exit_code == 0 and "case 1177-C-0001 read from" in result.output and "P-" in result.output
     assert not (tmp_path / "gateway.db").exists()  # nothing written to the gateway's own database
     requests.post(f"{providers['rest']}/_control", json={"fail_next": 1, "status": 422}, timeout=5)
-    failed = runner.invoke(gateway.cli, ["send-test-case", "--target", "demo_rest", "--config", path])
+    failed = runner.invoke(cli.cli, ["send-test-case", "--target", "demo_rest", "--config", path])
     assert failed.exit_code == 1 and "NOT delivered: GW062" in failed.output and "dead letter" in failed.output

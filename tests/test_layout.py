@@ -83,3 +83,23 @@ def test_every_module_imports_only_what_design_allows():
         for other in sorted(imported - allowed):
             broken.append(f"{name} imports {other}; DESIGN.md lets {module} import {', '.join(sorted(allowed)) or 'nothing of ours'}")
     assert broken == []
+
+
+def test_import_linter_contracts_say_what_design_says():
+    """The import-linter contracts in pyproject.toml (run by ``make test``) cover every
+    package of DESIGN.md's table, and each forbids exactly what its row does not allow."""
+    import tomllib
+
+    table = _table()
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    packages = {name for name in table if (ROOT / name / "__init__.py").is_file()}
+    checked = set(linter["root_packages"])
+    assert checked == packages - {"sandbox"}  # the sandbox may import anything
+    contracts = {c["source_modules"][0]: c for c in linter["contracts"]}
+    assert set(contracts) == checked
+    for name, contract in contracts.items():
+        assert contract["type"] == "forbidden"
+        allowed = table[name]
+        assert allowed is not None
+        code = {n for n in table if (ROOT / f"{n}.py").is_file() or (ROOT / n / "__init__.py").is_file()}
+        assert set(contract["forbidden_modules"]) == code - allowed - {name, "errors"}, name

@@ -34,6 +34,7 @@ from test_way_back import (  # noqa: F401 - fixtures
 )
 
 import config as config_mod
+import cli
 import gateway
 from clock import utcnow
 from errors import ConfigError
@@ -87,7 +88,7 @@ def test_the_citizens_answer_in_a_case_registered_outside_1177_reaches_the_provi
             view = client.get(f"/api/v1/cases/{ident}", headers=auth())
             assert view.status_code == 200 and view.json["caseId"] == ours, ident
         path = write_config(tmp_path, data)
-        shown = runner.invoke(gateway.cli, ["case", "show", national_id, "--config", str(path), "--json"])
+        shown = runner.invoke(cli.cli, ["case", "show", national_id, "--config", str(path), "--json"])
         assert shown.exit_code == 0 and json.loads(shown.output)["case"]["case_id"] == ours
     finally:
         worker.stop()
@@ -222,7 +223,7 @@ def test_contact_details_without_consent_are_never_stored(app, make_case, runner
     store = app.extensions["gateway.store"]
     assert "+46701111111" not in store.case_row("1177-C-0001")["content"]
     path = write_config(tmp_path, app.config["GATEWAY"].model_dump(mode="json") | {"source": None})
-    shown = runner.invoke(gateway.cli, ["case", "show", "1177-C-0001", "--content", "--json", "--config", str(path)])
+    shown = runner.invoke(cli.cli, ["case", "show", "1177-C-0001", "--content", "--json", "--config", str(path)])
     assert shown.exit_code == 0 and "+46701111111" not in shown.output and "nej@example.org" not in shown.output
 
 
@@ -343,9 +344,9 @@ def test_a_message_behind_a_dead_row_is_shown_as_blocked(app, make_case, make_me
     dead, waiting = store.outbox_rows("1177-C-0001")
     assert dead["status"] == "dead" and waiting["blocked_by"] == dead["id"]
     path = write_config(tmp_path, app.config["GATEWAY"].model_dump(mode="json") | {"source": None})
-    listed = runner.invoke(gateway.cli, ["outbox", "list", "--status", "blocked", "--config", str(path)])
+    listed = runner.invoke(cli.cli, ["outbox", "list", "--status", "blocked", "--config", str(path)])
     assert listed.exit_code == 0 and f"BLOCKED behind dead row {dead['id']}" in listed.output
-    shown = runner.invoke(gateway.cli, ["case", "show", "1177-C-0001", "--config", str(path)])
+    shown = runner.invoke(cli.cli, ["case", "show", "1177-C-0001", "--config", str(path)])
     assert f"BLOCKED behind dead row {dead['id']}" in shown.output
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'gateway_blocked_rows{target="demo_rest"} 1.0' in metrics
@@ -353,9 +354,9 @@ def test_a_message_behind_a_dead_row_is_shown_as_blocked(app, make_case, make_me
 
 def test_check_warns_when_no_alert_channel_is_configured(runner, config_data, tmp_path):
     path = write_config(tmp_path, config_data)
-    result = runner.invoke(gateway.cli, ["check", "--config", str(path)])
+    result = runner.invoke(cli.cli, ["check", "--config", str(path)])
     assert "WARN alerts: no alert channel" in result.output
     data = copy.deepcopy(config_data)
     data["alerts"]["webhook_url"] = "https://alerts.example.org/hook"
     path = write_config(tmp_path, data, "with-alerts.yaml")
-    assert "no alert channel" not in runner.invoke(gateway.cli, ["check", "--config", str(path)]).output
+    assert "no alert channel" not in runner.invoke(cli.cli, ["check", "--config", str(path)]).output

@@ -16,6 +16,7 @@ from flask import Flask, request
 from lxml import etree
 
 import config as config_mod
+import cli
 import gateway
 from clock import utcnow
 
@@ -39,7 +40,11 @@ def fast(data):
 def test_health_live_and_ready(app, client):
     assert client.get("/health/live").json["status"] == "live"
     ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json == {"status": "ready", "problems": []}
+    in_force = app.extensions["gateway.mappings"]
+    assert ready.status_code == 200 and ready.json == {
+        "status": "ready", "problems": [],
+        "mappings": {"loaded_at": ready.json["mappings"]["loaded_at"], "digest": in_force.digest, "units": 3,
+                     "last_reload": None}}
 
 
 def test_ready_is_503_with_the_reason_when_the_worker_is_stale(config_data):
@@ -110,30 +115,30 @@ def test_log_case_show_outbox_list_replay_cancel_with_json(config_data, make_cas
         post_case(app, make_case, caseId="CLI-1")
         post_case(app, make_case, caseId="CLI-2")
         app.extensions["gateway.worker"].run_until_idle()
-        log = json.loads(runner.invoke(gateway.cli, ["log", "--config", path, "--case-id", "CLI-1", "--json"]).output)
+        log = json.loads(runner.invoke(cli.cli, ["log", "--config", path, "--case-id", "CLI-1", "--json"]).output)
         assert [r["event"] for r in log] == ["dead", "case_received"]
-        dead = json.loads(runner.invoke(gateway.cli, ["log", "--config", path, "--error-code", "GW062", "--json"]).output)
+        dead = json.loads(runner.invoke(cli.cli, ["log", "--config", path, "--error-code", "GW062", "--json"]).output)
         assert {r["case_id"] for r in dead} == {"CLI-1", "CLI-2"}
-        listed = json.loads(runner.invoke(gateway.cli, ["outbox", "list", "--config", path, "--json"]).output)
+        listed = json.loads(runner.invoke(cli.cli, ["outbox", "list", "--config", path, "--json"]).output)
         ids = sorted(r["id"] for r in listed)
         assert len(ids) == 2 and all(r["status"] == "dead" for r in listed)
-        shown = runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--config", path])
+        shown = runner.invoke(cli.cli, ["case", "show", "CLI-1", "--config", path])
         assert "GW062" in shown.output and "attempt 1" in shown.output and PNR not in shown.output
         assert "Jag vill lämna" not in shown.output  # no text without --content
         assert "came back: HTTP 400; Content-Type: application/json; X-Request-Id: r-1" in shown.output
         assert "unknown" not in shown.output and "--content shows them" in shown.output  # the body is content
-        with_content = runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--content", "--config", path])
+        with_content = runner.invoke(cli.cli, ["case", "show", "CLI-1", "--content", "--config", path])
         assert "Jag vill lämna" in with_content.output
         assert "patient 1912******** unknown" in with_content.output and PNR not in with_content.output
-        as_json = json.loads(runner.invoke(gateway.cli, ["case", "show", "CLI-1", "--config", path, "--json"]).output)
+        as_json = json.loads(runner.invoke(cli.cli, ["case", "show", "CLI-1", "--config", path, "--json"]).output)
         kept = as_json["outbox"][0]["attempts"][0]["response"]
         assert kept["status"] == 400 and kept["headers"]["X-Request-Id"] == "r-1" and kept["body"] is None
         responses.replace(responses.POST, f"{API}/cases", status=201, json={"id": "P-1"})
-        replayed = runner.invoke(gateway.cli, ["outbox", "replay", str(ids[0]), "--config", path, "--json"])
+        replayed = runner.invoke(cli.cli, ["outbox", "replay", str(ids[0]), "--config", path, "--json"])
         assert replayed.exit_code == 0 and json.loads(replayed.output) == [{"id": ids[0], "replayed": True}]
-        cancelled = runner.invoke(gateway.cli, ["outbox", "cancel", str(ids[1]), "--config", path])
+        cancelled = runner.invoke(cli.cli, ["outbox", "cancel", str(ids[1]), "--config", path])
         assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
-        again = runner.invoke(gateway.cli, ["outbox", "cancel", str(ids[1]), "--config", path])
+        again = runner.invoke(cli.cli, ["outbox", "cancel", str(ids[1]), "--config", path])
         assert again.exit_code == 1
         app.extensions["gateway.worker"].run_until_idle()
         statuses = {r["case_id"]: r["status"] for r in app.extensions["gateway.store"].outbox_list(status=None)}
@@ -141,7 +146,7 @@ def test_log_case_show_outbox_list_replay_cancel_with_json(config_data, make_cas
         audit = [(a["action"], a["object"]) for a in app.extensions["gateway.store"].audit_entries()]
         assert ("replay", f"outbox {ids[0]}") in audit and ("cancel", f"outbox {ids[1]}") in audit
         assert ("read content", "case CLI-1") in audit
-        paused = runner.invoke(gateway.cli, ["target", "pause", "demo_rest", "--config", path, "--json"])
+        paused = runner.invoke(cli.cli, ["target", "pause", "demo_rest", "--config", path, "--json"])
         assert json.loads(paused.output) == {"target": "demo_rest", "paused": True}
     finally:
         app.extensions["gateway.store"].close()
@@ -150,7 +155,7 @@ def test_log_case_show_outbox_list_replay_cancel_with_json(config_data, make_cas
 def test_hash_password(runner):
     from werkzeug.security import check_password_hash
 
-    result = runner.invoke(gateway.cli, ["ops", "hash-password"], input="s3cret-pw\ns3cret-pw\n")
+    result = runner.invoke(cli.cli, ["ops", "hash-password"], input="s3cret-pw\ns3cret-pw\n")
     hashed = result.output.strip().splitlines()[-1]
     assert result.exit_code == 0 and check_password_hash(hashed, "s3cret-pw") and "s3cret-pw" not in hashed
 
@@ -278,7 +283,7 @@ def test_retention_purges_old_done_cases_never_undelivered_or_dead_and_the_file_
         store.db.execute("UPDATE sync_log SET at = ?", [old])
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the data into the main file, to measure it
         size_before = os.path.getsize(store.path)
-        result = runner.invoke(gateway.cli, ["retention", "--config", path, "--json"])
+        result = runner.invoke(cli.cli, ["retention", "--config", path, "--json"])
         removed = json.loads(result.output)
         # the file OLD-DONE shares with OLD-DEAD stays: it is still needed
         assert removed["cases"] == 1 and removed["files"] == 2 and removed["bytes_freed"] > 700_000
@@ -288,7 +293,7 @@ def test_retention_purges_old_done_cases_never_undelivered_or_dead_and_the_file_
         assert store.case_row("OLD-PENDING")["content"] is not None
         details = {r["case_id"]: r["detail"] for r in store.db.query("select case_id, detail from sync_log where event = 'case_received'")}
         assert details["OLD-DONE"] is None and details["OLD-DEAD"] and details["OLD-PENDING"]
-        again = json.loads(runner.invoke(gateway.cli, ["retention", "--config", path, "--json"]).output)
+        again = json.loads(runner.invoke(cli.cli, ["retention", "--config", path, "--json"]).output)
         assert again["cases"] == 0 and again["files"] == 0
     finally:
         app.extensions["gateway.store"].close()

@@ -544,6 +544,33 @@ def test_the_mapping_view_shows_units_case_types_and_statuses(oapp, as_):
         assert entry in codes
 
 
+def test_the_mapping_view_shows_what_is_in_force_and_a_refused_reload(config_data, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    data = ops_config(config_data)
+    data["mappings"]["dir"] = str(folder)
+    with built_app(data, build_app) as app:
+        client, holder = sign_in(app, "mona"), app.extensions["gateway.mappings_holder"]
+        digest = holder.current.digest
+
+        def box() -> str:
+            doc = html.fromstring(client.get("/ops/mappings").get_data(as_text=True))
+            return " ".join(doc.xpath("string(//section[@id='in-force'])").split())
+
+        shown = box()
+        assert f"3 unit(s) from {folder}, files digest {digest[:12]}" in shown
+        assert "changed" not in shown and "Last reload" not in shown
+        fieldmap = folder / "fieldmaps" / "demo_rest.yaml"
+        fieldmap.write_text(fieldmap.read_text().replace("text: case.text", "text: case.txt", 1))
+        outcome = holder.reload()
+        shown = box()
+        assert f"Last reload, {outcome.at}: refused, the mappings above stay in force. GW073 " in shown
+        assert "unknown source 'case.txt': did you mean 'case.text'?" in shown
+        assert f"files digest {digest[:12]}" in shown  # still the ones in force
+        assert f"The files on disk have changed since (digest {holder.on_disk()[:12]}): they are not in force" in shown
+
+
 # -- sync log --------------------------------------------------------------------------------------
 
 

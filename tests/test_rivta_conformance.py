@@ -247,6 +247,7 @@ def test_ping_details_on_request(config_data):
     import copy
 
     import config as config_mod
+    import cli
     import gateway
 
     data = copy.deepcopy(config_data)
@@ -307,13 +308,14 @@ def test_consumer_side_wsdls_carry_no_address_of_the_gateway(client, contract, h
 
 
 def _check(runner, tmp_path, **gateway_keys):
+    import cli
     import gateway
     from conftest import example_data, write_config
 
     data = example_data(tmp_path)
     data["server"]["bind"] = gateway_keys.pop("bind")
     data["gateway"].update(gateway_keys)
-    return runner.invoke(gateway.cli, ["check", "--config", str(write_config(tmp_path, data))])
+    return runner.invoke(cli.cli, ["check", "--config", str(write_config(tmp_path, data))])
 
 
 def test_check_requires_public_url_when_binding_beyond_loopback(runner, tmp_path):
@@ -325,9 +327,10 @@ def test_check_requires_public_url_when_binding_beyond_loopback(runner, tmp_path
 
 
 def test_the_shipped_example_passes_check(runner):
+    import cli
     import gateway
 
-    result = runner.invoke(gateway.cli, ["check", "--config", str(ROOT / "config.example.yaml")])
+    result = runner.invoke(cli.cli, ["check", "--config", str(ROOT / "config.example.yaml")])
     assert result.exit_code == 0, result.output
 
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import PNG, ROOT, example_data, write_config
 from lxml import etree
 
+import cli
 import gateway
 import inbound
 import rivta
@@ -51,7 +52,7 @@ def config(tmp_path) -> str:
 
 
 def test_mappings_try_needs_no_file(runner, config):
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--target", "demo_rest", "--config", config])
+    result = runner.invoke(cli.cli, ["mappings", "try", "--target", "demo_rest", "--config", config])
     assert result.exit_code == 0, result.output
     assert "sample 'complaint'" in result.stderr and "COMPLAINT to SE5566778899-KLIN1" in result.stderr
     assert result.stdout.startswith("POST http://127.0.0.1:8081/api/cases\n")
@@ -65,35 +66,35 @@ def test_mappings_try_needs_no_file(runner, config):
     ("renewal", "demo_rest", ['"type": "RECEPTFORNYELSE"', '"prescriptionId": "RX-1002"']),
 ])
 def test_mappings_try_each_sample_goes_to_a_unit_of_the_target(runner, config, sample, target, shows):
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--sample", sample, "--target", target, "--config", config])
+    result = runner.invoke(cli.cli, ["mappings", "try", "--sample", sample, "--target", target, "--config", config])
     assert result.exit_code == 0, result.output
     for text in shows:
         assert text in result.stdout
 
 
 def test_mappings_try_says_when_no_unit_fits_the_sample(runner, config):
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--sample", "board", "--target", "demo_soap", "--config", config])
+    result = runner.invoke(cli.cli, ["mappings", "try", "--sample", "board", "--target", "demo_soap", "--config", config])
     assert result.exit_code == 0 and "note: no patient board unit routes to 'demo_soap'" in result.stderr
 
 
 def test_mappings_try_with_your_own_file(runner, config, tmp_path, make_case):
     case = tmp_path / "case.xml"
     case.write_bytes(make_case(caseId="MY-1"))
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--file", str(case), "--target", "demo_rest", "--config", config])
+    result = runner.invoke(cli.cli, ["mappings", "try", "--file", str(case), "--target", "demo_rest", "--config", config])
     assert result.exit_code == 0 and '"externalId": "MY-1"' in result.stdout and "sample" not in result.stderr
 
 
 def test_mappings_try_refusals(runner, config, tmp_path, make_case):
     case = tmp_path / "case.xml"
     case.write_bytes(make_case())
-    both = runner.invoke(gateway.cli, ["mappings", "try", "--sample", "board", "--file", str(case), "--target", "demo_rest",
+    both = runner.invoke(cli.cli, ["mappings", "try", "--sample", "board", "--file", str(case), "--target", "demo_rest",
                                        "--config", config])
     assert both.exit_code == 2 and "give one case" in both.stderr
-    unknown = runner.invoke(gateway.cli, ["mappings", "try", "--sample", "booking", "--target", "demo_rest", "--config", config])
+    unknown = runner.invoke(cli.cli, ["mappings", "try", "--sample", "booking", "--target", "demo_rest", "--config", config])
     assert unknown.exit_code == 2 and "'booking' is not one of" in unknown.stderr
     not_a_case = tmp_path / "other.xml"
     not_a_case.write_text("<hello/>")
-    wrong = runner.invoke(gateway.cli, ["mappings", "try", "--file", str(not_a_case), "--target", "demo_rest", "--config", config])
+    wrong = runner.invoke(cli.cli, ["mappings", "try", "--file", str(not_a_case), "--target", "demo_rest", "--config", config])
     assert wrong.exit_code == 1 and "does not hold a ProcessCase request" in wrong.stderr
 
 
@@ -106,7 +107,7 @@ def test_mappings_try_a_target_no_unit_routes_to(runner, tmp_path):
     shutil.copytree(ROOT / "mappings", maps)
     shutil.copy(maps / "fieldmaps" / "demo_rest.yaml", maps / "fieldmaps" / "spare.yaml")
     data["mappings"]["dir"] = str(maps)
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--target", "spare", "--config", str(write_config(tmp_path, data))])
+    result = runner.invoke(cli.cli, ["mappings", "try", "--target", "spare", "--config", str(write_config(tmp_path, data))])
     assert result.exit_code == 1 and "no unit in units.yaml routes to 'spare'" in result.stderr
 
 
@@ -119,6 +120,6 @@ def test_a_sample_in_your_own_mappings_folder_wins(runner, tmp_path):
     (maps / "samples" / "question.xml").write_text(own)
     data = example_data(tmp_path)
     data["mappings"]["dir"] = str(maps)
-    result = runner.invoke(gateway.cli, ["mappings", "try", "--sample", "question", "--target", "demo_rest",
+    result = runner.invoke(cli.cli, ["mappings", "try", "--sample", "question", "--target", "demo_rest",
                                          "--config", str(write_config(tmp_path, data))])
     assert result.exit_code == 0 and '"externalId": "OUR-OWN-QUESTION"' in result.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import yaml
 from conftest import ROOT
 
+import cli
 import gateway
 from sandbox import demo
 
@@ -35,7 +36,7 @@ def test_the_sandbox_config_points_at_its_own_mappings_and_the_demo_targets_only
 def test_the_sandbox_mappings_pass_mappings_check(tmp_path, runner, monkeypatch):
     path = demo.write_config(tmp_path, PORTS, template=_template_with_a_live_target(tmp_path))
     monkeypatch.setenv("SANDBOX_API_TOKEN", "sandbox-token-for-the-check")  # as the sandbox sets it for its gateway
-    result = runner.invoke(gateway.cli, ["mappings", "check", "--config", str(path)])
+    result = runner.invoke(cli.cli, ["mappings", "check", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert "field maps for demo_rest, demo_soap" in result.output
     for name in ("units.yaml", "codes.yaml", "fieldmaps/demo_rest.yaml", "fieldmaps/demo_soap.yaml"):

@@ -30,7 +30,7 @@ PING_WSDL = (
 
 def gateway_command() -> list[str]:
     script = Path(sys.executable).parent / "gateway"
-    return [str(script)] if script.exists() else [sys.executable, "-c", "import gateway; gateway.main()"]
+    return [str(script)] if script.exists() else [sys.executable, "-c", "import cli; cli.main()"]
 
 
 def wait_until_serving(base: str, process: subprocess.Popen, log: Path, timeout: float = 30, path: str = "/rivta") -> None:

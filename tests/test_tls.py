@@ -21,6 +21,7 @@ from lxml import etree
 import clock
 import config as config_mod
 import devcerts
+import cli
 import gateway
 import rivta
 from errors import ConfigError
@@ -207,7 +208,7 @@ def test_verification_is_never_switched_off_silently(config_data, runner, tmp_pa
     with pytest.raises(ConfigError, match="national.tls.*insecure: true"):
         config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ={})
     data["national"]["tls"] = {"verify": False, "insecure": True}
-    result = runner.invoke(gateway.cli, ["check", "--config", str(write_config(tmp_path, data))])
+    result = runner.invoke(cli.cli, ["check", "--config", str(write_config(tmp_path, data))])
     assert result.exit_code == 0 and "WARN national.tls: certificate verification is OFF" in result.output
 
 
@@ -219,7 +220,7 @@ def test_client_certificates_need_a_client_ca(config_data):
 
 
 def test_certs_dev_makes_a_ca_server_and_client_certificates(runner, tmp_path):
-    result = runner.invoke(gateway.cli, ["certs", "dev", str(tmp_path), "--consumer", PLATFORM])
+    result = runner.invoke(cli.cli, ["certs", "dev", str(tmp_path), "--consumer", PLATFORM])
     assert result.exit_code == 0
     from cryptography import x509
 
@@ -267,7 +268,7 @@ def test_secrets_never_appear_in_check_output_errors_or_logs(config_data, runner
     data["alerts"] = {"smtp_host": "127.0.0.1", "smtp_port": 9, "smtp_username": "gw", "smtp_password": {"$env": "SMTP_PW"},
                       "mail_to": ["ops@example.se"]}
     path = write_config(tmp_path, data)
-    checked = runner.invoke(gateway.cli, ["check", "--config", str(path)], env=secrets)
+    checked = runner.invoke(cli.cli, ["check", "--config", str(path)], env=secrets)
     assert checked.exit_code == 0 and not any(v in checked.output for v in secrets.values())
     cfg = config_mod.from_dict(copy.deepcopy(data), base_dir=ROOT, environ=secrets)
     assert not any(v in repr(cfg) or v in str(cfg.redacted()) for v in secrets.values())

@@ -15,6 +15,7 @@ from conftest import BOARD, EXE, JPEG, KLIN1, KLIN2, PDF, PNG, PNR, ROOT, result
 from lxml import etree
 
 import config as config_mod
+import cli
 import gateway
 from sandbox.national import create_national_stub
 from sandbox.providers import create_rest_provider, serve_in_thread
@@ -433,9 +434,9 @@ def test_cancel_from_the_cli(config_data, peers, make_case, runner, tmp_path):
     try:
         intake(app, make_case)
         held = app.test_client().post("/api/v1/cases/1177-C-0001/messages", json=reply(), headers=auth()).json
-        result = runner.invoke(gateway.cli, ["message", "cancel", held["messageId"], "--config", str(path)])
+        result = runner.invoke(cli.cli, ["message", "cancel", held["messageId"], "--config", str(path)])
         assert result.exit_code == 0 and "cancelled" in result.output
-        again = runner.invoke(gateway.cli, ["message", "cancel", "no-such-id", "--config", str(path)])
+        again = runner.invoke(cli.cli, ["message", "cancel", "no-such-id", "--config", str(path)])
         assert again.exit_code == 1 and "GW032" in again.output
         statuses = {m["message_id"]: m["status"] for m in app.extensions["gateway.store"].timeline("1177-C-0001")["messages"]}
         assert statuses[held["messageId"]] == "cancelled"

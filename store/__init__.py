@@ -1,0 +1,60 @@
+"""The store: every SQL statement of the gateway, by area, behind one ``Store`` facade.
+
+Role: durable state. Cases, messages and their attachments (each file stored once, by
+SHA-256), the outbox the worker delivers from, the sync log operations read, the
+scheduled jobs' leases and the workers' heartbeats. SQLite (through sqlite-utils) is the
+embedded default.
+
+    store/base.py         connections, write transactions, the shared writes (sync log, counters, files)
+    store/schema.py       migrations (sqlite_utils Migrations) and the writable check
+    store/intake.py       cases and citizens' messages from 1177; cases registered outside it
+    store/replies.py      the provider's messages and statuses to the citizen; held, released, cancelled
+    store/outbox.py       the queue: claim, complete, fail, recover
+    store/ops_queries.py  the reads of the ops view, /metrics, the CLI and the alerts
+    store/retention.py    the purge of rule 2
+    store/admin.py        sign-in locks, ops sessions, alert state, settings
+    store/jobs.py         scheduled jobs claimed once across processes; heartbeats
+
+May import: model, errors, clock.
+
+Invariants:
+- A case (or message) and its outbox row are committed in one transaction; a call that
+  raises has written nothing.
+- Write transactions start with ``BEGIN IMMEDIATE`` so a read-then-write (the duplicate
+  check before an insert) can never fail half-way on a concurrent writer; waits are
+  bounded by the busy timeout and surface as ``StoreError`` (GW050).
+- Rows are read by column name (``sqlite3.Row``), never by position.
+- The store raises domain errors (``errors``); it knows nothing of HTTP or SOAP.
+"""
+
+from __future__ import annotations
+
+from .admin import Admin
+from .base import (
+    LATENCY_BUCKETS,
+    NATIONAL_TARGET,
+    OUTBOUND_ACTIONS,
+    RECEIPT,
+    UNFINISHED,
+    Accepted,
+    StoreBase,
+    parse_ts,
+    receipt_id,
+    ts,
+)
+from .intake import Intake
+from .jobs import JobRun, Jobs
+from .ops_queries import OpsQueries
+from .outbox import COMPLETIONS, RESPONSE_BODY_LIMIT, Completion, Job, Outbox
+from .retention import Retention
+from .schema import Schema, migrations
+
+__all__ = [
+    "LATENCY_BUCKETS", "NATIONAL_TARGET", "OUTBOUND_ACTIONS", "RECEIPT", "RESPONSE_BODY_LIMIT", "UNFINISHED",
+    "COMPLETIONS", "Accepted", "Completion", "Job", "JobRun", "Store", "StoreBase", "migrations", "parse_ts", "receipt_id", "ts",
+]
+
+
+class Store(Schema, Intake, Outbox, OpsQueries, Retention, Admin, Jobs):
+    """All persistence of the gateway, one object: each area's queries (the classes above)
+    on one set of connections. Thread-safe: one SQLite connection per thread."""

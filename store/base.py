@@ -1,0 +1,288 @@
+"""The store's foundation: connections, write transactions, and what every area shares.
+
+Role: one SQLite connection per thread (WAL, ``synchronous=FULL``), ``write()`` for a
+``BEGIN IMMEDIATE`` transaction, the timestamp format, and the writes every area makes
+(the sync log, the counters, attachments by hash, outbox rows).
+
+May import: model, errors, clock.
+
+Invariants: a write transaction commits everything or nothing; a wait for the lock is
+bounded by the busy timeout and surfaces as ``StoreError`` (GW050); attachment bytes are
+stored once, by SHA-256, and JSON content never carries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from clock import instant
+from errors import (
+    CaseClosed,
+    CasePurged,
+    StoreError,
+)
+from model import (
+    Attachment,
+    Case,
+    CaseStatus,
+    Message,
+    redact_person_ids,
+    to_data,
+)
+
+#: Upper bounds (seconds) of the intake-to-delivery latency histogram.
+LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
+
+
+#: Outbox states in which a row still has work to do (retention never touches their cases).
+#: ``reserved``: the automatic receipt's place in its case's order, kept from intake until the
+#: provider has the case (then it becomes ``pending`` with the receipt, or ``cancelled``).
+#: ``held``: a message the wrong-patient guard holds until someone releases it (rule 14).
+UNFINISHED = ("pending", "in_flight", "dead", "reserved", "held")
+
+
+#: The outbox action and id of the automatic receipt of a case.
+RECEIPT = "add_message"
+
+
+def receipt_id(case_id: str) -> str:
+    """The message id of the automatic receipt of ``case_id``."""
+    return f"{case_id}:receipt"
+
+
+def ts(value: dt.datetime) -> str:
+    """The store's timestamp format: ISO 8601 UTC with microseconds, sortable as text."""
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+
+
+def content_json(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tuple[str, str]:
+    """JSON content without file bytes, and a hash over it (files enter by their hash).
+
+    ``not_hashed``: fields that may differ between two sendings of the same thing (the
+    time the gateway stamped on a provider's message)."""
+    data = to_data(obj)
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    if not_hashed:
+        data = {k: v for k, v in data.items() if k not in not_hashed}
+    hashed = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return text, hashlib.sha256(hashed.encode("utf-8")).hexdigest()
+
+
+#: The outbox target name of 1177 / the national platform.
+NATIONAL_TARGET = "national"
+
+
+#: Actions that go towards the citizen (to 1177); the others go to the provider.
+OUTBOUND_ACTIONS = ("add_message", "update_status", "register_case")
+
+
+def refuse_finished(case_id: str, purged_at: str | None, citizen_status: str | None, *, reopen: bool = False) -> None:
+    """Refuse new work for a case whose content was purged, or that is closed (unless reopened)."""
+    if purged_at:
+        raise CasePurged(f"case '{case_id[:64]}': its content has been purged after the retention period "
+                         "(two years from its last activity), so nothing more can be delivered in it.", field="caseId")
+    if citizen_status == CaseStatus.CLOSED.value and not reopen:
+        raise CaseClosed(f"case '{case_id[:64]}' is closed; it takes no more messages until it is reopened.",
+                         field="caseId")
+
+
+def direction_of(action: str) -> str:
+    return "out" if action in OUTBOUND_ACTIONS else "in"
+
+
+#: For a row still waiting: the earliest dead row of its case it is stuck behind (else NULL).
+BLOCKER_SQL = """(SELECT min(e.id) FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id AND e.status = 'dead'
+             AND o.status IN ('pending', 'reserved'))"""
+
+
+BLOCKED_BY_SQL = f"{BLOCKER_SQL} AS blocked_by"
+
+
+#: A row the worker may take once its not_before has passed: pending, its target not
+#: paused, and no earlier row of its case still pending, in flight, dead or held (order per
+#: case: nothing overtakes a message the wrong-patient guard holds).
+CLAIMABLE_SQL = """o.status = 'pending'
+    AND o.target NOT IN (SELECT name FROM targets WHERE paused = 1)
+    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.case_id = o.case_id AND e.id < o.id
+                    AND e.status IN ('pending', 'in_flight', 'dead', 'reserved', 'held'))"""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of an intake: ``created`` is False for a repeated, identical request."""
+
+    created: bool
+    case_id: str
+    ref_id: str
+
+
+class StoreBase:
+    """Connections and transactions. Thread-safe: one SQLite connection per thread."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000):
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # One writer at a time within this process. SQLite's busy handler retries with
+        # sleeps of up to 100 ms and serves no queue, so without this the worker's short
+        # claim/complete writes can lose again and again to a burst of intake writes.
+        # Other processes still meet at SQLite's lock (bounded by the busy timeout).
+        self._write_lock = threading.Lock()
+        #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
+        self.last_write_failure: str | None = None
+
+    @property
+    def db(self) -> Database:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the database {self.path}: {exc}.") from None
+            db = Database(conn, execute_plugins=False)
+            self._local.db = db
+            with self._lock:
+                self._connections.append(conn)
+        return db
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Database]:
+        """A write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error.
+
+        ``db.atomic()`` would start a deferred transaction, whose upgrade from read to
+        write fails at once (SQLITE_BUSY_SNAPSHOT) under a concurrent writer.
+        """
+        db = self.db
+        if not self._write_lock.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise StoreError("the database is busy: another write of this process did not finish in time.")
+        try:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the database is busy or unavailable ({exc}).") from None
+            try:
+                yield db
+                db.execute("COMMIT")
+                self.last_write_failure = None
+            except BaseException as exc:
+                if db.conn.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked too long
+                    self.last_write_failure = f"the last write failed ({exc})"
+                    raise StoreError(f"the database could not complete the write ({exc}).") from None
+                raise
+        finally:
+            self._write_lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:
+        db.execute(
+            "INSERT INTO metrics_counters (name, target, direction, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name, target, direction) DO UPDATE SET value = value + excluded.value",
+            [name, target or "", direction, by],
+        )
+
+    def _observe_latency(self, db: Database, target: str, direction: str, seconds: float) -> None:
+        bucket = next((le for le in LATENCY_BUCKETS[:-1] if seconds <= float(le)), "+Inf")
+        db.execute(
+            "INSERT INTO metrics_latency (target, direction, le, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(target, direction, le) DO UPDATE SET count = count + 1",
+            [target, direction, bucket],
+        )
+        db.execute(
+            "INSERT INTO metrics_latency_sum (target, direction, total_s, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(target, direction) DO UPDATE SET total_s = total_s + excluded.total_s, count = count + 1",
+            [target, direction, max(0.0, seconds)],
+        )
+
+    def _log(self, db: Database, now: dt.datetime, **fields: Any) -> None:
+        fields["at"] = ts(now)
+        columns = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        db.execute(f"INSERT INTO sync_log ({columns}) VALUES ({marks})", list(fields.values()))
+
+    def log_event(self, *, direction: str, event: str, status: str, now: dt.datetime | None = None, **fields: Any) -> None:
+        """A sync-log row of its own (metadata only; ``detail`` is scrubbed of person ids)."""
+        if fields.get("detail"):
+            fields["detail"] = redact_person_ids(str(fields["detail"]))[:1000]
+        with self.write() as db:
+            self._log(db, now or instant(), direction=direction, event=event, status=status, **fields)
+
+    def audit(self, who: str, role: str, action: str, obj: str, detail: str = "", now: dt.datetime | None = None) -> None:
+        """Record an operator's action (who, what, when)."""
+        with self.write() as db:
+            db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                       [ts(now or instant()), who, role, action, obj, redact_person_ids(detail)[:1000]])
+
+    def _put_attachments(
+        self, db: Database, case_id: str, message_id: str | None, attachments: tuple[Attachment, ...], now: dt.datetime
+    ) -> None:
+        for position, attachment in enumerate(attachments, start=1):
+            digest = attachment.sha256
+            db.execute(
+                "INSERT OR IGNORE INTO attachment_blobs (sha256, size, data, created_at) VALUES (?, ?, ?, ?)",
+                [digest, attachment.size, sqlite3.Binary(attachment.data), ts(now)],
+            )
+            db.execute(
+                """INSERT INTO attachments (case_id, message_id, position, file_name, mime_type, sha256)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [case_id, message_id, position, attachment.file_name, attachment.mime_type, digest],
+            )
+
+    def _enqueue(
+        self, db: Database, case_id: str, action: str, ref_id: str, target: str | None, not_before: dt.datetime,
+        *, created: dt.datetime | None = None, status: str = "pending",
+    ) -> None:
+        created = created or not_before
+        db.execute(
+            """INSERT INTO outbox (case_id, action, ref_id, target, status, attempts, not_before,
+                   idempotency_key, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)""",
+            [case_id, action, ref_id, target, status, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
+        )
+
+    def attachments_of(self, case_id: str, message_id: str | None = None) -> list[Attachment]:
+        rows = self.db.execute(
+            """SELECT a.file_name, a.mime_type, b.data FROM attachments a
+               JOIN attachment_blobs b ON b.sha256 = a.sha256
+               WHERE a.case_id = ? AND a.message_id IS ? ORDER BY a.position""",
+            [case_id, message_id],
+        ).fetchall()
+        return [Attachment(name, mime, bytes(data)) for name, mime, data in rows]
+
+    def case_row(self, case_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM cases WHERE case_id = ?", [case_id]))
+        return rows[0] if rows else None
