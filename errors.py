@@ -52,7 +52,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     ├── RuleViolation               a 1177 rule refuses the content (resultCode ERROR)
     │   ├── InvalidPersonId  GW020  anonymous, or personnummer/samordningsnummer invalid
     │   ├── InvalidHsaId     GW021  an HSA-id does not have the HSA-id syntax
-    │   ├── AttachmentTypeRefused GW022  content is not PDF, GIF, JPEG or PNG
+    │   ├── AttachmentTypeRefused GW022  content is not PDF, GIF, JPEG or PNG all the way through (says why)
     │   ├── AttachmentTooLarge GW023  an attachment is over 20 MB
     │   ├── TooManyAttachments GW024  more attachments than the sender may send
     │   ├── EventDateInvalid GW025  complaint without event date, or one in the future
@@ -479,7 +479,11 @@ class InvalidHsaId(RuleViolation):
 
 
 class AttachmentTypeRefused(RuleViolation):
-    """Raised when an attachment's content is not PDF, GIF, JPEG or PNG, or contradicts its mimeType."""
+    """Raised when an attachment's content is not PDF, GIF, JPEG or PNG, or contradicts its
+    mimeType, or is not that type all the way through: a PDF that does not parse, is locked
+    with a password, or carries JavaScript, a launch action or a file inside it; a picture
+    that does not decode whole, or has more pixels than the gateway decodes. The message
+    names the attachment and the reason; the hint says what to send instead."""
 
     code = "GW022"
     hint = "Only PDF, GIF, JPEG and PNG files can be attached."

@@ -5,13 +5,16 @@ Role: decide whether a case or message may be accepted, whatever door it came in
 ``today``, the **Swedish** date of the instant (``clock.Clock.day``), so the rules are
 testable on their boundaries and agree whichever door a case came in by.
 
-May import: ``model``, ``errors``, ``clock`` (calendar arithmetic, never the time).
+May import: ``model``, ``errors``, ``clock`` (calendar arithmetic, never the time); of
+libraries, pypdf and Pillow, which read an attachment's bytes in memory (rule 1: a file is
+what it claims to be, all the way through; the wrong-patient guard reads a PDF's text).
 
 Invariants: a function either returns normally or raises a ``RuleViolation`` subclass
 whose message names the field and never contains a person id in clear. Every text that
 reaches the store is checked by ``check_text``: at most its field's length (the same
 maxima as the XSDs in ``contracts/``), and only characters XML 1.0 can carry (so that it
-can always be sent to 1177 and to a provider).
+can always be sent to 1177 and to a provider). An attachment passes only when its whole
+content is the type it claims (``content_problem``), in both directions.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ import io
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from math import isqrt
+from typing import Any
 
 import pypdf
+from PIL import Image, ImageSequence
+from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
 
 import clock
 from errors import (
@@ -52,6 +59,7 @@ from model import (
     file_name_problem,
     hsa_id,
     person_ids_in,
+    redact_person_ids,
 )
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
@@ -131,22 +139,176 @@ def check_attachments(
             raise InvalidValue(f"{where}/fileName {problem}; send the file's name alone, in plain characters.",
                                field=f"{where}/fileName")
         check_text(attachment.mime_type, f"{where}/mimeType", MAX_MIME_TYPE)
+        name = redact_person_ids(attachment.file_name)  # a name may hold a personnummer: never in a message
         if attachment.size > max_bytes:
             raise AttachmentTooLarge(
-                f"{where} '{attachment.file_name}' is {attachment.size} bytes, the limit is {max_bytes}.",
+                f"{where} '{name}' is {attachment.size} bytes, the limit is {max_bytes}.",
                 field=where,
             )
         actual = sniff_mime_type(attachment.data)
         if actual is None:
             raise AttachmentTypeRefused(
-                f"{where} '{attachment.file_name}' is not a PDF, GIF, JPEG or PNG file.", field=where
+                f"{where} '{name}' is not a PDF, GIF, JPEG or PNG file.", field=where
             )
         declared = _MIME_ALIASES.get(attachment.mime_type.strip().lower(), attachment.mime_type.strip().lower())
         if declared != actual:
             raise AttachmentTypeRefused(
-                f"{where} '{attachment.file_name}' is declared as '{attachment.mime_type}' but its content is {actual}.",
+                f"{where} '{name}' is declared as '{redact_person_ids(attachment.mime_type)}' but its content is {actual}.",
                 field=where,
             )
+        problem = content_problem(attachment.data, actual)
+        if problem is not None:
+            reason, hint = problem
+            raise AttachmentTypeRefused(f"{where} '{name}': {reason}.", field=where, hint=hint)
+
+
+# -- a file is what it claims to be, all the way through (rule 1) ---------------------------------------
+
+#: The most pixels a GIF, JPEG or PNG attachment may have (about 8000 × 8000: a 48-megapixel
+#: phone photo passes). Decoding allocates its pixels, so a larger claim (a decompression
+#: bomb: a few kilobytes that claim to be gigapixels) is refused before anything is decoded.
+MAX_IMAGE_PIXELS = 64_000_000
+#: The most pixels decoded over all the frames of an animated GIF.
+MAX_GIF_PIXELS = 4 * MAX_IMAGE_PIXELS
+
+_DAMAGED_HINT = "Send the file again, whole: it may have been cut off or damaged on the way, or be another kind of file."
+_ACTIVE_HINT = ("Send the document as a plain PDF without scripts, actions or files inside it "
+                "(for example, print it to a new PDF) and try again.")
+_PILLOW_FORMATS = {"image/gif": "GIF", "image/jpeg": "JPEG", "image/png": "PNG"}
+
+#: PDF keys whose values are page content, resources (fonts, pictures, colour spaces, forms
+#: drawn on the page), appearances or the structure tree: large, and never an action a viewer
+#: runs. The search for active content does not read them, so it costs little time and memory
+#: however big they are. ``/Parent`` only leads back up; ``/JS`` and ``/EF`` are found already.
+_PDF_PASSIVE_KEYS = frozenset({"/Contents", "/Resources", "/XObject", "/Font", "/FontFile", "/FontFile2", "/FontFile3",
+                               "/Metadata", "/Thumb", "/AP", "/StructTreeRoot", "/Parent", "/Length", "/JS", "/EF"})
+#: Action types that run or open something outside the document.
+_PDF_ACTIONS = {"/JavaScript": "the PDF carries JavaScript", "/Launch": "the PDF carries a launch action "
+                "(it can start a program or open a file)", "/ImportData": "the PDF carries an import-data action",
+                "/GoToE": "the PDF carries an action that opens an embedded file"}
+
+
+def content_problem(data: bytes, mime_type: str) -> tuple[str, str] | None:
+    """Why ``data``, whose first bytes say it is ``mime_type`` (``sniff_mime_type``), is not
+    a sound file of that type, with what to do about it; None when it is. A PDF must parse
+    (pypdf), have a page and carry no JavaScript, launch or import actions, embedded files or
+    file-attachment annotations, and no XFA form; a GIF, JPEG or PNG must decode whole
+    (Pillow) and have at most ``MAX_IMAGE_PIXELS`` pixels. Reads ``data`` in place (no copy)."""
+    if mime_type == "application/pdf":
+        return _pdf_problem(data)
+    return _picture_problem(data, mime_type)
+
+
+def _pdf_problem(data: bytes) -> tuple[str, str] | None:
+    try:
+        reader = _pdf_reader(data)
+        if reader.is_encrypted and not _opens_without_password(reader):
+            return ("the PDF is protected by a password, so its content cannot be checked",
+                    "Send the PDF without a password.")
+        root = reader.trailer["/Root"].get_object()
+        pages = _pdf_value(root, "/Pages") if isinstance(root, DictionaryObject) else None
+        if (not isinstance(pages, DictionaryObject) or not _pdf_value(pages, "/Kids")
+                or int(_pdf_value(pages, "/Count") or 0) < 1):
+            return "the file does not parse as a PDF document with pages", _DAMAGED_HINT
+        active = _pdf_active_content(root)
+    except Exception:  # noqa: BLE001 - whatever pypdf cannot read is not a PDF 1177 can show
+        return "the file does not parse as a PDF (it is damaged, or another kind of file that starts like one)", _DAMAGED_HINT
+    return (active, _ACTIVE_HINT) if active is not None else None
+
+
+def _pdf_reader(data: bytes) -> pypdf.PdfReader:
+    """pypdf's reader over ``data`` in place. (Handed a ``BytesIO``, pypdf asks for its buffer,
+    which makes the ``BytesIO`` copy the whole file; a ``BufferedReader`` over it has none.)"""
+    return pypdf.PdfReader(io.BufferedReader(io.BytesIO(data)), strict=False)
+
+
+def _opens_without_password(reader: pypdf.PdfReader) -> bool:
+    """An encrypted PDF that opens with the empty password (only an owner password, which
+    restricts printing or copying) can still be read, and so checked."""
+    try:
+        return bool(reader.decrypt(""))
+    except Exception:  # noqa: BLE001 - an encryption pypdf cannot open is one we cannot check
+        return False
+
+
+def _pdf_active_content(root: DictionaryObject) -> str | None:
+    """What in the document could act on the reader's machine, or None: every dictionary
+    reachable from the catalog (its names tree, open action, additional actions of the
+    document, pages, annotations and form fields, outlines, chains of ``/Next`` actions) is
+    visited once; streams of content, fonts and pictures are not read."""
+    seen: set[tuple[int, int]] = set()
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, IndirectObject):
+            key = (node.idnum, node.generation)
+            if key in seen:
+                continue
+            seen.add(key)
+            node = node.get_object()
+        if isinstance(node, DictionaryObject):
+            found = _pdf_dictionary_problem(node)
+            if found is not None:
+                return found
+            stack.extend(value for name, value in node.items() if name not in _PDF_PASSIVE_KEYS)
+        elif isinstance(node, ArrayObject):
+            stack.extend(node)
+    return None
+
+
+def _pdf_value(node: DictionaryObject, key: str) -> Any:
+    """``node[key]`` resolved (a value may be an indirect object, e.g. ``/S 12 0 R``), or None."""
+    value = node.get(key)
+    return value.get_object() if isinstance(value, IndirectObject) else value
+
+
+def _pdf_dictionary_problem(node: DictionaryObject) -> str | None:
+    action = _pdf_value(node, "/S")
+    if action in _PDF_ACTIONS:
+        return _PDF_ACTIONS[str(action)]
+    if "/JS" in node or "/JavaScript" in node:
+        return "the PDF carries JavaScript"
+    if "/EmbeddedFiles" in node or "/EF" in node or _pdf_value(node, "/Type") == "/EmbeddedFile":
+        return "the PDF carries an embedded file"
+    if _pdf_value(node, "/Subtype") == "/FileAttachment":
+        return "the PDF carries an attached file (a file-attachment annotation)"
+    if "/XFA" in node:
+        return "the PDF carries an XFA form, which can run scripts"
+    return None
+
+
+def _picture_problem(data: bytes, mime_type: str) -> tuple[str, str] | None:
+    kind = _PILLOW_FORMATS[mime_type]
+    formats = [kind]
+    limit = f"{MAX_IMAGE_PIXELS:,}".replace(",", " ")
+    too_big = (f"the {kind} picture has more than {limit} pixels, more than the gateway decodes",
+               f"Send a smaller picture (at most {limit} pixels, about {isqrt(MAX_IMAGE_PIXELS)} × "
+               f"{isqrt(MAX_IMAGE_PIXELS)}).")
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as picture:  # reads the header only
+            width, height = picture.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return too_big
+            picture.verify()  # the structure: PNG chunks and their checksums to IEND
+        with Image.open(io.BytesIO(data), formats=formats) as picture:
+            if mime_type == "image/jpeg":  # decode every byte, at an eighth of the size (1/64 of the memory)
+                picture.draft(picture.mode, (max(1, width // 8), max(1, height // 8)))
+                picture.load()
+            elif mime_type == "image/gif":
+                decoded = 0
+                for frame in ImageSequence.Iterator(picture):
+                    decoded += width * height
+                    if decoded > MAX_GIF_PIXELS:
+                        return (f"the GIF animation has more frames than the gateway decodes (over "
+                                f"{MAX_GIF_PIXELS:,} pixels in all)".replace(",", " "), "Send a still picture.")
+                    frame.load()
+            else:
+                picture.load()
+    except Image.DecompressionBombError:
+        return too_big
+    except Exception:  # noqa: BLE001 - whatever Pillow cannot decode is not a picture 1177 can show
+        return f"the file does not decode as a {kind} picture (it is truncated or damaged)", _DAMAGED_HINT
+    return None
 
 
 def check_case(
@@ -269,10 +431,11 @@ def check_care_message(
 
 def pdf_page_texts(data: bytes) -> list[str] | None:
     """The text of each page of a PDF, or None when there is none to read: a scan (only
-    images), an encrypted file, or one pypdf cannot parse."""
+    images), a file encrypted with a password, or one pypdf cannot parse. (One encrypted with
+    only an owner password opens with the empty one, and is read.)"""
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
+        reader = _pdf_reader(data)
+        if reader.is_encrypted and not _opens_without_password(reader):
             return None
         pages = [page.extract_text() or "" for page in reader.pages]
     except Exception:  # noqa: BLE001 - any file pypdf cannot read is "not checked", never a crash

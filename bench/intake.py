@@ -55,6 +55,8 @@ import zeep
 from lxml import etree
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import sample_files  # noqa: E402 - real PDFs, as the tests build them
 WSDL = ROOT / "contracts/interactions/ProcessCaseInteraction/ProcessCaseInteraction_1.0_RIVTABP21.wsdl"
 KLIN1 = "SE5566778899-KLIN1"
 PNR = "191212121212"  # Tolvan Tolvansson, the Skatteverket test personnummer
@@ -62,7 +64,6 @@ PNR_TYPE = "1.2.752.129.2.1.3.1"
 SWEDEN = ZoneInfo("Europe/Stockholm")
 HEADERS = {"Content-Type": "text/xml; charset=UTF-8"}
 OK = re.compile(rb"<(?:[\w.-]+:)?resultCode(?:\s[^>]*)?>OK<")
-PDF_HEAD = b"%PDF-1.4\n"
 MIB = 1024 * 1024
 BIG_ATTACHMENT = 20 * MIB
 BIG_ATTACHMENTS = 5
@@ -277,8 +278,13 @@ class Builder:
         return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
 
     def typical(self, case_id: str) -> bytes:
-        """About 10 KB: 6 KB of text and a small PDF with content of its own."""
-        pdf = PDF_HEAD + case_id.encode() + b"\n" + os.urandom(ATTACHMENT_BYTES - len(PDF_HEAD) - len(case_id) - 1)
+        """About 10 KB: 6 KB of text and a small PDF (1.5 KB) with content of its own."""
+        head = f"Underlag {case_id} "  # a real PDF of ATTACHMENT_BYTES whose text is its own
+        filler = os.urandom(ATTACHMENT_BYTES).hex()
+        room = ATTACHMENT_BYTES - len(sample_files.pdf(head))
+        pdf = sample_files.pdf(head + filler[:room])
+        room -= len(pdf) - ATTACHMENT_BYTES  # the lengths written in the file grew by a digit or two
+        pdf = sample_files.pdf(head + filler[:room])
         attachment = {"fileName": "underlag.pdf", "mimeType": "application/pdf", "data": pdf}
         return self.body(self.case(case_id, self.text, [attachment]))
 
@@ -286,8 +292,8 @@ class Builder:
         """5 attachments of exactly 20 MiB, each with distinct content (5 blobs per case)."""
         attachments = []
         for index in range(BIG_ATTACHMENTS):
-            head = PDF_HEAD + f"{case_id}/{index}\n".encode()
-            data = head + os.urandom(BIG_ATTACHMENT - len(head))
+            # a real PDF (the gateway parses every one): a page with a picture of random bytes
+            data = sample_files.pdf(f"{case_id}/{index}", size=BIG_ATTACHMENT, seed=os.urandom(1 << 16))
             attachments.append({"fileName": f"journal-{index + 1}.pdf", "mimeType": "application/pdf", "data": data})
         case = self.case(case_id, "Bifogar mina journalkopior.", attachments)
         del attachments, data

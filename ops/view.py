@@ -2,7 +2,9 @@
 
 Role: show what is flowing, what is stuck and why, and let an operator fix it. Pages:
 dashboard, sync log (search), case page, dead letters (replay / cancel with a
-confirmation), targets (pause / resume), mappings, audit log; sign-in and sign-out.
+confirmation), messages the wrong-patient guard holds (the list; a reader previews one with
+its files and releases or cancels it), targets (pause / resume), mappings, audit log;
+sign-in and sign-out.
 Plain HTML and one CSS file; no JavaScript; charts are inline SVG drawn here.
 
 May import: ``store`` (reads and the operator actions it offers), ``model`` (redaction),
@@ -18,8 +20,9 @@ Invariants:
 - Every POST under ``/ops`` carries a CSRF token (Flask-WTF), checked in this
   blueprint's ``before_request``; the app-wide default check is off, so the RIV-TA
   endpoint and the provider API (not browser forms) are never asked for one.
-- Every admin action (replay, cancel, pause, resume) and every read of case content or a
-  file is written to the audit log.
+- Every admin action (replay, cancel, pause, resume), every release or cancel of a held
+  message (a reader's decision about content, so readers and admins take it) and every read
+  of case content, a message's preview or a file is written to the audit log.
 - Pages read only through the store's indexed, LIMITed queries: fast on a store with a
   million sync-log rows.
 """
@@ -39,6 +42,7 @@ from flask import (
     Blueprint,
     Flask,
     Response,
+    abort,
     current_app,
     flash,
     g,
@@ -52,7 +56,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from errors import BadOpsRequest, NotFound, OpsRefused, SignInLocked
+from errors import BadOpsRequest, CasePurged, NotCancellable, NotFound, NotHeld, OpsRefused, SignInLocked
 from model import redact_person_ids, safe_file_name
 from ops import auth
 from store import NATIONAL_TARGET, ts
@@ -68,7 +72,8 @@ MAX_SELECTED = 200
 CSP = "default-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 SYNC_EVENTS = ("case_received", "message_received", "delivered", "retry_scheduled", "dead", "replayed", "cancelled",
                "lease_expired", "message_queued", "status_queued", "case_registered", "message_cancelled",
-               "poll_update_refused", "target_paused", "target_resumed", "purged", "worker_dead", "contact_erased")
+               "poll_update_refused", "target_paused", "target_resumed", "purged", "worker_dead", "contact_erased",
+               "message_held", "message_released")
 SYNC_STATUSES = ("ok", "queued", "retry", "dead", "refused", "error")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -144,6 +149,11 @@ def _forbidden(error: HTTPException) -> tuple[str, int]:
 @bp.errorhandler(404)
 def _not_found(error: HTTPException) -> tuple[str, int]:
     return render_template("error.html", code=404, title="Not found", message=error.description), 404
+
+
+@bp.errorhandler(410)
+def _gone(error: HTTPException) -> tuple[str, int]:
+    return render_template("error.html", code=410, title="Purged", message=error.description), 410
 
 
 @bp.errorhandler(OpsRefused)
@@ -399,8 +409,9 @@ def dashboard() -> Any:
         ("Messages", "per direction and status", "direction", pivot(data["messages"], "direction", "status")),
         ("Outbox", "per target and status", "target", pivot(data["outbox"], "target", "status")),
     ]
+    held = sum(int(r["n"]) for r in data["outbox"] if r["status"] == "held")  # by the wrong-patient guard
     return render_template(
-        "dashboard.html", data=data, charts=charts, now=now, tables=tables,
+        "dashboard.html", data=data, charts=charts, now=now, tables=tables, held=held,
         oldest=oldest, oldest_age=_age(oldest["created_at"], now) if oldest else None,
     )
 
@@ -560,6 +571,140 @@ def attachment(case_id: str, sha256: str) -> Any:
                          download_name=safe_file_name(name or ""), max_age=0, etag=False, conditional=False)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+# -- messages the wrong-patient guard holds (rule 14) ------------------------------------------------
+
+HELD_PAGE_SIZE = 100
+
+
+@bp.get("/held")
+@auth.requires("monitor")
+def held() -> Any:
+    """The messages to citizens that the wrong-patient guard holds, newest first; a reader
+    also sees where the guard found what (file and page, or the body), never the ids."""
+    ops = _ops()
+    before = request.args.get("before", "")
+    before_id = _row_id(before, "the page cursor") if before else None
+    rows = ops.store.outbox_list(status="held", limit=HELD_PAGE_SIZE, before_id=before_id)
+    readers = _operator().can("reader")
+    for row in rows:
+        row["places"] = None
+        if readers:
+            try:
+                guard = ops.store.outgoing_message(row["case_id"], row["ref_id"])["guard"]
+                row["places"] = ", ".join(f.place for f in guard.foreign) or ", ".join(f.place for f in guard.not_checked)
+            except (NotFound, CasePurged):
+                row["places"] = ""
+    next_url = None
+    if len(rows) == HELD_PAGE_SIZE:
+        next_url = url_for("ops.held") + "?" + urlencode({"before": rows[-1]["id"]})
+    return render_template("held.html", rows=rows, next_url=next_url, paged=before_id is not None)
+
+
+def _outgoing(case_id: str, message_id: str) -> dict[str, Any]:
+    """A message to the citizen as it will be sent (the store's preview), or a 404/410 page."""
+    try:
+        return _ops().store.outgoing_message(case_id, message_id)
+    except NotFound:
+        abort(404, description="That case has no such message to the citizen.")
+    except CasePurged as exc:
+        abort(410, description=f"{exc.code} {exc.message}")
+    raise AssertionError("unreachable")
+
+
+@bp.get("/cases/<path:case_id>/messages/<message_id>")
+@auth.requires("reader")
+def message(case_id: str, message_id: str) -> Any:
+    """The preview of a message to the citizen: its kind, subject, body, sending unit, the
+    guard's findings and its files (each a download), with Release and Cancel while it is
+    held. Audited as a read of content."""
+    ops = _ops()
+    operator = _operator()
+    case_id = _case_id_of(case_id)
+    row = _outgoing(case_id, message_id)
+    ops.store.audit(operator.name, operator.role, "read_message", f"message {row['message_id']}",
+                    f"case {case_id}: preview of a message to the citizen")
+    return render_template("message.html", case_id=case_id, row=row, content=row["content"], guard=row["guard"],
+                           held=row["outbox_status"] == "held",
+                           cancellable=row["outbox_status"] in ("held", "pending") and row["status"] != "sent")
+
+
+@bp.get("/cases/<path:case_id>/messages/<message_id>/files/<n>")
+@auth.requires("reader")
+def message_file(case_id: str, message_id: str, n: str) -> Any:
+    """File ``n`` (0-based) of a message to the citizen: the very bytes the worker sends."""
+    ops = _ops()
+    operator = _operator()
+    case_id = _case_id_of(case_id)
+    if not re.fullmatch(r"[0-9]{1,2}", n):
+        abort(404, description="That message has no such file.")
+    try:
+        found = ops.store.outgoing_attachment(case_id, message_id, int(n))
+    except NotFound:
+        abort(404, description="That message has no such file.")
+    except CasePurged as exc:
+        abort(410, description=f"{exc.code} {exc.message}")
+    ops.store.audit(operator.name, operator.role, "download", f"message {message_id}",
+                    f"case {case_id}: file {n} {found.sha256[:16]} ({found.mime_type})")
+    response = send_file(io.BytesIO(found.data), mimetype=found.mime_type or "application/octet-stream",
+                         as_attachment=True, download_name=safe_file_name(found.file_name or ""), max_age=0,
+                         etag=False, conditional=False)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Content-SHA256"] = found.sha256
+    return response
+
+
+@bp.post("/cases/<path:case_id>/messages/<message_id>/release")
+@auth.requires("reader")
+def release(case_id: str, message_id: str) -> Any:
+    """A reader or admin confirms a held message after looking at it: it is sent, once
+    (``Store.release_message``, which writes the audit row: who and when)."""
+    ops = _ops()
+    operator = _operator()
+    case_id = _case_id_of(case_id)
+    back = url_for("ops.message", case_id=case_id, message_id=message_id)
+    if request.form.get("confirmed") != "yes":
+        flash("Nothing was done: tick the box to confirm that the message and its files go to this citizen.", "error")
+        return redirect(back)
+    try:
+        state = ops.store.release_message(message_id, by=f"{operator.name} (ops)", case_id=case_id)
+    except NotFound:
+        abort(404, description="That case has no such message to the citizen.")
+    except NotHeld as exc:
+        flash(f"Nothing was done: {exc.code} {exc.message}", "error")
+        return redirect(back)
+    log.info("ops: held message released", extra={"user": operator.name, "case_id": case_id, "message_id": message_id})
+    _wake_worker()
+    flash("Released: the message is sent to the citizen's inbox once"
+          + (" its review window has passed." if state == "held" else ".") + " It cannot be recalled after that.", "info")
+    return redirect(back)
+
+
+@bp.post("/cases/<path:case_id>/messages/<message_id>/cancel")
+@auth.requires("reader")
+def cancel_message(case_id: str, message_id: str) -> Any:
+    """Cancel a message to the citizen that has not been sent (held, or in its review
+    window): it is never sent. Audited."""
+    ops = _ops()
+    operator = _operator()
+    case_id = _case_id_of(case_id)
+    back = url_for("ops.message", case_id=case_id, message_id=message_id)
+    if request.form.get("confirmed") != "yes":
+        flash("Nothing was done: tick the box to confirm that the message is never sent.", "error")
+        return redirect(back)
+    try:
+        ops.store.cancel_message(message_id, by=f"{operator.name} (ops)", case_id=case_id)
+    except NotFound:
+        abort(404, description="That case has no such message to the citizen.")
+    except NotCancellable as exc:
+        flash(f"Nothing was done: {exc.code} {exc.message}", "error")
+        return redirect(back)
+    ops.store.audit(operator.name, operator.role, "cancel_message", f"message {message_id}",
+                    f"case {case_id}: a message to the citizen cancelled before it was sent")
+    log.info("ops: message cancelled", extra={"user": operator.name, "case_id": case_id, "message_id": message_id})
+    flash("Cancelled: the message will never be sent. The provider's system can send a corrected one.", "info")
+    return redirect(back)
 
 
 # -- dead letters ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import config as config_mod  # noqa: E402
 import gateway  # noqa: E402
 import rivta  # noqa: E402
+import sample_files  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "rivta"
 PNR = "191212121212"  # Tolvan Tolvansson, the Skatteverket test personnummer
@@ -42,10 +43,14 @@ def _png() -> bytes:
     ) + chunk(b"IEND", b"")
 
 
-PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+#: Files that are what they claim, all the way through (the gateway parses a PDF with pypdf
+#: and decodes a picture with Pillow): a PDF with one blank page (no text, as a scan has
+#: none), a 1 × 1 PNG (the picture of mappings/samples/question.xml), a 1 × 1 GIF, and a
+#: JPEG that Pillow writes when the tests run (sample_files has the builders).
+PDF = sample_files.pdf()
 PNG = _png()
 GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
+JPEG = sample_files.picture("JPEG", 16, 16)
 EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00"
 
 

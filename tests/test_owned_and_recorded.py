@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import requests
+import sample_files
 from conftest import KLIN2
 from test_way_back import SOAP_TOKEN, auth, intake, make_app, national_url, peers, reply, rest_url  # noqa: F401
 
@@ -110,7 +111,7 @@ def test_not_ready_while_the_disk_is_full_and_ready_again_after(app, make_case):
     assert client.get("/health/ready").status_code == 200
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count = {pages}")  # as good as a full disk for this database
-    big = [{"fileName": "big.pdf", "mimeType": "application/pdf", "data": b"%PDF-1.4\n" + b"x" * 2_000_000}]
+    big = [{"fileName": "big.pdf", "mimeType": "application/pdf", "data": sample_files.pdf(size=2_000_000)}]
     answer = client.post("/rivta", data=make_case(attachment=big), headers={"Content-Type": "text/xml"})
     assert answer.status_code == 500 and b"GW050" in answer.data
     ready = client.get("/health/ready")
