@@ -22,6 +22,7 @@ CLOCKS := 2026-12-15T23:30:00Z 2026-06-15T22:30:00Z 2026-10-25T01:30:00Z 2027-03
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -q $(foreach t,$(CLOCKS),--clock $(t))
 

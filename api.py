@@ -40,7 +40,7 @@ from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
@@ -112,7 +112,7 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def init_app(app, api: Api) -> None:
+def init_app(app: Flask, api: Api) -> None:
     app.extensions["gateway.api"] = api
     app.register_blueprint(bp)
     # a path no route matches (an id with '/'), or a method a route does not take, fails
@@ -365,7 +365,7 @@ def _http_refusal(exc: HTTPException) -> Response:
     if status == 404:
         error: GatewayError = NotFound(f"there is no API path {request.path[:100]!r}; ids never contain '/'.")
     elif status == 405:
-        allowed = ", ".join(sorted(m for m in (exc.valid_methods or ()) if m not in ("HEAD", "OPTIONS")))
+        allowed = ", ".join(sorted(m for m in (getattr(exc, "valid_methods", None) or ()) if m not in ("HEAD", "OPTIONS")))
         error = MethodNotAllowed(f"{request.method[:10]} is not a method of {request.path[:100]!r}"
                                  + (f" (it takes {allowed})." if allowed else "."))
     elif status == 413:
@@ -556,13 +556,13 @@ def post_message(case_id: str) -> Response:
     _stored(target, "message to citizen held by the wrong-patient guard" if held else "message to citizen queued",
             case_id=case_id, message_id=message.message_id, kind=message.kind, sender_hsa_id=message.sender_hsa_id)
     send_after = api.clock.instant() + dt.timedelta(seconds=api.review_s)
-    answer = dict(message_id=message.provider_message_id or accepted.ref_id,
-                  status="held" if api.review_s > 0 or held else "queued",
-                  send_after=None if held else send_after.isoformat(), created=accepted.created,
-                  guard=_guard_view(guard))
+    queued = MessageQueued(message_id=message.provider_message_id or accepted.ref_id,
+                           status="held" if api.review_s > 0 or held else "queued",
+                           send_after=None if held else send_after.isoformat(), created=accepted.created,
+                           guard=_guard_view(guard))
     if held:
-        answer.update(code=MessageHeld.code, message=_held_text(guard), hint=MessageHeld.hint)
-    return _answer(MessageQueued(**answer), 202)
+        queued = queued.model_copy(update=dict(code=MessageHeld.code, message=_held_text(guard), hint=MessageHeld.hint))
+    return _answer(queued, 202)
 
 
 def _guard_view(guard: GuardOutcome) -> Guard:

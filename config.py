@@ -288,13 +288,17 @@ class _TargetBase(_Section):
     tls: TlsSection = TlsSection()
 
 
+def _default_paths() -> dict[RestAction, DeliveryPath]:
+    return {"deliver_case": "/cases", "deliver_message": "/cases/{provider_case_id}/messages"}
+
+
 class RestTarget(_TargetBase):
     """A provider system with a JSON-over-HTTP API."""
 
     kind: Literal["rest"]
     base_url: str
     paths: dict[RestAction, DeliveryPath] = Field(
-        default_factory=lambda: {"deliver_case": "/cases", "deliver_message": "/cases/{provider_case_id}/messages"}
+        default_factory=lambda: _default_paths()
     )
     methods: dict[RestAction, DeliveryMethod] = Field(
         default_factory=dict, description="The HTTP method per action: POST (the default), PUT or PATCH."
@@ -448,7 +452,8 @@ class NationalSection(_Section):
 
     def address_for(self, contract: str) -> str:
         """The LogicalAddress of calls to ``contract``: its own, or the shared ``logical_address``."""
-        return self.logical_addresses.get(contract, self.logical_address)
+        own = {str(name): address for name, address in self.logical_addresses.items()}
+        return own.get(contract, self.logical_address)
 
 
 class ConfirmationsSection(_Section):

@@ -193,7 +193,8 @@ def create_app(
     app.extensions["gateway.intake"].on_stored = worker.wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = worker.wake
-    app.extensions["gateway.api"].carries = worker.national.carries()  # refused at the API: what 1177 cannot be sent
+    if worker.national is not None:  # refused at the API: what 1177 cannot be sent
+        app.extensions["gateway.api"].carries = worker.national.carries()
     if start_worker:
         worker.start()
     return app
@@ -720,8 +721,21 @@ def _test_case(receiver: str, patient_board: bool) -> Case:
         subject="Testärende",
         reply_preference=ReplyPreference(True, ReplyChannel.INKORG),
         complaint=Complaint(now.date(), False, "Testmottagningen"),
-        attachments=(Attachment("test.pdf", "application/pdf", b"%PDF-1.4\n%test\n%%EOF\n"),),
+        attachments=(Attachment("test.pdf", "application/pdf", _test_pdf()),),
     )
+
+
+def _test_pdf() -> bytes:
+    """A one-page PDF (pypdf writes it), which 1177's rules take as the test case's file."""
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
 
 
 def _shorten(value: Any) -> Any:

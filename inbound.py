@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from lxml import etree
 from werkzeug.exceptions import NotFound
 
@@ -127,7 +127,7 @@ class Intake:
     authority: identity.CertificateAuthority | None = None
 
 
-def init_app(app, intake: Intake) -> None:
+def init_app(app: Flask, intake: Intake) -> None:
     app.extensions["gateway.intake"] = intake
     app.register_blueprint(bp)
 
@@ -173,8 +173,8 @@ def rivta_endpoint() -> Response:
         return _xml(rivta.fault_for(exc, log_id=log_id), 500, correlation)
     except Exception:
         log.error("internal error", exc_info=True, extra={"log_id": log_id, "contract": contract and contract.name})
-        exc = InternalError(f"an unexpected error occurred (reference {log_id}).")
-        return _xml(rivta.fault_for(exc, log_id=log_id), 500, correlation)
+        internal = InternalError(f"an unexpected error occurred (reference {log_id}).")
+        return _xml(rivta.fault_for(internal, log_id=log_id), 500, correlation)
     finally:
         logs.correlation_id.reset(token)
     log.info(

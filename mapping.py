@@ -645,11 +645,11 @@ class Mappings:
             serves = f"serves {', '.join(units[:3])}{' …' if len(units) > 3 else ''} (units.yaml)"
             if table is None and looked_up:
                 found.append(f"{source}: case_types has no section for target '{target}', which {serves} and whose "
-                             f"{fieldmap.source} looks case types up (lookup: case_types); give it a code for each of "  # type: ignore[union-attr]
+                             f"{fieldmap.source if fieldmap else target} looks case types up (lookup: case_types); give it a code for each of "
                              f"{', '.join(CASE_TYPE_CODES)}.")
                 continue
             for code in CASE_TYPE_CODES if table is not None else ():
-                if code not in table:
+                if table is not None and code not in table:
                     found.append(f"{source}: case_types.{target} has no code for {code}: target '{target}' {serves} and "
                                  f"intake accepts {code} cases, so the first would be a dead row; add '{code}: <your code>'.")
         for target, table in sorted(self.codes.statuses.items()):

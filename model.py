@@ -24,7 +24,7 @@ import typing
 import unicodedata
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from stdnum import luhn
 from stdnum.se import orgnr
@@ -216,7 +216,7 @@ class GuardFinding:
     (a PDF whose text cannot be read)."""
 
     where: str
-    kind: str
+    kind: Literal["foreign_id", "not_checked"]
     page: int | None = None
     attachment: int | None = None
     count: int = 1
@@ -572,7 +572,7 @@ def _optional(annotation: object) -> object:
     return args[0] if len(args) == 1 and len(typing.get_args(annotation)) == 2 else annotation
 
 
-def describe(cls: type, prefix: str, when: str | None = None) -> list[FieldDoc]:
+def describe(cls: Any, prefix: str, when: str | None = None) -> list[FieldDoc]:
     """Every path under ``prefix`` into a dataclass of this module as ``to_data`` writes it,
     from the fields themselves (their types, and the examples ``about`` gave them): an
     object or a list first, then what is inside it. A field says when it is present, or
@@ -588,9 +588,9 @@ def describe(cls: type, prefix: str, when: str | None = None) -> list[FieldDoc]:
             found.append(FieldDoc(path, "list", None, note))
             if is_dataclass(inner):
                 found += describe(inner, f"{path}[]", note)
-        elif is_dataclass(annotation):
+        elif isinstance(annotation, type) and is_dataclass(annotation):
             found.append(FieldDoc(path, "object", None, note))
-            found += describe(annotation, path, note)  # type: ignore[arg-type]
+            found += describe(annotation, path, note)
         else:
             values = tuple(m.value for m in annotation) if isinstance(annotation, type) and issubclass(annotation, Enum) else ()
             found.append(FieldDoc(path, _type_name(annotation), item.metadata.get("example"), note, values))

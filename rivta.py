@@ -166,7 +166,8 @@ def check_prolog(body: bytes) -> None:
         position = match.end()
         if position > 65536:
             raise HostileXml("the request's prolog (declarations, comments, processing instructions) is over 64 KB.")
-    position = _WHITESPACE.match(head, position).end()  # however much whitespace follows
+    spaces = _WHITESPACE.match(head, position)  # however much whitespace follows (it matches empty)
+    position = spaces.end() if spaces else position
     if head[position : position + 2] == b"<!":
         raise HostileXml("the request carries a DOCTYPE or other declaration, which is never accepted.")
 
@@ -427,7 +428,8 @@ class ContractFiles:
             try:
                 parsed[rel] = etree.parse(str(file), _file_parser())
             except (OSError, etree.XMLSyntaxError) as exc:
-                line = f", line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+                lineno = getattr(exc, "lineno", None)
+                line = f", line {lineno}" if lineno else ""
                 found.append(f"{rel} does not parse ({type(exc).__name__}{line}).")
         for contract in self.held:
             found.extend(self._contract_problems(contract, parsed))
@@ -455,6 +457,7 @@ class ContractFiles:
         folder = f"interactions/{contract.folder}"
         missing = [name for name in (contract.wsdl, contract.xsd) if f"{folder}/{name}" not in parsed]
         if missing:
+            assert self.official is not None  # only a folder's contracts are looked at
             holds = sorted(p.name for p in (self.official / folder).iterdir() if p.suffix in (".wsdl", ".xsd"))
             return [f"{folder}/ has no {' or '.join(missing)}, the files of the {contract.name} version the gateway "
                     f"speaks (it holds {', '.join(holds) or 'no WSDL or XSD'})."]

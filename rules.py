@@ -156,9 +156,9 @@ def check_attachments(
                 f"{where} '{name}' is declared as '{redact_person_ids(attachment.mime_type)}' but its content is {actual}.",
                 field=where,
             )
-        problem = content_problem(attachment.data, actual)
-        if problem is not None:
-            reason, hint = problem
+        refused = content_problem(attachment.data, actual)
+        if refused is not None:
+            reason, hint = refused
             raise AttachmentTypeRefused(f"{where} '{name}': {reason}.", field=where, hint=hint)
 
 
@@ -210,7 +210,7 @@ def _pdf_problem(data: bytes) -> tuple[str, str] | None:
         if (not isinstance(pages, DictionaryObject) or not _pdf_value(pages, "/Kids")
                 or int(_pdf_value(pages, "/Count") or 0) < 1):
             return "the file does not parse as a PDF document with pages", _DAMAGED_HINT
-        active = _pdf_active_content(root)
+        active = _pdf_active_content(root) if isinstance(root, DictionaryObject) else None
     except Exception:  # noqa: BLE001 - whatever pypdf cannot read is not a PDF 1177 can show
         return "the file does not parse as a PDF (it is damaged, or another kind of file that starts like one)", _DAMAGED_HINT
     return (active, _ACTIVE_HINT) if active is not None else None

@@ -165,11 +165,18 @@ def _within_limit(value: str, info: ValidationInfo) -> str:
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 Day = Annotated[dt.date, _iso(dt.date)]
 Instant = Annotated[dt.datetime, _iso(dt.datetime)]
-Kind = Literal[_values(MessageKind)]  # type: ignore[valid-type]
-ChannelCode = Literal[_values(Channel)]  # type: ignore[valid-type]
-CaseTypeCode = Literal[_values(CaseType)]  # type: ignore[valid-type]
-Role = Literal[rules.SENDER_ROLES]  # type: ignore[valid-type]
-PersonIdType = Literal[PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID]
+if TYPE_CHECKING:  # the codes are the model's enums' values, which a type checker cannot read
+    Kind = str
+    ChannelCode = str
+    CaseTypeCode = str
+    Role = str
+    PersonIdType = str
+else:
+    Kind = Literal[_values(MessageKind)]
+    ChannelCode = Literal[_values(Channel)]
+    CaseTypeCode = Literal[_values(CaseType)]
+    Role = Literal[rules.SENDER_ROLES]
+    PersonIdType = Literal[PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID]
 
 
 class Upload(Body):
@@ -327,7 +334,9 @@ def _model_in(annotation: Any) -> type[Body] | None:
 def _place(model: type[Body], loc: tuple[int | str, ...]) -> tuple[str, list[Refuse]]:
     """The JSON path of an error's ``loc`` (``attachments[0].data``) and the ``Refuse``
     markers on the way, outermost first."""
-    path, markers, annotation = "", [], model
+    path = ""
+    annotation: Any = model
+    markers: list[Refuse] = []
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"

@@ -64,7 +64,7 @@ from store import COMPLETIONS, NATIONAL_TARGET, Job, Store, parse_ts, receipt_id
 
 if TYPE_CHECKING:  # handed in by the composition root
     from adapters.alerts import Alert
-    from adapters.national import NationalAdapter
+    from adapters.national.base import NationalProfile
     from clock import Clock
     from config import AlertsSection, ConfirmationsSection, NationalSection, TargetSection
 
@@ -199,7 +199,7 @@ class Worker:
         settings: WorkerSettings = WorkerSettings(),
         mappings: Mappings | None = None,
         targets: Mapping[str, TargetSection] | None = None,
-        national: NationalAdapter | None = None,
+        national: NationalProfile | None = None,
         national_settings: NationalSection | None = None,
         confirmations: ConfirmationsSection | None = None,
         alerts: AlertsSection | None = None,
@@ -517,7 +517,7 @@ class Worker:
                 status_code=answer.status_code, response=answer.response)
         return Delivered(answer.status_code, provider_case_id=provider_case_id)
 
-    def call_national(self, job: Job, call: Callable[[NationalAdapter, Case], Answer], *,
+    def call_national(self, job: Job, call: Callable[[NationalProfile, Case], Answer], *,
                       registered: bool = True) -> Answer:
         """The call of a 1177-side action, within the national platform's share of the calls.
         ``registered``: the case must already have 1177's case id (all but RegisterCase)."""

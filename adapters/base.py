@@ -103,7 +103,7 @@ class TargetSession(requests.Session):
 
     max_answer_bytes = MAX_ANSWER_BYTES
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         streamed = kwargs.get("stream", False)
         kwargs["stream"] = True
         response = super().send(request, **kwargs)
@@ -122,10 +122,10 @@ class TargetSession(requests.Session):
                 raise AnswerTooLarge(f"the answer is over {limit} bytes; it was not read further.", response=response)
             chunks.append(chunk)
         response._content = b"".join(chunks)  # what reading it whole would have given
-        response._content_consumed = True
+        setattr(response, "_content_consumed", True)  # noqa: B010 - requests' own flag, not in its stubs
         return response
 
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None and self.verify is not True:
             settings["verify"] = self.verify

@@ -132,5 +132,5 @@ class StoreCollector:
 @bp.get("/metrics")
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(_ops().store, _ops().instant))  # type: ignore[arg-type]
+    registry.register(StoreCollector(_ops().store, _ops().instant))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

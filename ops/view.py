@@ -297,7 +297,7 @@ def hour_chart(hours: dict[str, dict[str, int]], now: dt.datetime, series: tuple
     bars, labels = [], []
     for n, (hour, values) in enumerate(columns):
         x = left + n * slot + 2
-        base = height - bottom
+        base: float = height - bottom
         tip = f"{hour:%H}:00–{(hour + dt.timedelta(hours=1)):%H}:00 UTC: " + ", ".join(f"{v} {lab}" for lab, v, _ in values)
         for label, value, cls in values:
             if value <= 0:

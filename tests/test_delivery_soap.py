@@ -245,9 +245,6 @@ def test_ws_security_username_token_is_sent_and_the_password_never_shown(provide
     assert "pw-s3cret" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway._test_case still attaches b'%PDF-1.4\\n%test\\n%%EOF\\n', which is no PDF "
-                   "(no xref, no page), so 1177's rules refuse the built-in test case (GW022); gateway.py is the "
-                   "lead's to change: a real one-page PDF there makes this pass, and then this mark must go")
 def test_send_test_case_reports_each_step(runner, tmp_path, providers, make_case):
     data = example_data(tmp_path)
     data["targets"]["demo_rest"]["base_url"] = f"{providers['rest']}/api"
