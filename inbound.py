@@ -28,10 +28,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import dataclasses
 import datetime as dt
 import logging
 import posixpath
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,19 +63,12 @@ from errors import (
 from model import (
     Attachment,
     Case,
-    ChosenMedication,
     Medication,
-    CaseType,
-    Complaint,
-    Contact,
     Message,
     PersonId,
-    Receiver,
-    ReplyChannel,
-    ReplyPreference,
+    Reading,
     WIRE_ZONE,
-    Representative,
-    SubjectOfCare,
+    build,
     hsa_id,
     safe_file_name,
 )
@@ -258,10 +253,18 @@ def _read_body(limit: int) -> bytes:
 
 
 class _Reader:
-    """Reads child elements of one contract element by local name (namespace-aware)."""
+    """Reads child elements of one contract element by local name (namespace-aware): the
+    ``model.Fields`` of a 1177 request, from which ``model.build`` reads the case."""
 
     def __init__(self, element: etree._Element, namespace: str, path: str):
         self.element, self.ns, self.path = element, namespace, path
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def value(self, name: str) -> str | None:
+        return self.text(name)
 
     def child(self, name: str, namespace: str | None = None) -> _Reader | None:
         ns = namespace or self.ns
@@ -307,89 +310,53 @@ def _person(reader: _Reader) -> PersonId:
     pid = reader.child("personId")
     if pid is None:
         raise InvalidValue(f"{reader.path}/personId is missing.", field=f"{reader.path}/personId")
+    return _person_id(pid)
+
+
+def _person_id(pid: _Reader) -> PersonId:
     return PersonId.parse(pid.required("id").strip(), pid.required("type").strip(), field=pid.path)
 
 
-def _attachments(readers: list[_Reader]) -> tuple[Attachment, ...]:
-    found = []
-    for reader in readers:
-        try:
-            data = base64.b64decode(reader.required("data"), validate=False)
-        except (binascii.Error, ValueError):
-            raise InvalidValue(f"{reader.path}/data is not valid base64.", field=f"{reader.path}/data") from None
-        # 1177 has accepted the citizen's file: a path, CR/LF or a right-to-left override in its
-        # name is dropped here (never refused), so that no provider and no inbox ever sees it
-        found.append(Attachment(safe_file_name(reader.required("fileName")), reader.required("mimeType").strip(), data))
-        # the tree's base64 text is no longer needed: free it now rather than with the tree
-        data_element = reader.element.find(f"{{{reader.ns}}}data")
-        if data_element is not None:
-            data_element.text = None
-    return tuple(found)
+def _attachment(reader: _Reader) -> Attachment:
+    try:
+        data = base64.b64decode(reader.required("data"), validate=False)
+    except (binascii.Error, ValueError):
+        raise InvalidValue(f"{reader.path}/data is not valid base64.", field=f"{reader.path}/data") from None
+    # 1177 has accepted the citizen's file: a path, CR/LF or a right-to-left override in its
+    # name is dropped here (never refused), so that no provider and no inbox ever sees it
+    found = Attachment(safe_file_name(reader.required("fileName")), reader.required("mimeType").strip(), data)
+    # the tree's base64 text is no longer needed: free it now rather than with the tree
+    data_element = reader.element.find(f"{{{reader.ns}}}data")
+    if data_element is not None:
+        data_element.text = None
+    return found
+
+
+#: How a 1177 request writes the model's values (its names: ``model.wire_name``).
+WIRE = Reading(
+    wire=True,
+    flag=lambda raw: str(raw).strip() in ("true", "1"),
+    day=lambda raw, where: _date(str(raw), where),
+    instant=lambda raw, where: _timestamp(str(raw), where),
+    person=lambda source: _person_id(typing.cast(_Reader, source)),
+    attachment=lambda source: _attachment(typing.cast(_Reader, source)),
+    check_hsa=True,
+)
 
 
 def _case_from(element: etree._Element, ns: str) -> Case:
     case = _Reader(element, ns, "ProcessCase").child("case", ns)
     assert case is not None  # required by the XSD
-    receiver = case.child("receiver")
-    subject = case.child("subjectOfCare")
-    assert receiver is not None and subject is not None
-    contact = subject.child("contact")
-    representative = case.child("representative")
-    preference = case.child("replyPreference")
-    complaint = case.child("complaint")
-    event_date = complaint.text("eventDate") if complaint else None
-    return Case(
-        case_id=case.required("caseId").strip(),
-        case_type=CaseType(case.required("caseType").strip()),
-        receiver=Receiver(hsa_id(receiver.required("hsaId"), field=f"{receiver.path}/hsaId"), receiver.flag("isPatientBoard")),
-        subject_of_care=SubjectOfCare(
-            _person(subject),
-            subject.text("name"),
-            # rule 8: contact details only with the citizen's consent; without it they are not kept at all
-            Contact(contact.text("mobile"), contact.text("email"), True) if contact and contact.flag("consentToShare")
-            else None,
-        ),
-        created_time=_timestamp(case.required("createdTime"), f"{case.path}/createdTime"),
-        text=case.required("text"),
-        subject=case.text("subject"),
-        representative=(
-            Representative(_person(representative), representative.text("name"), representative.flag("isProxy"))
-            if representative
-            else None
-        ),
-        reply_preference=(
-            ReplyPreference(preference.flag("wantsReply"), ReplyChannel(preference.required("channel").strip()))
-            if preference
-            else None
-        ),
-        complaint=(
-            Complaint(
-                _date(event_date, f"{complaint.path}/eventDate") if event_date else None,
-                complaint.flag("isCareProcess"),
-                complaint.text("eventLocationText"),
-                (complaint.text("careUnitHsaId") or "").strip() or None,
-            )
-            if complaint
-            else None
-        ),
-        attachments=_attachments(case.children("attachment")),
-        medications=tuple(
-            ChosenMedication(m.required("prescriptionId").strip(), m.text("name")) for m in case.children("chosenMedication")
-        ),
-    )
+    read = build(Case, case, WIRE)
+    contact = read.subject_of_care.contact
+    if contact is not None and not contact.consent_to_share:
+        # rule 8: contact details only with the citizen's consent; without it they are not kept at all
+        read = dataclasses.replace(read, subject_of_care=dataclasses.replace(read.subject_of_care, contact=None))
+    return read
 
 
 def _message_from(element: etree._Element, ns: str) -> Message:
-    reader = _Reader(element, ns, "ProcessCaseMessage")
-    return Message(
-        case_id=reader.required("caseId").strip(),
-        message_id=reader.required("messageId").strip(),
-        created_time=_timestamp(reader.required("createdTime"), "ProcessCaseMessage/createdTime"),
-        text=reader.required("text"),
-        direction="in",
-        kind="FOLLOW_UP",
-        attachments=_attachments(reader.children("attachment")),
-    )
+    return build(Message, _Reader(element, ns, "ProcessCaseMessage"), WIRE, direction="in", kind="FOLLOW_UP")
 
 
 def case_from_xml(body: bytes, schemas: rivta.Schemas) -> Case:

@@ -18,19 +18,23 @@ control or invisible formatting characters), for intake and the rules alike.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import typing
 import unicodedata
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from stdnum import luhn
 from stdnum.se import orgnr
 
 from clock import SWEDEN
-from errors import InvalidHsaId, InvalidPersonId, redact_person_ids  # noqa: F401 - re-exported: the masking of ids
+from errors import InvalidHsaId, InvalidPersonId, InvalidValue, redact_person_ids  # noqa: F401 - re-exported: the masking of ids
+
+T = TypeVar("T")
 
 #: 1177's timestamps on the wire (TimeStampType, DateType) are Swedish local time.
 WIRE_ZONE = SWEDEN
@@ -55,11 +59,16 @@ class ReplyChannel(str, Enum):
     BREV = "BREV"
 
 
-def about(example: object, when: str | None = None, **kwargs: Any) -> Any:
+def about(example: object, when: str | None = None, *, wire: str | None = None, code: bool = False,
+          hsa: bool = False, **kwargs: Any) -> Any:
     """A dataclass field that describes itself: an ``example`` of its value (as ``to_data``
-    writes it) and ``when`` it is present, if not always. ``describe`` reads them; they are
-    the one description of the case's fields (``gateway mappings fields`` prints it)."""
-    return field(metadata={"example": example, "when": when}, **kwargs)
+    writes it) and ``when`` it is present, if not always; ``wire``: its name on the 1177 wire
+    when that is not the field's name in camelCase (a list's items are named one by one:
+    ``attachment``); ``code``: an identifier or code, read without surrounding blanks (an
+    empty one is absent); ``hsa``: an HSA-id, checked when read from the wire. ``describe``,
+    ``build`` and ``to_wire`` read them; they are the one description of the case's fields
+    (``gateway mappings fields`` prints it)."""
+    return field(metadata={"example": example, "when": when, "wire": wire, "code": code or hsa, "hsa": hsa}, **kwargs)
 
 
 _HSA_RE = re.compile(r"^SE(\d{10})-[A-Za-z0-9]+$")
@@ -314,14 +323,15 @@ class Complaint:
     event_date: dt.date | None = about("2026-11-16")  # for a whole care process: its start date
     is_care_process: bool = about(False)
     event_location_text: str | None = about("Mottagningen, plan 2", "when the citizen named a place", default=None)
-    care_unit_hsa_id: str | None = about("SE5566778899-KLIN1", "when the citizen (or a patient board) named the unit", default=None)
+    care_unit_hsa_id: str | None = about("SE5566778899-KLIN1", "when the citizen (or a patient board) named the unit", default=None,
+                                         code=True)
 
 
 @dataclass(frozen=True)
 class ChosenMedication:
     """A medication a citizen asks to renew (from the list GetMedicationList gave)."""
 
-    prescription_id: str = about("RX-1001")
+    prescription_id: str = about("RX-1001", code=True)
     name: str | None = about("Enalapril 10 mg", "when 1177 sends it", default=None)
 
 
@@ -337,7 +347,7 @@ class Medication:
 
 @dataclass(frozen=True)
 class Receiver:
-    hsa_id: str = about("SE5566778899-KLIN1")
+    hsa_id: str = about("SE5566778899-KLIN1", hsa=True)
     is_patient_board: bool = about(False, default=False)
 
 
@@ -345,7 +355,7 @@ class Receiver:
 class Case:
     """A citizen's case as 1177 sent it (or as registered from outside 1177)."""
 
-    case_id: str = about("1177-C-0001")
+    case_id: str = about("1177-C-0001", code=True)
     case_type: CaseType = about("COMPLAINT")
     receiver: Receiver = about(None)
     subject_of_care: SubjectOfCare = about(None)
@@ -356,8 +366,10 @@ class Case:
         None, "when someone acts for the citizen (a guardian, a proxy)", default=None)
     reply_preference: ReplyPreference | None = about(None, "when 1177 sends it", default=None)
     complaint: Complaint | None = about(None, "COMPLAINT cases only", default=None)
-    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=())
-    medications: tuple[ChosenMedication, ...] = about(None, "PRESCRIPTION_RENEWAL cases only", default=())
+    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=(),
+                                                wire="attachment")
+    medications: tuple[ChosenMedication, ...] = about(None, "PRESCRIPTION_RENEWAL cases only", default=(),
+                                                      wire="chosenMedication")
 
 
 class MessageKind(str, Enum):
@@ -394,14 +406,15 @@ class Message:
     """A message in a case's dialog. ``direction`` is ``in`` (from the citizen, kind
     FOLLOW_UP) or ``out`` (from the care side, a ``MessageKind``, naming its sending unit)."""
 
-    case_id: str = about("1177-C-0001")
-    message_id: str = about("1177-M-0001")
+    case_id: str = about("1177-C-0001", code=True)
+    message_id: str = about("1177-M-0001", code=True)
     created_time: dt.datetime = about("2026-11-28T08:30:00+01:00")
     text: str = about("Här kommer svaret på er fråga.")
     direction: str = about("in", default="in")  # 'in': from the citizen; 'out': from the care side
     kind: str = about("FOLLOW_UP", default="FOLLOW_UP")  # a citizen's message; MessageKind for the care side's
     subject: str | None = about("Svar på fråga", "when the citizen gave one", default=None)
-    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=())
+    attachments: tuple[Attachment, ...] = about(None, "when the citizen attached files (at most 5)", default=(),
+                                                wire="attachment")
     sender_hsa_id: str | None = about("SE5566778899-KLIN1", "never from a citizen (the care side's messages only)", default=None)
     sender_name: str | None = about("Demokliniken", "never from a citizen (the care side's messages only)", default=None)
     #: the id the provider's system chose for its message (its ``messageId``); the gateway's
@@ -430,7 +443,7 @@ class StatusUpdate:
     case_id: str
     status: CaseStatus
     care_unit_hsa_id: str | None = None
-    problems: tuple[Code, ...] = ()
+    problems: tuple[Code, ...] = field(default=(), metadata={"wire": "problem"})
     business_area: Code | None = None
 
 
@@ -468,76 +481,196 @@ def to_data(obj: Case | Message | StatusUpdate) -> dict:
     return convert(obj)  # type: ignore[return-value]  # (not asdict(): it deep-copies attachment bytes)
 
 
-def _person(data: dict) -> PersonId:
-    # data that was stored has been checked at intake; trust it without re-parsing
-    return PersonId(data["id"], data["type"])
-
-
-def case_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> Case:
+def case_from_data(data: dict[str, Any], attachments: tuple[Attachment, ...] = ()) -> Case:
     """Rebuild a ``Case`` from ``to_data`` output and its attachments (in order)."""
-    soc = data["subject_of_care"]
-    rep = data.get("representative")
-    pref = data.get("reply_preference")
-    comp = data.get("complaint")
-    contact = soc.get("contact")
-    return Case(
-        case_id=data["case_id"],
-        case_type=CaseType(data["case_type"]),
-        receiver=Receiver(data["receiver"]["hsa_id"], data["receiver"]["is_patient_board"]),
-        subject_of_care=SubjectOfCare(
-            _person(soc["person_id"]),
-            soc.get("name"),
-            Contact(contact.get("mobile"), contact.get("email"), contact.get("consent_to_share", False)) if contact else None,
-        ),
-        created_time=dt.datetime.fromisoformat(data["created_time"]),
-        text=data["text"],
-        subject=data.get("subject"),
-        representative=Representative(_person(rep["person_id"]), rep.get("name"), rep.get("is_proxy", False)) if rep else None,
-        reply_preference=ReplyPreference(pref["wants_reply"], ReplyChannel(pref["channel"])) if pref else None,
-        complaint=(
-            Complaint(
-                dt.date.fromisoformat(comp["event_date"]) if comp.get("event_date") else None,
-                comp["is_care_process"],
-                comp.get("event_location_text"),
-                comp.get("care_unit_hsa_id"),
-            )
-            if comp
-            else None
-        ),
-        attachments=attachments,
-        medications=tuple(ChosenMedication(m["prescription_id"], m.get("name")) for m in data.get("medications") or ()),
-    )
+    return from_data(Case, data, attachments=attachments)
 
 
-def message_from_data(data: dict, attachments: tuple[Attachment, ...] = ()) -> Message:
+def message_from_data(data: dict[str, Any], attachments: tuple[Attachment, ...] = ()) -> Message:
     """Rebuild a ``Message`` from ``to_data`` output and its attachments (in order)."""
-    return Message(
-        case_id=data["case_id"],
-        message_id=data["message_id"],
-        created_time=dt.datetime.fromisoformat(data["created_time"]),
-        text=data["text"],
-        direction=data.get("direction", "in"),
-        kind=data.get("kind", "FOLLOW_UP"),
-        subject=data.get("subject"),
-        attachments=attachments,
-        sender_hsa_id=data.get("sender_hsa_id"),
-        sender_name=data.get("sender_name"),
-        provider_message_id=data.get("provider_message_id"),
-        sent_by_role=data.get("sent_by_role"),
-        sent_by_name=data.get("sent_by_name"),
-    )
+    return from_data(Message, data, attachments=attachments)
 
 
-def status_from_data(data: dict) -> StatusUpdate:
+def status_from_data(data: dict[str, Any]) -> StatusUpdate:
     """Rebuild a ``StatusUpdate`` from ``to_data`` output."""
-    area = data.get("business_area")
-    return StatusUpdate(
-        case_id=data["case_id"],
-        status=CaseStatus(data["status"]),
-        care_unit_hsa_id=data.get("care_unit_hsa_id"),
-        problems=tuple(Code(p["code"], p["code_system"], p.get("display_name")) for p in data.get("problems") or ()),
-        business_area=Code(area["code"], area["code_system"], area.get("display_name")) if area else None,
-    )
+    return from_data(StatusUpdate, data)
+
+
+# -- the one description, read and written: the 1177 wire, stored data -----------------------------
+
+
+class Fields(Protocol):
+    """Where a model object's values are read from: an element of a 1177 request, or the
+    data ``to_data`` stored. ``where`` names the place in error messages."""
+
+    @property
+    def where(self) -> str: ...
+
+    def value(self, name: str) -> object | None: ...
+
+    def child(self, name: str) -> Fields | None: ...
+
+    def children(self, name: str) -> Sequence[Fields]: ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a source spells names (the fields' own, or their wire names) and writes the values
+    that are not plain text: flags, dates, instants, person ids, files."""
+
+    wire: bool
+    flag: Callable[[object], bool]
+    day: Callable[[object, str], dt.date]
+    instant: Callable[[object, str], dt.datetime]
+    person: Callable[[Fields], PersonId]
+    attachment: Callable[[Fields], Attachment]
+    check_hsa: bool = False
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def wire_name(item: Field[Any]) -> str:
+    """A field's name on the 1177 wire (and in the provider API): its own in camelCase,
+    unless ``about(wire=…)`` names it."""
+    return item.metadata.get("wire") or _camel(item.name)
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type[T], source: Fields, reading: Reading, **given: Any) -> T:
+    """A ``cls`` (a dataclass of this module) read from ``source`` field by field, as the
+    fields describe themselves: by their name (or wire name), converted by their type;
+    ``given``: values already at hand (stored files). A required value that is missing is
+    ``InvalidValue`` naming its place."""
+    values: dict[str, Any] = {}
+    hints = _hints(typing.cast(Any, cls))
+    for item in fields(typing.cast(Any, cls)):
+        if item.name in given:
+            values[item.name] = given[item.name]
+            continue
+        name = wire_name(item) if reading.wire else item.name
+        annotation = _optional(hints[item.name])
+        optional = type(None) in typing.get_args(hints[item.name])
+        where = f"{source.where}/{name}"
+        if typing.get_origin(annotation) is tuple:
+            inner = typing.get_args(annotation)[0]
+            values[item.name] = tuple(_item(inner, child, reading) for child in source.children(name))
+            continue
+        if annotation is PersonId or annotation is Attachment or is_dataclass(annotation):
+            child = source.child(name)
+            if child is not None:
+                values[item.name] = _item(annotation, child, reading)
+            elif item.default is MISSING:
+                raise InvalidValue(f"{where} is missing.", field=where)
+            continue
+        raw = source.value(name)
+        if raw is None or (raw == "" and optional and annotation in (dt.date, dt.datetime)):
+            if item.default is not MISSING:
+                continue
+            if not optional:
+                raise InvalidValue(f"{where} is missing.", field=where)
+            raw = None
+        if raw is None:  # an optional value without a default (a complaint's event date)
+            values[item.name] = None
+            continue
+        values[item.name] = _scalar(annotation, raw, where, item, reading)
+    return cls(**values)
+
+
+def _item(cls: Any, source: Fields, reading: Reading) -> Any:
+    if cls is PersonId:
+        return reading.person(source)
+    if cls is Attachment:
+        return reading.attachment(source)
+    return build(cls, source, reading)
+
+
+def _scalar(annotation: Any, raw: object, where: str, item: Field[Any], reading: Reading) -> object:
+    if annotation is bool:
+        return reading.flag(raw)
+    if annotation is dt.datetime:
+        return reading.instant(raw, where)
+    if annotation is dt.date:
+        return reading.day(raw, where)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation(str(raw).strip())
+    text = str(raw)
+    if item.metadata.get("code"):
+        text = text.strip()
+        if item.metadata.get("hsa") and reading.check_hsa:
+            return hsa_id(text, field=where)
+        return text or (None if item.default is None else text)
+    return text
+
+
+class _Stored:
+    """The data ``to_data`` wrote, as ``Fields``."""
+
+    def __init__(self, data: Mapping[str, Any], where: str = ""):
+        self.data, self.where = data, where
+
+    def value(self, name: str) -> object | None:
+        return self.data.get(name)
+
+    def child(self, name: str) -> Fields | None:
+        found = self.data.get(name)
+        return _Stored(found, f"{self.where}/{name}") if isinstance(found, Mapping) else None
+
+    def children(self, name: str) -> list[Fields]:
+        return [_Stored(item, f"{self.where}/{name}[{n}]") for n, item in enumerate(self.data.get(name) or (), start=1)]
+
+
+#: Stored data: written by ``to_data`` and checked at intake, so it is trusted (no re-parse).
+STORED = Reading(
+    wire=False,
+    flag=bool,
+    day=lambda raw, _where: dt.date.fromisoformat(str(raw)),
+    instant=lambda raw, _where: dt.datetime.fromisoformat(str(raw)),
+    person=lambda source: PersonId(str(source.value("id")), str(source.value("type"))),
+    attachment=lambda source: Attachment(str(source.value("file_name")), str(source.value("mime_type")), b""),
+)
+
+
+def from_data(cls: type[T], data: Mapping[str, Any], **given: Any) -> T:
+    """A ``cls`` rebuilt from the data ``to_data`` wrote (``given``: its files, in order)."""
+    return build(cls, _Stored(data), STORED, **given)
+
+
+def to_wire(obj: Any, *, day: Callable[[dt.date], object], instant: Callable[[dt.datetime], object],
+            omit: frozenset[str] = frozenset(), prefix: str = "") -> dict[str, Any]:
+    """``obj`` (a dataclass of this module) as the 1177 wire names it, field by field (a
+    zeep dict): ``day``/``instant`` write dates and times; ``omit``: dotted field paths
+    (``subject_of_care.contact``) that are not sent."""
+    out: dict[str, Any] = {}
+    for item in fields(obj):
+        path = f"{prefix}{item.name}"
+        if path in omit:
+            continue
+        out[wire_name(item)] = _wire_value(getattr(obj, item.name), day=day, instant=instant, omit=omit, prefix=f"{path}.")
+    return out
+
+
+def _wire_value(value: Any, *, day: Callable[[dt.date], object], instant: Callable[[dt.datetime], object],
+                omit: frozenset[str], prefix: str) -> object:
+    if isinstance(value, Attachment):
+        return {"fileName": value.file_name, "mimeType": value.mime_type, "data": value.data}
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_wire(value, day=day, instant=instant, omit=omit, prefix=prefix)
+    if isinstance(value, (list, tuple)):
+        return [_wire_value(v, day=day, instant=instant, omit=omit, prefix=prefix) for v in value]
+    if isinstance(value, dt.datetime):
+        return instant(value)
+    if isinstance(value, dt.date):
+        return day(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
 
 
 # -- the description of the fields: what a field map can read -----------------------------------------

@@ -30,7 +30,7 @@ from adapters.national.base import (
     wire_time,
 )
 from errors import BadTargetAnswer
-from model import Case, Message, StatusUpdate
+from model import Case, Message, StatusUpdate, to_wire
 
 
 class PatientPortal20(NationalProfile):
@@ -61,42 +61,18 @@ class PatientPortal20(NationalProfile):
         }
 
     def update_status_body(self, *, national_case_id: str, update: StatusUpdate) -> dict[str, Any]:
-        def cv(code: Any) -> dict[str, Any]:
-            return {"code": code.code, "codeSystem": code.code_system, "displayName": code.display_name}
+        """UpdateCaseStatus: the status update as the model names it on the wire, in 1177's case."""
+        return {"caseId": national_case_id, **to_wire(update, day=_wire_date, instant=wire_time, omit=frozenset({"case_id"}))}
 
-        return {
-            "caseId": national_case_id,
-            "status": update.status.value,
-            "careUnitHsaId": update.care_unit_hsa_id,
-            "problem": [cv(p) for p in update.problems],
-            "businessArea": cv(update.business_area) if update.business_area else None,
-        }
+    #: What RegisterCase does not carry of a case: 1177 gives the id; contact details, a
+    #: representative, reply preferences, files and medications are not part of it.
+    NOT_REGISTERED = frozenset({"case_id", "subject_of_care.contact", "representative", "reply_preference",
+                                "attachments", "medications"})
 
     def register_case_body(self, *, case: Case, external_case_id: str, channel: str) -> dict[str, Any]:
-        complaint = case.complaint
-        return {
-            "externalCaseId": external_case_id,
-            "channel": channel,
-            "receiver": {"hsaId": case.receiver.hsa_id, "isPatientBoard": case.receiver.is_patient_board},
-            "subjectOfCare": {
-                "personId": {"id": case.subject_of_care.person_id.id, "type": case.subject_of_care.person_id.type},
-                "name": case.subject_of_care.name,
-            },
-            "caseType": case.case_type.value,
-            "createdTime": wire_time(case.created_time),
-            "subject": case.subject,
-            "text": case.text,
-            "complaint": (
-                {
-                    "eventDate": complaint.event_date.strftime("%Y%m%d") if complaint.event_date else None,
-                    "isCareProcess": complaint.is_care_process,
-                    "eventLocationText": complaint.event_location_text,
-                    "careUnitHsaId": complaint.care_unit_hsa_id,
-                }
-                if complaint
-                else None
-            ),
-        }
+        """RegisterCase: the case as the model names it on the wire (``model.to_wire``)."""
+        return {"externalCaseId": external_case_id, "channel": channel,
+                **to_wire(case, day=_wire_date, instant=wire_time, omit=self.NOT_REGISTERED)}
 
     def outcome(self, operation: Operation, data: Any) -> Outcome:
         """``result`` as RIV-TA domains use it: errorCode is the ErrorCodeEnum kind, subCode
@@ -109,3 +85,8 @@ class PatientPortal20(NationalProfile):
         return Outcome(code=str(result.get("resultCode")), text=result.get("message") or "",
                        log_id=str(result.get("logId") or ""), error_code=result.get("errorCode"),
                        sub_code=result.get("subCode"))
+
+
+def _wire_date(day: Any) -> str:
+    """A date as 1177's DateType writes it (``YYYYMMDD``)."""
+    return str(day.strftime("%Y%m%d"))
