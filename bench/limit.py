@@ -144,23 +144,26 @@ def uid(tag: str, thread: int, n: int) -> str:
 
 class Template:
     """One zeep-built ProcessCase split around two places for the unique id: the caseId's
-    end and 16 base64 characters of the PDF (bytes 9-20, right after ``%PDF-1.4\\n``; they
-    start at a multiple of 3 so their base64 is independent of the bytes around them)."""
+    end and 16 base64 characters of the PDF: 12 bytes of its picture's raw data (a real PDF,
+    which the gateway's content check parses; the bytes start at a multiple of 3, so their
+    base64 is independent of the bytes around them, and any bytes are a valid picture)."""
 
     MARKER = "Z" * UID_LEN
 
     def __init__(self, builder: common.Builder, run: str) -> None:
         self.prefix = f"LIM{run}-"
-        head = common.PDF_HEAD
-        assert len(head) % 3 == 0
         placeholder = base64.b64decode(self.MARKER)
-        pdf = head + placeholder + os.urandom(common.ATTACHMENT_BYTES - len(head) - len(placeholder))
-        attachment = {"fileName": "underlag.pdf", "mimeType": "application/pdf", "data": pdf}
+        pdf = bytearray(common.sample_files.pdf(size=common.ATTACHMENT_BYTES, seed=os.urandom(64), width=64))
+        picture = pdf.index(b"stream\n", pdf.index(b"/Subtype /Image")) + len(b"stream\n")
+        at = picture + (-picture) % 3
+        pdf[at:at + len(placeholder)] = placeholder
+        attachment = {"fileName": "underlag.pdf", "mimeType": "application/pdf", "data": bytes(pdf)}
         body = builder.body(builder.case(self.prefix + self.MARKER, builder.text, [attachment]))
         marker = self.MARKER.encode()
         case_at = body.index(b">" + self.prefix.encode() + marker + b"<") + 1 + len(self.prefix)
-        pdf_head = base64.b64encode(head)
-        file_at = body.index(pdf_head + marker) + len(pdf_head)
+        encoded = base64.b64encode(bytes(pdf))
+        file_at = body.index(encoded) + at * 4 // 3
+        assert body[file_at:file_at + UID_LEN] == marker
         assert case_at < file_at
         self.parts = (body[:case_at], body[case_at + UID_LEN:file_at], body[file_at + UID_LEN:])
         self.size = len(body)

@@ -29,11 +29,12 @@ def _escape(text: str) -> bytes:
     return text.encode("latin-1", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
 
 
-def pdf(*pages: str, size: int | None = None, seed: bytes = b"") -> bytes:
+def pdf(*pages: str, size: int | None = None, seed: bytes = b"", width: int = 4096) -> bytes:
     """A valid PDF 1.4, one A4 page per text in ``pages`` (Helvetica, text a reader can
     extract), or one blank page when none is given (a scan has no text either). With
     ``size``, a page also shows a grey picture (``seed`` repeated, or zero bytes) that makes
-    the file exactly ``size`` bytes: a big file with a correct xref, as a scanner writes."""
+    the file exactly ``size`` bytes: a big file with a correct xref, as a scanner writes
+    (``width``: the picture's, so that a small ``size`` can be met)."""
     texts = list(pages) or [""]
     objects: list[bytes] = [b"", b""]  # 1: catalog, 2: page tree, filled in below
     kids = []
@@ -58,7 +59,6 @@ def pdf(*pages: str, size: int | None = None, seed: bytes = b"") -> bytes:
 
     def build(picture_bytes: int) -> bytes:
         if picture_at is not None:
-            width = 4096
             height = max(1, picture_bytes // width)
             data = (seed * (width * height // max(1, len(seed)) + 1))[:width * height] if seed else bytes(width * height)
             objects[picture_at] = (b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray"
@@ -77,9 +77,9 @@ def pdf(*pages: str, size: int | None = None, seed: bytes = b"") -> bytes:
 
     if size is None:
         return build(0)
-    small = build(4096)
-    room = size - len(small) + 4096 - 64  # the picture's bytes, leaving room for longer numbers
-    if room < 4096:
+    small = build(width)
+    room = size - len(small) + width - 64  # the picture's bytes, leaving room for longer numbers
+    if room < width:
         raise ValueError(f"a PDF with a picture is at least {len(small) + 64} bytes")
     out = build(room)
     if len(out) > size:
