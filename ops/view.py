@@ -668,7 +668,7 @@ def release(case_id: str, message_id: str) -> Any:
         flash("Nothing was done: tick the box to confirm that the message and its files go to this citizen.", "error")
         return redirect(back)
     try:
-        state = ops.store.release_message(message_id, by=f"{operator.name} (ops)", case_id=case_id)
+        state = ops.store.release_message(message_id, by=f"{operator.name} (ops)", case_id=case_id, role=operator.role)
     except NotFound:
         abort(404, description="That case has no such message to the citizen.")
     except NotHeld as exc:

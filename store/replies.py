@@ -126,7 +126,8 @@ class Replies(StoreBase):
                       detail=redact_person_ids(f"held by the wrong-patient guard until released: {places}")[:1000])
         return Accepted(True, message.case_id, message.message_id)
 
-    def release_message(self, message_id: str, *, by: str, case_id: str, now: dt.datetime | None = None) -> str:
+    def release_message(self, message_id: str, *, by: str, case_id: str, role: str = "provider",
+                        now: dt.datetime | None = None) -> str:
         """Release a message the wrong-patient guard holds (rule 14): someone confirmed it.
         Its outbox row becomes ``pending`` (after the review window, if one is still running),
         so the worker sends it, once. ``case_id``: the message must belong to that case,
@@ -151,7 +152,7 @@ class Replies(StoreBase):
                        [state, ts(now), by, message_id])
             self._log(db, now, case_id=row["case_id"], message_id=message_id, direction="out", event="message_released",
                       status="ok", target=NATIONAL_TARGET, detail=f"released by {by}: the wrong-patient guard's hold confirmed")
-            self._audit(db, now, by, "provider", "release_message", f"message {message_id}",
+            self._audit(db, now, by, role, "release_message", f"message {message_id}",
                         f"case {row['case_id']}: held by the wrong-patient guard (GW047), released for sending")
             return state
 

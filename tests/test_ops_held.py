@@ -86,6 +86,7 @@ def test_a_reader_previews_a_held_message_and_its_file_then_releases_it_and_it_i
     audit = [(e["who"], e["action"]) for e in store.audit_entries()]
     assert ("rita", "read_message") in audit and ("rita", "download") in audit
     assert [who for who, action in audit if action == "release_message"] == ["rita (ops)"]
+    assert [e["role"] for e in store.audit_entries() if e["action"] == "release_message"] == ["reader"]
     (released,) = [e for e in store.timeline(CASE)["events"] if e["event"] == "message_released"]
     assert "released by rita (ops)" in released["detail"]
 
