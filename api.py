@@ -61,7 +61,9 @@ from errors import (
     InternalError,
     MessageHeld,
     MethodNotAllowed,
+    NotCancellable,
     NotFound,
+    NotHeld,
     PayloadTooLarge,
     RuleViolation,
     StoreError,
@@ -339,22 +341,24 @@ def _error(exc: GatewayError, status: int) -> Response:
     return response
 
 
+#: The HTTP status of each kind of refusal, most specific first (the store and the rules raise
+#: domain errors; only the API knows they are HTTP answers).
+HTTP_STATUS: tuple[tuple[type[GatewayError], int], ...] = (
+    (NotFound, 404), (NotCancellable, 409), (NotHeld, 409), (IdConflict, 409), (CaseClosed, 409),
+    (CasePurged, 410), (PayloadTooLarge, 413), (RuleViolation, 422), (StoreError, 503),
+)
+
+
+def http_status(exc: GatewayError) -> int:
+    """The status the API answers ``exc`` with."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((status for kind, status in HTTP_STATUS if isinstance(exc, kind)), 500)
+
+
 @bp.errorhandler(GatewayError)
 def _gateway_error(exc: GatewayError) -> Response:
-    if isinstance(exc, ApiError):
-        status = exc.status
-    elif isinstance(exc, (IdConflict, CaseClosed)):
-        status = 409
-    elif isinstance(exc, CasePurged):
-        status = 410
-    elif isinstance(exc, PayloadTooLarge):
-        status = 413
-    elif isinstance(exc, RuleViolation):
-        status = 422
-    elif isinstance(exc, StoreError):
-        status = 503
-    else:
-        status = 500
+    status = http_status(exc)
     log.warning("api call refused", extra={"error_code": exc.code, "field": exc.field, "path": request.path,
                                            "status": status, "detail": exc.message})
     return _error(exc, status)

@@ -24,13 +24,14 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   ├── AttemptsExhausted GW064  a transient failure that used up its attempts (permanent)
     │   ├── NationalRefused  GW065  1177 answered resultCode ERROR (permanent; its message kept)
     │   └── Undeliverable    GW066  the delivery cannot be built: content purged or gone (permanent)
+    ├── RecordError                 a record the request names is missing, or in a state that does not allow it
+    │   ├── NotFound         GW032  no such case or message (API: 404)
+    │   ├── NotCancellable   GW034  the message has been sent (or is being sent): it is final (API: 409)
+    │   └── NotHeld          GW048  a release of a message the wrong-patient guard does not hold (API: 409)
     ├── ApiError                    the provider REST API refuses a call (JSON {code, message, field})
     │   ├── Unauthenticated  GW030  401: no or wrong credentials
     │   ├── Forbidden        GW031  403: the case is not routed to the caller's target
-    │   ├── NotFound         GW032  404: no such case or message
     │   ├── BadJson          GW033  400: the body is not the JSON object the API describes
-    │   ├── NotCancellable   GW034  409: the message has been sent (or is being sent): it is final
-    │   ├── NotHeld          GW048  409: a release of a message the wrong-patient guard does not hold
 │   └── MethodNotAllowed GW037  405: the path does not take this HTTP method
     ├── RequestRefused              the request itself is refused (SOAP Fault, soap:Client)
     │   ├── PayloadTooLarge  GW010  the body is over the configured limit
@@ -262,6 +263,14 @@ class Undeliverable(DeliveryError):
     hint = "Nothing can be sent for this row; cancel it (gateway outbox cancel ID) and tell the provider."
 
 
+class RecordError(GatewayError):
+    """A stored record the request names is not there, or not in a state that allows it.
+    Raised by the store (and by the API and the worker for what they look up); each entry
+    point says it its own way (the API: 404 or 409, the ops view: an error page)."""
+
+    code = "GW032"
+
+
 class ApiError(GatewayError):
     """The provider REST API refuses a call; ``status`` is the HTTP status to answer."""
 
@@ -285,11 +294,10 @@ class Forbidden(ApiError):
     hint = "A target may only touch the cases routed to it (mappings/units.yaml)."
 
 
-class NotFound(ApiError):
+class NotFound(RecordError):
     """Raised when the case or message named in the path does not exist."""
 
     code = "GW032"
-    status = 404
     hint = "Check the case id: it is 1177's caseId, or the id the gateway returned for a registered case."
 
 
@@ -301,20 +309,18 @@ class BadJson(ApiError):
     hint = "See /api/openapi.json for the body this call takes."
 
 
-class NotCancellable(ApiError):
+class NotCancellable(RecordError):
     """Raised when cancelling a message that has been sent, or is being sent, to the citizen."""
 
     code = "GW034"
-    status = 409
     hint = "A message delivered to the citizen's inbox cannot be recalled; send a correction instead."
 
 
-class NotHeld(ApiError):
+class NotHeld(RecordError):
     """Raised when releasing a message that the wrong-patient guard does not hold (it was
     never held, or it was cancelled)."""
 
     code = "GW048"
-    status = 409
     hint = "Only a message answered with status 'held' (GW047) waits for a release; the others are sent without one."
 
 

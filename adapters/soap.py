@@ -44,9 +44,9 @@ def call_classified(name: str, what: str, call: Any, transport: LocalOnlyTranspo
     except zeep.exceptions.Fault as fault:
         code = str(fault.code or "")
         if code.endswith(("Client", "Sender")):
-            raise TargetRefused(f"target '{name}' refused {what}: SOAP Client fault '{_short(fault.message)}'.",
+            raise TargetRefused(f"target '{name}' refused {what}: SOAP Client fault '{short(fault.message)}'.",
                                 response=came_back()) from None
-        raise TargetFailed(f"target '{name}' failed {what}: SOAP Server fault '{_short(fault.message)}'.",
+        raise TargetFailed(f"target '{name}' failed {what}: SOAP Server fault '{short(fault.message)}'.",
                            response=came_back()) from None
     except zeep.exceptions.TransportError as exc:
         response = came_back() or excerpt(exc.status_code, {}, exc.content)
@@ -54,7 +54,7 @@ def call_classified(name: str, what: str, call: Any, transport: LocalOnlyTranspo
     except requests.RequestException as exc:
         raise classify_exception(name, exc, what) from None
     except (zeep.exceptions.ValidationError, TypeError) as exc:
-        raise TargetRefused(f"target '{name}': the request for {what} does not fit the WSDL ({_short(str(exc))}).") from None
+        raise TargetRefused(f"target '{name}': the request for {what} does not fit the WSDL ({short(str(exc))}).") from None
     except (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError):
         raise BadTargetAnswer(f"target '{name}' answered {what} with XML that cannot be read.", response=came_back()) from None
 
@@ -208,7 +208,7 @@ class SoapAdapter(Adapter):
         try:
             envelope = self._local.client.create_message(service, operation, **body)
         except (zeep.exceptions.ValidationError, TypeError) as exc:
-            raise TargetRefused(f"target '{self.name}': the body for {operation} does not fit the WSDL ({_short(str(exc))}).") from None
+            raise TargetRefused(f"target '{self.name}': the body for {operation} does not fit the WSDL ({short(str(exc))}).") from None
         header = f"{idempotency.http_header}: {request.idempotency_key}\n" if idempotency.http_header else ""
         xml = etree.tostring(envelope, pretty_print=True, encoding="unicode")
         if self.settings.wsse is not None:
@@ -236,5 +236,6 @@ def _only_output_element(service: Any, operation: str) -> str | None:
     return elements[0][0] if len(elements) == 1 else None
 
 
-def _short(text: str) -> str:
+def short(text: str) -> str:
+    """``text`` on one line, at most 200 characters (a fault's text in a message)."""
     return " ".join(str(text).split())[:200]

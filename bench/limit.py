@@ -224,7 +224,7 @@ def serve_bare(config: Path, bind: str, database: Path) -> None:
     import gateway
 
     cfg = gateway.load_config(config)
-    server = gateway._gunicorn_application(cfg, bind, False)
+    server = gateway._gunicorn_application(cfg, bind, False, gateway.serving_mappings(cfg))
     server.load = lambda: BareApp(database, cfg.database.busy_timeout_ms)  # the app swapped, nothing else
     server.run()
 

@@ -36,7 +36,7 @@ import zeep.helpers
 
 import rivta
 from adapters.base import Answer, session_for
-from adapters.soap import LocalOnlyTransport, _short, call_classified
+from adapters.soap import LocalOnlyTransport, short, call_classified
 from errors import (
     ActionNotCarried,
     AttachmentsNotCarried,
@@ -137,7 +137,7 @@ class Carries:
 
 
 def _log_id(outcome: Outcome) -> str:
-    return f" (logId {_short(outcome.log_id)})" if outcome.log_id else ""
+    return f" (logId {short(outcome.log_id)})" if outcome.log_id else ""
 
 
 class NationalProfile:
@@ -258,7 +258,7 @@ class NationalProfile:
         if outcome.code != "INFO":
             return None
         remark = f" {outcome.sub_code}" if outcome.sub_code else ""
-        return f"1177 INFO{remark}: {_short(outcome.text)}{_log_id(outcome)}"
+        return f"1177 INFO{remark}: {short(outcome.text)}{_log_id(outcome)}"
 
     # -- the plumbing ---------------------------------------------------------------------------
 
@@ -316,8 +316,8 @@ class NationalProfile:
         outcome = self.outcome(operation, data)
         if outcome.code == "ERROR":
             codes = "/".join(str(c) for c in (outcome.error_code, outcome.sub_code) if c)
-            said = _short(outcome.text).rstrip(".") or "no text"
+            said = short(outcome.text).rstrip(".") or "no text"
             raise NationalRefused(f"1177 answered {what} with ERROR{' ' + codes if codes else ''}: {said}{_log_id(outcome)}.")
         if outcome.code not in ("OK", "INFO"):
-            raise BadTargetAnswer(f"1177's answer to {what} has resultCode '{_short(str(outcome.code))}'.")
+            raise BadTargetAnswer(f"1177's answer to {what} has resultCode '{short(str(outcome.code))}'.")
         return Answer(200, data if isinstance(data, dict) else None, self.detail(operation, outcome))

@@ -36,7 +36,7 @@ from lxml import etree
 
 import rivta
 from adapters.national.base import ADD_MESSAGE, NationalProfile, Operation, Outcome
-from adapters.soap import _short
+from adapters.soap import short
 from errors import BadTargetAnswer
 from model import WIRE_ZONE, Message
 
@@ -101,5 +101,5 @@ class MvkInbox20(NationalProfile):
         return Outcome(code=str(data["resultCode"]), text=data.get("resultText") or "")
 
     def detail(self, operation: Operation, outcome: Outcome) -> str | None:
-        said = f"1177 INFO: {_short(outcome.text)}; " if outcome.code == "INFO" else ""
+        said = f"1177 INFO: {short(outcome.text)}; " if outcome.code == "INFO" else ""
         return f"{said}sent as a notice outside the case's thread ({self.name} has none)"
