@@ -188,6 +188,99 @@ class WorkerSettings:
     retention_hour: int = 3  # the daily purge, at this hour (UTC)
 
 
+class AlertChecks:
+    """The alert job: compares every target with the thresholds (dead rows, failure rate, the
+    age of the oldest undelivered row), sends an alert on each change (throttled) and a
+    notice when it recovers; its state is in the store, so any process may run it."""
+
+    def __init__(self, store: Store, *, alerts: AlertsSection | None, channels: Sequence[AlertChannel],
+                 targets: Sequence[str], gateway_name: str, clock: Clock):
+        self.store, self.alerts, self.alert_channels = store, alerts, list(channels)
+        self.targets, self.gateway_name, self.clock = list(targets), gateway_name, clock
+        self._last_alert_check = clock.instant()
+
+    def run(self, now: dt.datetime | None = None, since: dt.datetime | None = None) -> list[Any]:
+        """Compare every target with the thresholds; alert (throttled) and send recovery notices.
+        ``since``: when the check last ran in any process (rows dead since then are new).
+        Returns the alerts sent."""
+        from adapters.alerts import Alert
+
+        if self.alerts is None:
+            return []
+        now = now or self.clock.instant()
+        settings = self.alerts
+        sent: list[Any] = []
+        try:
+            queue = self.store.queue_depth()
+            dead_new = self.store.dead_since(since or self._last_alert_check)
+        except GatewayError as exc:
+            log.warning("alert check failed", extra={"error_code": exc.code})
+            return []
+        self._last_alert_check = now
+        dead_counts: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for row in queue:
+            target = row["target"] or ""
+            if row["status"] == "dead":
+                dead_counts[target] = row["n"]
+            elif row["oldest"]:
+                age = (now - parse_ts(row["oldest"])).total_seconds()
+                oldest[target] = max(age, oldest.get(target, 0.0))
+        new_by_target: dict[str, list[dict[str, Any]]] = {}
+        for row in dead_new:
+            new_by_target.setdefault(row["target"], []).append(row)
+        for target in sorted(set(self.targets) | {"national"} | set(dead_counts) | set(oldest)):
+            failed, attempts = self.store.failure_rate(target, now - dt.timedelta(seconds=settings.failure_window_s))
+            rate = failed / attempts if attempts else 0.0
+            checks = {
+                "dead": (dead_counts.get(target, 0) > 0, bool(new_by_target.get(target)),
+                         f"{dead_counts.get(target, 0)} dead delivery(ies) to {target}"
+                         + "".join(f"; case {r['case_id']} {r['action']} {r['last_error_code'] or ''}"
+                                   for r in new_by_target.get(target, [])[:5])),
+                "failure_rate": (attempts >= settings.min_attempts and rate >= settings.failure_rate, False,
+                                 f"{failed} of {attempts} attempts to {target} failed in the last "
+                                 f"{settings.failure_window_s / 60:.0f} minutes"),
+                "queue_age": (oldest.get(target, 0.0) > settings.queue_age_s, False,
+                              f"the oldest undelivered row to {target} is {oldest.get(target, 0.0) / 60:.0f} minutes old"),
+            }
+            for kind, (active, fresh, detail) in checks.items():
+                alert = self._alert_transition(Alert, kind, target, active, fresh, detail, now)
+                if alert is not None:
+                    sent.append(alert)
+        return sent
+
+    def _alert_transition(self, alert_cls: Any, kind: str, target: str, active: bool, fresh: bool, detail: str,
+                          now: dt.datetime) -> Any:
+        key = f"{kind}:{target}"
+        state = self.store.alert_state(key)
+        was_active = bool(state and state["active"])
+        last_sent = state["last_sent_at"] if state else None
+        throttle_s = self.alerts.throttle_s if self.alerts is not None else 0.0
+        throttled = bool(last_sent) and (now - parse_ts(str(last_sent))).total_seconds() < throttle_s
+        alert = None
+        if active and (not was_active or fresh) and not throttled:
+            alert = alert_cls(kind, target, f"[gateway] {kind.replace('_', ' ')}: {target}", detail + ".",
+                              gateway=self.gateway_name)
+        elif active and was_active and not throttled:
+            alert = alert_cls(kind, target, f"[gateway] still {kind.replace('_', ' ')}: {target}", detail + ".",
+                              gateway=self.gateway_name)
+        elif not active and was_active and last_sent:
+            alert = alert_cls(kind, target, f"[gateway] recovered: {kind.replace('_', ' ')} on {target}",
+                              f"{target} is back to normal ({detail}).", recovered=True, gateway=self.gateway_name)
+        if alert is not None:
+            for channel in self.alert_channels:
+                try:
+                    channel.send(alert)
+                except GatewayError as exc:
+                    log.warning("alert not sent", extra={"channel": type(channel).__name__, "error_code": exc.code,
+                                                         "detail": exc.message})
+            log.warning("alert", extra={"kind": kind, "target": target, "recovered": alert.recovered, "detail": detail})
+        if alert is not None or active != was_active:
+            self.store.set_alert_state(key, kind=kind, target=target, active=active,
+                                       sent=alert is not None and not alert.recovered, detail=detail, now=now)
+        return alert
+
+
 class Worker:
     """Background delivery and jobs of one gateway process."""
 
@@ -223,7 +316,8 @@ class Worker:
         self.alert_channels = list(alert_channels)
         self.retention = retention
         self.clock = clock  # UTC instants; the Swedish date of unit validity (Clock.day)
-        self._last_alert_check = self.clock.instant()
+        self._alert_checks = AlertChecks(store, alerts=alerts, channels=self.alert_channels, targets=list(self.targets),
+                                         gateway_name=settings.gateway_name, clock=clock)
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
         self._adapters: dict[str, adapters.Adapter] = {}
         self._adapters_lock = threading.Lock()
@@ -579,85 +673,8 @@ class Worker:
         return removed
 
     def check_alerts(self, now: dt.datetime | None = None, since: dt.datetime | None = None) -> list[Any]:
-        """Compare every target with the thresholds; alert (throttled) and send recovery notices.
-        ``since``: when the check last ran in any process (rows dead since then are new).
-        Returns the alerts sent."""
-        from adapters.alerts import Alert
-
-        if self.alerts is None:
-            return []
-        now = now or self.clock.instant()
-        settings = self.alerts
-        sent: list[Any] = []
-        try:
-            queue = self.store.queue_depth()
-            dead_new = self.store.dead_since(since or self._last_alert_check)
-        except GatewayError as exc:
-            log.warning("alert check failed", extra={"error_code": exc.code})
-            return []
-        self._last_alert_check = now
-        dead_counts: dict[str, int] = {}
-        oldest: dict[str, float] = {}
-        for row in queue:
-            target = row["target"] or ""
-            if row["status"] == "dead":
-                dead_counts[target] = row["n"]
-            elif row["oldest"]:
-                age = (now - parse_ts(row["oldest"])).total_seconds()
-                oldest[target] = max(age, oldest.get(target, 0.0))
-        new_by_target: dict[str, list[dict[str, Any]]] = {}
-        for row in dead_new:
-            new_by_target.setdefault(row["target"], []).append(row)
-        for target in sorted(set(self.targets) | {"national"} | set(dead_counts) | set(oldest)):
-            failed, attempts = self.store.failure_rate(target, now - dt.timedelta(seconds=settings.failure_window_s))
-            rate = failed / attempts if attempts else 0.0
-            checks = {
-                "dead": (dead_counts.get(target, 0) > 0, bool(new_by_target.get(target)),
-                         f"{dead_counts.get(target, 0)} dead delivery(ies) to {target}"
-                         + "".join(f"; case {r['case_id']} {r['action']} {r['last_error_code'] or ''}"
-                                   for r in new_by_target.get(target, [])[:5])),
-                "failure_rate": (attempts >= settings.min_attempts and rate >= settings.failure_rate, False,
-                                 f"{failed} of {attempts} attempts to {target} failed in the last "
-                                 f"{settings.failure_window_s / 60:.0f} minutes"),
-                "queue_age": (oldest.get(target, 0.0) > settings.queue_age_s, False,
-                              f"the oldest undelivered row to {target} is {oldest.get(target, 0.0) / 60:.0f} minutes old"),
-            }
-            for kind, (active, fresh, detail) in checks.items():
-                alert = self._alert_transition(Alert, kind, target, active, fresh, detail, now)
-                if alert is not None:
-                    sent.append(alert)
-        return sent
-
-    def _alert_transition(self, alert_cls: Any, kind: str, target: str, active: bool, fresh: bool, detail: str,
-                          now: dt.datetime) -> Any:
-        key = f"{kind}:{target}"
-        state = self.store.alert_state(key)
-        was_active = bool(state and state["active"])
-        last_sent = state["last_sent_at"] if state else None
-        throttle_s = self.alerts.throttle_s if self.alerts is not None else 0.0
-        throttled = bool(last_sent) and (now - parse_ts(str(last_sent))).total_seconds() < throttle_s
-        alert = None
-        if active and (not was_active or fresh) and not throttled:
-            alert = alert_cls(kind, target, f"[gateway] {kind.replace('_', ' ')}: {target}", detail + ".",
-                              gateway=self.settings.gateway_name)
-        elif active and was_active and not throttled:
-            alert = alert_cls(kind, target, f"[gateway] still {kind.replace('_', ' ')}: {target}", detail + ".",
-                              gateway=self.settings.gateway_name)
-        elif not active and was_active and last_sent:
-            alert = alert_cls(kind, target, f"[gateway] recovered: {kind.replace('_', ' ')} on {target}",
-                              f"{target} is back to normal ({detail}).", recovered=True, gateway=self.settings.gateway_name)
-        if alert is not None:
-            for channel in self.alert_channels:
-                try:
-                    channel.send(alert)
-                except GatewayError as exc:
-                    log.warning("alert not sent", extra={"channel": type(channel).__name__, "error_code": exc.code,
-                                                         "detail": exc.message})
-            log.warning("alert", extra={"kind": kind, "target": target, "recovered": alert.recovered, "detail": detail})
-        if alert is not None or active != was_active:
-            self.store.set_alert_state(key, kind=kind, target=target, active=active,
-                                       sent=alert is not None and not alert.recovered, detail=detail, now=now)
-        return alert
+        """Compare every target with the alert thresholds now (``AlertChecks.run``)."""
+        return self._alert_checks.run(now=now, since=since)
 
     # -- a synchronous read for 1177: the medication list ---------------------------------------
 
