@@ -426,6 +426,16 @@ def migrate(cfg: Config) -> list[str]:
         store.close()
 
 
+def migrate_from_sqlite(cfg: Config, source: Path) -> dict[str, int]:
+    """Copy the SQLite store at ``source`` into the empty PostgreSQL database of ``cfg``
+    (``database.url``), history and all; the rows copied per table."""
+    store = store_of(cfg)
+    try:
+        return store.copy_from_sqlite(source)
+    finally:
+        store.close()
+
+
 def load_mappings(cfg: Config) -> tuple[mapping.Mappings, list[str]]:
     """The mappings of ``cfg`` and their problems against its targets (empty: all good);
     raises ``MappingError`` for a file that cannot be read at all."""

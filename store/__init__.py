@@ -18,6 +18,7 @@ two is in store/dialect.py.
     store/ops_queries.py  the reads of the ops view, /metrics, the CLI and the alerts
     store/retention.py    the purge of rule 2
     store/admin.py        sign-in locks, ops sessions, alert state, settings
+    store/transfer.py     a SQLite store copied into PostgreSQL with its history (migrate --from-sqlite)
     store/jobs.py         scheduled jobs claimed once across processes; heartbeats
 
 May import: model, errors, clock.
@@ -53,7 +54,8 @@ from .jobs import JobRun, Jobs
 from .ops_queries import OpsQueries
 from .outbox import COMPLETIONS, RESPONSE_BODY_LIMIT, Completion, Job, Outbox
 from .retention import Retention
-from .schema import Schema, migrations
+from .schema import migrations
+from .transfer import Transfer
 
 __all__ = [
     "LATENCY_BUCKETS", "NATIONAL_TARGET", "OUTBOUND_ACTIONS", "RECEIPT", "RESPONSE_BODY_LIMIT", "UNFINISHED",
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 
-class Store(Schema, Intake, Outbox, OpsQueries, Retention, Admin, Jobs):
+class Store(Transfer, Intake, Outbox, OpsQueries, Retention, Admin, Jobs):  # Transfer is a Schema
     """All persistence of the gateway, one object: each area's queries (the classes above)
     on one set of connections. Thread-safe: one SQLite connection per thread, or a bounded
     pool of PostgreSQL connections."""

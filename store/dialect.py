@@ -62,7 +62,7 @@ class Row(tuple[Any, ...]):
         return dict(zip(self._names, self))
 
 
-_TOKENS = re.compile(r"""('(?:[^']|'')*')|("(?:[^"]|"")*")|(\?)|(:[A-Za-z_][A-Za-z0-9_]*)|(%)|(\bLIKE\b)""",
+_TOKENS = re.compile(r"""('(?:[^']|'')*')|("(?:[^"]|"")*")|(::)|(\?)|(:[A-Za-z_][A-Za-z0-9_]*)|(%)|(\bLIKE\b)""",
                      re.IGNORECASE)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.IGNORECASE)
 
@@ -75,9 +75,11 @@ def to_postgres(sql: str) -> str:
         sql = _INSERT_OR_IGNORE.sub("INSERT ", sql, count=1)
 
     def swap(match: re.Match[str]) -> str:
-        single, double, mark, name, percent, like = match.groups()
+        single, double, cast, mark, name, percent, like = match.groups()
         if single or double:
             return (single or double).replace("%", "%%")
+        if cast:  # PostgreSQL's own cast (a query written for it alone): not a :name
+            return cast
         if mark:
             return "%s"
         if name:

@@ -125,6 +125,17 @@ class PgDatabase:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _unavailable(exc, f"{self.display} cannot be reached") from None
 
+    def execute_many(self, text: str, params: Sequence[Sequence[Any]]) -> None:
+        """One statement for many rows, in this thread's write transaction (a bulk copy)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            raise StoreError("execute_many runs only in a write transaction.")
+        try:
+            with conn.cursor() as cursor:
+                cursor.executemany(to_postgres(text), params)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _unavailable(exc, "could not complete the write") from None
+
     def query(self, text: str, params: Any = None) -> Iterator[dict[str, Any]]:
         return rows(self.execute(text, params))
 
