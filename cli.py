@@ -57,9 +57,11 @@ def _load_or_exit(config_path: Path) -> Config:
 def _open_store(config_path: Path) -> tuple[Config, Store]:
     cfg = _load_or_exit(config_path)
     try:
-        return cfg, gateway.open_store(cfg)
+        store = gateway.open_store(cfg)
     except GatewayError as exc:
         _fail(exc)
+    click.get_current_context().call_on_close(store.close)  # PostgreSQL: the pool's connections end with the command
+    return cfg, store
 
 
 def _who() -> str:

@@ -107,6 +107,11 @@ class Dialect:
     def sql(self, text: str) -> str:
         return text
 
+    def unindexed(self, column: str) -> str:
+        """``column`` in a condition whose index the planner should not pick: SQLite's ``+column``
+        (without statistics it would take a broad index); PostgreSQL's planner has statistics."""
+        return f"+{column}"
+
     def size_bytes(self, db: Executes) -> int:
         """The database's size on disk."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -129,6 +134,9 @@ class Postgres(Dialect):
 
     def sql(self, text: str) -> str:
         return to_postgres(text)
+
+    def unindexed(self, column: str) -> str:
+        return column
 
     def size_bytes(self, db: Executes) -> int:
         return int(db.execute("SELECT pg_database_size(current_database())").fetchone()[0])

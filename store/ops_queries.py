@@ -106,7 +106,7 @@ class OpsQueries(StoreBase):
                               ("hsa_id", hsa_id.upper() if hsa_id else None), ("target", target), ("status", status),
                               ("direction", direction)):
             if value:
-                where.append(f"{'' if leading else '+'}{column} = ?")
+                where.append(f"{column if leading else self.dialect.unindexed(column)} = ?")
                 params.append(value)
                 leading = False
         if since:

@@ -256,3 +256,32 @@ def test_migrate_from_sqlite_needs_a_postgresql_url(app, runner, config_data, tm
     path = write_config(tmp_path, config_data)
     refused = runner.invoke(cli.cli, ["migrate", "--from-sqlite", str(tmp_path / "gateway.db"), "--config", str(path)])
     assert refused.exit_code == 2 and "GW050" in refused.output and "database.url" in refused.output
+
+
+@needs_postgres
+def test_retention_on_postgresql_purges_and_vacuums_outside_a_transaction():
+    import datetime as dt
+
+    from clock import instant
+
+    with postgres_schema() as url:
+        store = Store(url)
+        try:
+            store.migrate()
+            old = instant() - dt.timedelta(days=800)
+            with store.write() as db:
+                db.execute("INSERT INTO cases (case_id, origin, case_type, receiver_hsa_id, status, received_at, "
+                           "content_hash, content, last_activity_at) VALUES ('OLD', '1177', 'complaint', 'SE1-X', "
+                           "'delivered', ?, 'h', '{}', ?)", [_ts(old), _ts(old)])
+            removed = store.purge(content_before=instant() - dt.timedelta(days=730),
+                                  log_before=instant() - dt.timedelta(days=730))
+            assert removed["cases"] == 1 and removed["bytes_freed"] >= 0
+            assert store.case_row("OLD")["content"] is None and store.case_row("OLD")["purged_at"]
+        finally:
+            store.close()
+
+
+def _ts(moment):
+    from store import ts
+
+    return ts(moment)
