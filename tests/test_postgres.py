@@ -12,7 +12,7 @@ import time
 import pytest
 
 import cli
-from conftest import NO_POSTGRES, POSTGRES_URL, postgres_schema, write_config
+from conftest import NO_POSTGRES, POSTGRES_URL, ROOT, postgres_schema, write_config
 from errors import StoreError
 from store import Store
 from store.dialect import to_postgres
@@ -285,3 +285,21 @@ def _ts(moment):
     from store import ts
 
     return ts(moment)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql://gw:hemligt@db:5432/gateway", "database.password"),
+    ("mysql://gw@db/gateway", "must be a PostgreSQL URL"),
+])
+def test_a_database_url_with_a_password_or_of_another_engine_is_refused(config_data, url, says):
+    import copy
+
+    import config as config_mod
+    from errors import ConfigError
+
+    data = copy.deepcopy(config_data)
+    data["database"]["url"] = url
+    with pytest.raises(ConfigError) as refused:
+        config_mod.from_dict(data, base_dir=ROOT, environ={})
+    assert "database.url" in refused.value.message and says in refused.value.message
+    assert "hemligt" not in refused.value.message
