@@ -99,7 +99,9 @@ class PgDatabase:
         self.pool = ConnectionPool(
             url, min_size=1, max_size=max(1, pool_size), kwargs=self._connect_kwargs, open=False,
             timeout=self.timeout_s, check=ConnectionPool.check_connection, name="gateway",
-            reconnect_timeout=0,  # never give up: a database that is down comes back
+            # a failed connection attempt is given up at once, not retried with a growing backoff:
+            # the next request asks for a new one, so a database that is back is used at once
+            reconnect_timeout=0,
         )
         self.pool.open(wait=False)
         self._local = threading.local()
