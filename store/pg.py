@@ -110,7 +110,10 @@ class PgDatabase:
     # -- queries -----------------------------------------------------------------------------
 
     def _run(self, conn: psycopg.Connection[Any], text: str, params: Any) -> Result:
-        cursor = conn.execute(to_postgres(text), params if params is not None else None, prepare=False)
+        # binary results: a bytea comes as its bytes, not as hex text twice its size to decode
+        # (not for a script without parameters, e.g. a migration's DDL: several statements in
+        # one go need the simple protocol)
+        cursor = conn.execute(to_postgres(text), params, prepare=False, binary=params is not None)
         fetched = list(cursor.fetchall()) if cursor.description is not None else []
         return Result(fetched, cursor.rowcount)
 
