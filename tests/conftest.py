@@ -323,11 +323,15 @@ def make_case(zeep_clients):
 
 @pytest.fixture
 def make_message(zeep_clients):
+    # one createdTime per test: the same message sent twice is the same message, even when
+    # the two sendings fall on either side of a second
+    created = sweden_now().strftime("%Y%m%d%H%M%S")
+
     def build(address: str | None = KLIN1, **overrides) -> bytes:
         fields = {
             "caseId": "1177-C-0001",
             "messageId": "1177-M-0001",
-            "createdTime": sweden_now().strftime("%Y%m%d%H%M%S"),
+            "createdTime": created,
             "text": "Här kommer svaret på er fråga.",
             "attachment": [{"fileName": "svar.jpg", "mimeType": "image/jpeg", "data": JPEG}],
         }
