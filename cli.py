@@ -57,9 +57,11 @@ def _load_or_exit(config_path: Path) -> Config:
 def _open_store(config_path: Path) -> tuple[Config, Store]:
     cfg = _load_or_exit(config_path)
     try:
-        return cfg, gateway.open_store(cfg)
+        store = gateway.open_store(cfg)
     except GatewayError as exc:
         _fail(exc)
+    click.get_current_context().call_on_close(store.close)  # PostgreSQL: the pool's connections end with the command
+    return cfg, store
 
 
 def _who() -> str:
@@ -96,14 +98,26 @@ def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
 
 @cli.command()
 @config_option
-def migrate(config_path: Path) -> None:
-    """Create or upgrade the database schema."""
+@click.option("--from-sqlite", "from_sqlite", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Copy this SQLite store (e.g. data/gateway.db) with its history into the empty PostgreSQL "
+                   "database of database.url.")
+def migrate(config_path: Path, from_sqlite: Path | None) -> None:
+    """Create or upgrade the database schema (or, with --from-sqlite, move a SQLite store to PostgreSQL)."""
     cfg = _load_or_exit(config_path)
+    if from_sqlite is not None:
+        try:
+            copied = gateway.migrate_from_sqlite(cfg, from_sqlite)
+        except GatewayError as exc:
+            _fail(exc)
+        click.echo(f"copied {from_sqlite} into {cfg.database.url}: "
+                   + ", ".join(f"{table} {count}" for table, count in copied.items() if count))
+        return
     try:
         applied = gateway.migrate(cfg)
     except GatewayError as exc:
         _fail(exc)
-    click.echo(f"database {cfg.database.path}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
+    click.echo(f"database {cfg.database.url or cfg.database.path}: "
+               + (f"applied {', '.join(applied)}" if applied else "up to date"))
 
 
 @cli.command()

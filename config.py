@@ -21,6 +21,7 @@ import string
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -78,8 +79,28 @@ class GatewaySection(_Section):
 
 
 class DatabaseSection(_Section):
+    """SQLite (``path``, the default) or PostgreSQL (``url``) for several instances."""
+
     path: RelPath = Path("data/gateway.db")
+    url: str | None = Field(
+        default=None, description="postgresql://USER@HOST:5432/DB selects PostgreSQL instead of the SQLite file at "
+                                  "path; its password goes in password, never in the URL.")
+    password: SecretStr | None = Field(default=None, description="The PostgreSQL user's password, e.g. {$env: PGPASSWORD}.")
+    pool_size: int = Field(default=10, ge=1, le=200, description="PostgreSQL connections per process at most.")
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL, postgresql://USER@HOST:5432/DATABASE "
+                             "(for SQLite set path instead)")
+        if urlsplit(value).password is not None:
+            raise ValueError("has a password in it: put the password in database.password, "
+                             "e.g. password: {$env: PGPASSWORD}, and leave it out of the URL")
+        return value
 
 
 class ServerTlsSection(_Section):

@@ -16,6 +16,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     ├── ContractError        GW003  a contract file (WSDL/XSD) is missing or broken
     │   └── PlatformContractError GW080  rivta.contracts_dir (the platform's own files) is missing, laid out otherwise or does not fit
     ├── StoreError           GW050  the database cannot be read or written
+    │   └── TargetNotEmpty   GW051  gateway migrate --from-sqlite: the PostgreSQL database already holds data
     ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
     │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
     │   ├── TargetFailed     GW061  HTTP 408/429/5xx or a SOAP Server fault (transient)
@@ -185,6 +186,15 @@ class StoreError(GatewayError):
 
     code = "GW050"
     hint = "Nothing was stored; send the request again later. Operators: check the database file and disk."
+
+
+class TargetNotEmpty(StoreError):
+    """Raised by ``gateway migrate --from-sqlite`` when the PostgreSQL database already holds
+    rows: a copy never mixes two stores' histories."""
+
+    code = "GW051"
+    hint = ("Copy into a new, empty PostgreSQL database (CREATE DATABASE ...), or empty this one first "
+            "if its rows are not needed.")
 
 
 class DeliveryError(GatewayError):

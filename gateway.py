@@ -103,7 +103,7 @@ def create_app(
     holder = mappings or mapping.Holder(cfg.mappings.dir, cfg.targets, now=clock.instant)
     in_force = holder.pinned()
     maps = in_force.mappings
-    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    store = store_of(cfg)
     store.migrate()
     schemas = rivta.Schemas(files=rivta.ContractFiles(cfg.rivta.contracts_dir))
     authority = identity.CertificateAuthority(cfg.server.tls.client_ca, clock.instant) if cfg.server.tls and cfg.server.tls.client_ca else None
@@ -396,9 +396,18 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 CONFIG_ENV = config_mod.CONFIG_ENV
 
 
+def store_of(cfg: Config) -> Store:
+    """The store ``cfg.database`` names: PostgreSQL at ``url``, else the SQLite file at ``path``."""
+    db = cfg.database
+    if db.url is not None:
+        return Store(db.url, busy_timeout_ms=db.busy_timeout_ms, pool_size=db.pool_size,
+                     password=db.password.get_secret_value() if db.password else None)
+    return Store(db.path, busy_timeout_ms=db.busy_timeout_ms)
+
+
 def open_store(cfg: Config, *, migrate: bool = True) -> Store:
     """The store ``cfg`` names, with its schema brought up to date (unless ``migrate=False``)."""
-    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    store = store_of(cfg)
     if migrate:
         try:
             store.migrate()
@@ -410,9 +419,19 @@ def open_store(cfg: Config, *, migrate: bool = True) -> Store:
 
 def migrate(cfg: Config) -> list[str]:
     """Create or upgrade the schema; the names of the migrations applied."""
-    store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
+    store = store_of(cfg)
     try:
         return store.migrate()
+    finally:
+        store.close()
+
+
+def migrate_from_sqlite(cfg: Config, source: Path) -> dict[str, int]:
+    """Copy the SQLite store at ``source`` into the empty PostgreSQL database of ``cfg``
+    (``database.url``), history and all; the rows copied per table."""
+    store = store_of(cfg)
+    try:
+        return store.copy_from_sqlite(source)
     finally:
         store.close()
 
@@ -508,11 +527,11 @@ def check(config_path: str | os.PathLike[str] | None) -> Iterator[Finding]:
     for passed, line in rivta.check_report(cfg.rivta.contracts_dir):
         yield Finding("ok" if passed else "FAIL", line)
     try:
-        store = Store(cfg.database.path, busy_timeout_ms=cfg.database.busy_timeout_ms)
-        if cfg.database.path.exists():
+        store = store_of(cfg)
+        if store.pg is not None or cfg.database.path.exists():
             pending = store.pending_migrations()
             store.check_writable()
-            yield Finding("ok", f"database {cfg.database.path}: writable" + (
+            yield Finding("ok", f"database {store.where}: writable" + (
                 f", {len(pending)} migration(s) pending (run 'gateway migrate')" if pending else ", schema up to date"))
         else:
             yield Finding("ok", f"database {cfg.database.path}: will be created on first start")

@@ -329,6 +329,7 @@ class Worker:
         self._dispatcher: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._beaten_stuck: dict[str, int] = {}
+        self._unlisten: Callable[[], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -360,6 +361,8 @@ class Worker:
         self._scheduler.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         self._dispatcher.start()
+        # PostgreSQL: new work committed by any instance wakes this one at once (LISTEN/NOTIFY)
+        self._unlisten = self.store.listen_work(self._wake.set)
         self.heartbeat()
         self.recover_leases()
         log.info("worker started", extra={"worker": self.name, "concurrency": self.settings.concurrency})
@@ -370,6 +373,9 @@ class Worker:
             return
         self._stopping.set()
         self._wake.set()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         self._dispatcher.join(timeout)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)

@@ -129,14 +129,15 @@ class ProviderState:
             self.fail_status = 503
             self.fail_fault: str | None = None
             self.fail_after_store = False
+            self.fail_every = 0  # > 0: every Nth call fails too (a flaky provider), besides fail_next
 
     def begin_call(self) -> Call:
         """Count a delivery (or medication-list) call; say how long to wait and whether to fail it."""
         with self.lock:
             self.total_calls += 1
             failure = None
-            if self.fail_next > 0:
-                self.fail_next -= 1
+            if self.fail_next > 0 or (self.fail_every and self.total_calls % self.fail_every == 0):
+                self.fail_next = max(0, self.fail_next - 1)
                 self.failed_calls += 1
                 failure = Failure(self.fail_status, self.fail_fault, self.fail_after_store)
             return Call(self.delay_s, failure)
@@ -189,9 +190,10 @@ class ProviderState:
     # -- control ----------------------------------------------------------------------
 
     def control(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Apply ``{"fail_next": N, "status": 503, "fault": "Client", "after_store": false,
-        "delay_s": x}`` (every key optional); raise ``ValueError`` for a bad value."""
-        unknown = set(data) - {"fail_next", "status", "fault", "after_store", "delay_s"}
+        """Apply ``{"fail_next": N, "fail_every": M, "status": 503, "fault": "Client", "after_store": false,
+        "delay_s": x}`` (every key optional; ``fail_every``: every Mth call fails, 0 none);
+        raise ``ValueError`` for a bad value."""
+        unknown = set(data) - {"fail_next", "fail_every", "status", "fault", "after_store", "delay_s"}
         if unknown:
             raise ValueError(f"unknown control keys: {sorted(unknown)}")
         with self.lock:
@@ -200,6 +202,11 @@ class ProviderState:
                 if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
                     raise ValueError("delay_s must be a number >= 0")
                 self.delay_s = float(delay)
+            if "fail_every" in data:
+                every = data["fail_every"]
+                if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+                    raise ValueError("fail_every must be an integer >= 0")
+                self.fail_every = every
             if "fail_next" in data:
                 n, status = data["fail_next"], data.get("status", 503)
                 fault, after = data.get("fault"), data.get("after_store", False)
@@ -218,6 +225,7 @@ class ProviderState:
     def _settings(self) -> dict[str, Any]:
         return {
             "fail_next": self.fail_next,
+            "fail_every": self.fail_every,
             "status": self.fail_status,
             "fault": self.fail_fault,
             "after_store": self.fail_after_store,

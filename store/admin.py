@@ -70,17 +70,17 @@ class Admin(StoreBase):
         with self.write() as db:
             # no cookie lives longer than ops.session_minutes (at most 7 days): older rows can go
             db.execute("DELETE FROM ops_sessions WHERE created_at < ?", [ts(now - dt.timedelta(days=8))])
-            db.execute("INSERT INTO ops_sessions (sid, user, created_at) VALUES (?, ?, ?)", [sid, user, ts(now)])
+            db.execute('INSERT INTO ops_sessions (sid, "user", created_at) VALUES (?, ?, ?)', [sid, user, ts(now)])
         return sid
 
     def session_user(self, sid: str) -> str | None:
         """The user of a session that has not ended, or None."""
-        user: str | None = scalar(self.db, "SELECT user FROM ops_sessions WHERE sid = ? AND ended_at IS NULL", [sid])
+        user: str | None = scalar(self.db, 'SELECT "user" FROM ops_sessions WHERE sid = ? AND ended_at IS NULL', [sid])
         return user
 
     def end_sessions(self, *, now: dt.datetime, sid: str | None = None, user: str | None = None) -> int:
         """End one session, or every session of ``user``; a copied cookie no longer works."""
-        where, params = ("sid = ?", [sid]) if sid is not None else ("user = ?", [user])
+        where, params = ("sid = ?", [sid]) if sid is not None else ('"user" = ?', [user])
         with self.write() as db:
             return db.execute(f"UPDATE ops_sessions SET ended_at = ? WHERE {where} AND ended_at IS NULL",
                               [ts(now), *params]).rowcount

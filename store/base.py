@@ -22,7 +22,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ from model import (
     redact_person_ids,
     to_data,
 )
+
+from .dialect import POSTGRES, SQLITE, WORK_CHANNEL, Dialect
+from .pg import PgDatabase, is_postgres_url
 
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
@@ -145,10 +148,19 @@ class Accepted:
 
 
 class StoreBase:
-    """Connections and transactions. Thread-safe: one SQLite connection per thread."""
+    """Connections and transactions. Thread-safe: one SQLite connection per thread, or a
+    bounded pool of PostgreSQL connections (``location`` a ``postgresql://`` URL)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000):
-        self.path = Path(path)
+    def __init__(self, location: str | Path, *, busy_timeout_ms: int = 5000, pool_size: int = 10,
+                 password: str | None = None):
+        self.url: str | None = None
+        self.pg: PgDatabase | None = None
+        self.dialect: Dialect = SQLITE
+        if is_postgres_url(location):
+            self.url = str(location)
+            self.dialect = POSTGRES
+            self.pg = PgDatabase(self.url, pool_size=pool_size, timeout_s=busy_timeout_ms / 1000, password=password)
+        self.path = Path(location) if self.pg is None else Path()
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -162,8 +174,21 @@ class StoreBase:
         self.last_write_failure: str | None = None
 
     @property
+    def location(self) -> str | Path:
+        """What ``Store()`` was given: the SQLite file, or the PostgreSQL URL (another ``Store`` on the same database)."""
+        return self.url if self.url is not None else self.path
+
+    @property
+    def where(self) -> str:
+        """The database, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        return str(self.path) if self.pg is None else self.pg.display
+
+    @property
     def db(self) -> Database:
-        """This thread's connection, opened on first use."""
+        """This thread's connection, opened on first use (on PostgreSQL: the pool's facade,
+        which offers the same ``execute``/``query``)."""
+        if self.pg is not None:
+            return self.pg  # type: ignore[return-value]  # the surface of Database the store uses
         db = getattr(self._local, "db", None)
         if db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,8 +214,15 @@ class StoreBase:
         """A write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error.
 
         ``db.atomic()`` would start a deferred transaction, whose upgrade from read to
-        write fails at once (SQLITE_BUSY_SNAPSHOT) under a concurrent writer.
+        write fails at once (SQLITE_BUSY_SNAPSHOT) under a concurrent writer. On
+        PostgreSQL the transaction takes the write lock first (``Dialect.begin``), to the
+        same effect across every instance.
         """
+        if self.pg is not None:
+            with self.pg.transaction(self.dialect.begin(self.busy_timeout_ms)) as tx:
+                yield tx  # type: ignore[misc]  # the surface of Database the store uses
+            self.last_write_failure = None
+            return
         db = self.db
         if not self._write_lock.acquire(timeout=self.busy_timeout_ms / 1000):
             raise StoreError("the database is busy: another write of this process did not finish in time.")
@@ -213,7 +245,22 @@ class StoreBase:
         finally:
             self._write_lock.release()
 
+    def notify_work(self) -> None:
+        """Tell every instance's worker that new work was committed (PostgreSQL's NOTIFY;
+        on SQLite the instances are processes of one machine that poll the file)."""
+        if self.pg is not None:
+            self.pg.notify(WORK_CHANNEL)
+
+    def listen_work(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` whenever any instance commits new work (PostgreSQL: LISTEN in a
+        thread of its own, reconnecting by itself). Returns a function that stops it; None on SQLite."""
+        if self.pg is None:
+            return None
+        return self.pg.listen(WORK_CHANNEL, wake)
+
     def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()
         with self._lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -224,7 +271,7 @@ class StoreBase:
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:
         db.execute(
             "INSERT INTO metrics_counters (name, target, direction, value) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(name, target, direction) DO UPDATE SET value = value + excluded.value",
+            "ON CONFLICT(name, target, direction) DO UPDATE SET value = metrics_counters.value + excluded.value",
             [name, target or "", direction, by],
         )
 
@@ -232,12 +279,13 @@ class StoreBase:
         bucket = next((le for le in LATENCY_BUCKETS[:-1] if seconds <= float(le)), "+Inf")
         db.execute(
             "INSERT INTO metrics_latency (target, direction, le, count) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT(target, direction, le) DO UPDATE SET count = count + 1",
+            "ON CONFLICT(target, direction, le) DO UPDATE SET count = metrics_latency.count + 1",
             [target, direction, bucket],
         )
         db.execute(
             "INSERT INTO metrics_latency_sum (target, direction, total_s, count) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT(target, direction) DO UPDATE SET total_s = total_s + excluded.total_s, count = count + 1",
+            "ON CONFLICT(target, direction) DO UPDATE SET total_s = metrics_latency_sum.total_s + excluded.total_s, "
+            "count = metrics_latency_sum.count + 1",
             [target, direction, max(0.0, seconds)],
         )
 
@@ -303,6 +351,8 @@ class StoreBase:
                VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)""",
             [case_id, action, ref_id, target, status, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
         )
+        if status == "pending" and self.pg is not None:
+            db.execute(f"NOTIFY {WORK_CHANNEL}")  # sent at COMMIT (only if it commits): wakes every instance
 
     def _cancel_receipt(self, db: Database, case_id: str, now: dt.datetime) -> None:
         """Give up the place kept for a case's automatic receipt (its case never reached the provider)."""
@@ -317,7 +367,7 @@ class StoreBase:
         ``file_name``, ``mime_type``, ``sha256``, ``size`` (and ``data``, the bytes, with
         ``with_data``). The case's own files (``message_id`` None), one message's, or with
         ``every_message`` all of them; ``where``/``params``: a further condition on ``a``."""
-        scope = "" if every_message else " AND a.message_id IS ?"
+        scope = "" if every_message else " AND a.message_id IS NOT DISTINCT FROM CAST(? AS TEXT)"  # NULL-safe =, typed for PostgreSQL
         sql = (f"""SELECT a.message_id, a.position, a.file_name, a.mime_type, a.sha256, b.size{', b.data' if with_data else ''}
                    FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256
                    WHERE a.case_id = ?{scope}{f' AND {where}' if where else ''} ORDER BY a.message_id, a.position"""

@@ -187,7 +187,7 @@ class Intake(StoreBase):
             self.db,
             """SELECT case_id FROM cases WHERE case_id = ?
                UNION ALL SELECT case_id FROM cases WHERE national_case_id = ?
-               UNION ALL SELECT case_id FROM cases WHERE ? IS NOT NULL AND target = ? AND provider_case_id = ?
+               UNION ALL SELECT case_id FROM cases WHERE CAST(? AS TEXT) IS NOT NULL AND target = ? AND provider_case_id = ?
                LIMIT 1""", [ident, ident, target, target, ident])
         return self.case_row(case_id) if case_id is not None else None
 

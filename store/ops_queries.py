@@ -106,7 +106,7 @@ class OpsQueries(StoreBase):
                               ("hsa_id", hsa_id.upper() if hsa_id else None), ("target", target), ("status", status),
                               ("direction", direction)):
             if value:
-                where.append(f"{'' if leading else '+'}{column} = ?")
+                where.append(f"{column if leading else self.dialect.unindexed(column)} = ?")
                 params.append(value)
                 leading = False
         if since:
@@ -231,7 +231,7 @@ class OpsQueries(StoreBase):
     def failure_rate(self, target: str, since: dt.datetime) -> tuple[int, int]:
         """(failed, all) attempts of ``target`` since ``since``."""
         row = self.db.execute(
-            """SELECT sum(outcome IN ('retry', 'dead', 'failed_late')) AS failed, count(*) AS n FROM attempts
+            """SELECT sum(CASE WHEN outcome IN ('retry', 'dead', 'failed_late') THEN 1 ELSE 0 END) AS failed, count(*) AS n FROM attempts
                WHERE started_at >= ? AND target = ?""", [ts(since), target]).fetchone()
         return int(row["failed"] or 0), int(row["n"] or 0)
 

@@ -317,7 +317,7 @@ class Outbox(Replies):
                           o.lease_until < ? AS expired
                    FROM outbox o JOIN cases c ON c.case_id = o.case_id
                    LEFT JOIN heartbeats h ON h.name = o.claimed_by
-                   WHERE o.status = 'in_flight' AND (o.lease_until < ? OR (? IS NOT NULL AND h.at < ?))""",
+                   WHERE o.status = 'in_flight' AND (o.lease_until < ? OR (CAST(? AS TEXT) IS NOT NULL AND h.at < ?))""",
                 [ts(now), ts(now), stale_before, stale_before],
             ).fetchall()
             for row in rows:

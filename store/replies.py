@@ -214,11 +214,10 @@ class Replies(StoreBase):
         content = json.dumps(to_data(update), sort_keys=True, ensure_ascii=False)
         cursor = db.execute(
             """INSERT INTO status_updates (case_id, status, content, state, created_at, origin, correlation_id)
-               VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
+               VALUES (?, ?, ?, 'queued', ?, ?, ?) RETURNING id""",
             [update.case_id, update.status.value, content, ts(now), origin, correlation_id],
         )
-        update_id = cursor.lastrowid
-        assert update_id is not None  # an INSERT into a rowid table always sets it
+        update_id = int(cursor.fetchone()["id"])  # RETURNING: both backends (PostgreSQL has no lastrowid)
         db.execute("UPDATE cases SET citizen_status = ?, updated_at = ?, last_activity_at = ? WHERE case_id = ?",
                    [update.status.value, ts(now), ts(now), update.case_id])
         self._enqueue(db, update.case_id, "update_status", str(update_id), NATIONAL_TARGET, now)

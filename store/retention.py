@@ -15,7 +15,6 @@ from clock import instant
 from .base import (
     UNFINISHED,
     StoreBase,
-    scalar,
     ts,
 )
 
@@ -30,8 +29,7 @@ class Retention(StoreBase):
         ``log_before``; never for a case with undelivered, dead or reserved work.
         Returns what was removed; the freed pages are given back to the file system."""
         now = now or instant()
-        page_size = scalar(self.db, "PRAGMA page_size")
-        before_bytes = scalar(self.db, "PRAGMA page_count") * page_size
+        before_bytes = self.dialect.size_bytes(self.db)
         removed = {"cases": 0, "messages": 0, "attachments": 0, "files": 0, "log_details": 0}
         unfinished = ", ".join(f"'{s}'" for s in UNFINISHED)
         while True:
@@ -67,9 +65,7 @@ class Retention(StoreBase):
             removed["log_details"] += count
             if count == 0:
                 break
-        # executescript steps the pragma to the end; execute() would free a single page
-        self.db.conn.executescript("PRAGMA incremental_vacuum; PRAGMA optimize;")  # and refresh the planner's statistics
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        after_bytes = scalar(self.db, "PRAGMA page_count") * page_size
+        self.dialect.after_purge(self.db)  # freed pages back to the file system; the planner's statistics
+        after_bytes = self.dialect.size_bytes(self.db)
         removed["bytes_freed"] = max(0, before_bytes - after_bytes)
         return removed

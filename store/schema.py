@@ -17,9 +17,13 @@ from errors import (
     StoreError,
 )
 
+from clock import instant
+
+from . import schema_pg
 from .base import (
     StoreBase,
     scalar,
+    ts,
 )
 
 migrations = Migrations("gateway")
@@ -316,12 +320,34 @@ class Schema(StoreBase):
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied."""
+        if self.pg is not None:
+            return self._migrate_pg()
         pending = [m.name for m in migrations.pending(self.db)]
         migrations.apply(self.db)
         return pending
 
     def pending_migrations(self) -> list[str]:
+        if self.pg is not None:
+            return [name for name, _ in schema_pg.MIGRATIONS if name not in self._applied_pg()]
         return [m.name for m in migrations.pending(self.db)]
+
+    def _applied_pg(self) -> set[str]:
+        if not scalar(self.db, "SELECT to_regclass('_pg_migrations') IS NOT NULL"):
+            return set()
+        return {r["name"] for r in self.db.execute("SELECT name FROM _pg_migrations")}
+
+    def _migrate_pg(self) -> list[str]:
+        applied: list[str] = []
+        with self.write() as db:  # under the write lock: two instances starting at once migrate once
+            db.execute("CREATE TABLE IF NOT EXISTS _pg_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            done = {r["name"] for r in db.execute("SELECT name FROM _pg_migrations")}
+            for name, ddl in schema_pg.MIGRATIONS:
+                if name in done:
+                    continue
+                db.execute(ddl)
+                db.execute("INSERT INTO _pg_migrations (name, applied_at) VALUES (?, ?)", [name, ts(instant())])
+                applied.append(name)
+        return applied
 
     def check_writable(self) -> None:
         """Raise ``StoreError`` unless the store can be written: a write transaction opens, and

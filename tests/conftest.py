@@ -1,12 +1,19 @@
 """Shared fixtures: a config on a temporary database, the app, its client, a CLI runner,
-and builders for the SOAP requests 1177 sends (made by zeep from the project's WSDLs)."""
+and builders for the SOAP requests 1177 sends (made by zeep from the project's WSDLs).
+
+The store, delivery and crash tests (``BOTH_BACKENDS``) run on SQLite and on PostgreSQL:
+``GATEWAY_TEST_POSTGRES_URL`` (e.g. postgresql://postgres@127.0.0.1:5432/test) names a
+database in which each test gets a schema of its own, dropped afterwards; without it the
+PostgreSQL variants are skipped and say why."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import datetime as dt
+import os
 import socket
+import uuid
 import struct
 import sys
 import zlib
@@ -77,7 +84,21 @@ def _instant(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
+#: The database the PostgreSQL variants use (a schema per test in it); unset: they are skipped.
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "")
+
+#: The test modules whose tests (those on the ``config_data`` fixture) run on both backends.
+BOTH_BACKENDS = {"test_delivery", "test_nothing_stranded", "test_way_back", "test_jobs_once", "test_intake", "test_ops"}
+
+NO_POSTGRES = ("GATEWAY_TEST_POSTGRES_URL is not set: the PostgreSQL variant needs a reachable PostgreSQL, "
+               "e.g. GATEWAY_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test (.ci/run sets it)")
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES))]
+
+
 def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in BOTH_BACKENDS:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
     instants = metafunc.config.getoption("clock")
     everything = metafunc.config.getoption("clock_everything")
     if instants and (everything or metafunc.definition.get_closest_marker("dates")):
@@ -149,9 +170,45 @@ def write_config(folder: Path, data: dict, name: str = "config.yaml") -> Path:
 
 
 @pytest.fixture
-def config_data(tmp_path: Path) -> dict:
-    """The example config, with its database in a temporary folder."""
+def backend(request) -> str:
+    """The store's backend of this test: "sqlite", or "postgresql" for the modules of ``BOTH_BACKENDS``."""
+    return getattr(request, "param", "sqlite")
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str = "gw_test"):
+    """A fresh schema in the database of ``GATEWAY_TEST_POSTGRES_URL``, dropped afterwards;
+    yields the URL whose connections use it (``options=-csearch_path=…``)."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+    joiner = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{joiner}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url(backend):
+    """The URL of this test's own PostgreSQL schema (None on SQLite)."""
+    if backend != "postgresql":
+        yield None
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def config_data(tmp_path: Path, postgres_url: str | None) -> dict:
+    """The example config, with its database in a temporary folder (or, for the PostgreSQL
+    variant, in a schema of its own)."""
     data = example_data(tmp_path)
+    if postgres_url:
+        data["database"]["url"] = postgres_url
     data["logging"]["format"] = "json"
     # no automatic receipts unless a test asks for them: they would add rows towards 1177
     data["outbound"]["confirmations"]["enabled"] = False
@@ -266,11 +323,15 @@ def make_case(zeep_clients):
 
 @pytest.fixture
 def make_message(zeep_clients):
+    # one createdTime per test: the same message sent twice is the same message, even when
+    # the two sendings fall on either side of a second
+    created = sweden_now().strftime("%Y%m%d%H%M%S")
+
     def build(address: str | None = KLIN1, **overrides) -> bytes:
         fields = {
             "caseId": "1177-C-0001",
             "messageId": "1177-M-0001",
-            "createdTime": sweden_now().strftime("%Y%m%d%H%M%S"),
+            "createdTime": created,
             "text": "Här kommer svaret på er fråga.",
             "attachment": [{"fileName": "svar.jpg", "mimeType": "image/jpeg", "data": JPEG}],
         }

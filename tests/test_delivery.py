@@ -335,7 +335,7 @@ def test_two_workers_never_claim_the_same_row(send, dstore):
     lock = threading.Lock()
 
     def claim_all(name):
-        store = Store(dstore.path)
+        store = Store(dstore.location)
         while True:
             jobs = store.claim(name, limit=3, lease_s=30)
             if not jobs:

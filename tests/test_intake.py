@@ -350,13 +350,22 @@ def test_failure_inside_the_transaction_leaves_nothing(post, make_case, store, m
     assert PNR not in logged and "RuntimeError" in logged
 
 
-def test_database_locked_is_a_server_fault_and_nothing_is_stored(app, post, make_case, store):
-    import sqlite3
-
+def test_database_locked_is_a_server_fault_and_nothing_is_stored(app, post, make_case, store, backend):
     store.busy_timeout_ms = 50
-    store.close()
-    blocker = sqlite3.connect(store.path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    if backend == "postgresql":  # another instance holds the write lock
+        import psycopg
+
+        from store.dialect import WRITE_LOCK_KEY
+
+        blocker = psycopg.connect(store.url, autocommit=True)
+        blocker.execute("BEGIN")
+        blocker.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+    else:
+        import sqlite3
+
+        store.close()
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
     try:
         status, root, _ = post(make_case())
         fault = result_of(root)

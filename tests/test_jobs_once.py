@@ -56,8 +56,10 @@ def peer():
     server.shutdown()
 
 
-def test_two_processes_poll_once_per_interval_and_alert_once(tmp_path, peer, make_case):
+def test_two_processes_poll_once_per_interval_and_alert_once(tmp_path, peer, make_case, postgres_url):
     data = example_data(tmp_path)
+    if postgres_url:  # the PostgreSQL variant: both processes on one PostgreSQL database
+        data["database"]["url"] = postgres_url
     data["server"]["workers"] = 2
     data["targets"]["demo_rest"]["base_url"] = f"{peer}/api"
     data["targets"]["demo_rest"]["poll"] = {"interval_s": 1, "path": "/updates"}
@@ -73,7 +75,7 @@ def test_two_processes_poll_once_per_interval_and_alert_once(tmp_path, peer, mak
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     try:
         wait_until_serving(f"http://127.0.0.1:{port}", process, tmp_path / "server.log")
-        store = Store(tmp_path / "gateway.db")
+        store = Store(postgres_url or tmp_path / "gateway.db")
         deadline = time.monotonic() + 30  # both processes' workers beat
         while len([b for b in store.db.query("SELECT * FROM heartbeats")]) < 2:
             assert time.monotonic() < deadline, "the two worker processes did not start"
