@@ -34,7 +34,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from intake import ROOT, Builder, free_port, gateway_command, log_tail, stop_server, write_config  # noqa: E402
+from delivery import start_gateway  # noqa: E402 - gateway serve with its worker, until it answers
+from intake import ROOT, Builder, log_tail, stop_server, write_config  # noqa: E402
 
 
 def start_providers() -> tuple[subprocess.Popen, str]:
@@ -49,24 +50,6 @@ def start_providers() -> tuple[subprocess.Popen, str]:
             raise RuntimeError("the demo providers did not start")
         line = process.stdout.readline()
     return process, line.split()[1]
-
-
-def start(config: Path, folder: Path, log) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([str(gateway_command()), "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/rivta", timeout=2).status_code == 200:
-                return process, base
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start:\n" + log_tail(folder / "server.log"))
-        time.sleep(0.1)
 
 
 def with_database(url: str, name: str) -> str:
@@ -91,7 +74,7 @@ def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_ur
             data["database"] = {"url": with_database(admin_url, database), "pool_size": 10}
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         log = open(folder / "server.log", "ab")
-        servers = [start(config, folder, log) for _ in range(instances)]
+        servers = [start_gateway(folder, config, log) for _ in range(instances)]
         try:
             acknowledged = 0
             lock = threading.Lock()
