@@ -543,43 +543,65 @@ def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """How ``build`` reads one field of a class: worked out once per class, not per read."""
+
+    item: Field[Any]
+    wire: str
+    kind: Literal["list", "object", "value"]
+    annotation: Any  # the type without its None; for a list, the items' type
+    optional: bool  # None is a value of the field's type
+
+
+@functools.cache
+def _slots(cls: Any) -> tuple[_Slot, ...]:
+    hints = _hints(cls)
+    found = []
+    for item in fields(cls):
+        annotation = _optional(hints[item.name])
+        optional = type(None) in typing.get_args(hints[item.name])
+        if typing.get_origin(annotation) is tuple:
+            found.append(_Slot(item, wire_name(item), "list", typing.get_args(annotation)[0], optional))
+        elif annotation is PersonId or annotation is Attachment or is_dataclass(annotation):
+            found.append(_Slot(item, wire_name(item), "object", annotation, optional))
+        else:
+            found.append(_Slot(item, wire_name(item), "value", annotation, optional))
+    return tuple(found)
+
+
 def build(cls: type[T], source: Fields, reading: Reading, **given: Any) -> T:
     """A ``cls`` (a dataclass of this module) read from ``source`` field by field, as the
     fields describe themselves: by their name (or wire name), converted by their type;
     ``given``: values already at hand (stored files). A required value that is missing is
     ``InvalidValue`` naming its place."""
     values: dict[str, Any] = {}
-    hints = _hints(typing.cast(Any, cls))
-    for item in fields(typing.cast(Any, cls)):
+    for slot in _slots(typing.cast(Any, cls)):
+        item = slot.item
         if item.name in given:
             values[item.name] = given[item.name]
             continue
-        name = wire_name(item) if reading.wire else item.name
-        annotation = _optional(hints[item.name])
-        optional = type(None) in typing.get_args(hints[item.name])
+        name = slot.wire if reading.wire else item.name
         where = f"{source.where}/{name}"
-        if typing.get_origin(annotation) is tuple:
-            inner = typing.get_args(annotation)[0]
-            values[item.name] = tuple(_item(inner, child, reading) for child in source.children(name))
+        if slot.kind == "list":
+            values[item.name] = tuple(_item(slot.annotation, child, reading) for child in source.children(name))
             continue
-        if annotation is PersonId or annotation is Attachment or is_dataclass(annotation):
+        if slot.kind == "object":
             child = source.child(name)
             if child is not None:
-                values[item.name] = _item(annotation, child, reading)
+                values[item.name] = _item(slot.annotation, child, reading)
             elif item.default is MISSING:
                 raise InvalidValue(f"{where} is missing.", field=where)
             continue
         raw = source.value(name)
-        if raw is None or (raw == "" and optional and annotation in (dt.date, dt.datetime)):
-            if item.default is not MISSING:
-                continue
-            if not optional:
+        if raw == "" and slot.optional and slot.annotation in (dt.date, dt.datetime):
+            raw = None  # an empty date is no date
+        if raw is not None:
+            values[item.name] = _scalar(slot.annotation, raw, where, item, reading)
+        elif item.default is MISSING:
+            if not slot.optional:
                 raise InvalidValue(f"{where} is missing.", field=where)
-            raw = None
-        if raw is None:  # an optional value without a default (a complaint's event date)
-            values[item.name] = None
-            continue
-        values[item.name] = _scalar(annotation, raw, where, item, reading)
+            values[item.name] = None  # an optional value without a default (a complaint's event date)
     return cls(**values)
 
 

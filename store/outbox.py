@@ -104,7 +104,6 @@ COMPLETIONS: dict[str, Completion] = {
     "register_case": Completion("UPDATE cases SET status = 'registered', updated_at = :now WHERE case_id = :case_id",
                                 frees_receipt_place=True),
 }
-_NOT_A_MESSAGE = Completion("SELECT 1")
 
 class Outbox(Replies):
     """The delivery queue the worker claims from."""
@@ -292,7 +291,7 @@ class Outbox(Replies):
                 if dead:
                     self._count(db, "dead", job.target, direction_of(job.action))
                 self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
-                          message_id=job.ref_id if (COMPLETIONS.get(job.action) or _NOT_A_MESSAGE).of_message else None,
+                          message_id=job.ref_id if _of_message(job.action) else None,
                           direction=direction_of(job.action),
                           event="dead" if dead else "retry_scheduled", status="dead" if dead else "retry",
                           target=job.target, hsa_id=job.receiver_hsa_id, error_code=error_code,
@@ -383,3 +382,9 @@ class Outbox(Replies):
             self._log(db, now, case_id=row["case_id"], direction="in", event="cancelled", status="ok", target=row["target"],
                       detail=f"outbox row {outbox_id} cancelled by {by}")
         return True
+
+
+def _of_message(action: str) -> bool:
+    """Whether a row of ``action`` carries a message (the sync log names its id)."""
+    completion = COMPLETIONS.get(action)
+    return completion is not None and completion.of_message
