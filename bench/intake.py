@@ -56,6 +56,7 @@ from lxml import etree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT))  # sample_files writes its PDFs with the sandbox's writer
 import sample_files  # noqa: E402 - real PDFs, as the tests build them
 WSDL = ROOT / "contracts/interactions/ProcessCaseInteraction/ProcessCaseInteraction_1.0_RIVTABP21.wsdl"
 KLIN1 = "SE5566778899-KLIN1"
