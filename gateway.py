@@ -783,14 +783,3 @@ def sandbox_argv(*, once: bool, port_base: int, free_ports: bool, timeout: float
     argv += ["--tls"] if tls else []
     argv += ["--national-profile", national_profile] if national_profile else []
     return root, argv
-
-
-def main() -> None:
-    """The ``gateway`` command (kept here for ``python -c 'import gateway; gateway.main()'``)."""
-    import cli
-
-    cli.main()
-
-
-if __name__ == "__main__":
-    main()

@@ -76,7 +76,7 @@ def main() -> int:
     write_config(folder, data)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-c", "import gateway; gateway.main()", "serve", "--config",
+    process = subprocess.Popen([sys.executable, "-c", "import cli; cli.main()", "serve", "--config",
                                 str(folder / "config.yaml"), "--bind", f"127.0.0.1:{port}"], cwd=ROOT,
                                stdout=open(folder / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     answers: list[tuple[float, float, bool]] = []  # sent, answered, ok
