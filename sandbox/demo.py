@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
             "--answer-delay", str(args.answer_delay), "--question-every", "2", "--gateway-url", urls["gateway"],
             "--quiet", *(["--notices-only"] if profile_loops(profile)["notices_only"] else [])],
             env={**provider_env, "DEMO_REST_API_TOKEN": token})
-        processes.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        processes.start("gateway", [sys.executable, "-m", "cli", "serve", "--config", str(config),
                                     "--bind", f"{HOST}:{ports['gateway']}"], env={"SANDBOX_API_TOKEN": token})
         for url in (f"{urls['national']}/sandbox/inbox", f"{urls['rest']}/_received", f"{urls['soap']}/_received",
                     f"{urls['gateway']}/rivta"):
