@@ -1,14 +1,17 @@
 """The store's foundation: connections, write transactions, and what every area shares.
 
-Role: one SQLite connection per thread (WAL, ``synchronous=FULL``, rows as ``sqlite3.Row``),
-``write()`` for a ``BEGIN IMMEDIATE`` transaction, the timestamp format (``ts``/``parse_ts``),
+Role: SQLite connections (WAL, ``synchronous=FULL``, rows as ``sqlite3.Row``): one per thread
+for reads, one per process for writes; ``write()`` for a write transaction (group commit:
+the blocks of threads that write at the same time share one ``BEGIN IMMEDIATE`` transaction,
+each in its own savepoint, and one COMMIT), the timestamp format (``ts``/``parse_ts``),
 ``scalar()`` for a one-value query, and the statements more than one area runs, each once:
 the sync log, the audit log, the counters, messages and attachments by hash, outbox rows,
 a case's state and content, the attachment rows.
 
 May import: model, errors, clock.
 
-Invariants: a write transaction commits everything or nothing; a wait for the lock is
+Invariants: a write block commits everything or nothing, and ``write()`` returns only once
+its work is committed (a failed COMMIT fails every block it held); a wait for the lock is
 bounded by the busy timeout and surfaces as ``StoreError`` (GW050); attachment bytes are
 stored once, by SHA-256, and JSON content never carries them.
 """
@@ -138,6 +141,21 @@ CLAIMABLE_SQL = """o.status = 'pending'
                     AND e.status IN ('pending', 'in_flight', 'dead', 'reserved', 'held'))"""
 
 
+#: The most write blocks one COMMIT takes (group commit); the next waits for the one after.
+MAX_GROUP = 32
+
+
+class _Group:
+    """Write blocks of several threads that one SQLite COMMIT makes durable together."""
+
+    __slots__ = ("done", "error", "jobs")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: StoreError | None = None
+        self.jobs = 0
+
+
 @dataclass(frozen=True)
 class Accepted:
     """The outcome of an intake: ``created`` is False for a repeated, identical request."""
@@ -170,6 +188,9 @@ class StoreBase:
         # claim/complete writes can lose again and again to a burst of intake writes.
         # Other processes still meet at SQLite's lock (bounded by the busy timeout).
         self._write_lock = threading.Lock()
+        self._write_waiters = 0
+        self._writer_db: Database | None = None
+        self._group: _Group | None = None
         #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
         self.last_write_failure: str | None = None
 
@@ -185,65 +206,153 @@ class StoreBase:
 
     @property
     def db(self) -> Database:
-        """This thread's connection, opened on first use (on PostgreSQL: the pool's facade,
-        which offers the same ``execute``/``query``)."""
+        """This thread's connection, opened on first use; inside a ``write()`` block, the
+        process's write connection, so that the block reads what it wrote (on PostgreSQL:
+        the pool's facade, which offers the same ``execute``/``query``)."""
         if self.pg is not None:
             return self.pg  # type: ignore[return-value]  # the surface of Database the store uses
-        db = getattr(self._local, "db", None)
+        db = getattr(self._local, "writing", None) or getattr(self._local, "db", None)
         if db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                conn = sqlite3.connect(
-                    self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-                )
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.row_factory = sqlite3.Row  # rows are read by column name
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open the database {self.path}: {exc}.") from None
-            db = Database(conn, execute_plugins=False)
-            self._local.db = db
-            with self._lock:
-                self._connections.append(conn)
+            db = self._local.db = self._connect()
         return db
+
+    def _connect(self) -> Database:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = sqlite3.Row  # rows are read by column name
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}.") from None
+        with self._lock:
+            self._connections.append(conn)
+        return Database(conn, execute_plugins=False)
+
+    @property
+    def _writer(self) -> Database:
+        """The one connection this process writes SQLite through (every thread, in turn)."""
+        with self._lock:
+            writer = self._writer_db
+        if writer is None:
+            writer = self._connect()
+            with self._lock:
+                self._writer_db = writer
+        return writer
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Database]:
-        """A write transaction (``BEGIN IMMEDIATE``): commits on success, rolls back on error.
+        """A write transaction: what the block does is committed as a whole, or not at all
+        (on an error in the block it is rolled back, and the error goes on).
 
-        ``db.atomic()`` would start a deferred transaction, whose upgrade from read to
-        write fails at once (SQLITE_BUSY_SNAPSHOT) under a concurrent writer. On
-        PostgreSQL the transaction takes the write lock first (``Dialect.begin``), to the
-        same effect across every instance.
+        On SQLite the writes of the process's threads go through one connection, one block
+        at a time, with group commit: while other threads wait to write, the block's work is
+        kept in the open ``BEGIN IMMEDIATE`` transaction (in a savepoint of its own, rolled
+        back alone if the block fails) and the last block of the group commits them all at
+        once. ``write()`` returns only once its work is committed, and if that COMMIT fails
+        every block of the group gets the ``StoreError``: nothing is acknowledged that was
+        not committed. One fsync and one WAL append serve several cases at a time.
+
+        (``db.atomic()`` would start a deferred transaction, whose upgrade from read to write
+        fails at once, SQLITE_BUSY_SNAPSHOT, under a concurrent writer.) On PostgreSQL each
+        block is its own transaction, which takes the write lock first (``Dialect.begin``),
+        to the same effect across every instance.
         """
         if self.pg is not None:
             with self.pg.transaction(self.dialect.begin(self.busy_timeout_ms)) as tx:
                 yield tx  # type: ignore[misc]  # the surface of Database the store uses
             self.last_write_failure = None
             return
-        db = self.db
-        if not self._write_lock.acquire(timeout=self.busy_timeout_ms / 1000):
-            raise StoreError("the database is busy: another write of this process did not finish in time.")
+        with self._lock:
+            self._write_waiters += 1
         try:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the database is busy or unavailable ({exc}).") from None
+            acquired = self._write_lock.acquire(timeout=self.busy_timeout_ms / 1000)
+        finally:
+            with self._lock:
+                self._write_waiters -= 1
+        if not acquired:
+            raise StoreError("the database is busy: another write of this process did not finish in time.")
+        failure: BaseException | None = None
+        group: _Group | None = None
+        try:
+            db = self._writer
+            group = self._group or self._begin(db)
+            db.execute("SAVEPOINT job")
+            self._local.writing = db
             try:
                 yield db
-                db.execute("COMMIT")
-                self.last_write_failure = None
+                db.execute("RELEASE job")
+                group.jobs += 1
             except BaseException as exc:
-                if db.conn.in_transaction:
-                    db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, locked too long
-                    self.last_write_failure = f"the last write failed ({exc})"
-                    raise StoreError(f"the database could not complete the write ({exc}).") from None
-                raise
+                failure = exc
+                if db.conn.in_transaction:  # undo this block's work only
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    group = self._group  # its work is gone: it waits for no COMMIT
+                else:  # SQLite rolled the whole transaction back (a full disk, an I/O error)
+                    self._fail(group, exc)
+            finally:
+                self._local.writing = None
+            with self._lock:
+                waiting = self._write_waiters
+            if self._group is not None and (not waiting or self._group.jobs >= MAX_GROUP):
+                self._commit(db, self._group)
         finally:
             self._write_lock.release()
+        if failure is not None:
+            if isinstance(failure, sqlite3.OperationalError):  # disk full, I/O error, locked too long
+                self.last_write_failure = f"the last write failed ({failure})"
+                raise StoreError(f"the database could not complete the write ({failure}).") from None
+            raise failure
+        assert group is not None
+        self._await(group)
+
+    def _begin(self, db: Database) -> _Group:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the database is busy or unavailable ({exc}).") from None
+        self._group = _Group()
+        return self._group
+
+    def _commit(self, db: Database, group: _Group) -> None:
+        """COMMIT the open group (the write lock is held) and tell its blocks how it went."""
+        self._group = None
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self.last_write_failure = f"the last write failed ({exc})"
+            group.error = StoreError(f"the database could not complete the write ({exc}).")
+        else:
+            self.last_write_failure = None
+        group.done.set()
+
+    def _fail(self, group: _Group, exc: BaseException) -> None:
+        self._group = None
+        self.last_write_failure = f"the last write failed ({exc})"
+        group.error = StoreError(f"the database could not complete the write ({exc}).")
+        group.done.set()
+
+    def _await(self, group: _Group) -> None:
+        """Wait until ``group`` is committed; raise its ``StoreError`` if it was not. The last
+        block of a group commits it; should the thread that was to come next give up
+        waiting for the lock, a waiting block commits the group itself."""
+        while not group.done.wait(0.05):
+            if self._write_lock.acquire(blocking=False):
+                try:
+                    if self._group is group:
+                        self._commit(self._writer, group)
+                finally:
+                    self._write_lock.release()
+        if group.error is not None:
+            raise group.error
 
     def notify_work(self) -> None:
         """Tell every instance's worker that new work was committed (PostgreSQL's NOTIFY;
@@ -266,6 +375,8 @@ class StoreBase:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
+            self._writer_db = None
+            self._group = None
         self._local = threading.local()
 
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:

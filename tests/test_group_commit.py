@@ -1,0 +1,137 @@
+"""Group commit on SQLite: the write blocks of threads writing at the same time share one
+COMMIT, and none of them returns before its work is committed. A block that fails undoes
+only its own work; a COMMIT that fails fails every block it held, so nothing is taken for
+stored that is not."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from errors import StoreError
+from store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "gateway.db")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _events(store: Store) -> list[str]:
+    return [row["event"] for row in store.db.execute("SELECT event FROM sync_log ORDER BY id")]
+
+
+def _log(store: Store, event: str) -> None:
+    store.log_event(direction="in", event=event, status="ok")
+
+
+def _in_one_group(store: Store, first: Callable[..., None], second: Callable[[], None]) -> dict[str, BaseException | None]:
+    """Run ``first`` (given the open write connection) in a write block that ends only once
+    another thread is waiting for the write lock, so that ``second``'s write joins the same
+    group; the outcome of each thread (None when it returned)."""
+    outcome: dict[str, BaseException | None] = {}
+    joined = threading.Event()
+
+    def one() -> None:
+        try:
+            with store.write() as db:
+                first(db)
+                threading.Thread(target=two, daemon=True).start()
+                while store._write_waiters == 0:  # the other thread now waits for this block's lock
+                    threading.Event().wait(0.001)
+                joined.set()
+            outcome["first"] = None
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcome["first"] = exc
+
+    def two() -> None:
+        try:
+            second()
+            outcome["second"] = None
+        except BaseException as exc:  # noqa: BLE001
+            outcome["second"] = exc
+
+    worker = threading.Thread(target=one)
+    worker.start()
+    worker.join(30)
+    assert joined.is_set()
+    for _ in range(3000):
+        if "second" in outcome:
+            break
+        threading.Event().wait(0.01)
+    return outcome
+
+
+def test_writes_of_many_threads_are_all_committed_with_fewer_commits(store: Store) -> None:
+    commits: list[str] = []
+    store._writer.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    start = threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(50):
+            _log(store, f"e{n}-{i}")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = _events(store)
+    assert sorted(events) == sorted(f"e{n}-{i}" for n in range(8) for i in range(50))
+    # every write was committed, and groups of them shared a COMMIT
+    assert 0 < len(commits) < 400
+
+
+def test_a_failing_block_undoes_only_its_own_work(store: Store) -> None:
+    def first(db) -> None:
+        db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'first', 'ok')")
+
+    def second() -> None:
+        with store.write() as db:
+            db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'second', 'ok')")
+            raise ValueError("the block fails")
+
+    outcome = _in_one_group(store, first, second)
+    assert outcome["first"] is None
+    assert isinstance(outcome["second"], ValueError)
+    assert _events(store) == ["first"]
+    _log(store, "after")  # the store writes on
+    assert _events(store) == ["first", "after"]
+
+
+def test_a_failed_commit_fails_every_block_of_its_group_and_stores_nothing(store: Store) -> None:
+    # a deferred foreign key is checked only at COMMIT: the second block's row makes it fail
+    with store.write() as db:
+        db.execute("CREATE TABLE t_parent (id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE t_child (parent INTEGER REFERENCES t_parent (id) DEFERRABLE INITIALLY DEFERRED)")
+
+    def first(db) -> None:
+        db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'first', 'ok')")
+
+    def second() -> None:
+        with store.write() as db:
+            db.execute("INSERT INTO t_child (parent) VALUES (42)")
+
+    outcome = _in_one_group(store, first, second)
+    assert isinstance(outcome["first"], StoreError) and outcome["first"].code == "GW050"
+    assert isinstance(outcome["second"], StoreError)
+    assert "FOREIGN KEY" in str(outcome["second"])
+    assert _events(store) == []  # neither block's work was committed
+    assert store.last_write_failure is not None
+    _log(store, "after")  # and the store writes on, the failure cleared
+    assert _events(store) == ["after"] and store.last_write_failure is None
+
+
+def test_a_block_reads_what_it_wrote_through_the_store(store: Store) -> None:
+    with store.write():
+        _events_inside = None
+        store.db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'inside', 'ok')")
+        _events_inside = _events(store)  # store.db inside the block is the block's own connection
+    assert _events_inside == ["inside"]
