@@ -1,6 +1,7 @@
 """The RIV-TA producer endpoint that 1177 and the national platform call.
 
-Role: a Flask blueprint. ``POST /rivta`` answers every 1177-side contract, dispatching on
+Role: a Flask blueprint and, in front of the Flask app, a thin WSGI path for ``POST /rivta``
+(``RivtaPath``), which answers every 1177-side contract, dispatching on
 the namespace of the Body's first child as the platform does (ProcessCase,
 ProcessCaseMessage, PingForConfiguration, GetMedicationList). ``GET /rivta`` lists the
 WSDLs, served with the gateway's own address filled in (``gateway.public_url``, or a
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from flask import Blueprint, Flask, Response, current_app, request
 from lxml import etree
 from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Request
 
 import logs
 import rivta
@@ -125,6 +127,7 @@ class Intake:
 def init_app(app: Flask, intake: Intake) -> None:
     app.extensions["gateway.intake"] = intake
     app.register_blueprint(bp)
+    app.wsgi_app = RivtaPath(app.wsgi_app, intake)  # type: ignore[method-assign]
 
 
 def _intake() -> Intake:
@@ -134,21 +137,41 @@ def _intake() -> Intake:
 # -- the endpoint ---------------------------------------------------------------------------------
 
 
-@bp.post("/rivta")
-def rivta_endpoint() -> Response:
-    intake = _intake()
+class RivtaPath:
+    """WSGI middleware: ``POST /rivta`` is answered here, by ``answer`` on a plain werkzeug
+    ``Request``, and everything else goes on to the Flask app. The SOAP endpoint needs none
+    of what Flask adds to a request (its contexts, the session, URL routing, template and
+    error-page machinery), and on a small case that costs as much CPU as the rules do."""
+
+    def __init__(self, app: Callable[..., Any], intake: Intake):
+        self.app, self.intake = app, intake
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != "/rivta" or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        req = Request(environ)
+        response = answer(self.intake, req)
+        if (req.content_length or 0) > _BIG_REQUEST:
+            response.call_on_close(_return_memory)  # once the request's objects are gone
+        return response(environ, start_response)
+
+
+def answer(intake: Intake, req: Request) -> Response:
+    """The answer to a ``POST /rivta``: the contract's response, a ``resultCode ERROR``
+    for a rule broken, or a SOAP fault."""
     started = time.perf_counter()
-    correlation = (request.headers.get(CORRELATION_HEADER) or "").strip()[:128] or str(uuid.uuid4())
+    correlation = (req.headers.get(CORRELATION_HEADER) or "").strip()[:128] or str(uuid.uuid4())
     token = logs.correlation_id.set(correlation)
-    consumer = (request.headers.get(CONSUMER_HEADER) or "").strip()[:64] or None
+    consumer = (req.headers.get(CONSUMER_HEADER) or "").strip()[:64] or None
     log_id = str(uuid.uuid4())
     contract: rivta.Contract | None = None
     try:
-        caller = _check_caller(intake)
+        caller = _check_caller(intake, req)
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
-        envelope = rivta.read_envelope(rivta.parse(_read_body(intake.max_body_bytes)))
-        contract = rivta.contract_for(envelope, request.headers.get("SOAPAction"), _base_url(intake) or "")
-        rivta.check_soap_action(request.headers.get("SOAPAction"), contract)
+        envelope = rivta.read_envelope(rivta.parse(_read_body(req, intake.max_body_bytes)))
+        soap_action = req.headers.get("SOAPAction")
+        contract = rivta.contract_for(envelope, soap_action, _base_url(intake, req) or "")
+        rivta.check_soap_action(soap_action, contract)
         # the order of the checks: transport, envelope, address, schema
         _require_address(intake, envelope, contract, intake.clock.day())
         intake.schemas.validate(envelope.body, contract)
@@ -172,24 +195,18 @@ def rivta_endpoint() -> Response:
         return _xml(rivta.fault_for(internal, log_id=log_id), 500, correlation)
     finally:
         logs.correlation_id.reset(token)
-    log.info(
-        "request answered",
-        extra={"contract": contract.name, "outcome": outcome, "log_id": log_id, "consumer_hsa_id": consumer,
-               "caller_hsa_id": caller.hsa_id if caller else None,
-               "logical_address": envelope.logical_address if outcome == "ok" else None, "correlation_id": correlation,
-               "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request answered",
+            extra={"contract": contract.name, "outcome": outcome, "log_id": log_id, "consumer_hsa_id": consumer,
+                   "caller_hsa_id": caller.hsa_id if caller else None,
+                   "logical_address": envelope.logical_address if outcome == "ok" else None,
+                   "correlation_id": correlation, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
     return _xml(rivta.envelope(payload), status, correlation)
 
 
 _BIG_REQUEST = 8 * 1024 * 1024
-
-
-@bp.after_request
-def _after_big_request(response: Response) -> Response:
-    if (request.content_length or 0) > _BIG_REQUEST:
-        response.call_on_close(_return_memory)  # once the request's objects are gone
-    return response
 
 
 def _return_memory() -> None:
@@ -201,22 +218,22 @@ def _return_memory() -> None:
         pass
 
 
-def _check_caller(intake: Intake) -> identity.Caller | None:
+def _check_caller(intake: Intake, req: Request) -> identity.Caller | None:
     """The verified caller; with ``rivta.require_client_cert`` it must be on the allow-list."""
     access = intake.access
     if access is None:
         return None
-    caller = identity.caller_of(request.environ, remote_addr=request.remote_addr, proxy_header=access.proxy_cert_header,
+    caller = identity.caller_of(req.environ, remote_addr=req.remote_addr, proxy_header=access.proxy_cert_header,
                                 proxy_addresses=list(access.proxy_addresses), ca=intake.authority)
     if not access.require_client_cert:
         return caller
     if caller is None:
-        log.warning("caller refused: no verified client certificate", extra={"remote_addr": request.remote_addr})
+        log.warning("caller refused: no verified client certificate", extra={"remote_addr": req.remote_addr})
         raise CallerNotAllowed("the call carries no verified client certificate.")
     if caller.hsa_id not in access.allowed_consumers:
         log.warning("caller refused: not on the allow-list",
                     extra={"presented_hsa_id": caller.hsa_id, "subject": caller.subject, "via": caller.via,
-                           "remote_addr": request.remote_addr})
+                           "remote_addr": req.remote_addr})
         raise CallerNotAllowed(f"the caller {caller.hsa_id or '(a certificate without SERIALNUMBER)'} may not call this gateway.")
     return caller
 
@@ -235,15 +252,15 @@ def _xml(body: bytes, status: int, correlation: str) -> Response:
     return response
 
 
-def _read_body(limit: int) -> bytes:
-    mime = (request.mimetype or "").lower()
+def _read_body(req: Request, limit: int) -> bytes:
+    mime = (req.mimetype or "").lower()
     if mime == "application/soap+xml":
         raise NotSoap11("the request is SOAP 1.2 (application/soap+xml); RIV-TA BP 2.1 uses SOAP 1.1.")
     if mime != "text/xml":
         raise UnsupportedMediaType(f"Content-Type '{mime[:60] or 'none'}' is not SOAP 1.1's text/xml.")
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request is {request.content_length} bytes; the limit is {limit}.")
-    body = request.stream.read(limit + 1)
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"the request is {req.content_length} bytes; the limit is {limit}.")
+    body = req.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"the request is over the limit of {limit} bytes.")
     return body
@@ -503,21 +520,21 @@ _PRODUCER_WSDLS = frozenset(c.wsdl_relpath for c in rivta.CONTRACTS.values())
 _PRODUCER_FOLDERS = frozenset(c.folder for c in rivta.CONTRACTS.values())
 
 
-def _base_url(intake: Intake) -> str | None:
+def _base_url(intake: Intake, req: Request) -> str | None:
     """The gateway's address for served files: ``gateway.public_url``, or the request's own
     only when it came to a loopback Host; ``None`` otherwise (a Host header is the caller's
     to choose, so it is never written into a WSDL)."""
     if intake.public_url:
         return intake.public_url.rstrip("/")
-    if identity.is_loopback_host(identity.host_of(request.host)):
-        return request.host_url.rstrip("/")
+    if identity.is_loopback_host(identity.host_of(req.host)):
+        return req.host_url.rstrip("/")
     return None
 
 
 @bp.get("/rivta")
 def contracts_index() -> Response:
     files = _intake().schemas.files
-    base = _base_url(_intake()) or ""  # without an address: paths, which a client resolves itself
+    base = _base_url(_intake(), request) or ""  # without an address: paths, which a client resolves itself
     lines = [f"RIV-TA endpoint: POST {base}/rivta (SOAP 1.1). WSDLs:"]
     for c in rivta.CONTRACTS.values():
         origin = " (the platform's file, from rivta.contracts_dir)" if files.is_official(c.wsdl_relpath) else ""
@@ -548,7 +565,7 @@ def contract_file(path: str) -> Response:
         tree = etree.parse(str(file), etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
     except (OSError, etree.XMLSyntaxError):
         raise NotFound() from None
-    base = _base_url(_intake())
+    base = _base_url(_intake(), request)
     folder = posixpath.dirname(posixpath.normpath(path))
     for element in tree.iter("{http://www.w3.org/2001/XMLSchema}import", "{http://www.w3.org/2001/XMLSchema}include"):
         location = element.get("schemaLocation")
