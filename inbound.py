@@ -31,6 +31,7 @@ import binascii
 import ctypes
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import posixpath
 import time
@@ -269,12 +270,26 @@ def _read_body(req: Request, limit: int) -> bytes:
 # -- contract content → canonical model -----------------------------------------------------------
 
 
+@functools.cache
+def _tag(namespace: str, name: str) -> str:
+    return f"{{{namespace}}}{name}"
+
+
 class _Reader:
     """Reads child elements of one contract element by local name (namespace-aware): the
     ``model.Fields`` of a 1177 request, from which ``model.build`` reads the case."""
 
-    def __init__(self, element: etree._Element, namespace: str, path: str):
-        self.element, self.ns, self.path = element, namespace, path
+    __slots__ = ("element", "ns", "_parent", "_name")
+
+    def __init__(self, element: etree._Element, namespace: str, path: str | tuple[_Reader, str]):
+        self.element, self.ns = element, namespace
+        # the place, for error messages only: worked out when asked for
+        self._parent: _Reader | None
+        self._parent, self._name = (None, path) if isinstance(path, str) else path
+
+    @property
+    def path(self) -> str:
+        return self._name if self._parent is None else f"{self._parent.path}/{self._name}"
 
     @property
     def where(self) -> str:
@@ -283,21 +298,26 @@ class _Reader:
     def value(self, name: str) -> str | None:
         return self.text(name)
 
+    def _first(self, name: str, namespace: str | None) -> etree._Element | None:
+        # iterchildren(tag) filters in C; find() would go through ElementPath for each name
+        return next(self.element.iterchildren(_tag(namespace or self.ns, name)), None)
+
     def child(self, name: str, namespace: str | None = None) -> _Reader | None:
-        ns = namespace or self.ns
-        found = self.element.find(f"{{{ns}}}{name}")
-        return _Reader(found, rivta.CORE_NS, f"{self.path}/{name}") if found is not None else None
+        found = self._first(name, namespace)
+        return _Reader(found, rivta.CORE_NS, (self, name)) if found is not None else None
 
     def children(self, name: str, namespace: str | None = None) -> list[_Reader]:
-        ns = namespace or self.ns
         return [
-            _Reader(e, rivta.CORE_NS, f"{self.path}/{name}[{i}]")
-            for i, e in enumerate(self.element.findall(f"{{{ns}}}{name}"), start=1)
+            _Reader(e, rivta.CORE_NS, (self, f"{name}[{i}]"))
+            for i, e in enumerate(self.element.iterchildren(_tag(namespace or self.ns, name)), start=1)
         ]
 
     def text(self, name: str, namespace: str | None = None) -> str | None:
-        found = self.element.find(f"{{{namespace or self.ns}}}{name}")
-        return found.text if found is not None and found.text is not None else (None if found is None else "")
+        found = self._first(name, namespace)
+        if found is None:
+            return None
+        text = found.text
+        return "" if text is None else text
 
     def required(self, name: str, namespace: str | None = None) -> str:
         value = self.text(name, namespace)
@@ -343,7 +363,7 @@ def _attachment(reader: _Reader) -> Attachment:
     # name is dropped here (never refused), so that no provider and no inbox ever sees it
     found = Attachment(safe_file_name(reader.required("fileName")), reader.required("mimeType").strip(), data)
     # the tree's base64 text is no longer needed: free it now rather than with the tree
-    data_element = reader.element.find(f"{{{reader.ns}}}data")
+    data_element = reader._first("data", None)
     if data_element is not None:
         data_element.text = None
     return found

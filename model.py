@@ -280,8 +280,8 @@ class Attachment:
         ("size", int, 48213),
     )
 
-    @property
-    def sha256(self) -> str:
+    @functools.cached_property
+    def sha256(self) -> str:  # worked out once: the JSON content and the store both need it
         return hashlib.sha256(self.data).hexdigest()
 
     @property
@@ -451,6 +451,8 @@ class StatusUpdate:
 
 
 def _plain(value: object) -> object:
+    if value is None or type(value) in (str, int, float, bool):  # (not isinstance: a str Enum is a str)
+        return value
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, (dt.date, dt.datetime)):
@@ -462,20 +464,35 @@ def _plain(value: object) -> object:
     return value
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass of this module, in order (None for any other type)."""
+    names = _FIELD_NAMES.get(cls, ())
+    if names == ():
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls)) if is_dataclass(cls) else None
+    return names
+
+
 def to_data(obj: Case | Message | StatusUpdate) -> dict:
     """The object as JSON-ready data. Attachments are described (name, type, hash, size),
     never carried: their bytes are stored once, by hash."""
 
     def convert(value: object) -> object:
-        if isinstance(value, Attachment):
-            return {"file_name": value.file_name, "mime_type": value.mime_type,
-                    **{name: getattr(value, name) for name, _, _ in Attachment.computed}}
-        if isinstance(value, PersonId):
-            return {"id": value.id, "type": value.type}
-        if is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [convert(v) for v in value]
+        kind = type(value)
+        if kind is Attachment:
+            attachment = typing.cast(Attachment, value)
+            return {"file_name": attachment.file_name, "mime_type": attachment.mime_type,
+                    **{name: getattr(attachment, name) for name, _, _ in Attachment.computed}}
+        if kind is PersonId:
+            person = typing.cast(PersonId, value)
+            return {"id": person.id, "type": person.type}
+        names = _field_names(kind)
+        if names is not None:
+            return {name: convert(getattr(value, name)) for name in names}
+        if kind is tuple or kind is list:
+            return [convert(v) for v in typing.cast(Sequence[object], value)]
         return _plain(value)
 
     return convert(obj)  # type: ignore[return-value]  # (not asdict(): it deep-copies attachment bytes)
@@ -582,7 +599,6 @@ def build(cls: type[T], source: Fields, reading: Reading, **given: Any) -> T:
             values[item.name] = given[item.name]
             continue
         name = slot.wire if reading.wire else item.name
-        where = f"{source.where}/{name}"
         if slot.kind == "list":
             values[item.name] = tuple(_item(slot.annotation, child, reading) for child in source.children(name))
             continue
@@ -591,15 +607,17 @@ def build(cls: type[T], source: Fields, reading: Reading, **given: Any) -> T:
             if child is not None:
                 values[item.name] = _item(slot.annotation, child, reading)
             elif item.default is MISSING:
+                where = f"{source.where}/{name}"
                 raise InvalidValue(f"{where} is missing.", field=where)
             continue
         raw = source.value(name)
         if raw == "" and slot.optional and slot.annotation in (dt.date, dt.datetime):
             raw = None  # an empty date is no date
         if raw is not None:
-            values[item.name] = _scalar(slot.annotation, raw, where, item, reading)
+            values[item.name] = _scalar(slot.annotation, raw, source, name, item, reading)
         elif item.default is MISSING:
             if not slot.optional:
+                where = f"{source.where}/{name}"
                 raise InvalidValue(f"{where} is missing.", field=where)
             values[item.name] = None  # an optional value without a default (a complaint's event date)
     return cls(**values)
@@ -613,20 +631,23 @@ def _item(cls: Any, source: Fields, reading: Reading) -> Any:
     return build(cls, source, reading)
 
 
-def _scalar(annotation: Any, raw: object, where: str, item: Field[Any], reading: Reading) -> object:
+def _scalar(annotation: Any, raw: object, source: Fields, name: str, item: Field[Any], reading: Reading) -> object:
+    """``raw`` as the field's type; ``source`` and ``name`` place it in an error message."""
+    if annotation is str and not item.metadata.get("code"):
+        return str(raw)  # most values: plain text
     if annotation is bool:
         return reading.flag(raw)
     if annotation is dt.datetime:
-        return reading.instant(raw, where)
+        return reading.instant(raw, f"{source.where}/{name}")
     if annotation is dt.date:
-        return reading.day(raw, where)
+        return reading.day(raw, f"{source.where}/{name}")
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return annotation(str(raw).strip())
     text = str(raw)
     if item.metadata.get("code"):
         text = text.strip()
         if item.metadata.get("hsa") and reading.check_hsa:
-            return hsa_id(text, field=where)
+            return hsa_id(text, field=f"{source.where}/{name}")
         return text or (None if item.default is None else text)
     return text
 

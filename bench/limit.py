@@ -977,7 +977,7 @@ def e2e_load(client: Client, pid: int, base: str, database: Path, clients: int, 
 
 
 SAMPLED_BATCHES = 3
-AREAS = ("werkzeug/flask + glue", "store", "model/base64", "hashing/json", "parse", "XSD", "rules", "other")
+AREAS = ("werkzeug/flask + glue", "store", "model/base64", "hashing/json", "parse", "XSD", "rules", "file content (pypdf, Pillow)", "other")
 PARSE = {"parse", "check_prolog", "check_declarations", "read_envelope", "check_must_understand", "check_soap_action",
          "_read_body"}
 XSD = {"validate", "_clean_schema_message", "_element_path"}
@@ -1016,6 +1016,8 @@ def area_of(filename: str, name: str) -> str | None:
         return "model/base64"
     if "/json/" in f or f.endswith("/hashlib.py"):
         return "hashing/json"
+    if "/pypdf/" in f or "/PIL/" in f or (rel == "rules.py" and ("pdf" in name or "picture" in name or name == "content_problem")):
+        return "file content (pypdf, Pillow)"
     if rel in ("rules.py", "mapping.py") or "/stdnum/" in f:
         return "rules"
     if rel == "rivta.py":
