@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -72,7 +73,26 @@ def receipt_id(case_id: str) -> str:
 
 def ts(value: dt.datetime) -> str:
     """The store's timestamp format: ISO 8601 UTC with microseconds, sortable as text."""
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    last = _last_ts
+    if last[0] is value:  # a write stamps one instant on several rows
+        return last[1]
+    text = value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    _last_ts[:] = (value, text)
+    return text
+
+
+_last_ts: list[Any] = [None, ""]
+
+
+def idempotency_key(created: dt.datetime) -> str:
+    """A new outbox row's idempotency key: a UUID in the layout of version 7 (RFC 9562), 48
+    bits of the creation's Unix milliseconds, then 74 random bits. Unique and unguessable as
+    a version-4 UUID, but in creation order, so the unique index on it takes new keys at its
+    end: one page for all the rows of a COMMIT instead of one page each, anywhere in the index."""
+    millis = int(created.timestamp() * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
 
 
 def parse_ts(value: str) -> dt.datetime:
@@ -92,9 +112,8 @@ def content_json(obj: Case | Message, *, not_hashed: tuple[str, ...] = ()) -> tu
     time the gateway stamped on a provider's message)."""
     data = to_data(obj)
     text = content_text(data)
-    if not_hashed:
-        data = {k: v for k, v in data.items() if k not in not_hashed}
-    return text, hashlib.sha256(content_text(data).encode("utf-8")).hexdigest()
+    hashed = content_text({k: v for k, v in data.items() if k not in not_hashed}) if not_hashed else text
+    return text, hashlib.sha256(hashed.encode("utf-8")).hexdigest()
 
 
 def content_text(data: dict[str, Any]) -> str:
@@ -460,7 +479,7 @@ class StoreBase:
             """INSERT INTO outbox (case_id, action, ref_id, target, status, attempts, not_before,
                    idempotency_key, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)""",
-            [case_id, action, ref_id, target, status, ts(not_before), str(uuid.uuid4()), ts(created), ts(created)],
+            [case_id, action, ref_id, target, status, ts(not_before), idempotency_key(created), ts(created), ts(created)],
         )
         if status == "pending" and self.pg is not None:
             db.execute(f"NOTIFY {WORK_CHANNEL}")  # sent at COMMIT (only if it commits): wakes every instance
