@@ -73,15 +73,16 @@ def receipt_id(case_id: str) -> str:
 
 def ts(value: dt.datetime) -> str:
     """The store's timestamp format: ISO 8601 UTC with microseconds, sortable as text."""
-    last = _last_ts
+    global _last_ts
+    last = _last_ts  # one tuple, read once: another thread may replace it meanwhile
     if last[0] is value:  # a write stamps one instant on several rows
         return last[1]
     text = value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    _last_ts[:] = (value, text)
+    _last_ts = (value, text)
     return text
 
 
-_last_ts: list[Any] = [None, ""]
+_last_ts: tuple[dt.datetime | None, str] = (None, "")
 
 
 def idempotency_key(created: dt.datetime) -> str:
