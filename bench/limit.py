@@ -8,7 +8,8 @@ Role
 
     The yardstick ("bare") is a minimal WSGI app that reads the request body and does one
     SQLite INSERT + COMMIT of it per request (WAL, ``synchronous=FULL``, one connection per
-    thread and one writer at a time per process, as the gateway's store), answering a small
+    thread and one writer at a time per process; the gateway's store groups the commits of
+    requests that write at the same moment, the yardstick does not), answering a small
     200 with ``resultCode`` OK. It is served by the gateway's own gunicorn application
     (``gateway._gunicorn_application``, built from the same config file as the gateway: the
     same worker class, ``server.workers``, ``server.threads``, timeouts and hooks) with only
@@ -187,7 +188,7 @@ class BareApp:
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
         self.path, self.busy_timeout_ms = path, busy_timeout_ms
         self._local = threading.local()
-        self._write_lock = threading.Lock()  # one writer at a time per process, as Store.write
+        self._write_lock = threading.Lock()  # one writer at a time per process; one COMMIT per request (the yardstick of issue 16; the store groups its commits)
         with self._connect() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, received_at REAL, body BLOB)")
 
