@@ -210,6 +210,7 @@ class StoreBase:
         self._write_lock = threading.Lock()
         self._write_waiters = 0
         self._writer_db: Database | None = None
+        self._writer_pid = 0
         self._group: _Group | None = None
         #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
         self.last_write_failure: str | None = None
@@ -255,13 +256,16 @@ class StoreBase:
 
     @property
     def _writer(self) -> Database:
-        """The one connection this process writes SQLite through (every thread, in turn)."""
+        """The one connection this process writes SQLite through (every thread, in turn).
+        A process forked from one that had it opens its own: a SQLite connection must not
+        cross a fork."""
         with self._lock:
-            writer = self._writer_db
+            writer = self._writer_db if self._writer_pid == os.getpid() else None
         if writer is None:
             writer = self._connect()
             with self._lock:
-                self._writer_db = writer
+                self._writer_db, self._writer_pid = writer, os.getpid()
+                self._group = None
         return writer
 
     @contextlib.contextmanager

@@ -5,6 +5,7 @@ stored that is not."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_a_block_reads_what_it_wrote_through_the_store(store: Store) -> None:
         store.db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'inside', 'ok')")
         _events_inside = _events(store)  # store.db inside the block is the block's own connection
     assert _events_inside == ["inside"]
+
+
+def test_a_forked_process_writes_through_a_connection_of_its_own(store: Store) -> None:
+    _log(store, "parent-before")
+    parent_writer = store._writer
+    pid = os.fork()
+    if pid == 0:  # the child: gunicorn forks its server and worker processes so
+        code = 1
+        try:
+            _log(store, "child")
+            code = 0 if store._writer is not parent_writer else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    _log(store, "parent-after")
+    assert _events(store) == ["parent-before", "child", "parent-after"]
+    assert store._writer is parent_writer
