@@ -168,12 +168,14 @@ MAX_GROUP = 32
 class _Group:
     """Write blocks of several threads that one SQLite COMMIT makes durable together."""
 
-    __slots__ = ("done", "error", "jobs")
+    __slots__ = ("done", "durable", "error", "jobs")
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool) -> None:
         self.done = threading.Event()
         self.error: StoreError | None = None
         self.jobs = 0
+        #: committed with synchronous=FULL (it waits for the disk); else NORMAL
+        self.durable = durable
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ class StoreBase:
         self._write_waiters = 0
         self._writer_db: Database | None = None
         self._writer_pid = 0
+        self._writer_durable = True  # the write connection's synchronous level: FULL
         self._group: _Group | None = None
         #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
         self.last_write_failure: str | None = None
@@ -264,12 +267,12 @@ class StoreBase:
         if writer is None:
             writer = self._connect()
             with self._lock:
-                self._writer_db, self._writer_pid = writer, os.getpid()
+                self._writer_db, self._writer_pid, self._writer_durable = writer, os.getpid(), True
                 self._group = None
         return writer
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Database]:
+    def write(self, *, durable: bool = True) -> Iterator[Database]:
         """A write transaction: what the block does is committed as a whole, or not at all
         (on an error in the block it is rolled back, and the error goes on).
 
@@ -280,6 +283,13 @@ class StoreBase:
         once. ``write()`` returns only once its work is committed, and if that COMMIT fails
         every block of the group gets the ``StoreError``: nothing is acknowledged that was
         not committed. One fsync and one WAL append serve several cases at a time.
+
+        ``durable=False``: a write that may be lost to a power cut (not to a crash) because
+        losing it loses nothing, e.g. a claim (its row stays pending, as lease recovery would
+        make it): on SQLite its group commits with ``synchronous=NORMAL``, without waiting
+        for the disk, unless a durable block shares it. A durable block never joins such a
+        group (SQLite sets the level at BEGIN): it commits it first and opens its own. WAL
+        keeps the order, so the next durable commit makes every earlier one durable too.
 
         (``db.atomic()`` would start a deferred transaction, whose upgrade from read to write
         fails at once, SQLITE_BUSY_SNAPSHOT, under a concurrent writer.) On PostgreSQL each
@@ -304,7 +314,11 @@ class StoreBase:
         group: _Group | None = None
         try:
             db = self._writer
-            group = self._group or self._begin(db)
+            group = self._group
+            if group is not None and durable and not group.durable:
+                self._commit(db, group)  # a durable block waits for the disk: not in this group
+                group = None
+            group = group or self._begin(db, durable)
             db.execute("SAVEPOINT job")
             self._local.writing = db
             try:
@@ -335,12 +349,15 @@ class StoreBase:
         assert group is not None
         self._await(group)
 
-    def _begin(self, db: Database) -> _Group:
+    def _begin(self, db: Database, durable: bool) -> _Group:
         try:
+            if durable != self._writer_durable:  # (not to be changed inside a transaction)
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._writer_durable = durable
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StoreError(f"the database is busy or unavailable ({exc}).") from None
-        self._group = _Group()
+        self._group = _Group(durable)
         return self._group
 
     def _commit(self, db: Database, group: _Group) -> None:
@@ -399,7 +416,7 @@ class StoreBase:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
-            self._writer_db = None
+            self._writer_db, self._writer_durable = None, True
             self._group = None
         self._local = threading.local()
 

@@ -154,3 +154,53 @@ def test_a_forked_process_writes_through_a_connection_of_its_own(store: Store) -
     _log(store, "parent-after")
     assert _events(store) == ["parent-before", "child", "parent-after"]
     assert store._writer is parent_writer
+
+
+def test_a_write_that_may_be_lost_to_a_power_cut_does_not_wait_for_the_disk_nor_make_a_durable_one_wait_less(store: Store) -> None:
+    statements: list[str] = []
+    store._writer.conn.set_trace_callback(
+        lambda sql: statements.append(sql) if sql.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT")) else None)
+
+    def claim(db) -> None:  # a write that may be lost (durable=False) ...
+        db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'out', 'claim', 'ok')")
+
+    def intake() -> None:  # ... and an intake, which is answered only once it is on disk
+        _log(store, "intake")
+
+    def non_durable_first() -> dict[str, BaseException | None]:
+        outcome: dict[str, BaseException | None] = {}
+
+        def one() -> None:
+            with store.write(durable=False) as db:
+                claim(db)
+                threading.Thread(target=lambda: outcome.__setitem__("second", intake()), daemon=True).start()
+                while store._write_waiters == 0:
+                    threading.Event().wait(0.001)
+            outcome["first"] = None
+
+        t = threading.Thread(target=one)
+        t.start()
+        t.join(30)
+        for _ in range(3000):
+            if "second" in outcome:
+                break
+            threading.Event().wait(0.01)
+        return outcome
+
+    assert non_durable_first() == {"first": None, "second": None}
+    # the claim's group committed without the disk; the intake then opened a durable one of its own
+    assert statements == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "COMMIT",
+                          "PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT"]
+    statements.clear()
+
+    def may_be_lost() -> None:
+        with store.write(durable=False) as db:
+            claim(db)
+
+    # a block that may be lost joins an open durable group as it is: it waits for the disk with it
+    outcome = _in_one_group(store, lambda db: db.execute(
+        "INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'intake2', 'ok')"),
+        may_be_lost)
+    assert outcome == {"first": None, "second": None}
+    assert statements == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert _events(store) == ["claim", "intake", "intake2", "claim"]
