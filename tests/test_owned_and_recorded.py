@@ -110,14 +110,16 @@ def test_message_ids_a_provider_chooses_are_its_own(config_data, peers, make_cas
 def test_not_ready_while_the_disk_is_full_and_ready_again_after(app, make_case):
     store, client = app.extensions["gateway.store"], app.test_client()
     assert client.get("/health/ready").status_code == 200
-    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
-    store.db.execute(f"PRAGMA max_page_count = {pages}")  # as good as a full disk for this database
+    with store.write() as db:  # the connection the store writes through
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")  # as good as a full disk for this database
     big = [{"fileName": "big.pdf", "mimeType": "application/pdf", "data": sample_files.pdf(size=2_000_000)}]
     answer = client.post("/rivta", data=make_case(attachment=big), headers={"Content-Type": "text/xml"})
     assert answer.status_code == 500 and b"GW050" in answer.data
     ready = client.get("/health/ready")
     assert ready.status_code == 503 and "the last write failed" in " ".join(ready.json["problems"])
-    store.db.execute("PRAGMA max_page_count = 1073741823")  # space again
+    with store.write() as db:
+        db.execute("PRAGMA max_page_count = 1073741823")  # space again
     answer = client.post("/rivta", data=make_case(attachment=big), headers={"Content-Type": "text/xml"})
     assert b">OK<" in answer.data
     assert client.get("/health/ready").status_code == 200
