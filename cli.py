@@ -81,12 +81,14 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--bind", default=None, help="HOST:PORT to listen on (default: server.bind from the config).")
-@click.option("--worker/--no-worker", "run_worker", default=True, help="Run the delivery worker in the server processes.")
+@click.option("--worker/--no-worker", "run_worker", default=True,
+              help="Run the delivery worker as a process of its own beside the server processes.")
 def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
     """Serve the gateway with gunicorn (the RIV-TA endpoint and, by default, the worker).
 
-    SIGHUP (systemctl reload) loads the mapping files again: checked first, and put in
-    force only if nothing is wrong; otherwise the gateway goes on with the ones it had."""
+    The worker runs as a process of its own, which the server's master restarts if it
+    dies. SIGHUP (systemctl reload) loads the mapping files again: checked first, and put
+    in force only if nothing is wrong; otherwise the gateway goes on with the ones it had."""
     cfg = _load_or_exit(config_path)
     gateway.configure_logging(cfg)
     try:
@@ -94,6 +96,22 @@ def serve(config_path: Path, bind: str | None, run_worker: bool) -> None:
     except GatewayError as exc:
         _fail(exc)
     gateway.serve(cfg, bind, run_worker, mappings)
+
+
+@cli.command()
+@config_option
+def worker(config_path: Path) -> None:
+    """Run only the delivery worker (no HTTP), until SIGTERM or SIGINT.
+
+    For a worker on its own (beside 'gateway serve --no-worker', or on another machine
+    on the same PostgreSQL database). SIGHUP loads the mapping files again, as serve does."""
+    cfg = _load_or_exit(config_path)
+    gateway.configure_logging(cfg)
+    try:
+        mappings = gateway.prepare_worker(cfg)
+        gateway.run_worker(cfg, mappings)
+    except GatewayError as exc:
+        _fail(exc)
 
 
 @cli.command()

@@ -17,6 +17,7 @@ contains a personnummer, a secret or file content (callers pass masked values).
     │   └── PlatformContractError GW080  rivta.contracts_dir (the platform's own files) is missing, laid out otherwise or does not fit
     ├── StoreError           GW050  the database cannot be read or written
     │   └── TargetNotEmpty   GW051  gateway migrate --from-sqlite: the PostgreSQL database already holds data
+    ├── WorkerProcessDied    GW055  gateway serve's worker process died unasked (logged; a new one takes over)
     ├── DeliveryError               a target did not take a delivery; .permanent says if a retry can help
     │   ├── TargetUnavailable GW060  connection refused, DNS, TLS or timeout (transient)
     │   ├── TargetFailed     GW061  HTTP 408/429/5xx or a SOAP Server fault (transient)
@@ -195,6 +196,16 @@ class TargetNotEmpty(StoreError):
     code = "GW051"
     hint = ("Copy into a new, empty PostgreSQL database (CREATE DATABASE ...), or empty this one first "
             "if its rows are not needed.")
+
+
+class WorkerProcessDied(GatewayError):
+    """Logged (never raised to a caller) by ``gateway serve``'s master when its worker
+    process ended without being asked to (killed, out of memory, a crash): a new one is
+    started at once and requeues what the dead one held."""
+
+    code = "GW055"
+    hint = ("Nothing is lost: the new worker process delivers what the dead one held, with the same idempotency "
+            "keys. If it keeps dying, read the lines the worker logged before it and the system log (out of memory?).")
 
 
 class DeliveryError(GatewayError):

@@ -2,10 +2,12 @@
 
 Role: the only module that knows every other one. ``create_app(config)`` wires the
 store, mappings, contracts and blueprints into a Flask app (Flask's application-factory
-pattern); ``build_worker`` the worker and its adapters; ``serve`` runs gunicorn (with the
-worker in each server process unless ``run_worker=False``). The library calls the
-``gateway`` command (``cli.py``, a thin click layer) is made of live here too: ``check``,
-``migrate``, ``open_store``, ``preview_delivery``, ``send_test_case``, ``run_retention``.
+pattern); ``build_worker`` the worker and its adapters; ``run_worker`` runs the worker
+alone, as a process (``gateway worker``); ``serve`` runs gunicorn, whose master also keeps
+one worker process running beside the server processes (``WorkerProcess``; none with
+``run_worker=False``). The library calls the ``gateway`` command (``cli.py``, a thin click
+layer) is made of live here too: ``check``, ``migrate``, ``open_store``,
+``preview_delivery``, ``send_test_case``, ``run_retention``.
 
 May import: everything.
 
@@ -13,14 +15,20 @@ Invariants: a wrong config, mapping or contract stops the start with a ``GW0xx``
 message before any port is opened; ``serve`` never uses Flask's development server. A
 wrong mapping file on SIGHUP stops nothing: the master checks the files before gunicorn
 replaces a worker process, and keeps the mappings in force when they fail (GW073, GW074).
+The worker process is forked by the master only after the config and mappings are
+loaded; one that dies unasked is logged (GW055) and replaced, and its successor takes
+over what it held at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
+import signal
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +48,7 @@ import rivta
 import rules
 from clock import SYSTEM, Clock, start_of_swedish_day, swedish_date, years_before
 from config import Config
-from errors import ConfigError, GatewayError, MappingError
+from errors import ConfigError, GatewayError, MappingError, WorkerProcessDied
 from model import (
     PERSONNUMMER_OID,
     Attachment,
@@ -88,7 +96,7 @@ def ping_configuration(cfg: Config, maps: mapping.Mappings, clock: Any) -> dict[
 
 def create_app(
     config: Config | str | os.PathLike[str] | None = None, *, start_worker: bool = False, clock: Clock = SYSTEM,
-    mappings: mapping.Holder | None = None,
+    mappings: mapping.Holder | None = None, worker_name: str | None = None,
 ) -> Flask:
     """Build the gateway's WSGI app from a ``Config`` (or the path of a config file).
 
@@ -97,6 +105,12 @@ def create_app(
     time from ``clock`` (UTC instants, the Swedish date of the 1177 rules). The app and its
     worker use ``mappings.current`` (loaded here if no holder is given) for their whole life:
     a reload replaces the server processes (``_gunicorn_application``), never a part of one.
+
+    ``start_worker``: run the worker's threads in this process (tests, one-process use);
+    intake then wakes it directly. Otherwise the worker runs in a process of its own
+    (``run_worker``): intake wakes it through the store (``Store.notify_work``), and
+    ``worker_name``, when given, is the name that worker beats under, which readiness
+    (``/health/ready``) checks.
     """
     cfg = _as_config(config)
     logs.configure(cfg.logging.level, cfg.logging.format)
@@ -185,14 +199,20 @@ def create_app(
     # each request starts without a correlation id (a thread serves many); /rivta and /api
     # set their own and reset it when they are done
     app.before_request(_forget_correlation_id)
+    # built here even when it runs elsewhere: its adapters serve GetMedicationList, which 1177 waits for
     worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
-    app.extensions["gateway.ops"].wake_worker = worker.wake
     if start_worker:
+        wake = worker.wake
         app.extensions["gateway.ops"].worker_name = worker.name
-    app.extensions["gateway.intake"].on_stored = worker.wake
+    else:
+        # PostgreSQL: the intake transaction's NOTIFY already woke every instance at its commit
+        wake = store.notify_work if store.pg is None else _nothing
+        app.extensions["gateway.ops"].worker_name = worker_name
+    app.extensions["gateway.ops"].wake_worker = worker.wake if start_worker else store.notify_work
+    app.extensions["gateway.intake"].on_stored = wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
-    app.extensions["gateway.api"].on_stored = worker.wake
+    app.extensions["gateway.api"].on_stored = wake
     if worker.national is not None:  # refused at the API: what 1177 cannot be sent
         app.extensions["gateway.api"].carries = worker.national.carries()
     if start_worker:
@@ -216,6 +236,10 @@ def secure_cookie(cfg: Config) -> bool:
 
 def _forget_correlation_id() -> None:
     logs.correlation_id.set(None)
+
+
+def _nothing() -> None:
+    pass
 
 
 def build_worker(cfg: Config, store: Store, maps: mapping.Mappings, *, clock: Clock = SYSTEM) -> Worker:
@@ -316,17 +340,57 @@ def reload_mappings(holder: mapping.Holder) -> bool:
 
 def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: mapping.Holder) -> Any:
     """gunicorn serving ``create_app`` in ``server.workers`` processes, each forked from this
-    one with ``mappings.current``. On SIGHUP the master reloads the mappings first
+    one with ``mappings.current``, and (``run_worker``) the delivery worker in one more
+    process, which the master supervises (``WorkerProcess``). On SIGHUP the master reloads the mappings first
     (``reload_mappings``) and only when they are sound does gunicorn replace its workers
     (new ones start, old ones finish what they took): without that, a broken file would
     make every new worker fail to boot, and gunicorn would stop the whole gateway."""
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
 
+    with_worker = run_worker and cfg.worker.enabled
+    # the name the worker process beats under for readiness, whichever process it is now
+    beats_as = f"serve@{socket.gethostname()}:{os.getpid()}" if with_worker else None
+
     class GatewayArbiter(Arbiter):
+        """gunicorn's master, which also keeps the delivery worker running: one process of
+        its own (``run_worker``), forked from the master after the config and mappings
+        are loaded, restarted (logged as an error, GW055) when it dies, replaced on a
+        mappings reload and stopped with the server."""
+
+        def __init__(self, app: Any):
+            super().__init__(app)
+            self.delivery: WorkerProcess | None = WorkerProcess(cfg, mappings, beats_as, self._child_setup) if with_worker else None
+
+        def _child_setup(self) -> None:
+            # the forked worker is no server: give back what it inherited of the master
+            for listener in self.LISTENERS:
+                listener.close()
+            for sibling in self.WORKERS.values():
+                sibling.tmp.close()
+
         def handle_hup(self) -> None:
             if reload_mappings(mappings):
                 super().handle_hup()
+                if self.delivery is not None:
+                    self.delivery.replace()
+
+        def manage_workers(self) -> None:
+            super().manage_workers()
+            if self.delivery is not None:
+                self.delivery.keep_running()
+
+        def reap_workers(self) -> None:
+            if self.delivery is not None:  # first, by pid: gunicorn's waitpid(-1) would take it as unknown
+                self.delivery.reap()
+            super().reap_workers()
+
+        def stop(self, graceful: bool = True) -> None:
+            if self.delivery is not None:
+                self.delivery.signal_stop()
+            super().stop(graceful)
+            if self.delivery is not None:
+                self.delivery.wait_stopped(self.cfg.graceful_timeout)
 
     def pre_request(worker: Any, req: Any) -> None:
         # a body the app will refuse unread (GW010) cannot be drained: close the connection
@@ -339,11 +403,11 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: ma
     def worker_exit(server: Any, gunicorn_worker: Any) -> None:
         app = getattr(gunicorn_worker, "wsgi", None)
         if isinstance(app, Flask):
-            app.extensions["gateway.worker"].stop()
+            app.extensions["gateway.worker"].stop()  # its adapters (GetMedicationList) are closed
             app.extensions["gateway.store"].close()
 
     class GatewayServer(BaseApplication):
-        """gunicorn running ``create_app``; the app (and its worker) is built in each process."""
+        """gunicorn running ``create_app``; the app is built in each server process."""
 
         def load_config(self) -> None:
             options = {
@@ -372,7 +436,7 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: ma
                 self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            return create_app(cfg, start_worker=run_worker and cfg.worker.enabled, mappings=mappings)
+            return create_app(cfg, mappings=mappings, worker_name=beats_as)
 
         def run(self) -> None:  # BaseApplication.run with the arbiter that checks before a reload
             try:
@@ -383,6 +447,228 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: ma
                 sys.exit(1)
 
     return GatewayServer()
+
+
+def _exit_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(number).name}"
+        except ValueError:
+            return f"killed by signal {number}"
+    return f"exit code {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"status {status}"
+
+
+class WorkerProcess:
+    """The delivery worker as a child of ``gateway serve``'s master (``GatewayArbiter``).
+
+    The child is forked from the master (so it has the master's mappings in force) and
+    runs ``run_worker``, named ``worker@<host>:<its pid>:process`` and beating also as
+    ``beats_as``, the name the server processes' readiness reads. A child that dies
+    unasked is logged (GW055) and a new one started; the new one first marks the dead
+    one's heartbeat as gone, so what it held is requeued at once (``Worker.take_over``).
+    A child that dies again and again within a few seconds of its start is restarted
+    after a growing pause (up to 30 s), not in a tight loop. ``replace`` (a mappings
+    reload) starts a new child and lets the old one finish what it holds."""
+
+    QUICK_DEATH_S = 5.0
+
+    def __init__(self, cfg: Config, mappings: mapping.Holder, beats_as: str | None, child_setup: Any):
+        self.cfg = cfg
+        self.mappings = mappings
+        self.beats_as = beats_as
+        self.child_setup = child_setup
+        self.pid = 0
+        self.started = 0.0
+        self.retiring: set[int] = set()
+        self.stopping = False
+        self.gone: str | None = None  # the name of a child that died unasked, for its successor
+        self.quick_deaths = 0
+        self.not_before = 0.0
+        self.master_pid = os.getpid()
+
+    @staticmethod
+    def name_of(pid: int) -> str:
+        return f"worker@{socket.gethostname()}:{pid}:process"
+
+    def keep_running(self) -> None:
+        """Start the child if there is none (and it is not stopping, or pausing after deaths)."""
+        import time
+
+        if self.pid or self.stopping or time.monotonic() < self.not_before:
+            return
+        self.spawn()
+
+    def spawn(self) -> None:
+        import time
+
+        predecessor, self.gone = self.gone, None
+        pid = os.fork()
+        if pid:
+            self.pid, self.started = pid, time.monotonic()
+            log.info("worker process started", extra={"worker_pid": pid, "worker": self.name_of(pid),
+                                                       "takes_over": predecessor})
+            return
+        status = 0
+        try:  # the child: never returns into gunicorn's master loop
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+                           signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+                signal.signal(number, signal.SIG_DFL)
+            self.child_setup()
+            run_worker(self.cfg, self.mappings, name=self.name_of(os.getpid()), beats_as=self.beats_as,
+                       predecessor=predecessor, parent_pid=self.master_pid)
+        except BaseException:
+            log.exception("worker process failed")
+            status = 1
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+    def reap(self) -> None:
+        """Collect children that ended: the current one (restarted by ``keep_running``) and
+        retired ones (their end was asked for)."""
+        import time
+
+        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # already collected by gunicorn's waitpid(-1): how is unknown
+                done, status = pid, -1
+            if not done:
+                continue
+            how = _exit_status(status) if status != -1 else "ended"
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                log.info("worker process ended", extra={"worker_pid": pid, "how": how})
+                continue
+            self.pid = 0
+            if self.stopping:
+                log.info("worker process ended", extra={"worker_pid": pid, "how": how})
+                continue
+            lived = time.monotonic() - self.started
+            self.quick_deaths = self.quick_deaths + 1 if lived < self.QUICK_DEATH_S else 0
+            pause = min(30.0, 2.0 ** (self.quick_deaths - 1)) if self.quick_deaths > 1 else 0.0
+            self.not_before = time.monotonic() + pause
+            self.gone = self.name_of(pid)
+            log.error("the worker process died; starting a new one, which takes over what it held",
+                      extra={"error_code": WorkerProcessDied.code, "worker_pid": pid, "how": how,
+                             "lived_s": round(lived, 1), "restart_in_s": pause})
+
+    def replace(self) -> None:
+        """A new child with the mappings now in force; the old one stops gracefully."""
+        if self.stopping:
+            return
+        if self.pid:
+            old, self.pid = self.pid, 0
+            self.retiring.add(old)
+            self._kill(old, signal.SIGTERM)
+        self.not_before = 0.0
+        self.spawn()
+
+    def signal_stop(self) -> None:
+        self.stopping = True
+        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+            self._kill(pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout_s: float) -> None:
+        """Wait for every child to end, SIGKILL after ``timeout_s``."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while (self.pid or self.retiring) and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+            log.error("worker process did not stop in time: killed", extra={"worker_pid": pid})
+            self._kill(pid, signal.SIGKILL)
+        self.reap()
+
+    @staticmethod
+    def _kill(pid: int, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+
+
+def prepare_worker(cfg: Config) -> mapping.Holder:
+    """Everything ``gateway worker`` checks before it starts: the mappings, every target's
+    adapter and the schema (migrated); the mappings to deliver with. Raises a
+    ``GatewayError`` that says what to fix."""
+    holder = serving_mappings(cfg)
+    _check_targets(cfg)
+    applied = migrate(cfg)
+    if applied:
+        log.info("database migrated", extra={"applied": ", ".join(applied)})
+    return holder
+
+
+def run_worker(cfg: Config, mappings: mapping.Holder | None = None, *, name: str | None = None,
+               beats_as: str | None = None, predecessor: str | None = None, parent_pid: int | None = None,
+               clock: Clock = SYSTEM) -> None:
+    """Run the worker alone (no HTTP) until SIGTERM or SIGINT: claims and deliveries, the
+    heartbeat, scheduled jobs (polls, alerts, retention) and lease recovery. Stopping is
+    graceful: no more claims, deliveries in flight finish (``Worker.stop``).
+
+    ``gateway worker`` runs it in the foreground (SIGHUP: the mappings are reloaded and,
+    when sound, a new worker takes over from the old one inside the process); ``gateway
+    serve``'s master runs it in a child process (``WorkerProcess``), with ``name`` (its
+    own, by pid), ``beats_as`` (the name readiness reads), ``predecessor`` (a worker that
+    died, whose rows to take over now) and ``parent_pid`` (it stops when the master is gone).
+    Must be called from the main thread (it installs the signal handlers)."""
+    import threading
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    holder = mappings or serving_mappings(cfg)
+    received: list[int] = []
+    signalled = threading.Event()
+
+    def on_signal(number: int, _frame: Any) -> None:
+        received.append(number)
+        signalled.set()
+
+    handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if parent_pid is None else [])
+    previous = {number: signal.signal(number, on_signal) for number in handled}
+    if parent_pid is not None:  # the master replaces this process on a reload: nothing to do here
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    store = store_of(cfg)
+
+    def started(predecessor: str | None) -> Worker:
+        worker = build_worker(cfg, store, holder.current, clock=clock)
+        if name is not None:
+            worker.name = name
+        worker.beats_as = beats_as
+        if predecessor is not None:
+            worker.take_over(predecessor)
+        worker.start()
+        log.info("worker running", extra={"worker": worker.name, "pid": os.getpid(), "database": store.where,
+                                          "mappings": holder.current.digest})
+        return worker
+
+    worker: Worker | None = None
+    try:
+        store.migrate()
+        worker = started(predecessor)
+        while True:
+            signalled.wait(1.0)
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.error("the gateway serve process is gone: the worker stops", extra={"worker": worker.name})
+                return
+            if not received:
+                continue
+            stop = any(number != signal.SIGHUP for number in received)
+            received.clear()
+            signalled.clear()
+            if stop:
+                return
+            if reload_mappings(holder):  # else the mappings in force stay, and so does the worker
+                worker.stop()
+                worker = None
+                worker = started(None)
+    finally:
+        if worker is not None:
+            worker.stop()
+        store.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # -- the library the CLI is a thin layer over ---------------------------------------------------
@@ -468,7 +754,9 @@ def prepare_serve(cfg: Config) -> mapping.Holder:
 
 def serve(cfg: Config, bind: str | None = None, run_worker: bool = True, mappings: mapping.Holder | None = None) -> None:
     """Serve the gateway with gunicorn until it is stopped, on the ``mappings`` that
-    ``prepare_serve`` gave (loaded here if none). SIGHUP reloads them (``reload_mappings``)."""
+    ``prepare_serve`` gave (loaded here if none), with the worker as a process of its own
+    beside the server processes (unless ``run_worker`` is False or ``worker.enabled`` is
+    off). SIGHUP reloads the mappings (``reload_mappings``) and replaces both kinds of process."""
     address = bind or cfg.server.bind
     holder = mappings or serving_mappings(cfg)
     log.info("serving", extra={"bind": address, "worker": run_worker and cfg.worker.enabled, "version": version()})

@@ -319,6 +319,9 @@ class Worker:
         self._alert_checks = AlertChecks(store, alerts=alerts, channels=self.alert_channels, targets=list(self.targets),
                                          gateway_name=settings.gateway_name, clock=clock)
         self.name = f"worker@{socket.gethostname()}:{os.getpid()}:{id(self) % 10000:04d}"
+        #: a second name this worker beats under: the one ``gateway serve``'s server processes
+        #: read readiness from when the worker runs as a process of its own (``gateway.run_worker``)
+        self.beats_as: str | None = None
         self._adapters: dict[str, adapters.Adapter] = {}
         self._adapters_lock = threading.Lock()
         self._wake = threading.Event()
@@ -403,10 +406,23 @@ class Worker:
         calls past their deadline per target (``/health/ready`` reads them from the store)."""
         stuck = self.calls.stuck()
         self._beaten_stuck = stuck
+        detail = json.dumps({"in_flight": self._in_flight, "stuck": stuck}, sort_keys=True)
         try:
-            self.store.beat(self.name, detail=json.dumps({"in_flight": self._in_flight, "stuck": stuck}, sort_keys=True))
+            self.store.beat(self.name, detail=detail)
+            if self.beats_as is not None:
+                self.store.beat(self.beats_as, detail=detail)
         except GatewayError as exc:
             log.warning("heartbeat not written", extra={"error_code": exc.code, "detail": exc.message})
+
+    def take_over(self, predecessor: str) -> None:
+        """The worker ``predecessor`` is known to be gone (its supervisor saw the process
+        die): record its heartbeat as long stopped, so that the lease recovery of ``start``
+        requeues what it held now instead of 3 heartbeats later."""
+        try:
+            self.store.beat(predecessor, detail=json.dumps({"gone": True, "taken_over_by": self.name}),
+                            now=dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+        except GatewayError as exc:
+            log.warning("predecessor not marked gone", extra={"worker": predecessor, "error_code": exc.code})
 
     def once(self, job: str, every_s: float, run: Callable[[Any], object]) -> bool:
         """Run scheduled ``job`` here if this process claims its run (``Store.claim_job``); every

@@ -20,6 +20,7 @@ two is in store/dialect.py.
     store/admin.py        sign-in locks, ops sessions, alert state, settings
     store/transfer.py     a SQLite store copied into PostgreSQL with its history (migrate --from-sqlite)
     store/jobs.py         scheduled jobs claimed once across processes; heartbeats
+    store/wake.py         SQLite: new work wakes the worker processes of the machine at once (datagram sockets)
 
 May import: model, errors, clock.
 

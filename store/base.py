@@ -50,6 +50,7 @@ from model import (
 
 from .dialect import POSTGRES, SQLITE, WORK_CHANNEL, Dialect
 from .pg import PgDatabase, is_postgres_url
+from .wake import Bell
 
 #: Upper bounds (seconds) of the intake-to-delivery latency histogram.
 LATENCY_BUCKETS = ("0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "1800", "+Inf")
@@ -396,17 +397,28 @@ class StoreBase:
             raise group.error
 
     def notify_work(self) -> None:
-        """Tell every instance's worker that new work was committed (PostgreSQL's NOTIFY;
-        on SQLite the instances are processes of one machine that poll the file)."""
+        """Tell every worker that new work was committed, at once rather than on its poll
+        tick: PostgreSQL's NOTIFY (every instance); on SQLite a datagram to each worker
+        process of this machine that listens (``store.wake``). Best effort, never raises."""
         if self.pg is not None:
             self.pg.notify(WORK_CHANNEL)
+            return
+        self._bell().ring()
 
     def listen_work(self, wake: Callable[[], None]) -> Callable[[], None] | None:
-        """Call ``wake`` whenever any instance commits new work (PostgreSQL: LISTEN in a
-        thread of its own, reconnecting by itself). Returns a function that stops it; None on SQLite."""
+        """Call ``wake`` whenever any process commits new work and says so (``notify_work``;
+        PostgreSQL: LISTEN in a thread of its own, reconnecting by itself; SQLite: a wake
+        socket beside the database file). Returns a function that stops it; None when no
+        socket could be made (logged: the worker then finds new work on its poll tick)."""
         if self.pg is None:
-            return None
+            return self._bell().listen(wake)
         return self.pg.listen(WORK_CHANNEL, wake)
+
+    def _bell(self) -> Bell:
+        bell: Bell | None = getattr(self, "_wake_bell", None)
+        if bell is None:
+            bell = self._wake_bell = Bell(self.path)
+        return bell
 
     def close(self) -> None:
         if self.pg is not None:

@@ -256,7 +256,7 @@ class _Provider(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serving(tmp_path, folder):
-    """`gateway serve` (two processes, each with its worker) on a copy of the mappings,
+    """`gateway serve` (two server processes and its worker process) on a copy of the mappings,
     delivering to a provider stub: {base, process, log, folder, db}."""
     _Provider.cases = {}
     provider = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
@@ -343,6 +343,16 @@ def _log_line(log: Path, event: str, timeout: float = 20) -> dict:
         time.sleep(0.05)
 
 
+def _wait_for_log(log: Path, matches, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and matches(json.loads(line)):
+                return json.loads(line)
+        assert time.monotonic() < deadline, f"no such line in the log:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
 def _ready_everywhere(base: str, digest: str, timeout: float = 20) -> list[dict]:
     """/health/ready, on fresh connections, until eight answers in a row (both processes,
     whichever takes each connection) show the mappings ``digest`` in force."""
@@ -422,6 +432,8 @@ def test_sighup_with_a_good_file_routes_the_next_case_by_it(serving, make_case):
         senders.wait_for(len(senders.answers) + 20)
     assert line["digest"] == new and line["units"] == 4
     assert senders.refused() == []  # nothing refused while gunicorn replaced its processes
+    # the worker process is replaced too: the new one delivers with the new set
+    _wait_for_log(serving["log"], lambda entry: entry.get("event") == "worker running" and entry.get("mappings") == new)
     for case_id, code in (("NEXT-1", "KLIN1-NY"), ("NEXT-3", "KLIN3")):
         hsa = KLIN3 if case_id == "NEXT-3" else KLIN1
         answer = requests.post(f"{base}/rivta", data=make_case(hsa, caseId=case_id, receiver={"hsaId": hsa, "isPatientBoard": False}),
