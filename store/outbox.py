@@ -20,6 +20,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from clock import instant
+from errors import Undeliverable
 from model import (
     Message,
     redact_person_ids,
@@ -53,11 +54,12 @@ class Job:
     provider_case_id: str | None
     correlation_id: str | None
     national_case_id: str | None = None
+    case_type: str | None = None  # the case's type (which receipt text applies)
 
 
 #: The fields of ``Job`` read from its outbox row and case, by column name (``claimed_by`` is the claimer).
 JOB_COLUMNS = ("id", "case_id", "action", "ref_id", "target", "attempt", "idempotency_key", "receiver_hsa_id",
-               "provider_unit_code", "provider_case_id", "correlation_id", "national_case_id")
+               "provider_unit_code", "provider_case_id", "correlation_id", "national_case_id", "case_type")
 
 
 #: The most of a response excerpt's body the store keeps, whatever the adapter sent.
@@ -153,12 +155,23 @@ class Outbox(Replies):
                 row = db.execute(
                     """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts AS attempt, o.idempotency_key,
                               c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id,
-                              c.national_case_id
+                              c.national_case_id, c.case_type
                        FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id = ?""",
                     [row_id],
                 ).fetchone()
                 jobs.append(Job(**{k: row[k] for k in JOB_COLUMNS}, claimed_by=worker))
         return jobs
+
+    def subject_of_care_id(self, case_id: str) -> str:
+        """The person id of a case's citizen (a message to them in 1177 names it), read from
+        the stored content without building the case or reading its files."""
+        data = self._case_content(self.db, case_id)
+        person = ((data or {}).get("subject_of_care") or {}).get("person_id") or {}
+        if not person.get("id"):
+            state = self._case_state(self.db, case_id)
+            why = "was purged after the retention period" if state and state["purged_at"] else "is not stored"
+            raise Undeliverable(f"the content of case '{case_id[:64]}' {why}; nothing can be delivered for it.")
+        return str(person["id"])
 
     def _finish(
         self,
