@@ -52,6 +52,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -219,10 +220,17 @@ def outbox_state(path: Path, prefix: str) -> tuple[int, int, int]:
         db.close()
 
 
-def drain(worker: Any, path: Path, prefix: str, count: int, timeout_s: float = 300.0) -> float:
+def drain(worker: Any, path: Path, prefix: str, count: int, timeout_s: float = 300.0, *, sync: bool = False) -> float:
     """Start the worker, wait until the ``count`` cases are delivered and receipted, stop it;
-    the wall seconds."""
+    the wall seconds. ``sync``: ``Worker.run_until_idle`` in this thread instead (the same
+    claim, deliver and complete without the dispatcher and the delivery pool)."""
     began = time.perf_counter()
+    if sync:
+        worker.run_until_idle(timeout_s)
+        done, dead, _rows = outbox_state(path, prefix)
+        if dead or (done or 0) < 2 * count:
+            raise RuntimeError(f"run_until_idle left {2 * count - (done or 0)} rows undone, {dead} dead")
+        return time.perf_counter() - began
     worker.start()
     deadline = time.monotonic() + timeout_s
     try:
@@ -249,6 +257,12 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     try:
         urls = json.loads(args.peers)
         config = limit.e2e_config(folder, {k: urls[k] for k in ("demo_rest", "demo_soap")}, urls["national"])
+        if args.concurrency:
+            import yaml
+
+            data = yaml.safe_load(config.read_text())
+            data["worker"]["concurrency"] = args.concurrency
+            config.write_text(yaml.safe_dump(data, sort_keys=False))
         cfg = gateway.load_config(config)
         app = gateway.create_app(cfg, start_worker=False)
         store = app.extensions["gateway.store"]
@@ -264,16 +278,20 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
             intake_cpu, _ = limit.per_case(app, environs(tag, n))
             work = gateway.build_worker(cfg, store, maps)
             peers0 = {k: delivery.cpu_seconds(p) for k, p in pids.items()}
-            main0, proc0 = time.thread_time(), time.process_time()
+            main0, proc0, usage0 = time.thread_time(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
             s0, t0 = counted.statements, counted.transactions
             if sampler is not None:
                 sampler.start()
-            wall = drain(work, Path(cfg.database.path), template.case_id(tag), n)
+            wall = drain(work, Path(cfg.database.path), template.case_id(tag), n, sync=args.sync)
             if sampler is not None:
                 sampler.stop()
-            cpu = (time.process_time() - proc0) - (time.thread_time() - main0)
+            cpu = (time.process_time() - proc0) - (0.0 if args.sync else time.thread_time() - main0)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             peers = {k: delivery.cpu_seconds(p) - peers0[k] for k, p in pids.items()}
             return {"worker_cpu_ms": 1000 * cpu / n, "wall_ms": 1000 * wall / n, "intake_cpu_ms": intake_cpu,
+                    "system_share": (usage.ru_stime - usage0.ru_stime) / max(1e-9, (usage.ru_utime - usage0.ru_utime)
+                                                                              + (usage.ru_stime - usage0.ru_stime)),
+                    "switches": (usage.ru_nvcsw - usage0.ru_nvcsw + usage.ru_nivcsw - usage0.ru_nivcsw) / n,
                     "statements": (counted.statements - s0) / n, "transactions": (counted.transactions - t0) / n,
                     **{f"{k}_cpu_ms": 1000 * v / n for k, v in peers.items()}}
 
@@ -330,6 +348,9 @@ def main() -> int:
     parser.add_argument("--fast-peers", action="store_true", help="bench/peers.py's fast stubs (bench/limit.py "
                         "--end-to-end's default) instead of the sandbox's servers")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--sync", action="store_true", help="drain with Worker.run_until_idle in one thread (the "
+                        "calls still go through the call pool) instead of the started worker's threads")
+    parser.add_argument("--concurrency", type=int, help="worker.concurrency (default: config.example.yaml's)")
     parser.add_argument("--sql", action="store_true", help="list the statements per case (intake + drain) of round 1")
     parser.add_argument("--dump", help="--one: write the profile (pstats) to this file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -367,7 +388,8 @@ def main() -> int:
             for name in order:
                 command = [sys.executable, str(variants[name] / "bench" / "worker.py"), "--one", "--cases",
                            str(args.cases), "--peers", json.dumps(urls), "--pids", json.dumps(pids), "--top",
-                           str(args.top)] + ([] if args.profile and rnd == 1 else ["--no-profile"]) \
+                           str(args.top)] + (["--concurrency", str(args.concurrency)] if args.concurrency else []) \
+                    + (["--sync"] if args.sync else []) + ([] if args.profile and rnd == 1 else ["--no-profile"]) \
                     + (["--sql"] if args.sql and rnd == 1 else [])
                 done = subprocess.run(command, cwd=variants[name], capture_output=True, text=True)
                 if done.returncode != 0:
@@ -377,7 +399,8 @@ def main() -> int:
                 results[name].append(got)
                 print(f"round {rnd} {name:>4}: worker {got['worker_cpu_ms']:.3f} ms CPU/case "
                       f"({got['ratio_to_bare']:.1f}x bare {got['bare_cpu_ms']:.3f}), wall {got['wall_ms']:.2f} ms/case, "
-                      f"{got['statements']:.1f} statements / {got['transactions']:.1f} transactions per case; peers "
+                      f"{got['statements']:.1f} statements / {got['transactions']:.1f} transactions per case; "
+                      f"{got['switches']:.0f} context switches/case, {100 * got['system_share']:.0f}% system; peers "
                       f"providers {got['providers_cpu_ms']:.2f} national {got['national_cpu_ms']:.2f} ms CPU/case; "
                       f"intake {got['intake_cpu_ms']:.3f} ms", flush=True)
     finally:
@@ -391,7 +414,8 @@ def main() -> int:
     keys = [("worker_cpu_ms", "worker CPU ms/case", 3), ("ratio_to_bare", "worker / bare CPU", 2),
             ("intake_cpu_ms", "intake CPU ms/case", 3), ("bare_cpu_ms", "bare CPU ms/req", 3),
             ("wall_ms", "drain wall ms/case", 2), ("statements", "statements/case", 1),
-            ("transactions", "transactions/case", 1), ("providers_cpu_ms", "provider peer CPU ms/case", 2),
+            ("transactions", "transactions/case", 1), ("switches", "context switches/case", 0),
+            ("system_share", "system CPU share", 2), ("providers_cpu_ms", "provider peer CPU ms/case", 2),
             ("national_cpu_ms", "1177 peer CPU ms/case", 2)]
     rows = [[label, *(spread([r[key] for r in results[v]], digits) for v in variants)] for key, label, digits in keys]
     if args.compare and results["this"] and results["base"]:
