@@ -186,11 +186,11 @@ class Outbox(Replies):
         detail: str | None,
         response: dict[str, Any] | None = None,
     ) -> None:
-        number = scalar(db, "SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?", [job.id])
-        db.execute(
+        db.execute(  # the attempt's number: one more than the row's attempts so far (replays included)
             """INSERT INTO attempts (outbox_id, case_id, target, attempt, started_at, duration_ms, outcome,
-                   status_code, error_code, detail, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [job.id, job.case_id, job.target, number, ts(started), round(duration_ms, 1), outcome, status_code,
+                   status_code, error_code, detail, response)
+               VALUES (?, ?, ?, (SELECT count(*) + 1 FROM attempts WHERE outbox_id = ?), ?, ?, ?, ?, ?, ?, ?)""",
+            [job.id, job.case_id, job.target, job.id, ts(started), round(duration_ms, 1), outcome, status_code,
              error_code, detail, response_json(response)],
         )
 
@@ -219,12 +219,13 @@ class Outbox(Replies):
         now = now or instant()
         completion = completion or COMPLETIONS[job.action]
         with self.write() as db:
-            updated = db.execute(
+            done = db.execute(
                 """UPDATE outbox SET status = 'done', delivered_at = ?, updated_at = ?, lease_until = NULL,
                        last_error = NULL, last_error_code = NULL
-                   WHERE id = ? AND status = 'in_flight' AND claimed_by = ?""",
+                   WHERE id = ? AND status = 'in_flight' AND claimed_by = ? RETURNING created_at""",
                 [ts(now), ts(now), job.id, job.claimed_by],
-            ).rowcount
+            ).fetchall()
+            updated = bool(done)
             detail = redact_person_ids(detail) if detail else None
             self._finish(db, job, started=started, duration_ms=duration_ms,
                          outcome="delivered" if updated else "delivered_late", status_code=status_code,
@@ -232,7 +233,7 @@ class Outbox(Replies):
             if not updated:
                 return False
             self._count(db, "delivered", job.target, direction_of(job.action))
-            created = scalar(db, "SELECT created_at FROM outbox WHERE id = ?", [job.id])
+            created = done[0]["created_at"]
             self._observe_latency(db, job.target, direction_of(job.action), (now - parse_ts(created)).total_seconds())
             if provider_case_id:
                 db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
