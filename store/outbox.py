@@ -7,7 +7,12 @@ May import: model, errors, clock (through ``store.base``).
 
 Invariants: a row is in flight for one worker at a time; completing or failing a row whose
 claim was lost changes nothing but the attempt record; a worker whose heartbeat stopped
-loses its rows to the queue.
+loses its rows to the queue. A claim is committed without waiting for the disk (SQLite's
+``synchronous=NORMAL`` for its transaction; WAL keeps it atomic, and the next durable
+commit on the file makes it durable too): a claim lost to a power cut leaves its row
+pending, as if never claimed, which is what lease recovery would make of it anyway, and
+nobody was told anything in between. Completions, failures and everything else wait for
+the disk (``synchronous=FULL``).
 """
 
 from __future__ import annotations
@@ -123,6 +128,17 @@ class Outbox(Replies):
             return []
         now = now or instant()
         lease = ts(now + dt.timedelta(seconds=lease_s))
+        if self.pg is not None:
+            return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target)
+        # an fsync'd commit costs ~0.25 ms of CPU and ~3 ms with the process's write lock held
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
+    def _claim(self, worker: str, limit: int, lease: str, now: dt.datetime, skip_ids: frozenset[int],
+               room: dict[str, int] | None, room_per_target: int | None) -> list[Job]:
         jobs: list[Job] = []
         with self.write() as db:
             # ``room``: how many more calls each target may take now (``room_per_target`` for the rest)
