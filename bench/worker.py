@@ -199,6 +199,8 @@ class Counted:
         counter = self
 
         def execute(db: Any, sql: str, parameters: Any = None) -> Any:
+            if sql.startswith("PRAGMA"):  # the store's per-transaction settings, not work
+                return original(db, sql, parameters)
             counter.statements += 1
             if counter.log is not None:
                 counter.log.append(" ".join(sql.split())[:110])
