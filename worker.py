@@ -633,17 +633,17 @@ class Worker:
                 status_code=answer.status_code, response=answer.response)
         return Delivered(answer.status_code, provider_case_id=provider_case_id)
 
-    def call_national(self, job: Job, call: Callable[[NationalProfile, Case], Answer], *,
+    def call_national(self, job: Job, call: Callable[[NationalProfile], Answer], *,
                       registered: bool = True) -> Answer:
         """The call of a 1177-side action, within the national platform's share of the calls.
-        ``registered``: the case must already have 1177's case id (all but RegisterCase)."""
+        ``registered``: the case must already have 1177's case id (all but RegisterCase).
+        Each action reads what it needs of the case before (``call`` only makes the call)."""
         if self.national is None:
             raise ConfigError("no national platform is configured (the 'national' section).")
         if registered and not job.national_case_id:
             raise MappingError(f"case {job.case_id} has no 1177 case id: it was never registered with 1177.")
         national = self.national
-        case = self.store.load_case(job.case_id)
-        return self.calls.call(NATIONAL_TARGET, job.id, lambda: call(national, case))
+        return self.calls.call(NATIONAL_TARGET, job.id, lambda: call(national))
 
     #: How often, and after how many seconds each, the worker tries again to record a delivery
     #: that succeeded while the database was busy (a backup, a CLI command holding the lock).
@@ -671,8 +671,12 @@ class Worker:
         conf = self.confirmations
         if conf is None or not conf.enabled or not (national_case_id or job.national_case_id):
             return None
-        row = self.store.case_row(job.case_id)
-        text = conf.texts.get(row["case_type"]) if row else None
+        case_type = job.case_type
+        if case_type is None:  # a job built without its case's type
+            row = self.store.case_row(job.case_id)
+            case_type = row["case_type"] if row else None
+        texts: Mapping[Any, str] = conf.texts  # by CaseType, a str enum: the stored value finds it
+        text = texts.get(case_type) if case_type else None
         if not text:
             return None
         unit = self.mappings.units.unit(job.receiver_hsa_id, self.clock.day()) if self.mappings else None
@@ -888,8 +892,9 @@ def deliver_message(worker: Worker, job: Job) -> Delivered:
 def add_message(worker: Worker, job: Job) -> Delivered:
     """A message to the citizen's 1177 inbox (AddMessage), threaded by 1177's case id."""
     message = worker.store.load_message(job.ref_id)
-    answer = worker.call_national(job, lambda national, case: national.add_message(
-        subject_of_care_id=case.subject_of_care.person_id.id, national_case_id=str(job.national_case_id),
+    person = worker.store.subject_of_care_id(job.case_id)  # not the whole case: its files are not sent
+    answer = worker.call_national(job, lambda national: national.add_message(
+        subject_of_care_id=person, national_case_id=str(job.national_case_id),
         message=message, correlation_id=job.correlation_id))
     return Delivered(answer.status_code, detail=answer.detail)
 
@@ -898,7 +903,7 @@ def add_message(worker: Worker, job: Job) -> Delivered:
 def update_status(worker: Worker, job: Job) -> Delivered:
     """A status change of the case to 1177 (UpdateCaseStatus)."""
     update = worker.store.load_status(int(job.ref_id))
-    answer = worker.call_national(job, lambda national, _case: national.update_status(
+    answer = worker.call_national(job, lambda national: national.update_status(
         national_case_id=str(job.national_case_id), update=update, correlation_id=job.correlation_id))
     return Delivered(answer.status_code, detail=answer.detail)
 
@@ -908,7 +913,8 @@ def register_case(worker: Worker, job: Job) -> Delivered:
     """A case that started outside 1177 registered with it (RegisterCase): 1177's case id
     comes back (then the receipt to the citizen)."""
     row = worker.store.case_row(job.case_id) or {}
-    answer = worker.call_national(job, lambda national, case: national.register_case(
+    case = worker.store.load_case(job.case_id)
+    answer = worker.call_national(job, lambda national: national.register_case(
         case=case, external_case_id=row.get("provider_case_id") or job.case_id,
         channel=row.get("channel") or "OTHER", correlation_id=job.correlation_id), registered=False)
     data = answer.data if isinstance(answer.data, dict) else {}

@@ -30,10 +30,13 @@ Modes
     another, as a multiple of one request's body.
 
     ``--end-to-end``: ``gateway serve`` WITH its worker (as it runs by default) delivering
-    by REST to the sandbox's demo provider (``python -m sandbox.providers --delay 0
-    --answer-delay 0``) and sending the automatic receipt (``outbound.confirmations``) to
-    the sandbox's 1177 simulator (``python -m sandbox.national``), so each case is a
-    delivery plus a receipt. Per round: a fresh gateway and database; first ``--idle``
+    by REST to the demo provider and sending the automatic receipt (``outbound.confirmations``)
+    to 1177, so each case is a delivery plus a receipt. The peers are bench/peers.py's fast
+    stubs (``--peers stub``, the default: the same answers on the wire as the sandbox's,
+    HTTP/1.1 keep-alive, a fraction of their CPU, since the sandbox's servers use ~2-3 ms
+    CPU per request each, which on 2 cores alone would cap the rate measured) or the
+    sandbox's servers (``--peers sandbox``: ``python -m sandbox.providers --delay 0
+    --answer-delay 0`` and ``python -m sandbox.national``). Per round: a fresh gateway and database; first ``--idle``
     cases one at a time to the idle gateway (intake -> provider latency from the outbox:
     ``delivered_at - created_at``); then a closed-loop load (``--clients``, default 4) for
     ``--seconds`` (30 for the issue's figure) while the outbox is sampled every second. It
@@ -74,7 +77,8 @@ How to run (from the project folder)
     status 1 if any request was not answered OK or a run failed (a target FAIL is not an
     error: it is a figure).
 
-May import: bench/intake.py and bench/delivery.py (the server helpers and the bodies), the
+May import: bench/intake.py and bench/delivery.py (the server helpers and the bodies),
+bench/peers.py (run as a child process), the
 gateway's own modules (``gateway`` for its gunicorn application and app factory), the
 project's dependencies and the standard library. Product code never imports this.
 
@@ -279,6 +283,39 @@ def start_sandbox(folder: Path, module: str, *args: str) -> tuple[subprocess.Pop
         name, url = line.split()[:2]
         urls[name] = url
     return process, urls
+
+
+def start_stub(folder: Path, kind: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """bench/peers.py's fast stub of the sandbox's ``providers`` or ``national`` on a free
+    port; (process, {name: base URL}) as ``start_sandbox``."""
+    expected = {"providers": 2, "national": 1}[kind]
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "peers.py"), kind], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=open(folder / f"{kind}.log", "wb"), stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    urls: dict[str, str] = {}
+    while len(urls) < expected:
+        line = process.stdout.readline() if process.stdout else ""
+        if not line:
+            common.stop_server(process)
+            raise RuntimeError(f"bench/peers.py {kind} did not start:\n" + common.log_tail(folder / f"{kind}.log"))
+        name, url = line.split()[:2]
+        urls[name] = url
+    return process, urls
+
+
+def start_peers(folder: Path, kind: str) -> tuple[subprocess.Popen, dict[str, str], subprocess.Popen, dict[str, str]]:
+    """The end-to-end peers: bench/peers.py's fast stubs (``stub``, the default: the
+    sandbox's own servers use ~2-3 ms CPU per request each, which on 2 cores would cap the
+    rate measured) or the sandbox's servers (``sandbox``)."""
+    if kind == "stub":
+        providers, urls = start_stub(folder, "providers")
+        national, nurls = start_stub(folder, "national")
+    else:
+        providers, urls = start_sandbox(folder, "providers", "--rest-port", "0", "--soap-port", "0", "--delay", "0",
+                                        "--answer-delay", "0")
+        national, nurls = start_sandbox(folder, "national", "--port", "0")
+    return providers, urls, national, nurls
 
 
 def example() -> dict[str, Any]:
@@ -843,18 +880,16 @@ def run_e2e(args: argparse.Namespace, clients: int) -> int:
         builder = common.Builder()
         template = Template(builder, run)
         client = Client(kind, template, folder)
-        providers, urls = start_sandbox(folder, "providers", "--rest-port", "0", "--soap-port", "0", "--delay", "0",
-                                        "--answer-delay", "0")
-        processes.append(providers)
-        national, nurls = start_sandbox(folder, "national", "--port", "0")
-        processes.append(national)
+        providers, urls, national, nurls = start_peers(folder, args.peers)
+        processes += [providers, national]
         config = e2e_config(folder, urls, nurls["national"])
         cfg = yaml.safe_load(config.read_text())
         print(f"bodies   {template.size} bytes each, to SE5566778899-KLIN1 (demo_rest); a new caseId and PDF per "
               f"request")
         print(f"gateway  worker.concurrency {cfg['worker']['concurrency']}, poll_s {cfg['worker']['poll_s']}; "
-              f"receipt to 1177 {'on' if cfg['outbound']['confirmations']['enabled'] else 'OFF'}; providers "
-              f"{urls['demo_rest']} (no delay), 1177 simulator {nurls['national']}")
+              f"receipt to 1177 {'on' if cfg['outbound']['confirmations']['enabled'] else 'OFF'}; peers "
+              f"{'bench/peers.py fast stubs' if args.peers == 'stub' else 'the sandbox servers'}: provider "
+              f"{urls['demo_rest']} (no delay), 1177 {nurls['national']}")
         blog = open(folder / "bare.log", "wb")
         bare, bbase = start_bare(folder, config, blog)
         processes.append(bare)
@@ -1249,6 +1284,9 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=20, help="--end-to-end: cases one at a time first (default 20)")
     parser.add_argument("--pace", type=float, default=None, metavar="F",
                         help="--end-to-end: offer F x the bare rate of the round instead of a closed loop")
+    parser.add_argument("--peers", choices=("stub", "sandbox"), default="stub",
+                        help="--end-to-end: the provider and 1177 as bench/peers.py's fast stubs (default) or the "
+                             "sandbox's servers (python -m sandbox.providers / sandbox.national)")
     parser.add_argument("--cases", type=int, default=1000, help="--profile: cases (default 1000)")
     parser.add_argument("--top", type=int, default=25, help="--profile: functions listed (default 25)")
     args = parser.parse_args()
