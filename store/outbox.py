@@ -7,9 +7,9 @@ May import: model, errors, clock (through ``store.base``).
 
 Invariants: a row is in flight for one worker at a time; completing or failing a row whose
 claim was lost changes nothing but the attempt record; a worker whose heartbeat stopped
-loses its rows to the queue. A claim is committed without waiting for the disk (SQLite's
-``synchronous=NORMAL`` for its transaction; WAL keeps it atomic, and the next durable
-commit on the file makes it durable too): a claim lost to a power cut leaves its row
+loses its rows to the queue. A claim is committed without waiting for the disk
+(``write(durable=False)``: SQLite's ``synchronous=NORMAL`` for its group; WAL keeps it
+atomic, and the next durable commit on the file makes it durable too): a claim lost to a power cut leaves its row
 pending, as if never claimed, which is what lease recovery would make of it anyway, and
 nobody was told anything in between. So is a completion: lost to a power cut, its row is
 in flight (or pending) again, recovery brings it back and the redelivery carries the same
@@ -21,10 +21,8 @@ waits for the disk (``synchronous=FULL``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,27 +132,12 @@ class Outbox(Replies):
             return []
         now = now or instant()
         lease = ts(now + dt.timedelta(seconds=lease_s))
-        with self._lazy():
-            return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target)
-
-    @contextlib.contextmanager
-    def _lazy(self) -> Iterator[None]:
-        """The transactions within commit without waiting for the disk (SQLite's
-        ``synchronous=NORMAL`` on this thread's connection; PostgreSQL: unchanged). An
-        fsync'd commit costs ~0.25 ms of CPU and 3-10 ms with the process's write lock held."""
-        if self.pg is not None:
-            yield
-            return
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+        return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target)
 
     def _claim(self, worker: str, limit: int, lease: str, now: dt.datetime, skip_ids: frozenset[int],
                room: dict[str, int] | None, room_per_target: int | None) -> list[Job]:
         jobs: list[Job] = []
-        with self.write() as db:
+        with self.write(durable=False) as db:  # lost to a power cut, a claim loses nothing
             # ``room``: how many more calls each target may take now (``room_per_target`` for the rest)
             left = dict(room or {})
             full = sorted(t for t, n in left.items() if n <= 0)
@@ -248,7 +231,7 @@ class Outbox(Replies):
         receipt once the provider has accepted the case), so it cannot be lost in between."""
         now = now or instant()
         completion = completion or COMPLETIONS[job.action]
-        with self._lazy(), self.write() as db:
+        with self.write(durable=False) as db:  # lost to a power cut, the row is redelivered
             done = db.execute(
                 """UPDATE outbox SET status = 'done', delivered_at = ?, updated_at = ?, lease_until = NULL,
                        last_error = NULL, last_error_code = NULL
