@@ -69,7 +69,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# after the project: its package ops/ (the view) must win over this file, bench/ops.py
+sys.path.append(str(Path(__file__).resolve().parent))
 
 import intake  # noqa: E402  (bench/intake.py: the machine facts)
 from store import Store  # noqa: E402
@@ -492,13 +493,12 @@ class Filler:
                             copy.write_row(row)
                 timings[name] = time.perf_counter() - started
         else:
-            conn = store.db.conn
-            conn.execute("PRAGMA cache_size = -524288")  # 512 MiB while filling (the timings use a fresh connection)
-
             def run(name: str, sql: str, rows: Any) -> None:
                 started = time.perf_counter()
-                with store.write():
-                    conn.executemany(sql, rows)
+                # the store's write connection (its writes go through one connection of the process)
+                with store.write() as db:
+                    db.conn.execute("PRAGMA cache_size = -524288")  # 512 MiB while filling
+                    db.conn.executemany(sql, rows)
                 timings[name] = time.perf_counter() - started
 
         first = {}
