@@ -69,7 +69,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# after the project: its package ops/ (the view) must win over this file, bench/ops.py
+sys.path.append(str(Path(__file__).resolve().parent))
 
 import intake  # noqa: E402  (bench/intake.py: the machine facts)
 from store import Store  # noqa: E402
@@ -476,14 +477,29 @@ class Filler:
         """Insert everything with executemany in a few big transactions; seconds per table."""
         timings: dict[str, float] = {}
         rng = self.rng
-        conn = store.db.conn
-        conn.execute("PRAGMA cache_size = -524288")  # 512 MiB while filling (the timings use a fresh connection)
+        if store.pg is not None:
+            # PostgreSQL: one COPY per table on a connection of its own (the columns of the INSERT)
+            import psycopg
 
-        def run(name: str, sql: str, rows: Any) -> None:
-            started = time.perf_counter()
-            with store.write():
-                conn.executemany(sql, rows)
-            timings[name] = time.perf_counter() - started
+            pg = psycopg.connect(store.pg.url, autocommit=True)
+
+            def run(name: str, sql: str, rows: Any) -> None:
+                started = time.perf_counter()
+                m = re.match(r"\s*INSERT INTO (\w+) \(([^)]*)\)", sql)
+                assert m is not None, sql
+                with pg.transaction(), pg.cursor() as cursor:
+                    with cursor.copy(f"COPY {m.group(1)} ({m.group(2)}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                timings[name] = time.perf_counter() - started
+        else:
+            def run(name: str, sql: str, rows: Any) -> None:
+                started = time.perf_counter()
+                # the store's write connection (its writes go through one connection of the process)
+                with store.write() as db:
+                    db.conn.execute("PRAGMA cache_size = -524288")  # 512 MiB while filling
+                    db.conn.executemany(sql, rows)
+                timings[name] = time.perf_counter() - started
 
         first = {}
         status_count: dict[str, int] = {}
@@ -578,6 +594,13 @@ class Filler:
                        [iso(self.pause_at)])
             db.execute("INSERT INTO audit_log (at, who, role, action, object, detail) VALUES (?, 'anna', 'admin', "
                        "'pause', 'target demo_soap', '')", [iso(self.pause_at)])
+        if store.pg is not None:
+            # the ids were given: the sequences go on after them, as after the gateway's own inserts
+            for (table,) in pg.execute("SELECT table_name FROM information_schema.columns WHERE column_name = 'id' "
+                                       "AND is_identity = 'YES' AND table_schema = current_schema()").fetchall():
+                pg.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                           f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+            pg.close()
         return timings
 
 
@@ -673,6 +696,15 @@ def measure(key: str, label: str, fn: Callable[[], Any], db: Any, runs: int, row
         q.statements.append((sql, params))
 
     started = time.perf_counter()
+    if not hasattr(db, "tracer"):  # PostgreSQL: timings only (no sqlite-utils tracer, no SQLite plans)
+        result = fn()
+        q.ms.append((time.perf_counter() - started) * 1000)
+        for _ in range(runs - 1):
+            started = time.perf_counter()
+            result = fn()
+            q.ms.append((time.perf_counter() - started) * 1000)
+        q.rows = rows(result)
+        return q
     with db.tracer(tracer):
         result = fn()
     q.ms.append((time.perf_counter() - started) * 1000)
@@ -1055,23 +1087,119 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="runs of each query or page (default 20)")
     parser.add_argument("--wait-view", type=float, default=600, help="seconds to wait for the real ops view (default 600)")
     parser.add_argument("--seed", type=int, default=1177)
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
+                        help="the store's backend; both: SQLite first, then PostgreSQL on the same rows, with ratios")
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="the PostgreSQL database (a schema of its own is made in it and dropped after)")
     args = parser.parse_args()
+    if args.backend == "postgres":
+        now = now_us()
+        print_header(args)
+        queries = postgres_queries(args, now)
+        print_pg(queries, args.runs)
+        return 1 if any(q.median > 100 for q in queries) else 0
+    sqlite_queries: list[Query] = []
+    status = sqlite_main(args, sqlite_queries)
+    if args.backend == "both":
+        queries = postgres_queries(args, sqlite_queries[0].now if sqlite_queries else now_us())  # type: ignore[attr-defined]
+        print_pg(queries, args.runs)
+        print(f"## PostgreSQL / SQLite per store query (SQLite after ANALYZE; PostgreSQL after VACUUM ANALYZE), {args.runs} runs each")
+        print()
+        by_key = {q.key: q for q in sqlite_queries}
+        table = []
+        for q in queries:
+            b = by_key.get(q.key)
+            table.append([q.label, q.rows, f"{b.median:.2f}" if b else "-", f"{q.median:.2f}", f"{q.max:.2f}",
+                          f"{q.median / b.median:.2f}" if b and b.median else "-"])
+        print(markdown(["query", "rows (PG)", "SQLite median ms", "PG median ms", "PG max ms", "PG/SQLite"], table))
+        print()
+        status = status or int(any(q.median > 100 for q in queries))
+    return status
 
+
+def now_us() -> int:
+    now_dt = dt.datetime.now(dt.timezone.utc)
+    return int((now_dt - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) / dt.timedelta(microseconds=1))
+
+
+def print_header(args: argparse.Namespace) -> None:
     info = machine()
     print("# gateway operations benchmark (bench/ops.py)")
     print(f"date     {info['date']}")
     print(f"machine  {info['cores']} cores (nproc), {info['cpu']}; {info['memory']} RAM; {info['os']}")
     print(f"python   {info['python']} ({sys.executable}); SQLite {info['sqlite']}")
-    print(f"run      --log-rows {args.log_rows} --cases {args.cases} --outbox {args.outbox} --attempts {args.attempts} "
-          f"--runs {args.runs} --seed {args.seed}")
+    print(f"run      --backend {args.backend} --log-rows {args.log_rows} --cases {args.cases} --outbox {args.outbox} "
+          f"--attempts {args.attempts} --runs {args.runs} --seed {args.seed}")
     print()
 
+
+def postgres_queries(args: argparse.Namespace, now: int) -> list[Query]:
+    """The same rows (same seed, same instant) in a PostgreSQL schema of their own, filled with
+    COPY; VACUUM ANALYZE (autovacuum's job in production), then the store's own queries through a
+    ``Store`` on that schema. The schema is dropped at the end."""
+    import uuid
+
+    import psycopg
+
+    name = f"bench_ops_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(args.url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+        version = admin.execute("SHOW server_version").fetchone()[0]
+    url = f"{args.url}{'&' if '?' in args.url else '?'}options=-csearch_path%3D{name}"
+    print(f"## PostgreSQL {version}: schema {name} of {args.url}")
+    try:
+        store = Store(url, pool_size=4)
+        store.migrate()
+        started = time.perf_counter()
+        filler = Filler(args, now)
+        filler.make_cases()
+        filler.make_outbox()
+        filler.make_attempts()
+        filler.make_events()
+        generated = time.perf_counter() - started
+        written = filler.write(store)
+        shared = {"heavy": filler.heavy.case_id, "typical": filler.typical.case_id, "now": now}
+        del filler
+        gc.collect()
+        analyzed = time.perf_counter()
+        # VACUUM ANALYZE, what autovacuum leaves on a live database: statistics, and the visibility
+        # map that lets the dashboard's whole-table counts read only the (target, status) indexes
+        store.db.execute("VACUUM ANALYZE")
+        analyze_s = time.perf_counter() - analyzed
+        shared["log_rows"] = store.db.execute("SELECT count(*) FROM sync_log").fetchone()[0]
+        shared["heavy_events"] = store.db.execute("SELECT count(*) FROM sync_log WHERE case_id = ?",
+                                                  [shared["heavy"]]).fetchone()[0]
+        size = store.db.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                                "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                                ).fetchone()[0]
+        print(f"fill     generated in {generated:.1f} s; COPY in {sum(written.values()):.1f} s ("
+              + ", ".join(f"{k} {v:.1f} s" for k, v in written.items()) + f"); VACUUM ANALYZE {analyze_s:.1f} s; "
+              f"{shared['log_rows']} sync-log rows; schema {int(size) / MIB:.1f} MiB")
+        queries = store_queries(store, shared, args.runs)
+        print(f"  (walking pages 1-19 to reach page 20 took {shared['walk_19_ms']:.1f} ms in all)")
+        store.close()
+        return queries
+    finally:
+        with psycopg.connect(args.url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def print_pg(queries: list[Query], runs: int) -> None:
+    print(f"## store queries on PostgreSQL (after VACUUM ANALYZE), {runs} runs each")
+    print()
+    print(markdown(["query", "rows", "first ms", "median ms", "max ms"],
+                   [[q.label, q.rows, f"{q.ms[0]:.2f}", f"{q.median:.2f}", f"{q.max:.2f}"] for q in queries]))
+    print()
+
+
+def sqlite_main(args: argparse.Namespace, keep: list[Query]) -> int:
+
+    print_header(args)
     folder = Path(tempfile.mkdtemp(prefix="gateway-bench-ops-"))
     db_path = folder / "gateway.db"
     failed = False
     try:
-        now_dt = dt.datetime.now(dt.timezone.utc)
-        now = int((now_dt - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) / dt.timedelta(microseconds=1))
+        now = now_us()
         store = Store(db_path)
         store.migrate()
         started = time.perf_counter()
@@ -1160,6 +1288,9 @@ def main() -> int:
         store = Store(db_path)
         after = store_queries(store, shared, args.runs)
         store.close()
+        keep.extend(after)
+        if after:
+            after[0].now = now  # type: ignore[attr-defined]  # the instant the PostgreSQL run fills for
         for q in after:
             print(f"  {q.label:<62} rows {q.rows:>16}  first {q.ms[0]:7.2f}  median {q.median:7.2f} ms  max {q.max:7.2f} ms")
         print(f"  (walking pages 1-19 to reach page 20 took {shared['walk_19_ms']:.1f} ms in all)")

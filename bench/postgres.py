@@ -12,6 +12,12 @@ SQLite of the same rounds.
     .venv/bin/python bench/postgres.py [--cases 600] [--rounds 3] [--url postgresql://postgres@127.0.0.1:5432/test]
 
 The PostgreSQL database of each run is created (``CREATE DATABASE gw_bench_…``) and dropped.
+
+``--big N`` (0 to skip; default 0) then sends N cases of 5 attachments of 20 MiB each
+(bench/intake.py's ``Builder.big``) one after another to a fresh ``gateway serve`` with its
+worker, on SQLite and on PostgreSQL, waits until the provider holds each, and prints the
+peak RSS (VmHWM) of every process of the server against the body's size (target: the
+gunicorn worker under 5x the body).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delivery import start_gateway  # noqa: E402 - gateway serve with its worker, until it answers
+import intake as common  # noqa: E402
 from intake import ROOT, Builder, log_tail, stop_server, write_config  # noqa: E402
 
 
@@ -115,14 +122,112 @@ def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_ur
                     admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def big(setup: str, count: int, builder: Builder, provider: str, admin_url: str) -> None:
+    """``count`` cases of 5 x 20 MiB in through ``gateway serve`` and out to demo_rest; prints VmHWM per process."""
+    requests.post(f"{provider}/_reset", timeout=5)
+    with tempfile.TemporaryDirectory(prefix="gw-bench-pg-big-") as tmp:
+        folder = Path(tmp)
+        config = write_config(folder)
+        data = yaml.safe_load(config.read_text())
+        data["targets"]["demo_rest"]["base_url"] = f"{provider}/api"
+        data["outbound"]["confirmations"]["enabled"] = False
+        data["worker"].update(poll_s=1, concurrency=4)
+        database = None
+        if setup == "postgresql":
+            database = f"gw_bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{database}"')
+            data["database"] = {"url": with_database(admin_url, database), "pool_size": 10}
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        log = open(folder / "server.log", "ab")
+        # in alone first: gateway serve --no-worker, the cases only stored (the peak of intake)
+        process, base = common.start_server(folder, config, log)
+        try:
+            ok, _, problem = common.post(base, builder.typical(f"BIGWARM-IN-{setup}"), 60)
+            assert ok, problem
+            before_in = max(hwm for _, role, hwm, _ in common.server_memory(process.pid) if role == "gunicorn worker")
+            in_sizes = []
+            for i in range(count):
+                body = builder.big(f"BIGIN-{setup}-{i:03d}")
+                in_sizes.append(len(body))
+                ok, seconds, problem = common.post(base, body, 600)
+                del body
+                assert ok, problem
+            peak_in = max(hwm for _, role, hwm, _ in common.server_memory(process.pid) if role == "gunicorn worker")
+            body_size = sum(in_sizes) / len(in_sizes)
+            print(f"{setup}: in only (--no-worker), {count} big case(s): gunicorn worker VmHWM {before_in / 1024:.0f} MiB "
+                  f"before, {peak_in / 1024:.0f} MiB peak = {peak_in * 1024 / body_size:.2f}x the body "
+                  f"({body_size / common.MIB:.1f} MiB)", flush=True)
+        finally:
+            stop_server(process)
+        # then in and out: gateway serve with its worker, which first delivers the stored ones
+        process, base = start_gateway(folder, config, log)
+        try:
+            deadline = time.monotonic() + 600
+            while len(requests.get(f"{provider}/_received", timeout=30).json()["received"]) < count + 1:
+                assert time.monotonic() < deadline, "the stored big cases were not delivered"
+                time.sleep(0.2)
+            peak_out = max(hwm for _, role, hwm, _ in common.server_memory(process.pid) if role == "gunicorn worker")
+            print(f"{setup}: out only (the worker delivering the {count} stored big case(s)): gunicorn worker VmHWM "
+                  f"{peak_out / 1024:.0f} MiB peak = {peak_out * 1024 / body_size:.2f}x the body", flush=True)
+        finally:
+            stop_server(process)
+        requests.post(f"{provider}/_reset", timeout=5)
+        process, base = start_gateway(folder, config, log)
+        try:
+            ok, _, problem = common.post(base, builder.typical(f"BIGWARM-{setup}"), 60)
+            assert ok, problem
+            deadline = time.monotonic() + 60
+            while len(requests.get(f"{provider}/_received", timeout=10).json()["received"]) < 1:
+                assert time.monotonic() < deadline, "the warm-up case was not delivered"
+                time.sleep(0.1)
+            before = {pid: (role, hwm) for pid, role, hwm, _ in common.server_memory(process.pid)}
+            sizes = []
+            for i in range(count):
+                body = builder.big(f"BIG-{setup}-{i:03d}")
+                sizes.append(len(body))
+                ok, seconds, problem = common.post(base, body, 600)
+                del body
+                started = time.monotonic()
+                while len(requests.get(f"{provider}/_received", timeout=30).json()["received"]) < i + 2:
+                    if time.monotonic() > started + 600:
+                        raise RuntimeError(f"{setup}: big case {i + 1} not delivered\n" + log_tail(folder / "server.log"))
+                    time.sleep(0.2)
+                print(f"{setup}: big case {i + 1}: {sizes[-1] / common.MIB:.1f} MiB, in {seconds * 1000:.0f} ms "
+                      f"({'OK' if ok else 'FAILED: ' + problem}), delivered {time.monotonic() - started:.1f} s later",
+                      flush=True)
+            body_size = sum(sizes) / len(sizes)
+            for pid, role, hwm, rss in common.server_memory(process.pid):
+                was = before.get(pid, (role, 0))[1]
+                print(f"{setup}:   pid {pid:<7} {role:<28} VmHWM {was / 1024:7.0f} MiB before, {hwm / 1024:7.0f} MiB "
+                      f"peak = {hwm * 1024 / body_size:.2f}x the body ({body_size / common.MIB:.1f} MiB); "
+                      f"VmRSS now {rss / 1024:.0f} MiB", flush=True)
+        finally:
+            stop_server(process)
+            log.close()
+            if database:
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL database to connect to for CREATE/DROP DATABASE")
+    parser.add_argument("--big", type=int, default=0,
+                        help="after the rounds, N cases of 5 x 20 MiB in and out on SQLite and PostgreSQL (peak RSS)")
     args = parser.parse_args()
     builder = Builder()
+    if args.rounds == 0 and args.big:
+        providers, provider = start_providers()
+        try:
+            for setup in ("sqlite", "postgresql"):
+                big(setup, args.big, builder, provider, args.url)
+        finally:
+            stop_server(providers)
+        return 0
     setups = [("SQLite, 1 instance", "sqlite", 1), ("PostgreSQL, 1 instance", "postgresql", 1),
               ("PostgreSQL, 2 instances", "postgresql", 2)]
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in setups}
@@ -135,6 +240,8 @@ def main() -> int:
                 results[name].append((intake_rate, e2e_rate))
                 print(f"round {round_}: {name:<24} intake {intake_rate:7.1f} cases/s   end to end {e2e_rate:7.1f} cases/s",
                       flush=True)
+        for setup in ("sqlite", "postgresql") if args.big else ():
+            big(setup, args.big, builder, provider, args.url)
     finally:
         stop_server(providers)
     base_intake = [r[0] for r in results["SQLite, 1 instance"]]

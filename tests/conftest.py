@@ -88,7 +88,8 @@ def _instant(text: str) -> dt.datetime:
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "")
 
 #: The test modules whose tests (those on the ``config_data`` fixture) run on both backends.
-BOTH_BACKENDS = {"test_delivery", "test_nothing_stranded", "test_way_back", "test_jobs_once", "test_intake", "test_ops"}
+BOTH_BACKENDS = {"test_delivery", "test_nothing_stranded", "test_way_back", "test_jobs_once", "test_intake", "test_ops",
+                 "test_crash"}
 
 NO_POSTGRES = ("GATEWAY_TEST_POSTGRES_URL is not set: the PostgreSQL variant needs a reachable PostgreSQL, "
                "e.g. GATEWAY_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test (.ci/run sets it)")

@@ -1,5 +1,6 @@
 """A crash test: cases keep arriving while the gateway process is killed with SIGKILL and
-started again. Every acknowledged case must reach its provider, none twice under two keys."""
+started again. Every acknowledged case must reach its provider, none twice under two keys.
+It runs on SQLite and on PostgreSQL (``backend``; the latter needs GATEWAY_TEST_POSTGRES_URL)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ import rivta
 from test_server import gateway_command
 
 pytestmark = pytest.mark.slow
+
+
+def reader(tmp_path, postgres_url):
+    """A function running one read-only query on the gateway's store, on either backend."""
+    if postgres_url:
+        import psycopg
+
+        def query(sql: str) -> list[tuple]:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                return db.execute(sql).fetchall()
+    else:
+        def query(sql: str) -> list[tuple]:
+            with sqlite3.connect(f"file:{tmp_path / 'gateway.db'}?mode=ro", uri=True, timeout=5) as db:
+                return db.execute(sql).fetchall()
+    return query
 
 
 def start_providers():
@@ -54,11 +70,14 @@ def start_gateway(config, port, log):
     raise RuntimeError("the gateway did not start")
 
 
-def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_path):
+def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_path, backend, postgres_url):
     providers, urls = start_providers()
     gateway_process = None
+    query = reader(tmp_path, postgres_url)
     try:
         data = example_data(tmp_path)
+        if postgres_url:
+            data["database"]["url"] = postgres_url
         data["targets"]["demo_rest"]["base_url"] = f"{urls['demo_rest']}/api"
         data["targets"]["demo_soap"]["endpoint"] = f"{urls['demo_soap']}/soap"
         # the shipped lease (300 s) and heartbeat (10 s): the dead worker's rows come back after
@@ -101,8 +120,7 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
         thread = threading.Thread(target=sender)
         thread.start()
         def in_flight() -> int:
-            with sqlite3.connect(f"file:{tmp_path / 'gateway.db'}?mode=ro", uri=True, timeout=5) as db:
-                return db.execute("select count(*) from outbox where status = 'in_flight'").fetchone()[0]
+            return query("select count(*) from outbox where status = 'in_flight'")[0][0]
 
         while len(acknowledged) < 200 or not in_flight():  # kill it mid-delivery
             assert thread.is_alive()
@@ -124,11 +142,9 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
                 for item in requests.get(f"{urls[name]}/_received", timeout=5).json()["received"]:
                     delivered.setdefault(item["body"][field], set()).add(item["idempotency_key"])
             missing = set(acknowledged) - set(delivered)
-            with sqlite3.connect(f"file:{tmp_path / 'gateway.db'}?mode=ro", uri=True, timeout=5) as db:
-                # the provider may have a case whose delivery the killed worker never recorded: the
-                # gateway must still finish that row (a redelivery with the same key), not strand it
-                unfinished = db.execute("select count(*) from outbox where action = 'deliver_case' "
-                                        "and status <> 'done'").fetchone()[0]
+            # the provider may have a case whose delivery the killed worker never recorded: the
+            # gateway must still finish that row (a redelivery with the same key), not strand it
+            unfinished = query("select count(*) from outbox where action = 'deliver_case' and status <> 'done'")[0][0]
             if (not missing and not unfinished) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -137,16 +153,14 @@ def test_sigkill_while_cases_arrive_loses_nothing_and_duplicates_nothing(tmp_pat
         assert not unfinished, f"{unfinished} delivery row(s) left unfinished in the gateway"
         twice = {case_id: keys for case_id, keys in delivered.items() if len(keys) > 1}
         assert not twice, f"delivered under several keys: {twice}"
-        with sqlite3.connect(tmp_path / "gateway.db") as db:
-            keys = dict(db.execute("select case_id, idempotency_key from outbox where action = 'deliver_case'"))
-            stored = {row[0] for row in db.execute("select case_id from cases")}
-            requeued = db.execute(
-                "select count(*) from sync_log where event in ('lease_expired', 'worker_dead')").fetchone()[0]
+        keys = dict(query("select case_id, idempotency_key from outbox where action = 'deliver_case'"))
+        stored = {row[0] for row in query("select case_id from cases")}
+        requeued = query("select count(*) from sync_log where event in ('lease_expired', 'worker_dead')")[0][0]
         assert set(acknowledged) <= stored
         assert requeued > 0, "no delivery was in flight at the kill: the test proved nothing about takeover"
         assert all(delivered[case_id] == {keys[case_id]} for case_id in acknowledged)
         assert took < 60, f"everything was delivered only {took:.0f} s after the restart"
-        print(f"acknowledged {len(acknowledged)} (killed after {killed_at}), delivered {len(delivered)}, "
+        print(f"{backend}: acknowledged {len(acknowledged)} (killed after {killed_at}), delivered {len(delivered)}, "
               f"none twice; {requeued} row(s) requeued after the crash; all delivered {took:.1f} s after the restart "
               f"(lease_s 300, heartbeat_s 10)")
     finally:
