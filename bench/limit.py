@@ -1065,9 +1065,11 @@ def area_of(filename: str, name: str) -> str | None:
     return None
 
 
-def by_area(stats: pstats.Stats) -> dict[str, float]:
-    """Self time (seconds) per area; a generic function's split over its callers by the
-    time it spent called from each (recursively)."""
+def by_area(stats: pstats.Stats, area_of: Callable[[str, str], str | None] = area_of,
+            areas_named: tuple[str, ...] = AREAS) -> dict[str, float]:
+    """Self time (seconds) per area (``area_of(filename, function)``, None for a generic
+    function); a generic function's split over its callers by the time it spent called
+    from each (recursively). bench/worker.py uses it with its own areas."""
     table = stats.stats  # type: ignore[attr-defined]
     memo: dict[Any, dict[str, float]] = {}
 
@@ -1090,7 +1092,7 @@ def by_area(stats: pstats.Stats) -> dict[str, float]:
         memo[func] = mix
         return mix
 
-    areas = dict.fromkeys(AREAS, 0.0)
+    areas = dict.fromkeys(areas_named, 0.0)
     for func, (_, _, tt, _, _) in table.items():
         for area, share in resolve(func, 0).items():
             areas[area] += tt * share

@@ -122,35 +122,8 @@ def func_area(filename: str, name: str) -> str | None:
 
 
 def by_area(stats: pstats.Stats) -> dict[str, float]:
-    """Own time (seconds) per area; a generic function's split over its callers by the time
-    it spent called from each (recursively), as bench/limit.py's profile does."""
-    table = stats.stats  # type: ignore[attr-defined]
-    memo: dict[Any, dict[str, float]] = {}
-
-    def resolve(func: Any, depth: int) -> dict[str, float]:
-        own = func_area(func[0], func[2])
-        if own:
-            return {own: 1.0}
-        if func in memo:
-            return memo[func]
-        callers = table[func][4] if func in table else {}
-        weights = {caller: edge[2] or edge[3] for caller, edge in callers.items()}
-        total = sum(weights.values())
-        if depth > 25 or not callers or total <= 0:
-            return {"other": 1.0}
-        memo[func] = {"other": 1.0}
-        mix: dict[str, float] = {}
-        for caller, weight in weights.items():
-            for area, share in resolve(caller, depth + 1).items():
-                mix[area] = mix.get(area, 0.0) + share * weight / total
-        memo[func] = mix
-        return mix
-
-    areas = dict.fromkeys(AREAS, 0.0)
-    for func, (_, _, tt, _, _) in table.items():
-        for area, share in resolve(func, 0).items():
-            areas[area] += tt * share
-    return areas
+    """Own time (seconds) per area, split as bench/limit.py's profile does (``limit.by_area``)."""
+    return limit.by_area(stats, func_area, AREAS)
 
 
 class ThreadProfiles:
