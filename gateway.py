@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from collections.abc import Iterator
@@ -493,15 +494,11 @@ class WorkerProcess:
 
     def keep_running(self) -> None:
         """Start the child if there is none (and it is not stopping, or pausing after deaths)."""
-        import time
-
         if self.pid or self.stopping or time.monotonic() < self.not_before:
             return
         self.spawn()
 
     def spawn(self) -> None:
-        import time
-
         predecessor, self.gone = self.gone, None
         pid = os.fork()
         if pid:
@@ -527,9 +524,7 @@ class WorkerProcess:
     def reap(self) -> None:
         """Collect children that ended: the current one (restarted by ``keep_running``) and
         retired ones (their end was asked for)."""
-        import time
-
-        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+        for pid in self._children():
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # already collected by gunicorn's waitpid(-1): how is unknown
@@ -567,21 +562,23 @@ class WorkerProcess:
 
     def signal_stop(self) -> None:
         self.stopping = True
-        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+        for pid in self._children():
             self._kill(pid, signal.SIGTERM)
 
     def wait_stopped(self, timeout_s: float) -> None:
         """Wait for every child to end, SIGKILL after ``timeout_s``."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         while (self.pid or self.retiring) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-        for pid in [self.pid, *self.retiring] if self.pid else list(self.retiring):
+        for pid in self._children():
             log.error("worker process did not stop in time: killed", extra={"worker_pid": pid})
             self._kill(pid, signal.SIGKILL)
         self.reap()
+
+    def _children(self) -> list[int]:
+        """The current child (if any) and the retiring ones."""
+        return [self.pid, *self.retiring] if self.pid else list(self.retiring)
 
     @staticmethod
     def _kill(pid: int, number: int) -> None:
