@@ -268,10 +268,20 @@ def start_bare(folder: Path, config: Path, log: Any) -> tuple[subprocess.Popen, 
 def start_sandbox(folder: Path, module: str, *args: str) -> tuple[subprocess.Popen, dict[str, str]]:
     """``python -m sandbox.<module>`` on free ports; (process, {name: base URL}) from the
     "<name> <URL>" lines it prints once it listens."""
-    expected = {"providers": 2, "national": 1}[module]
+    return _start_peer(folder, module, [sys.executable, "-m", f"sandbox.{module}", *args, "--quiet"],
+                       f"sandbox.{module}")
+
+
+def start_stub(folder: Path, kind: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """bench/peers.py's fast stub of the sandbox's ``providers`` or ``national`` on a free
+    port; (process, {name: base URL}) as ``start_sandbox``."""
+    return _start_peer(folder, kind, [sys.executable, str(BENCH / "peers.py"), kind], f"bench/peers.py {kind}")
+
+
+def _start_peer(folder: Path, kind: str, argv: list[str], what: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    expected = {"providers": 2, "national": 1}[kind]
     process = subprocess.Popen(
-        [sys.executable, "-m", f"sandbox.{module}", *args, "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=open(folder / f"{module}.log", "wb"), stdin=subprocess.DEVNULL,
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(folder / f"{kind}.log", "wb"), stdin=subprocess.DEVNULL,
         text=True, start_new_session=True,
     )
     urls: dict[str, str] = {}
@@ -279,26 +289,7 @@ def start_sandbox(folder: Path, module: str, *args: str) -> tuple[subprocess.Pop
         line = process.stdout.readline() if process.stdout else ""
         if not line:
             common.stop_server(process)
-            raise RuntimeError(f"sandbox.{module} did not start:\n" + common.log_tail(folder / f"{module}.log"))
-        name, url = line.split()[:2]
-        urls[name] = url
-    return process, urls
-
-
-def start_stub(folder: Path, kind: str) -> tuple[subprocess.Popen, dict[str, str]]:
-    """bench/peers.py's fast stub of the sandbox's ``providers`` or ``national`` on a free
-    port; (process, {name: base URL}) as ``start_sandbox``."""
-    expected = {"providers": 2, "national": 1}[kind]
-    process = subprocess.Popen(
-        [sys.executable, str(BENCH / "peers.py"), kind], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=open(folder / f"{kind}.log", "wb"), stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    urls: dict[str, str] = {}
-    while len(urls) < expected:
-        line = process.stdout.readline() if process.stdout else ""
-        if not line:
-            common.stop_server(process)
-            raise RuntimeError(f"bench/peers.py {kind} did not start:\n" + common.log_tail(folder / f"{kind}.log"))
+            raise RuntimeError(f"{what} did not start:\n" + common.log_tail(folder / f"{kind}.log"))
         name, url = line.split()[:2]
         urls[name] = url
     return process, urls
