@@ -23,6 +23,7 @@ gunicorn worker under 5x the body).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -64,9 +67,14 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
-def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_url: str) -> tuple[float, float]:
+@contextlib.contextmanager
+def prepared(setup: str, provider: str, admin_url: str, prefix: str) -> Iterator[tuple[Path, Path, Any]]:
+    """A gateway config in a folder of its own (deleted after): demo_rest at ``provider``
+    (reset first), no receipts, the worker polling every second with 4 slots, on SQLite or
+    (``setup`` "postgresql") a new PostgreSQL database, dropped after; (folder, config, the
+    open server log)."""
     requests.post(f"{provider}/_reset", timeout=5)
-    with tempfile.TemporaryDirectory(prefix="gw-bench-pg-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         folder = Path(tmp)
         config = write_config(folder)
         data = yaml.safe_load(config.read_text())
@@ -81,6 +89,17 @@ def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_ur
             data["database"] = {"url": with_database(admin_url, database), "pool_size": 10}
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         log = open(folder / "server.log", "ab")
+        try:
+            yield folder, config, log
+        finally:
+            log.close()
+            if database:
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_url: str) -> tuple[float, float]:
+    with prepared(setup, provider, admin_url, "gw-bench-pg-") as (folder, config, log):
         servers = [start_gateway(folder, config, log) for _ in range(instances)]
         try:
             acknowledged = 0
@@ -116,30 +135,11 @@ def run(setup: str, instances: int, bodies: list[bytes], provider: str, admin_ur
         finally:
             for process, _ in servers:
                 stop_server(process)
-            log.close()
-            if database:
-                with psycopg.connect(admin_url, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def big(setup: str, count: int, builder: Builder, provider: str, admin_url: str) -> None:
     """``count`` cases of 5 x 20 MiB in through ``gateway serve`` and out to demo_rest; prints VmHWM per process."""
-    requests.post(f"{provider}/_reset", timeout=5)
-    with tempfile.TemporaryDirectory(prefix="gw-bench-pg-big-") as tmp:
-        folder = Path(tmp)
-        config = write_config(folder)
-        data = yaml.safe_load(config.read_text())
-        data["targets"]["demo_rest"]["base_url"] = f"{provider}/api"
-        data["outbound"]["confirmations"]["enabled"] = False
-        data["worker"].update(poll_s=1, concurrency=4)
-        database = None
-        if setup == "postgresql":
-            database = f"gw_bench_{uuid.uuid4().hex[:10]}"
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{database}"')
-            data["database"] = {"url": with_database(admin_url, database), "pool_size": 10}
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
-        log = open(folder / "server.log", "ab")
+    with prepared(setup, provider, admin_url, "gw-bench-pg-big-") as (folder, config, log):
         # in alone first: gateway serve --no-worker, the cases only stored (the peak of intake)
         process, base = common.start_server(folder, config, log)
         try:
@@ -204,10 +204,6 @@ def big(setup: str, count: int, builder: Builder, provider: str, admin_url: str)
                       f"VmRSS now {rss / 1024:.0f} MiB", flush=True)
         finally:
             stop_server(process)
-            log.close()
-            if database:
-                with psycopg.connect(admin_url, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def main() -> int:
