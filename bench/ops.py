@@ -180,6 +180,13 @@ class Filler:
 
     # -- cases and outbox rows ---------------------------------------------------------------------
 
+    def make_all(self) -> None:
+        """Every row, in the order they depend on each other: cases, outbox, attempts, events."""
+        self.make_cases()
+        self.make_outbox()
+        self.make_attempts()
+        self.make_events()
+
     def make_cases(self) -> None:
         rng, a = self.rng, self.args
         recent = max(1, a.cases * 15 // 1000)  # 1.5% of the cases in the last 24 h: a busy day
@@ -1152,10 +1159,7 @@ def postgres_queries(args: argparse.Namespace, now: int) -> list[Query]:
         store.migrate()
         started = time.perf_counter()
         filler = Filler(args, now)
-        filler.make_cases()
-        filler.make_outbox()
-        filler.make_attempts()
-        filler.make_events()
+        filler.make_all()
         generated = time.perf_counter() - started
         written = filler.write(store)
         shared = {"heavy": filler.heavy.case_id, "typical": filler.typical.case_id, "now": now}
@@ -1204,10 +1208,7 @@ def sqlite_main(args: argparse.Namespace, keep: list[Query]) -> int:
         store.migrate()
         started = time.perf_counter()
         filler = Filler(args, now)
-        filler.make_cases()
-        filler.make_outbox()
-        filler.make_attempts()
-        filler.make_events()
+        filler.make_all()
         generated = time.perf_counter() - started
         written = filler.write(store)
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
