@@ -330,8 +330,7 @@ class StoreBase:
                 failure = exc
                 if db.conn.in_transaction:  # undo this block's work only
                     db.execute("ROLLBACK TO job")
-                    db.execute("RELEASE job")
-                    group = self._group  # its work is gone: it waits for no COMMIT
+                    db.execute("RELEASE job")  # (it raises below: it waits for no COMMIT)
                 else:  # SQLite rolled the whole transaction back (a full disk, an I/O error)
                     self._fail(group, exc)
             finally:
