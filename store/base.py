@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -215,6 +217,7 @@ class StoreBase:
         self._writer_db: Database | None = None
         self._writer_pid = 0
         self._writer_durable = True  # the write connection's synchronous level: FULL
+        self._writer_turn: int | None = None  # the open file of the processes' write turn (``_take_turn``)
         self._group: _Group | None = None
         #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
         self.last_write_failure: str | None = None
@@ -270,7 +273,50 @@ class StoreBase:
             with self._lock:
                 self._writer_db, self._writer_pid, self._writer_durable = writer, os.getpid(), True
                 self._group = None
+                if self._writer_turn is not None:  # a parent's: the same open file, the same lock
+                    with contextlib.suppress(OSError):
+                        os.close(self._writer_turn)
+                self._writer_turn = self._open_turn()
         return writer
+
+    def _open_turn(self) -> int | None:
+        """The file whose ``flock`` gives the processes of this database their turn to write
+        (``<database>.write-turn``, beside it); None where it cannot be made (a read-only
+        folder): then the processes meet only at SQLite's own lock, as before."""
+        try:
+            return os.open(f"{self.path}.write-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+
+    def _take_turn(self) -> None:
+        """Wait for this process's turn to write (the write lock is held). SQLite's own lock
+        between processes is tried, not waited on: its busy handler sleeps 1, 2, 5, 10 … ms
+        between tries, so the server and the worker process, writing in turns, would each
+        sleep while the other one's short transaction is long over. The turn is a ``flock``
+        that the kernel frees when its process ends however it ends; it is polled from 50 µs
+        up to 1 ms apart, within the busy timeout (after which SQLite's lock still waits its
+        own timeout, and then fails as GW050)."""
+        fd = self._writer_turn
+        if fd is None:
+            return
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+            except OSError:
+                return
+
+    def _end_turn(self) -> None:
+        if self._writer_turn is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._writer_turn, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Database]:
@@ -354,8 +400,10 @@ class StoreBase:
             if durable != self._writer_durable:  # (not to be changed inside a transaction)
                 db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._writer_durable = durable
+            self._take_turn()
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            self._end_turn()
             raise StoreError(f"the database is busy or unavailable ({exc}).") from None
         self._group = _Group(durable)
         return self._group
@@ -373,10 +421,12 @@ class StoreBase:
             group.error = StoreError(f"the database could not complete the write ({exc}).")
         else:
             self.last_write_failure = None
+        self._end_turn()
         group.done.set()
 
     def _fail(self, group: _Group, exc: BaseException) -> None:
         self._group = None
+        self._end_turn()
         self.last_write_failure = f"the last write failed ({exc})"
         group.error = StoreError(f"the database could not complete the write ({exc}).")
         group.done.set()
@@ -429,6 +479,10 @@ class StoreBase:
             self._connections.clear()
             self._writer_db, self._writer_durable = None, True
             self._group = None
+            if self._writer_turn is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._writer_turn)
+                self._writer_turn = None
         self._local = threading.local()
 
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:
