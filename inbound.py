@@ -39,7 +39,7 @@ import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from flask import Blueprint, Flask, Response, current_app, request
 from lxml import etree
@@ -171,7 +171,7 @@ def answer(intake: Intake, req: Request) -> Response:
         # the raw body is not kept once parsed: with 5 × 20 MB files every copy counts
         envelope = rivta.read_envelope(rivta.parse(_read_body(req, intake.max_body_bytes)))
         soap_action = req.headers.get("SOAPAction")
-        contract = rivta.contract_for(envelope, soap_action, _base_url(intake, req) or "")
+        contract = rivta.contract_for(envelope, soap_action, lambda: _base_url(intake, req) or "")
         rivta.check_soap_action(soap_action, contract)
         # the order of the checks: transport, envelope, address, schema
         _require_address(intake, envelope, contract, intake.clock.day())
@@ -204,7 +204,7 @@ def answer(intake: Intake, req: Request) -> Response:
                    "logical_address": envelope.logical_address if outcome == "ok" else None,
                    "correlation_id": correlation, "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
         )
-    return _xml(rivta.envelope(payload), status, correlation)
+    return _xml(payload if isinstance(payload, bytes) else rivta.envelope(payload), status, correlation)
 
 
 _BIG_REQUEST = 8 * 1024 * 1024
@@ -424,7 +424,12 @@ def _require_address(intake: Intake, envelope: rivta.Envelope, contract: rivta.C
     return address
 
 
-def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+#: What a handler answers: the response element, or the whole SOAP envelope already serialised
+#: (``rivta.ok_envelope``).
+Payload: TypeAlias = etree._Element | bytes
+
+
+def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> Payload:
     contract = rivta.PROCESS_CASE
     today = intake.clock.day()
     case = _case_from(envelope.body, contract.responder_ns)
@@ -450,10 +455,10 @@ def handle_process_case(intake: Intake, envelope: rivta.Envelope, correlation: s
         extra={"case_id": case.case_id, "receiver_hsa_id": case.receiver.hsa_id, "target": route.target,
                "case_type": case.case_type.value, "attachments": len(case.attachments)},
     )
-    return rivta.response_element(contract, rivta.Result.ok(log_id))
+    return rivta.ok_envelope(contract, log_id)
 
 
-def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> Payload:
     contract = rivta.PROCESS_CASE_MESSAGE
     message = _message_from(envelope.body, contract.responder_ns)
     rules.check_citizen_message(
@@ -472,10 +477,10 @@ def handle_process_case_message(intake: Intake, envelope: rivta.Envelope, correl
         "message accepted" if accepted.created else "message already received",
         extra={"case_id": message.case_id, "message_id": message.message_id, "attachments": len(message.attachments)},
     )
-    return rivta.response_element(contract, rivta.Result.ok(log_id))
+    return rivta.ok_envelope(contract, log_id)
 
 
-def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> Payload:
     configuration = dict(intake.ping_configuration)
     try:
         intake.store.check_writable()
@@ -485,7 +490,7 @@ def handle_ping(intake: Intake, envelope: rivta.Envelope, correlation: str, log_
     return rivta.ping_response(intake.version, intake.clock.local_time().strftime("%Y%m%d%H%M%S"), configuration)
 
 
-def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> etree._Element:
+def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correlation: str, log_id: str) -> Payload:
     """The citizen's medications for 1177's renewal form, from the provider, under rule 9."""
     contract = rivta.GET_MEDICATION_LIST
     today = intake.clock.day()
@@ -524,7 +529,7 @@ def handle_get_medication_list(intake: Intake, envelope: rivta.Envelope, correla
     return response
 
 
-HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], etree._Element]] = {
+HANDLERS: dict[str, Callable[[Intake, rivta.Envelope, str, str], Payload]] = {
     rivta.PROCESS_CASE.name: handle_process_case,
     rivta.PROCESS_CASE_MESSAGE.name: handle_process_case_message,
     rivta.PING.name: handle_ping,

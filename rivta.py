@@ -31,10 +31,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -633,17 +635,18 @@ def body_first(tree: etree._ElementTree) -> None:
     root.insert(0, note)
 
 
-def contract_for(envelope: Envelope, soap_action: str | None = None, base_url: str = "") -> Contract:
+def contract_for(envelope: Envelope, soap_action: str | None = None, base_url: Callable[[], str] = lambda: "") -> Contract:
     """The contract the Body's first child names (``UnknownContract``, GW014, if none). A Body
     whose first child is the LogicalAddress header is refused with what happened and the URL
-    of the WSDL variant that such a client can use (for the operation its SOAPAction names)."""
+    of the WSDL variant that such a client can use (for the operation its SOAPAction names);
+    ``base_url`` gives the gateway's address for that URL (asked only then)."""
     if envelope.namespace == REGISTRY_NS and envelope.operation == "LogicalAddress":
         action = (soap_action or "").strip().strip('"')
         named = next((c for c in CONTRACTS.values() if action and c.soap_action == action), None)
         raise UnknownContract(
             "the Body's first element is the LogicalAddress header, not a request: the client put the first part of "
             "the WSDL's input message in the Body instead of the Header (node-soap does, its issue #704).",
-            hint=f"Build the client from the WSDL with the body part first, {body_first_url(base_url, named)} "
+            hint=f"Build the client from the WSDL with the body part first, {body_first_url(base_url(), named)} "
                  "(GET /rivta lists one per contract), and send LogicalAddress as a SOAP header "
                  "(node-soap: client.addSoapHeader).",
         )
@@ -800,6 +803,25 @@ def envelope(payload: etree._Element) -> bytes:
     etree.SubElement(root, f"{{{SOAP11_NS}}}Header")
     etree.SubElement(root, f"{{{SOAP11_NS}}}Body").append(payload)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+_LOG_ID_MARK = "00000000-0000-4000-8000-00000000f00d"
+
+
+@functools.cache
+def _ok_parts(contract: Contract) -> tuple[bytes, bytes]:
+    text = envelope(response_element(contract, Result.ok(_LOG_ID_MARK)))
+    before, after = text.split(_LOG_ID_MARK.encode("ascii"))
+    return before, after
+
+
+def ok_envelope(contract: Contract, log_id: str) -> bytes:
+    """``envelope(response_element(contract, Result.ok(log_id)))``, byte for byte, from the
+    contract's serialised answer with only the ``logId`` filled in (the gateway's own id: a
+    UUID, nothing to escape): the answer to almost every request, without building and
+    serialising its tree each time."""
+    before, after = _ok_parts(contract)
+    return before + log_id.encode("ascii") + after
 
 
 def fault(code: str, text: str, *, server: bool = False, version_mismatch: bool = False, log_id: str | None = None,
