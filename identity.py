@@ -17,6 +17,7 @@ certificate that was not verified.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from cryptography.x509.oid import NameOID
 log = logging.getLogger("gateway.identity")
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str | None) -> bool:
     """Whether a host name or address (as in a Host header or ``server.bind``, without the
     port) is this machine's loopback: ``localhost``, 127.0.0.0/8 or ::1."""

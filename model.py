@@ -82,10 +82,20 @@ def hsa_id(value: str, *, field: str = "hsaId") -> str:
     upper case.
     """
     text = (value or "").strip()
-    match = _HSA_RE.match(text.upper())
-    if len(text) > 31 or not match or not orgnr.is_valid(match.group(1)):
+    canonical = _canonical_hsa_id(text)
+    if canonical is None:
         shown = text if len(text) <= 40 else text[:40] + "…"
         raise InvalidHsaId(f"'{shown}' in {field} is not a valid HSA-id.", field=field)
+    return canonical
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_hsa_id(text: str) -> str | None:
+    """``text`` upper-cased if it is an HSA-id, else None (a gateway meets the same few
+    hundred units' ids again and again: their organisation numbers are checked once)."""
+    match = _HSA_RE.match(text.upper())
+    if len(text) > 31 or not match or not orgnr.is_valid(match.group(1)):
+        return None
     return text.upper()
 
 
