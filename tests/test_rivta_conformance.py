@@ -96,6 +96,19 @@ def test_an_accepted_case_has_no_error_code_and_no_sub_code(post, make_case):
     assert result["resultCode"] == "OK" and "errorCode" not in result and "subCode" not in result
 
 
+@pytest.mark.parametrize("contract", [rivta.PROCESS_CASE, rivta.PROCESS_CASE_MESSAGE], ids=lambda c: c.name)
+def test_the_ok_answer_is_the_built_answer_byte_for_byte_and_valid(contract):
+    """rivta.ok_envelope fills the logId into a serialised answer: it must be exactly what
+    building the answer gives, and valid against the contract's own schema."""
+    log_id = str(uuid.uuid4())
+    built = rivta.envelope(rivta.response_element(contract, rivta.Result.ok(log_id)))
+    fast = rivta.ok_envelope(contract, log_id)
+    assert fast == built and log_id.encode() in fast
+    body = etree.fromstring(fast).find(f"{{{rivta.SOAP11_NS}}}Body")[0]
+    rivta.Schemas().validate(body, contract)  # the responder XSD declares the response too
+    assert rivta.ok_envelope(contract, "another") != fast
+
+
 def test_every_error_code_is_in_the_tree_docstring_and_the_readme():
     readme = (ROOT / "README.md").read_text()
     for cls in _leaves(errors.GatewayError):
