@@ -279,11 +279,10 @@ class _Reader:
     """Reads child elements of one contract element by local name (namespace-aware): the
     ``model.Fields`` of a 1177 request, from which ``model.build`` reads the case."""
 
-    __slots__ = ("element", "ns", "_parent", "_name", "_firsts")
+    __slots__ = ("element", "ns", "_parent", "_name")
 
     def __init__(self, element: etree._Element, namespace: str, path: str | tuple[_Reader, str]):
         self.element, self.ns = element, namespace
-        self._firsts: dict[Any, etree._Element] | None = None
         # the place, for error messages only: worked out when asked for
         self._parent: _Reader | None
         self._parent, self._name = (None, path) if isinstance(path, str) else path
@@ -300,16 +299,9 @@ class _Reader:
         return self.text(name)
 
     def _first(self, name: str, namespace: str | None) -> etree._Element | None:
-        # The first child of each name, from one pass over the children: a case's reader asks
-        # for ~20 names, most of them there, and a find() per name costs more than the pass.
         # (not next(iterchildren(tag)): in the server that kept the peak memory of a case with
         # 5 × 20 MB files a fifth higher, 4.67× the body against 3.86×, bench/limit.py --big 5)
-        firsts = self._firsts
-        if firsts is None:
-            firsts = self._firsts = {}
-            for child in self.element:
-                firsts.setdefault(child.tag, child)
-        return firsts.get(_tag(namespace or self.ns, name))
+        return self.element.find(_tag(namespace or self.ns, name))
 
     def child(self, name: str, namespace: str | None = None) -> _Reader | None:
         found = self._first(name, namespace)
