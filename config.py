@@ -387,6 +387,9 @@ class WorkerSection(_Section):
     enabled: bool = True
     heartbeat_s: int = Field(default=10, ge=1, le=3600)
     concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries in flight at once per process.")
+    processes: int = Field(default=1, ge=1, le=16, description=(
+        "Worker processes gateway serve runs beside its server processes, each with "
+        "concurrency slots of its own: one Python process uses one core at most."))
     poll_s: float = Field(default=2.0, gt=0, description="How often due retries are looked for.")
     lease_s: float = Field(default=300.0, ge=5, description="A claimed row returns to the queue after this.")
     per_target: int | None = Field(default=None, ge=1, le=64, description=(

@@ -4,8 +4,8 @@ Role: the only module that knows every other one. ``create_app(config)`` wires t
 store, mappings, contracts and blueprints into a Flask app (Flask's application-factory
 pattern); ``build_worker`` the worker and its adapters; ``run_worker`` runs the worker
 alone, as a process (``gateway worker``); ``serve`` runs gunicorn, whose master also keeps
-one worker process running beside the server processes (``WorkerProcess``; none with
-``run_worker=False``). The library calls the ``gateway`` command (``cli.py``, a thin click
+``worker.processes`` worker processes running beside the server processes (``WorkerProcess``
+each; none with ``run_worker=False``). The library calls the ``gateway`` command (``cli.py``, a thin click
 layer) is made of live here too: ``check``, ``migrate``, ``open_store``,
 ``preview_delivery``, ``send_test_case``, ``run_retention``.
 
@@ -341,8 +341,8 @@ def reload_mappings(holder: mapping.Holder) -> bool:
 
 def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: mapping.Holder) -> Any:
     """gunicorn serving ``create_app`` in ``server.workers`` processes, each forked from this
-    one with ``mappings.current``, and (``run_worker``) the delivery worker in one more
-    process, which the master supervises (``WorkerProcess``). On SIGHUP the master reloads the mappings first
+    one with ``mappings.current``, and (``run_worker``) the delivery worker in
+    ``worker.processes`` more processes, which the master supervises (``WorkerProcess``). On SIGHUP the master reloads the mappings first
     (``reload_mappings``) and only when they are sound does gunicorn replace its workers
     (new ones start, old ones finish what they took): without that, a broken file would
     make every new worker fail to boot, and gunicorn would stop the whole gateway."""
@@ -354,14 +354,15 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: ma
     beats_as = f"serve@{socket.gethostname()}:{os.getpid()}" if with_worker else None
 
     class GatewayArbiter(Arbiter):
-        """gunicorn's master, which also keeps the delivery worker running: one process of
-        its own (``run_worker``), forked from the master after the config and mappings
-        are loaded, restarted (logged as an error, GW055) when it dies, replaced on a
-        mappings reload and stopped with the server."""
+        """gunicorn's master, which also keeps the delivery worker running: ``worker.processes``
+        processes of its own (``run_worker``; one ``WorkerProcess`` each), forked from the
+        master after the config and mappings are loaded, each restarted (logged as an error,
+        GW055) when it dies, replaced on a mappings reload and stopped with the server."""
 
         def __init__(self, app: Any):
             super().__init__(app)
-            self.delivery: WorkerProcess | None = WorkerProcess(cfg, mappings, beats_as, self._child_setup) if with_worker else None
+            self.deliveries = [WorkerProcess(cfg, mappings, beats_as, self._child_setup)
+                               for _ in range(cfg.worker.processes if with_worker else 0)]
 
         def _child_setup(self) -> None:
             # the forked worker is no server: give back what it inherited of the master
@@ -373,25 +374,25 @@ def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: ma
         def handle_hup(self) -> None:
             if reload_mappings(mappings):
                 super().handle_hup()
-                if self.delivery is not None:
-                    self.delivery.replace()
+                for delivery in self.deliveries:
+                    delivery.replace()
 
         def manage_workers(self) -> None:
             super().manage_workers()
-            if self.delivery is not None:
-                self.delivery.keep_running()
+            for delivery in self.deliveries:
+                delivery.keep_running()
 
         def reap_workers(self) -> None:
-            if self.delivery is not None:  # first, by pid: gunicorn's waitpid(-1) would take it as unknown
-                self.delivery.reap()
+            for delivery in self.deliveries:  # first, by pid: gunicorn's waitpid(-1) would take it as unknown
+                delivery.reap()
             super().reap_workers()
 
         def stop(self, graceful: bool = True) -> None:
-            if self.delivery is not None:
-                self.delivery.signal_stop()
+            for delivery in self.deliveries:
+                delivery.signal_stop()
             super().stop(graceful)
-            if self.delivery is not None:
-                self.delivery.wait_stopped(self.cfg.graceful_timeout)
+            for delivery in self.deliveries:
+                delivery.wait_stopped(self.cfg.graceful_timeout)
 
     def pre_request(worker: Any, req: Any) -> None:
         # a body the app will refuse unread (GW010) cannot be drained: close the connection

@@ -206,19 +206,22 @@ def _worker_pids(path: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_serve_restarts_a_worker_process_killed_mid_delivery_and_it_takes_over_what_it_held(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_restarts_a_worker_process_killed_mid_delivery_and_it_takes_over_what_it_held(tmp_path, processes):
     """Lease and heartbeat are an hour here: only the new worker's take-over of the dead
-    one can bring its rows back while the test waits."""
+    one can bring its rows back while the test waits. With ``worker.processes: 2`` serve
+    keeps two worker processes; the one killed is replaced, the other one goes on."""
     providers, urls = start_providers(delay=1.0)  # so that deliveries are in flight at the kill
     gateway_process = None
     try:
-        data = _config(tmp_path, urls, poll_s=0.5, concurrency=4, lease_s=3600, heartbeat_s=3600)
+        data = _config(tmp_path, urls, poll_s=0.5, concurrency=4, lease_s=3600, heartbeat_s=3600, processes=processes)
         config = write_config(tmp_path, data)
         port = free_port()
         log_path = tmp_path / "gateway.log"
         gateway_process = start_gateway(config, port, open(log_path, "ab"))
-        first = _wait(lambda: _worker_pids(log_path), 30, "the worker process starts")[0]
-        assert first != gateway_process.pid
+        initial = _wait(lambda: len(_worker_pids(log_path)) >= processes and _worker_pids(log_path), 30,
+                        "the worker processes start")
+        assert len(set(initial)) == processes and gateway_process.pid not in initial
 
         import zeep
 
@@ -240,9 +243,10 @@ def test_serve_restarts_a_worker_process_killed_mid_delivery_and_it_takes_over_w
                 return db.execute("select count(*) from outbox where status = 'in_flight'").fetchone()[0]
 
         _wait(held, 30, "a delivery in flight", every=0.002)
+        first = initial[0]
         os.kill(first, signal.SIGKILL)
 
-        second = _wait(lambda: [pid for pid in _worker_pids(log_path) if pid != first], 30, "a new worker process")[0]
+        second = _wait(lambda: [pid for pid in _worker_pids(log_path) if pid not in initial], 30, "a new worker process")[0]
         lines = _log_lines(log_path)
         died = [line for line in lines if line.get("error_code") == "GW055"]
         assert died and died[0]["worker_pid"] == first and died[0]["how"] == "killed by SIGKILL" and died[0]["level"] == "ERROR"
@@ -274,6 +278,9 @@ def test_serve_restarts_a_worker_process_killed_mid_delivery_and_it_takes_over_w
         providers.wait(15)
     # a SIGTERM to serve stops its worker process too, and nothing is left running
     lines = _log_lines(log_path)
-    assert any(line.get("event") == "worker process ended" and line.get("worker_pid") == second for line in lines)
-    with pytest.raises(ProcessLookupError):
-        os.kill(second, 0)
+    running = [second, *initial[1:]]
+    assert all(any(line.get("event") == "worker process ended" and line.get("worker_pid") == pid for line in lines)
+               for pid in running)
+    for pid in running:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
