@@ -478,7 +478,7 @@ class Worker:
         room, busy_rows = self.calls.busy()
         try:
             jobs = self.store.claim(self.name, limit=free, lease_s=self.settings.lease_s, skip_ids=busy_rows, room=room,
-                                    room_per_target=self.calls.per_target)
+                                    room_per_target=self.calls.per_target, targets=[*self.targets, NATIONAL_TARGET])
         except GatewayError as exc:
             log.warning("claim failed", extra={"error_code": exc.code, "detail": exc.message})
             return 0

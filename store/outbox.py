@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,34 +122,47 @@ class Outbox(Replies):
 
     def claim(self, worker: str, *, limit: int, lease_s: float, now: dt.datetime | None = None,
               skip_ids: frozenset[int] = frozenset(), room: dict[str, int] | None = None,
-              room_per_target: int | None = None) -> list[Job]:
+              room_per_target: int | None = None, targets: Sequence[str] | None = None) -> list[Job]:
         """Claim up to ``limit`` due rows for ``worker`` with a conditional update.
 
         A row is due when it is pending, its ``not_before`` has passed, its target is not
         paused, and no earlier row of the same case is still pending, in flight or dead
-        (order per case; other cases are not held up).
+        (order per case; other cases are not held up). ``room``: how many more calls each
+        target may take now (``room_per_target`` for the rest); ``targets``: the targets the
+        worker delivers to. While one of them is at its limit, the others' due rows are read
+        target by target (index (target, status, not_before)), so the claim never walks the
+        backlog of the target that is full, however long it is.
         """
         if limit <= 0:
             return []
         now = now or instant()
         lease = ts(now + dt.timedelta(seconds=lease_s))
-        return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target)
+        return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target, targets)
 
     def _claim(self, worker: str, limit: int, lease: str, now: dt.datetime, skip_ids: frozenset[int],
-               room: dict[str, int] | None, room_per_target: int | None) -> list[Job]:
+               room: dict[str, int] | None, room_per_target: int | None,
+               targets: Sequence[str] | None = None) -> list[Job]:
         jobs: list[Job] = []
         with self.write(durable=False) as db:  # lost to a power cut, a claim loses nothing
-            # ``room``: how many more calls each target may take now (``room_per_target`` for the rest)
             left = dict(room or {})
             full = sorted(t for t, n in left.items() if n <= 0)
-            skip = "".join(
-                [f" AND o.target NOT IN ({', '.join('?' for _ in full)})" if full else "",
-                 f" AND o.id NOT IN ({', '.join('?' for _ in skip_ids)})" if skip_ids else ""])
-            candidates = db.execute(
-                f"SELECT o.id, o.target FROM outbox o WHERE {CLAIMABLE_SQL}{skip} AND o.not_before <= ? "
-                "ORDER BY o.not_before, o.id LIMIT ?",
-                [*full, *sorted(skip_ids), ts(now), limit if room_per_target is None else limit * 8],
-            ).fetchall()
+            skipped = f" AND o.id NOT IN ({', '.join('?' for _ in skip_ids)})" if skip_ids else ""
+            if full and targets is not None and room_per_target is not None:
+                candidates = []
+                for target in sorted(set(targets) - set(full)):
+                    candidates += db.execute(
+                        f"SELECT o.id, o.target, o.not_before FROM outbox o WHERE o.target = ? AND {CLAIMABLE_SQL}"
+                        f"{skipped} AND o.not_before <= ? ORDER BY o.not_before, o.id LIMIT ?",
+                        [target, *sorted(skip_ids), ts(now), min(limit, left.get(target, room_per_target))],
+                    ).fetchall()
+                candidates.sort(key=lambda row: (row["not_before"], row["id"]))
+            else:
+                skip = (f" AND o.target NOT IN ({', '.join('?' for _ in full)})" if full else "") + skipped
+                candidates = db.execute(
+                    f"SELECT o.id, o.target FROM outbox o WHERE {CLAIMABLE_SQL}{skip} AND o.not_before <= ? "
+                    "ORDER BY o.not_before, o.id LIMIT ?",
+                    [*full, *sorted(skip_ids), ts(now), limit if room_per_target is None else limit * 8],
+                ).fetchall()
             for candidate in candidates:
                 row_id, target = candidate["id"], candidate["target"]
                 if len(jobs) >= limit:

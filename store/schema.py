@@ -315,6 +315,14 @@ def m014_wrong_patient_guard(db: Database) -> None:
     db.table("messages").add_column("released_by", str)
 
 
+@migrations()
+def m015_claim_per_target(db: Database) -> None:
+    # a claim for a target with room reads only that target's due rows, in order, whatever
+    # the backlog of a target at its limit (the longer index serves (target, status) too)
+    db.execute("DROP INDEX IF EXISTS idx_outbox_target_status")
+    db.table("outbox").create_index(["target", "status", "not_before"])
+
+
 class Schema(StoreBase):
     """Migrations and the writable check."""
 

@@ -11,7 +11,8 @@ May import: nothing (plain data).
 
 Invariants: a migration, once released, is never edited: a change of schema is a new
 ``m0NN`` in store/schema.py AND a new entry here, in the same commit. ``p001`` is the
-schema of SQLite's m001 to m014 at once (PostgreSQL had no earlier users to upgrade).
+schema of SQLite's m001 to m014 at once (PostgreSQL had no earlier users to upgrade); from
+``p002`` on, one entry per SQLite migration (``p002``: m015).
 """
 
 from __future__ import annotations
@@ -263,5 +264,9 @@ CREATE TABLE "ops_sessions" (
    "ended_at" TEXT
 );
 CREATE INDEX "idx_ops_sessions_user" ON "ops_sessions" ("user");
+"""),
+    ("p002_claim_per_target", """
+DROP INDEX IF EXISTS "idx_outbox_target_status";
+CREATE INDEX "idx_outbox_target_status_not_before" ON "outbox" ("target", "status", "not_before");
 """),
 ]

@@ -352,6 +352,30 @@ def test_two_workers_never_claim_the_same_row(send, dstore):
     assert len(claimed) == 40 and len(set(claimed)) == 40
 
 
+def test_while_a_target_is_at_its_limit_the_others_are_claimed_without_reading_its_backlog(send, dstore, backend):
+    """demo_rest at its limit with a backlog: a claim takes demo_soap's due rows, oldest
+    first, as many as demo_soap has room for, and reads them by (target, status, not_before),
+    not by walking every pending row in time order past demo_rest's."""
+    from conftest import KLIN2
+
+    for i in range(12):
+        send(caseId=f"REST-{i:02d}")
+    for i in range(3):
+        send(address=KLIN2, caseId=f"SOAP-{i}", attachment=None, receiver={"hsaId": KLIN2, "isPatientBoard": False})
+    targets = ["demo_rest", "demo_soap", "national"]
+    jobs = dstore.claim("w1", limit=8, lease_s=30, room={"demo_rest": 0}, room_per_target=2, targets=targets)
+    assert [(j.target, j.case_id) for j in jobs] == [("demo_soap", "SOAP-0"), ("demo_soap", "SOAP-1")]
+    rest = dstore.claim("w1", limit=8, lease_s=30, room={"demo_rest": 2, "demo_soap": 0}, room_per_target=2, targets=targets)
+    assert [(j.target, j.case_id) for j in rest] == [("demo_rest", "REST-00"), ("demo_rest", "REST-01")]
+    if backend == "sqlite":
+        from store.base import CLAIMABLE_SQL
+
+        plan = " ".join(str(tuple(r)) for r in dstore.db.execute(
+            f"EXPLAIN QUERY PLAN SELECT o.id FROM outbox o WHERE o.target = ? AND {CLAIMABLE_SQL} AND o.not_before <= ? "
+            "ORDER BY o.not_before, o.id LIMIT 2", ["demo_soap", "9999"]).fetchall())
+        assert "idx_outbox_target_status_not_before" in plan and "TEMP B-TREE" not in plan, plan
+
+
 @responses.activate
 def test_paused_target_is_not_delivered_until_resumed(send, worker, dstore):
     responses.post(f"{API}/cases", status=201, json={"id": "P-1"})

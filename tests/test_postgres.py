@@ -75,7 +75,7 @@ def test_postgresql_migrations_give_the_schema_sqlites_give(tmp_path):
     with postgres_schema() as url:
         pg = Store(url)
         try:
-            assert pg.migrate() == ["p001_schema_of_m001_to_m014"] and pg.migrate() == [] and not pg.pending_migrations()
+            assert pg.migrate() == ["p001_schema_of_m001_to_m014", "p002_claim_per_target"] and pg.migrate() == [] and not pg.pending_migrations()
             ours, theirs = _sqlite_schema(lite), _pg_schema(pg)
         finally:
             pg.close()
