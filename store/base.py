@@ -294,8 +294,7 @@ class StoreBase:
         between tries, so the server and the worker process, writing in turns, would each
         sleep while the other one's short transaction is long over. The turn is a ``flock``
         that the kernel frees when its process ends however it ends; it is polled from 50 µs
-        up to 1 ms apart, within the busy timeout (after which SQLite's lock still waits its
-        own timeout, and then fails as GW050)."""
+        up to 1 ms apart, within the busy timeout, after which the write fails as GW050."""
         fd = self._writer_turn
         if fd is None:
             return
@@ -307,7 +306,8 @@ class StoreBase:
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    return
+                    raise StoreError(f"the database is busy: another process did not finish its write within "
+                                     f"{self.busy_timeout_ms} ms.") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.001)
             except OSError:

@@ -156,6 +156,41 @@ def test_a_forked_process_writes_through_a_connection_of_its_own(store: Store) -
     assert store._writer is parent_writer
 
 
+def test_processes_take_turns_to_write_and_a_killed_holder_frees_its_turn(store: Store, tmp_path: Path) -> None:
+    """The write turn (``<database>.write-turn``): while another process is inside a write,
+    this one waits (and after its busy timeout gets GW050, nothing written); once that
+    process is SIGKILLed mid-write, its turn and SQLite's lock are freed by the kernel and
+    the next write goes through at once. The dead process's write is undone."""
+    import signal
+    import time
+
+    _log(store, "before")
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: enters a write and stays in it until killed
+        try:
+            with store.write() as db:
+                db.execute("INSERT INTO sync_log (direction, event, status, at) VALUES ('in', 'child', 'ok', 'x')")
+                os.write(ready_w, b"1")
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        assert (tmp_path / "gateway.db.write-turn").exists()
+        impatient = Store(store.location, busy_timeout_ms=300)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as refused:
+            _log(impatient, "refused")
+        assert refused.value.code == "GW050" and time.monotonic() - started >= 0.3
+        impatient.close()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    _log(store, "after")
+    assert _events(store) == ["before", "after"]
+
+
 def test_a_write_that_may_be_lost_to_a_power_cut_does_not_wait_for_the_disk_nor_make_a_durable_one_wait_less(store: Store) -> None:
     statements: list[str] = []
     store._writer.conn.set_trace_callback(
