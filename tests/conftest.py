@@ -152,10 +152,14 @@ def free_port() -> int:
 
 def example_data(folder: Path) -> dict:
     """The shipped example config with its database in ``folder`` and its other relative
-    paths made absolute, so that it can be written anywhere."""
+    paths made absolute, so that it can be written anywhere; with one server and one worker
+    process (the example has two of each, for a 2-core machine): a test about several
+    processes sets them itself."""
     import yaml
 
     data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["server"]["workers"] = 1
+    data["worker"]["processes"] = 1
     data["database"]["path"] = str(folder / "gateway.db")
     data["mappings"]["dir"] = str(ROOT / "mappings")
     data["targets"]["demo_soap"]["wsdl"] = str(ROOT / data["targets"]["demo_soap"]["wsdl"])
