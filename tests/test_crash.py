@@ -39,10 +39,11 @@ def reader(tmp_path, postgres_url):
     return query
 
 
-def start_providers():
+def start_providers(delay: float = 0.1):
+    """The demo providers (REST and SOAP) in a process of their own; each call waits ``delay``
+    s (0.1 by default, so that deliveries are in flight when the gateway is killed)."""
     process = subprocess.Popen(
-        # each call takes 0.1 s, so that deliveries are in flight when the gateway is killed
-        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--delay", "0.1", "--quiet"],
+        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--delay", str(delay), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     urls = {}

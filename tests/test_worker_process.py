@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import KLIN1, KLIN2, ROOT, case_dict, example_data, free_port, soap_bytes, write_config
-from test_crash import start_gateway
+from test_crash import start_gateway, start_providers
 from test_server import gateway_command, stop_server
 
 import config as config_mod
@@ -44,24 +44,6 @@ def _received(urls: dict[str, str]) -> dict[str, list[str]]:
         for item in requests.get(f"{urls[name]}/_received", timeout=5).json()["received"]:
             calls.setdefault(item["body"][field], []).append(item["idempotency_key"])
     return calls
-
-
-def start_providers(delay: float = 0.0):
-    """The demo providers (REST and SOAP) in a process of their own; each call waits ``delay`` s."""
-    import sys
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.providers", "--rest-port", "0", "--soap-port", "0", "--delay", str(delay), "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    urls = {}
-    while len(urls) < 2:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("the demo providers did not start")
-        name, url = line.split()[:2]
-        urls[name] = url
-    return process, urls
 
 
 def _config(tmp_path: Path, urls: dict[str, str], **worker) -> dict:
@@ -139,7 +121,7 @@ def test_readiness_reads_the_heartbeat_of_a_worker_that_runs_in_another_process(
 def test_a_stored_case_wakes_a_worker_in_another_process_at_once(tmp_path):
     """The worker process polls only once an hour here: the case reaches the provider
     because intake's commit rang the worker's wake socket, not because a tick came."""
-    providers, urls = start_providers()
+    providers, urls = start_providers(delay=0.0)
     worker = None
     try:
         data = _config(tmp_path, urls, poll_s=3600)
