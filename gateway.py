@@ -4,10 +4,10 @@ Role: the only module that knows every other one. ``create_app(config)`` wires t
 store, mappings, contracts and blueprints into a Flask app (Flask's application-factory
 pattern); ``build_worker`` the worker and its adapters; ``run_worker`` runs the worker
 alone, as a process (``gateway worker``); ``serve`` runs gunicorn, whose master also keeps
-``worker.processes`` worker processes running beside the server processes (``WorkerProcess``
-each; none with ``run_worker=False``). The library calls the ``gateway`` command (``cli.py``, a thin click
-layer) is made of live here too: ``check``, ``migrate``, ``open_store``,
-``preview_delivery``, ``send_test_case``, ``run_retention``.
+``worker.processes`` worker processes running beside the server processes (a
+``WorkerProcess`` each; none with ``run_worker=False``). The library calls the ``gateway``
+command (``cli.py``, a thin click layer) is made of live here too: ``check``, ``migrate``,
+``open_store``, ``preview_delivery``, ``send_test_case``, ``run_retention``.
 
 May import: everything.
 
@@ -15,7 +15,7 @@ Invariants: a wrong config, mapping or contract stops the start with a ``GW0xx``
 message before any port is opened; ``serve`` never uses Flask's development server. A
 wrong mapping file on SIGHUP stops nothing: the master checks the files before gunicorn
 replaces a worker process, and keeps the mappings in force when they fail (GW073, GW074).
-The worker process is forked by the master only after the config and mappings are
+The worker processes are forked by the master only after the config and mappings are
 loaded; one that dies unasked is logged (GW055) and replaced, and its successor takes
 over what it held at once.
 """
@@ -203,14 +203,14 @@ def create_app(
     # built here even when it runs elsewhere: its adapters serve GetMedicationList, which 1177 waits for
     worker = build_worker(cfg, store, maps, clock=clock)
     app.extensions["gateway.worker"] = worker
+    view = app.extensions["gateway.ops"]
     if start_worker:
-        wake = worker.wake
-        app.extensions["gateway.ops"].worker_name = worker.name
+        wake = view.wake_worker = worker.wake
+        view.worker_name = worker.name
     else:
         # PostgreSQL: the intake transaction's NOTIFY already woke every instance at its commit
         wake = store.notify_work if store.pg is None else _nothing
-        app.extensions["gateway.ops"].worker_name = worker_name
-    app.extensions["gateway.ops"].wake_worker = worker.wake if start_worker else store.notify_work
+        view.wake_worker, view.worker_name = store.notify_work, worker_name
     app.extensions["gateway.intake"].on_stored = wake
     app.extensions["gateway.intake"].medications = worker.fetch_medications
     app.extensions["gateway.api"].on_stored = wake
@@ -342,7 +342,8 @@ def reload_mappings(holder: mapping.Holder) -> bool:
 def _gunicorn_application(cfg: Config, bind: str, run_worker: bool, mappings: mapping.Holder) -> Any:
     """gunicorn serving ``create_app`` in ``server.workers`` processes, each forked from this
     one with ``mappings.current``, and (``run_worker``) the delivery worker in
-    ``worker.processes`` more processes, which the master supervises (``WorkerProcess``). On SIGHUP the master reloads the mappings first
+    ``worker.processes`` more processes, which the master supervises (``WorkerProcess``).
+    On SIGHUP the master reloads the mappings first
     (``reload_mappings``) and only when they are sound does gunicorn replace its workers
     (new ones start, old ones finish what they took): without that, a broken file would
     make every new worker fail to boot, and gunicorn would stop the whole gateway."""

@@ -671,12 +671,8 @@ class Worker:
         conf = self.confirmations
         if conf is None or not conf.enabled or not (national_case_id or job.national_case_id):
             return None
-        case_type = job.case_type
-        if case_type is None:  # a job built without its case's type
-            row = self.store.case_row(job.case_id)
-            case_type = row["case_type"] if row else None
         texts: Mapping[Any, str] = conf.texts  # by CaseType, a str enum: the stored value finds it
-        text = texts.get(case_type) if case_type else None
+        text = texts.get(job.case_type) if job.case_type else None
         if not text:
             return None
         unit = self.mappings.units.unit(job.receiver_hsa_id, self.clock.day()) if self.mappings else None

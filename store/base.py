@@ -219,6 +219,7 @@ class StoreBase:
         self._writer_durable = True  # the write connection's synchronous level: FULL
         self._writer_turn: int | None = None  # the open file of the processes' write turn (``_take_turn``)
         self._group: _Group | None = None
+        self._wake_bell: Bell | None = None  # SQLite's wake-up of worker processes, made on first use
         #: why the last write of this process failed (a full disk, an I/O error), until one succeeds
         self.last_write_failure: str | None = None
 
@@ -273,9 +274,7 @@ class StoreBase:
             with self._lock:
                 self._writer_db, self._writer_pid, self._writer_durable = writer, os.getpid(), True
                 self._group = None
-                if self._writer_turn is not None:  # a parent's: the same open file, the same lock
-                    with contextlib.suppress(OSError):
-                        os.close(self._writer_turn)
+                self._close_turn()  # a parent's: the same open file, the same lock
                 self._writer_turn = self._open_turn()
         return writer
 
@@ -312,6 +311,12 @@ class StoreBase:
                 pause = min(pause * 2, 0.001)
             except OSError:
                 return
+
+    def _close_turn(self) -> None:
+        if self._writer_turn is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._writer_turn)
+            self._writer_turn = None
 
     def _end_turn(self) -> None:
         if self._writer_turn is not None:
@@ -464,10 +469,9 @@ class StoreBase:
         return self.pg.listen(WORK_CHANNEL, wake)
 
     def _bell(self) -> Bell:
-        bell: Bell | None = getattr(self, "_wake_bell", None)
-        if bell is None:
-            bell = self._wake_bell = Bell(self.path)
-        return bell
+        if self._wake_bell is None:
+            self._wake_bell = Bell(self.path)
+        return self._wake_bell
 
     def close(self) -> None:
         if self.pg is not None:
@@ -479,10 +483,7 @@ class StoreBase:
             self._connections.clear()
             self._writer_db, self._writer_durable = None, True
             self._group = None
-            if self._writer_turn is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._writer_turn)
-                self._writer_turn = None
+            self._close_turn()
         self._local = threading.local()
 
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:

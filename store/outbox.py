@@ -137,11 +137,6 @@ class Outbox(Replies):
             return []
         now = now or instant()
         lease = ts(now + dt.timedelta(seconds=lease_s))
-        return self._claim(worker, limit, lease, now, skip_ids, room, room_per_target, targets)
-
-    def _claim(self, worker: str, limit: int, lease: str, now: dt.datetime, skip_ids: frozenset[int],
-               room: dict[str, int] | None, room_per_target: int | None,
-               targets: Sequence[str] | None = None) -> list[Job]:
         jobs: list[Job] = []
         with self.write(durable=False) as db:  # lost to a power cut, a claim loses nothing
             left = dict(room or {})
