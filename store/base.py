@@ -330,8 +330,9 @@ class StoreBase:
 
         On SQLite the writes of the process's threads go through one connection, one block
         at a time, with group commit: while other threads wait to write, the block's work is
-        kept in the open ``BEGIN IMMEDIATE`` transaction (in a savepoint of its own, rolled
-        back alone if the block fails) and the last block of the group commits them all at
+        kept in the open ``BEGIN IMMEDIATE`` transaction (rolled back alone if the block
+        fails: the first block of a group by ROLLBACK, every later one in a savepoint of its
+        own) and the last block of the group commits them all at
         once. ``write()`` returns only once its work is committed, and if that COMMIT fails
         every block of the group gets the ``StoreError``: nothing is acknowledged that was
         not committed. One fsync and one WAL append serve several cases at a time.
@@ -370,20 +371,29 @@ class StoreBase:
             if group is not None and durable and not group.durable:
                 self._commit(db, group)  # a durable block waits for the disk: not in this group
                 group = None
+            first = group is None  # the group's first block needs no savepoint: its undo is ROLLBACK
             group = group or self._begin(db, durable)
-            db.execute("SAVEPOINT job")
+            if not first:
+                db.execute("SAVEPOINT job")
             self._local.writing = db
             try:
                 yield db
-                db.execute("RELEASE job")
+                if not first:
+                    db.execute("RELEASE job")
                 group.jobs += 1
             except BaseException as exc:
                 failure = exc
-                if db.conn.in_transaction:  # undo this block's work only
+                if not db.conn.in_transaction:  # SQLite rolled the whole transaction back (a full disk, an I/O error)
+                    self._fail(group, exc)
+                elif first:  # the group holds this block's work only: undo it all, the turn is free again
+                    self._group = None
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    self._end_turn()
+                    group.done.set()
+                else:  # undo this block's work only
                     db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")  # (it raises below: it waits for no COMMIT)
-                else:  # SQLite rolled the whole transaction back (a full disk, an I/O error)
-                    self._fail(group, exc)
             finally:
                 self._local.writing = None
             with self._lock:

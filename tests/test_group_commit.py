@@ -107,6 +107,30 @@ def test_a_failing_block_undoes_only_its_own_work(store: Store) -> None:
     assert _events(store) == ["first", "after"]
 
 
+def test_a_failing_first_block_undoes_its_work_and_frees_the_turn_for_the_next(store: Store, tmp_path: Path) -> None:
+    """The first block of a group runs without a savepoint (its undo is the ROLLBACK of the
+    whole transaction): when it fails, nothing of it stays, the next block opens a group of
+    its own, and another process gets its turn to write."""
+    _log(store, "before")
+    with pytest.raises(ValueError):
+        with store.write() as db:
+            db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'lost', 'ok')")
+            raise ValueError("the block fails")
+    assert store._group is None
+    assert not store._writer.conn.in_transaction
+    _log(store, "after")
+    assert _events(store) == ["before", "after"]
+    other = Store(tmp_path / "gateway.db", busy_timeout_ms=2000)  # the turn is free: it writes at once
+    try:
+        with pytest.raises(ValueError):
+            with other.write() as db:
+                raise ValueError("fails first, in the other store")
+        _log(other, "other")
+    finally:
+        other.close()
+    assert _events(store) == ["before", "after", "other"]
+
+
 def test_a_failed_commit_fails_every_block_of_its_group_and_stores_nothing(store: Store) -> None:
     # a deferred foreign key is checked only at COMMIT: the second block's row makes it fail
     with store.write() as db:
