@@ -158,30 +158,37 @@ class Outbox(Replies):
                     "ORDER BY o.not_before, o.id LIMIT ?",
                     [*full, *sorted(skip_ids), ts(now), limit if room_per_target is None else limit * 8],
                 ).fetchall()
+            chosen: list[int] = []
             for candidate in candidates:
-                row_id, target = candidate["id"], candidate["target"]
-                if len(jobs) >= limit:
+                if len(chosen) >= limit:
                     break
+                target = candidate["target"]
                 if room_per_target is not None:
                     if left.setdefault(target, room_per_target) <= 0:
                         continue
                     left[target] -= 1
-                claimed = db.execute(
-                    """UPDATE outbox SET status = 'in_flight', claimed_by = ?, lease_until = ?,
-                           attempts = attempts + 1, updated_at = ?
-                       WHERE id = ? AND status = 'pending'""",
-                    [worker, lease, ts(now), row_id],
-                ).rowcount
-                if not claimed:
-                    continue
-                row = db.execute(
-                    """SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts AS attempt, o.idempotency_key,
-                              c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id,
-                              c.national_case_id, c.case_type
-                       FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id = ?""",
-                    [row_id],
-                ).fetchone()
-                jobs.append(Job(**{k: row[k] for k in JOB_COLUMNS}, claimed_by=worker))
+                chosen.append(candidate["id"])
+            if not chosen:
+                return jobs
+            # two statements for the whole claim, not two per row: each statement under the
+            # write turn gives up the GIL and waits to get it back from the process's other threads
+            marks = ", ".join("?" for _ in chosen)
+            claimed = {row["id"] for row in db.execute(
+                f"""UPDATE outbox SET status = 'in_flight', claimed_by = ?, lease_until = ?,
+                       attempts = attempts + 1, updated_at = ?
+                   WHERE id IN ({marks}) AND status = 'pending' RETURNING id""",
+                [worker, lease, ts(now), *chosen],
+            ).fetchall()}
+            if not claimed:
+                return jobs
+            rows = {row["id"]: row for row in db.execute(
+                f"""SELECT o.id, o.case_id, o.action, o.ref_id, o.target, o.attempts AS attempt, o.idempotency_key,
+                          c.receiver_hsa_id, c.provider_unit_code, c.provider_case_id, c.correlation_id,
+                          c.national_case_id, c.case_type
+                   FROM outbox o JOIN cases c ON c.case_id = o.case_id WHERE o.id IN ({", ".join("?" for _ in claimed)})""",
+                sorted(claimed),
+            ).fetchall()}
+            jobs.extend(Job(**{k: rows[i][k] for k in JOB_COLUMNS}, claimed_by=worker) for i in chosen if i in rows)
         return jobs
 
     def subject_of_care_id(self, case_id: str) -> str:
