@@ -1,9 +1,10 @@
 """The store's foundation: connections, write transactions, and what every area shares.
 
-Role: SQLite connections (WAL, ``synchronous=FULL``, rows as ``sqlite3.Row``): one per thread
-for reads, one per process for writes; ``write()`` for a write transaction (group commit:
-the blocks of threads that write at the same time share one ``BEGIN IMMEDIATE`` transaction,
-each in its own savepoint, and one COMMIT), the timestamp format (``ts``/``parse_ts``),
+Role: SQLite connections (WAL, rows as ``sqlite3.Row``): one per thread for reads, one per
+process for writes; ``write()`` for a write transaction (group commit: the blocks of threads
+that write at the same time share one ``BEGIN IMMEDIATE`` transaction, each after the first
+in its own savepoint, one COMMIT and, for what must survive a power cut, one fsync of the
+WAL once the processes' write turn is free again), the timestamp format (``ts``/``parse_ts``),
 ``scalar()`` for a one-value query, and the statements more than one area runs, each once:
 the sync log, the audit log, the counters, messages and attachments by hash, outbox rows,
 a case's state and content, the attachment rows.
@@ -11,7 +12,8 @@ a case's state and content, the attachment rows.
 May import: model, errors, clock.
 
 Invariants: a write block commits everything or nothing, and ``write()`` returns only once
-its work is committed (a failed COMMIT fails every block it held); a wait for the lock is
+its work is committed, and for a durable block on disk (a failed COMMIT or fsync fails every
+block it held); a wait for the lock is
 bounded by the busy timeout and surfaces as ``StoreError`` (GW050); attachment bytes are
 stored once, by SHA-256, and JSON content never carries them.
 """
@@ -171,14 +173,16 @@ MAX_GROUP = 32
 class _Group:
     """Write blocks of several threads that one SQLite COMMIT makes durable together."""
 
-    __slots__ = ("done", "durable", "error", "jobs")
+    __slots__ = ("done", "durable", "error", "jobs", "to_sync")
 
     def __init__(self, durable: bool) -> None:
         self.done = threading.Event()
         self.error: StoreError | None = None
         self.jobs = 0
-        #: committed with synchronous=FULL (it waits for the disk); else NORMAL
+        #: a block of it must be on disk before it returns (the WAL is synced after the COMMIT)
         self.durable = durable
+        #: committed, the WAL still to be synced (by the thread that committed, outside the locks)
+        self.to_sync: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,9 @@ class StoreBase:
         self._write_waiters = 0
         self._writer_db: Database | None = None
         self._writer_pid = 0
-        self._writer_durable = True  # the write connection's synchronous level: FULL
+        #: the write connection's WAL file, open for ``fdatasync`` (None: not in WAL mode, and
+        #: the connection commits with synchronous=FULL instead)
+        self._writer_wal: int | None = None
         self._writer_turn: int | None = None  # the open file of the processes' write turn (``_take_turn``)
         self._group: _Group | None = None
         self._wake_bell: Bell | None = None  # SQLite's wake-up of worker processes, made on first use
@@ -252,8 +258,10 @@ class StoreBase:
                 self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            wal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+            # a write that must survive a power cut syncs the WAL itself after its COMMIT
+            # (``_sync``), outside the processes' write turn; without WAL SQLite syncs
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if wal else 'FULL'}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.row_factory = sqlite3.Row  # rows are read by column name
         except sqlite3.Error as exc:
@@ -272,10 +280,11 @@ class StoreBase:
         if writer is None:
             writer = self._connect()
             with self._lock:
-                self._writer_db, self._writer_pid, self._writer_durable = writer, os.getpid(), True
+                self._writer_db, self._writer_pid = writer, os.getpid()
                 self._group = None
                 self._close_turn()  # a parent's: the same open file, the same lock
                 self._writer_turn = self._open_turn()
+                self._writer_wal = self._open_wal(writer)
         return writer
 
     def _open_turn(self) -> int | None:
@@ -286,6 +295,24 @@ class StoreBase:
             return os.open(f"{self.path}.write-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError:
             return None
+
+    def _open_wal(self, writer: Database) -> int | None:
+        """The write connection's WAL file, opened to be synced (``_sync``); None when the
+        database is not in WAL mode or the file cannot be opened: then SQLite syncs at each
+        COMMIT (``synchronous=FULL``). The WAL is the same file for as long as the write
+        connection is open (SQLite deletes it only when the last connection closes)."""
+        if self._writer_wal is not None:  # a parent's copy, or the last connection's
+            with contextlib.suppress(OSError):
+                os.close(self._writer_wal)
+        mode = writer.execute("PRAGMA journal_mode").fetchone()[0]
+        writer.execute("PRAGMA schema_version")  # a read: SQLite opens (or makes) the WAL file
+        if mode == "wal":
+            try:
+                return os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        writer.execute("PRAGMA synchronous=FULL")
+        return None
 
     def _take_turn(self) -> None:
         """Wait for this process's turn to write (the write lock is held). SQLite's own lock
@@ -337,12 +364,18 @@ class StoreBase:
         every block of the group gets the ``StoreError``: nothing is acknowledged that was
         not committed. One fsync and one WAL append serve several cases at a time.
 
-        ``durable=False``: a write that may be lost to a power cut (not to a crash) because
-        losing it loses nothing, e.g. a claim (its row stays pending, as lease recovery would
-        make it): on SQLite its group commits with ``synchronous=NORMAL``, without waiting
-        for the disk, unless a durable block shares it. A durable block never joins such a
-        group (SQLite sets the level at BEGIN): it commits it first and opens its own. WAL
-        keeps the order, so the next durable commit makes every earlier one durable too.
+        Durable (the default): the block returns only once its work is on disk. SQLite
+        commits with ``synchronous=NORMAL`` (its COMMIT writes the WAL without waiting for
+        the disk) and the thread that committed the group then syncs the WAL (``fdatasync``)
+        once it has given up the write lock and the processes' write turn: the other
+        processes (and this one's next group) write meanwhile instead of waiting for this
+        group's disk. A WAL frame is never overwritten before it is checkpointed into the
+        database file, and SQLite syncs the WAL before each checkpoint, so the sync finds
+        the group's frames in the file. ``durable=False``: a write that may be lost to a
+        power cut (not to a crash) because losing it loses nothing, e.g. a claim (its row
+        stays pending, as lease recovery would make it): its group is not synced unless a
+        durable block shares it. WAL keeps the order, so the next sync makes every earlier
+        commit durable too.
 
         (``db.atomic()`` would start a deferred transaction, whose upgrade from read to write
         fails at once, SQLITE_BUSY_SNAPSHOT, under a concurrent writer.) On PostgreSQL each
@@ -365,14 +398,13 @@ class StoreBase:
             raise StoreError("the database is busy: another write of this process did not finish in time.")
         failure: BaseException | None = None
         group: _Group | None = None
+        committed: _Group | None = None
         try:
             db = self._writer
             group = self._group
-            if group is not None and durable and not group.durable:
-                self._commit(db, group)  # a durable block waits for the disk: not in this group
-                group = None
             first = group is None  # the group's first block needs no savepoint: its undo is ROLLBACK
             group = group or self._begin(db, durable)
+            group.durable = group.durable or durable
             if not first:
                 db.execute("SAVEPOINT job")
             self._local.writing = db
@@ -399,9 +431,12 @@ class StoreBase:
             with self._lock:
                 waiting = self._write_waiters
             if self._group is not None and (not waiting or self._group.jobs >= MAX_GROUP):
-                self._commit(db, self._group)
+                committed = self._group
+                self._commit(db, committed)
         finally:
             self._write_lock.release()
+        if committed is not None:
+            self._sync(committed)
         if failure is not None:
             if isinstance(failure, sqlite3.OperationalError):  # disk full, I/O error, locked too long
                 self.last_write_failure = f"the last write failed ({failure})"
@@ -412,9 +447,6 @@ class StoreBase:
 
     def _begin(self, db: Database, durable: bool) -> _Group:
         try:
-            if durable != self._writer_durable:  # (not to be changed inside a transaction)
-                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self._writer_durable = durable
             self._take_turn()
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -424,7 +456,8 @@ class StoreBase:
         return self._group
 
     def _commit(self, db: Database, group: _Group) -> None:
-        """COMMIT the open group (the write lock is held) and tell its blocks how it went."""
+        """COMMIT the open group (the write lock is held) and tell its blocks how it went,
+        or, for a durable group, leave that to ``_sync`` (called once the lock is free)."""
         self._group = None
         try:
             db.execute("COMMIT")
@@ -437,6 +470,23 @@ class StoreBase:
         else:
             self.last_write_failure = None
         self._end_turn()
+        if group.error is None and group.durable and self._writer_wal is not None:
+            group.to_sync = self._writer_wal
+        else:
+            group.done.set()
+
+    def _sync(self, group: _Group) -> None:
+        """Sync the WAL of a committed durable group (no lock held: other writes go on), then
+        tell its blocks how it went. Should the sync fail, the work is committed but maybe
+        not on disk: every block gets the ``StoreError`` and nothing is acknowledged (a
+        sender that tries again finds its case stored, and is answered as for a repeat)."""
+        if group.to_sync is not None:
+            try:
+                os.fdatasync(group.to_sync)
+            except OSError as exc:
+                self.last_write_failure = f"the last write failed (the WAL could not be synced: {exc})"
+                group.error = StoreError(f"the database could not make the write durable ({exc}).")
+            group.to_sync = None
         group.done.set()
 
     def _fail(self, group: _Group, exc: BaseException) -> None:
@@ -452,11 +502,14 @@ class StoreBase:
         waiting for the lock, a waiting block commits the group itself."""
         while not group.done.wait(0.05):
             if self._write_lock.acquire(blocking=False):
+                committed = self._group is group
                 try:
-                    if self._group is group:
+                    if committed:
                         self._commit(self._writer, group)
                 finally:
                     self._write_lock.release()
+                if committed:
+                    self._sync(group)
         if group.error is not None:
             raise group.error
 
@@ -491,9 +544,13 @@ class StoreBase:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
-            self._writer_db, self._writer_durable = None, True
+            self._writer_db = None
             self._group = None
             self._close_turn()
+            if self._writer_wal is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._writer_wal)
+                self._writer_wal = None
         self._local = threading.local()
 
     def _count(self, db: Database, name: str, target: str | None, direction: str, by: int = 1) -> None:

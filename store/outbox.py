@@ -8,15 +8,15 @@ May import: model, errors, clock (through ``store.base``).
 Invariants: a row is in flight for one worker at a time; completing or failing a row whose
 claim was lost changes nothing but the attempt record; a worker whose heartbeat stopped
 loses its rows to the queue. A claim is committed without waiting for the disk
-(``write(durable=False)``: SQLite's ``synchronous=NORMAL`` for its group; WAL keeps it
-atomic, and the next durable commit on the file makes it durable too): a claim lost to a power cut leaves its row
+(``write(durable=False)``: its group's WAL is not synced; WAL keeps it atomic, and the
+next durable commit on the file makes it durable too): a claim lost to a power cut leaves its row
 pending, as if never claimed, which is what lease recovery would make of it anyway, and
 nobody was told anything in between. So is a completion: lost to a power cut, its row is
 in flight (or pending) again, recovery brings it back and the redelivery carries the same
 idempotency key (the provider and 1177 take it once), as for a delivery whose outcome the
 store could not write; the receipt it queued is queued again by the redelivery's
 completion. What was acknowledged to someone (intake, an operator's action, a failure)
-waits for the disk (``synchronous=FULL``).
+waits for the disk (its group's WAL is synced before ``write()`` returns).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ stored that is not."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Callable
@@ -215,51 +216,89 @@ def test_processes_take_turns_to_write_and_a_killed_holder_frees_its_turn(store:
     assert _events(store) == ["before", "after"]
 
 
-def test_a_write_that_may_be_lost_to_a_power_cut_does_not_wait_for_the_disk_nor_make_a_durable_one_wait_less(store: Store) -> None:
+def test_a_write_that_may_be_lost_to_a_power_cut_does_not_wait_for_the_disk_nor_make_a_durable_one_wait_less(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite commits without waiting for the disk (synchronous=NORMAL); a group with a
+    durable block in it then syncs the WAL, after the processes' write turn is free again
+    and before any of its blocks returns; a group of writes that may be lost is not synced."""
     statements: list[str] = []
     store._writer.conn.set_trace_callback(
         lambda sql: statements.append(sql) if sql.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT")) else None)
+    assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    statements.clear()
+    turn = os.open(f"{store.path}.write-turn", os.O_RDWR)
+    real_sync = os.fdatasync
+
+    def sync(fd: int) -> None:
+        fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the turn were still held
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        statements.append("fdatasync")
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
 
     def claim(db) -> None:  # a write that may be lost (durable=False) ...
         db.execute("INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'out', 'claim', 'ok')")
 
-    def intake() -> None:  # ... and an intake, which is answered only once it is on disk
-        _log(store, "intake")
-
-    def non_durable_first() -> dict[str, BaseException | None]:
-        outcome: dict[str, BaseException | None] = {}
-
-        def one() -> None:
-            with store.write(durable=False) as db:
-                claim(db)
-                threading.Thread(target=lambda: outcome.__setitem__("second", intake()), daemon=True).start()
-                while store._write_waiters == 0:
-                    threading.Event().wait(0.001)
-            outcome["first"] = None
-
-        t = threading.Thread(target=one)
-        t.start()
-        t.join(30)
-        for _ in range(3000):
-            if "second" in outcome:
-                break
-            threading.Event().wait(0.01)
-        return outcome
-
-    assert non_durable_first() == {"first": None, "second": None}
-    # the claim's group committed without the disk; the intake then opened a durable one of its own
-    assert statements == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "COMMIT",
-                          "PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT"]
-    statements.clear()
-
     def may_be_lost() -> None:
         with store.write(durable=False) as db:
             claim(db)
+
+    may_be_lost()
+    assert statements == ["BEGIN IMMEDIATE", "COMMIT"]  # not synced
+    statements.clear()
+
+    # an intake, which is answered only once it is on disk, joins an open group of claims:
+    # the whole group is synced once, and the intake returns after that
+    returned: list[str] = []
+
+    def intake() -> None:
+        _log(store, "intake")
+        returned.append(statements[-1])
+
+    outcome = _in_one_group(store, claim, intake)
+    assert outcome == {"first": None, "second": None}
+    assert statements == ["BEGIN IMMEDIATE", "COMMIT", "fdatasync"]
+    assert returned == ["fdatasync"]
+    statements.clear()
 
     # a block that may be lost joins an open durable group as it is: it waits for the disk with it
     outcome = _in_one_group(store, lambda db: db.execute(
         "INSERT INTO sync_log (at, direction, event, status) VALUES ('2026-12-02T00:00:00.000000Z', 'in', 'intake2', 'ok')"),
         may_be_lost)
     assert outcome == {"first": None, "second": None}
-    assert statements == ["BEGIN IMMEDIATE", "COMMIT"]
-    assert _events(store) == ["claim", "intake", "intake2", "claim"]
+    assert statements == ["BEGIN IMMEDIATE", "COMMIT", "fdatasync"]
+    assert _events(store) == ["claim", "claim", "intake", "intake2", "claim"]
+    os.close(turn)
+
+
+def test_a_write_whose_wal_cannot_be_synced_is_not_acknowledged(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The COMMIT went through but the disk refused the sync: the block gets the StoreError
+    (nothing is answered as stored), health shows why, and the next write syncs again."""
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    _log(store, "before")
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(StoreError, match="could not make the write durable"):
+        _log(store, "unsynced")
+    assert "could not be synced" in (store.last_write_failure or "")
+    monkeypatch.undo()
+    _log(store, "after")
+    assert store.last_write_failure is None
+    assert _events(store) == ["before", "unsynced", "after"]  # committed, only its answer was withheld
+
+
+def test_a_new_database_syncs_the_wal_its_writes_go_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first process of a new database opens its WAL for syncing too (SQLite makes the
+    file at the first read), and what it syncs is the file SQLite writes."""
+    store = Store(tmp_path / "new.db")
+    synced: list[int] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_sync(fd)))
+    try:
+        store.migrate()
+        _log(store, "first")
+        assert synced and set(synced) == {os.stat(tmp_path / "new.db-wal").st_ino}
+    finally:
+        store.close()
