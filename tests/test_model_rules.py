@@ -171,3 +171,32 @@ def test_every_error_code_is_used_by_one_error_only():
     assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
     assert all(c.startswith("GW0") and len(c) == 5 for c in codes)
     assert all(c.__doc__ for c in leaves)  # each class says when it is raised
+
+
+@pytest.mark.parametrize("wire", ["20261202134500", " 20260329023000 ", "20261025023000", "20280229235959"])
+def test_a_wire_time_reads_as_strptime_would_in_swedish_time(wire: str) -> None:
+    import inbound
+
+    expected = dt.datetime.strptime(wire.strip(), "%Y%m%d%H%M%S").replace(tzinfo=inbound.WIRE_ZONE)
+    assert inbound._timestamp(wire, "case/createdTime") == expected
+
+
+@pytest.mark.parametrize("wire", ["2026120213450", "202612021345000", "20261302134500", "20270229120000",
+                                  "2026120213450a", "２０２６1202134500", "2026-12-02T13:45"])
+def test_a_wire_time_that_is_not_fourteen_digits_of_a_real_time_is_refused(wire: str) -> None:
+    import inbound
+
+    with pytest.raises(InvalidValue, match="is not a valid date and time") as caught:
+        inbound._timestamp(wire, "case/createdTime")
+    assert caught.value.field == "case/createdTime"
+
+
+def test_a_stored_instant_reads_back_as_it_was_written() -> None:
+    from store import parse_ts, ts
+
+    instant = dt.datetime(2026, 12, 2, 13, 45, 0, 123456, tzinfo=dt.timezone.utc)
+    assert parse_ts(ts(instant)) == instant
+    assert parse_ts("2026-12-02T13:45:00.000001Z") == instant.replace(microsecond=1)
+    for bad in ("2026-13-02T13:45:00.123456Z", "2026-12-02T13:45:00.12345xZ", "2026-12-02 13:45:00"):
+        with pytest.raises(ValueError):
+            parse_ts(bad)
