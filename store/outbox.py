@@ -94,12 +94,17 @@ def response_json(response: dict[str, Any] | None) -> str | None:
 class Completion:
     """What delivering a row writes besides the row itself, in the same transaction.
 
-    ``sql`` takes the parameters ``now``, ``case_id`` and ``ref_id``; ``of_message``: the
-    row's ``ref_id`` is a message id (the sync log names it); ``erases_contact``: the
-    citizen's contact details leave the gateway (rule 8); ``frees_receipt_place``: the
-    place kept for the automatic receipt is taken by it, or cancelled."""
+    ``case_set``: what it sets on the case's row (``SET`` assignments, parameter ``now``),
+    written in one UPDATE with the ids the target gave the case and the erasure of the
+    contact details: the row carries the case's content, so each UPDATE of it writes the
+    whole of it again. ``sql``: a statement on another table, with the parameters ``now``,
+    ``case_id`` and ``ref_id``. ``of_message``: the row's ``ref_id`` is a message id (the
+    sync log names it); ``erases_contact``: the citizen's contact details leave the gateway
+    (rule 8); ``frees_receipt_place``: the place kept for the automatic receipt is taken by
+    it, or cancelled."""
 
-    sql: str
+    sql: str | None = None
+    case_set: str | None = None
     of_message: bool = False
     erases_contact: bool = False
     frees_receipt_place: bool = False
@@ -107,14 +112,13 @@ class Completion:
 
 #: The completions by name; each action of the worker's registry names its own.
 COMPLETIONS: dict[str, Completion] = {
-    "deliver_case": Completion("UPDATE cases SET status = 'delivered', updated_at = :now WHERE case_id = :case_id",
-                               erases_contact=True, frees_receipt_place=True),
+    "deliver_case": Completion(case_set="status = 'delivered', updated_at = :now", erases_contact=True,
+                               frees_receipt_place=True),
     "deliver_message": Completion("UPDATE messages SET status = 'delivered' WHERE message_id = :ref_id", of_message=True),
     "add_message": Completion("UPDATE messages SET status = 'sent', sent_at = :now WHERE message_id = :ref_id",
                               of_message=True),
     "update_status": Completion("UPDATE status_updates SET state = 'sent', sent_at = :now WHERE id = CAST(:ref_id AS INTEGER)"),
-    "register_case": Completion("UPDATE cases SET status = 'registered', updated_at = :now WHERE case_id = :case_id",
-                                frees_receipt_place=True),
+    "register_case": Completion(case_set="status = 'registered', updated_at = :now", frees_receipt_place=True),
 }
 
 class Outbox(Replies):
@@ -264,11 +268,22 @@ class Outbox(Replies):
             self._count(db, "delivered", job.target, direction_of(job.action))
             created = done[0]["created_at"]
             self._observe_latency(db, job.target, direction_of(job.action), (now - parse_ts(created)).total_seconds())
+            case_set = {"now": ts(now), "case_id": job.case_id}
+            sets = [completion.case_set] if completion.case_set else []
             if provider_case_id:
-                db.execute("UPDATE cases SET provider_case_id = ? WHERE case_id = ?", [provider_case_id, job.case_id])
+                sets.append("provider_case_id = :provider_case_id")
+                case_set["provider_case_id"] = provider_case_id
             if national_case_id:
-                db.execute("UPDATE cases SET national_case_id = ? WHERE case_id = ?", [national_case_id, job.case_id])
-            db.execute(completion.sql, {"now": ts(now), "case_id": job.case_id, "ref_id": job.ref_id})
+                sets.append("national_case_id = :national_case_id")
+                case_set["national_case_id"] = national_case_id
+            erased = self._erased_content(db, job.case_id) if completion.erases_contact else None
+            if erased is not None:
+                sets.append("content = :content")
+                case_set["content"] = erased
+            if sets:
+                db.execute(f"UPDATE cases SET {', '.join(sets)} WHERE case_id = :case_id", case_set)
+            if completion.sql:
+                db.execute(completion.sql, {"now": ts(now), "case_id": job.case_id, "ref_id": job.ref_id})
             self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
                       message_id=job.ref_id if completion.of_message else None,
                       direction=direction_of(job.action), event="delivered", status="ok", target=job.target,
@@ -277,8 +292,10 @@ class Outbox(Replies):
                       + (f", provider case {provider_case_id}" if provider_case_id else "")
                       + (f", 1177 case {national_case_id}" if national_case_id else "")
                       + (f"; {detail}" if detail else ""))
-            if completion.erases_contact:
-                self._erase_contact(db, job, now)
+            if erased is not None:
+                self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id, direction="in",
+                          event="contact_erased", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
+                          detail="the citizen's contact details were delivered (for messages only) and erased from the gateway")
             if completion.frees_receipt_place:
                 if follow_up is not None:  # the receipt takes the place kept for it at intake
                     self._insert_reply(db, follow_up, hold_s=0, origin="auto", correlation_id=job.correlation_id,
@@ -287,18 +304,15 @@ class Outbox(Replies):
                     self._cancel_receipt(db, job.case_id, now)
         return True
 
-    def _erase_contact(self, db: Database, job: Job, now: dt.datetime) -> None:
+    def _erased_content(self, db: Database, case_id: str) -> str | None:
         """Rule 8: the citizen's contact details (given with consent, for messages only) are
-        not kept once the provider has them; the sync log records that they were erased."""
-        data = self._case_content(db, job.case_id)
+        not kept once the provider has them: the case's content without them, or None when
+        it has none (or is purged)."""
+        data = self._case_content(db, case_id)
         if not data or not (data.get("subject_of_care") or {}).get("contact"):
-            return
+            return None
         data["subject_of_care"]["contact"] = None
-        db.execute("UPDATE cases SET content = ? WHERE case_id = ?",
-                   [content_text(data), job.case_id])
-        self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id, direction="in",
-                  event="contact_erased", status="ok", target=job.target, hsa_id=job.receiver_hsa_id,
-                  detail="the citizen's contact details were delivered (for messages only) and erased from the gateway")
+        return content_text(data)
 
     def fail(
         self,
