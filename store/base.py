@@ -176,7 +176,7 @@ MAX_GROUP = 32
 class _Group:
     """Write blocks of several threads that one SQLite COMMIT makes durable together."""
 
-    __slots__ = ("done", "durable", "error", "jobs", "to_sync")
+    __slots__ = ("done", "durable", "error", "jobs")
 
     def __init__(self, durable: bool) -> None:
         self.done = threading.Event()
@@ -184,8 +184,6 @@ class _Group:
         self.jobs = 0
         #: a block of it must be on disk before it returns (the WAL is synced after the COMMIT)
         self.durable = durable
-        #: committed, the WAL still to be synced (by the thread that committed, outside the locks)
-        self.to_sync: int | None = None
 
 
 @dataclass(frozen=True)
@@ -459,8 +457,8 @@ class StoreBase:
         return self._group
 
     def _commit(self, db: Database, group: _Group) -> None:
-        """COMMIT the open group (the write lock is held) and tell its blocks how it went,
-        or, for a durable group, leave that to ``_sync`` (called once the lock is free)."""
+        """COMMIT the open group (the write lock is held); ``_sync``, called once the lock is
+        free, then tells its blocks how it went."""
         self._group = None
         try:
             db.execute("COMMIT")
@@ -473,23 +471,19 @@ class StoreBase:
         else:
             self.last_write_failure = None
         self._end_turn()
-        if group.error is None and group.durable and self._writer_wal is not None:
-            group.to_sync = self._writer_wal
-        else:
-            group.done.set()
 
     def _sync(self, group: _Group) -> None:
         """Sync the WAL of a committed durable group (no lock held: other writes go on), then
         tell its blocks how it went. Should the sync fail, the work is committed but maybe
         not on disk: every block gets the ``StoreError`` and nothing is acknowledged (a
         sender that tries again finds its case stored, and is answered as for a repeat)."""
-        if group.to_sync is not None:
+        wal = self._writer_wal
+        if group.error is None and group.durable and wal is not None:
             try:
-                os.fdatasync(group.to_sync)
+                os.fdatasync(wal)
             except OSError as exc:
                 self.last_write_failure = f"the last write failed (the WAL could not be synced: {exc})"
                 group.error = StoreError(f"the database could not make the write durable ({exc}).")
-            group.to_sync = None
         group.done.set()
 
     def _fail(self, group: _Group, exc: BaseException) -> None:

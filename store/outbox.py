@@ -268,20 +268,20 @@ class Outbox(Replies):
             self._count(db, "delivered", job.target, direction_of(job.action))
             created = done[0]["created_at"]
             self._observe_latency(db, job.target, direction_of(job.action), (now - parse_ts(created)).total_seconds())
-            case_set = {"now": ts(now), "case_id": job.case_id}
+            params = {"now": ts(now), "case_id": job.case_id}
             sets = [completion.case_set] if completion.case_set else []
             if provider_case_id:
                 sets.append("provider_case_id = :provider_case_id")
-                case_set["provider_case_id"] = provider_case_id
+                params["provider_case_id"] = provider_case_id
             if national_case_id:
                 sets.append("national_case_id = :national_case_id")
-                case_set["national_case_id"] = national_case_id
+                params["national_case_id"] = national_case_id
             erased = self._erased_content(db, job.case_id) if completion.erases_contact else None
             if erased is not None:
                 sets.append("content = :content")
-                case_set["content"] = erased
+                params["content"] = erased
             if sets:
-                db.execute(f"UPDATE cases SET {', '.join(sets)} WHERE case_id = :case_id", case_set)
+                db.execute(f"UPDATE cases SET {', '.join(sets)} WHERE case_id = :case_id", params)
             if completion.sql:
                 db.execute(completion.sql, {"now": ts(now), "case_id": job.case_id, "ref_id": job.ref_id})
             self._log(db, now, correlation_id=job.correlation_id, case_id=job.case_id,
